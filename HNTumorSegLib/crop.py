@@ -1,0 +1,108 @@
+"""The PET-guided "brain peak cut": paper section 2.2, equations (1)-(10).
+
+Pure numpy on the PET resampled to the analysis lattice, ``P`` with shape (Z, Y, X) and index
+z growing toward the head. The window is always 256 x 256 x 112 voxels; where it reaches past
+the lattice the caller pads (CT -1000 HU, PET 0), so every case reaches the network at one size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+#: Suprathreshold uptake, SUV (eq. 1 and 3).
+TAU = 0.5
+#: Thickness of the slab under the top of the head used for the in-plane centroid (eq. 2).
+SLAB = 20
+#: Window size in voxels, (z, y, x) = 112 x 256 x 256.
+WINDOW_ZYX = (112, 256, 256)
+#: Eq. (9): mean SUV of the most superior slice above which the scan is taken to cut the brain.
+TOP_SLICE_MEAN = 0.1
+#: Eq. (9): a peak at or below this slice index is too shallow to anchor on.
+SHALLOW_PEAK = 50
+
+
+class NoUptakeError(ValueError):
+    """No PET voxel exceeds TAU, so eq. (1) has no solution."""
+
+
+@dataclass(frozen=True)
+class CropWindow:
+    """Half-open voxel window [x1, x2) x [y1, y2) x [z1, z2) on the lattice; may reach past it."""
+
+    x1: int
+    x2: int
+    y1: int
+    y2: int
+    z1: int
+    z2: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def start_xyz(self) -> tuple[int, int, int]:
+        return (self.x1, self.y1, self.z1)
+
+    @property
+    def size_xyz(self) -> tuple[int, int, int]:
+        return (self.x2 - self.x1, self.y2 - self.y1, self.z2 - self.z1)
+
+    def clipped(self, shape_zyx: tuple[int, int, int]) -> "CropWindow":
+        """The part of the window inside a lattice of this shape (the real, unpadded voxels)."""
+        z, y, x = shape_zyx
+        return CropWindow(max(self.x1, 0), min(self.x2, x), max(self.y1, 0), min(self.y2, y),
+                          max(self.z1, 0), min(self.z2, z))
+
+
+@dataclass(frozen=True)
+class CropDecision:
+    """The window and the quantities of eqs. (1)-(9) that chose it (kept in the provenance)."""
+
+    window: CropWindow
+    anchor: str  # "top" or "peak"
+    z_top: int
+    z_peak: int
+    centroid_xy: tuple[float, float]
+    top_slice_mean: float
+
+
+def _in_plane_start(centre: float, n: int, half: int) -> int:
+    """Eqs. (5)/(6): clamp the window start so it stays inside the image where it fits."""
+    return int(min(max(int(np.floor(centre)) - half, 0), max(0, n - 2 * half)))
+
+
+def find_crop(pet: np.ndarray, tau: float = TAU) -> CropDecision:
+    """Decide the 256 x 256 x 112 window from the PET on the lattice, ``pet`` of shape (Z, Y, X)."""
+    if pet.ndim != 3:
+        raise ValueError(f"PET must be 3D (Z, Y, X), got shape {pet.shape}")
+    depth, height, width = WINDOW_ZYX
+    n_z, n_y, n_x = pet.shape
+
+    # Eq. (1): the most superior slice with suprathreshold uptake.
+    above = np.flatnonzero(pet.reshape(n_z, -1).max(axis=1) > tau)
+    if above.size == 0:
+        raise NoUptakeError(f"no PET voxel above SUV {tau}")
+    z_top = int(above[-1])
+
+    # Eqs. (2)-(4): centroid of suprathreshold voxels in the 20-slice slab ending at z_top.
+    slab = pet[max(0, z_top - (SLAB - 1)): z_top + 1]
+    _, ys, xs = np.nonzero(slab > tau)
+    x_bar, y_bar = float(xs.mean()), float(ys.mean())
+
+    # Eqs. (5)-(6).
+    x1 = _in_plane_start(x_bar, n_x, width // 2)
+    y1 = _in_plane_start(y_bar, n_y, height // 2)
+    x2, y2 = x1 + width, y1 + height
+
+    # Eqs. (7)-(8): z-profile inside the in-plane window and its peak.
+    profile = pet[:, y1:y2, x1:x2].sum(axis=(1, 2), dtype=np.float64)
+    z_peak = int(np.argmax(profile))
+
+    # Eq. (9) on the full most superior slice, then eq. (10) with a fixed depth of 112.
+    top_mean = float(pet[n_z - 1].mean(dtype=np.float64))
+    anchor = "top" if (top_mean > TOP_SLICE_MEAN or z_peak <= SHALLOW_PEAK) else "peak"
+    z2 = n_z if anchor == "top" else z_peak + 1
+    window = CropWindow(x1, x2, y1, y2, z2 - depth, z2)
+    return CropDecision(window, anchor, z_top, z_peak, (x_bar, y_bar), top_mean)

@@ -1,0 +1,132 @@
+"""Image geometry: the analysis lattice, sub-grids of it, and LPS orientation.
+
+Everything that places voxels in patient space goes through SimpleITK here, so that the crop
+window, the network input and the restored mask all agree to the voxel with the CT the user
+loaded. Index order in this module is SimpleITK's (x, y, z); numpy arrays are (z, y, x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+#: Spacing of the analysis lattice in mm (x, y, z): paper section 2.2.
+LATTICE_SPACING = (1.0, 1.0, 3.0)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Size, spacing, origin and direction of a 3D grid (SimpleITK conventions)."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]  # 9 values, row-major
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Geometry":
+        return cls(
+            tuple(int(v) for v in image.GetSize()),
+            tuple(float(v) for v in image.GetSpacing()),
+            tuple(float(v) for v in image.GetOrigin()),
+            tuple(float(v) for v in image.GetDirection()),
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Geometry":
+        return cls(tuple(int(v) for v in d["size"]), tuple(float(v) for v in d["spacing"]),
+                   tuple(float(v) for v in d["origin"]), tuple(float(v) for v in d["direction"]))
+
+    def to_dict(self) -> dict:
+        return {"size": list(self.size), "spacing": list(self.spacing),
+                "origin": list(self.origin), "direction": list(self.direction)}
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """Direction times spacing: maps an (x, y, z) index step to a physical step in mm."""
+        return np.asarray(self.direction, float).reshape(3, 3) * np.asarray(self.spacing, float)
+
+    def index_to_point(self, index: Sequence[float]) -> np.ndarray:
+        return np.asarray(self.origin, float) + self.matrix @ np.asarray(index, float)
+
+    def point_to_index(self, point: Sequence[float]) -> np.ndarray:
+        return np.linalg.solve(self.matrix, np.asarray(point, float) - np.asarray(self.origin, float))
+
+    def subgrid(self, start: Sequence[int], size: Sequence[int]) -> "Geometry":
+        """The grid of ``size`` voxels starting at index ``start`` (may lie outside this grid)."""
+        return Geometry(tuple(int(v) for v in size), self.spacing,
+                        tuple(float(v) for v in self.index_to_point(start)), self.direction)
+
+    def corners(self) -> np.ndarray:
+        """Physical positions of the 8 corner voxel centres, shape (8, 3)."""
+        hi = [max(n - 1, 0) for n in self.size]
+        idx = np.array([[i, j, k] for i in (0, hi[0]) for j in (0, hi[1]) for k in (0, hi[2])], float)
+        return np.asarray(self.origin, float) + idx @ self.matrix.T
+
+    def reference(self, pixel_id: int = sitk.sitkUInt8) -> sitk.Image:
+        """An image on this grid (for resampling onto it); allocation is lazy in size only."""
+        img = sitk.Image([int(v) for v in self.size], pixel_id)
+        self.apply(img)
+        return img
+
+    def apply(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+
+def orient_lps(image: sitk.Image) -> sitk.Image:
+    """Permute and flip axes so the direction is (closest to) identity in LPS: z grows toward the head."""
+    return sitk.DICOMOrient(image, "LPS")
+
+
+def analysis_lattice(ct_oriented: Geometry, spacing: Sequence[float] = LATTICE_SPACING) -> Geometry:
+    """The 1 x 1 x 3 mm lattice: the oriented CT's origin and direction, size round(n * s / s')."""
+    size = tuple(int(round(n * s / t)) for n, s, t in zip(ct_oriented.size, ct_oriented.spacing, spacing))
+    return Geometry(size, tuple(float(v) for v in spacing), ct_oriented.origin, ct_oriented.direction)
+
+
+def overlap_box(target: Geometry, source: Geometry, margin: int = 0) -> tuple[list[int], list[int]] | None:
+    """Index box of ``source`` that covers every voxel centre of ``target``, plus ``margin`` voxels.
+
+    Returns (start, size) clipped to ``source``, or None when they do not overlap. Used to
+    crop an input before resampling: SimpleITK's B-spline prefilter runs over the whole input,
+    so handing it only the part that matters makes resampling an order of magnitude cheaper.
+    """
+    idx = np.array([source.point_to_index(p) for p in target.corners()])
+    lo = np.floor(idx.min(axis=0)).astype(int) - margin
+    hi = np.ceil(idx.max(axis=0)).astype(int) + margin
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, np.asarray(source.size) - 1)
+    if np.any(hi < lo):
+        return None
+    return lo.tolist(), (hi - lo + 1).tolist()
+
+
+def physical_overlap(a: Geometry, b: Geometry) -> bool:
+    """Whether the physical bounding boxes (voxel edges included) of two grids intersect."""
+    def box(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+        half = np.abs(g.matrix).sum(axis=1) / 2.0
+        c = g.corners()
+        return c.min(axis=0) - half, c.max(axis=0) + half
+    alo, ahi = box(a)
+    blo, bhi = box(b)
+    return bool(np.all(alo < bhi) and np.all(blo < ahi))
+
+
+def resample(image: sitk.Image, grid: Geometry, interpolator: int, default: float,
+             pixel_id: int | None = None) -> sitk.Image:
+    """Resample ``image`` onto ``grid`` (identity transform: the images are pre-registered)."""
+    f = sitk.ResampleImageFilter()
+    f.SetSize([int(v) for v in grid.size])
+    f.SetOutputSpacing(grid.spacing)
+    f.SetOutputOrigin(grid.origin)
+    f.SetOutputDirection(grid.direction)
+    f.SetInterpolator(interpolator)
+    f.SetDefaultPixelValue(float(default))
+    f.SetOutputPixelType(image.GetPixelID() if pixel_id is None else pixel_id)
+    return f.Execute(image)

@@ -1,0 +1,116 @@
+"""Reading inputs with clear errors, and writing outputs atomically.
+
+Inputs are anything SimpleITK reads (NIfTI, NRRD, MHA, ...) or a folder holding one DICOM
+series. A user mistake becomes one :class:`InputError` line naming the file; outputs are
+written to a temporary file beside the target and renamed, so a failure never leaves a
+half-written file where a finished one is expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # SimpleITK's messages start with a C++ location; the reason is on the last line.
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as exc:
+        raise InputError(f"{folder}: cannot list DICOM series ({_first_line(exc)})") from None
+    if not series:
+        raise InputError(f"{folder}: folder holds no DICOM series")
+    if len(series) > 1:
+        raise InputError(f"{folder}: folder holds {len(series)} DICOM series ({', '.join(series)}); "
+                         "point to a folder with one series")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    return reader.Execute()
+
+
+def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
+    """Read a 3D scalar volume; ``role`` ("CT", "PET", "label") appears in error messages."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: {role} file not found")
+    try:
+        image = _read_dicom_folder(path) if path.is_dir() else sitk.ReadImage(str(path))
+    except InputError:
+        raise
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot read the {role} image ({_first_line(exc)})") from None
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    if image.GetDimension() != 3:
+        raise InputError(f"{path}: {role} image is {image.GetDimension()}D with size "
+                         f"{list(image.GetSize())}; a 3D volume is needed")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: {role} image has {image.GetNumberOfComponentsPerPixel()} components "
+                         "per voxel; a scalar volume is needed")
+    if min(image.GetSize()) < 2:
+        raise InputError(f"{path}: {role} image has size {list(image.GetSize())}; a 3D volume is needed")
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        bad = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
+        if bad:
+            raise InputError(f"{path}: {role} image has {bad} NaN or infinite voxels")
+    return image
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` (same suffixes); rename it onto ``target`` on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(target.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
+    return Path(path)
+
+
+def write_json(data: dict, path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    return Path(path)
+
+
+def write_npy(array: np.ndarray, path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+    return Path(path)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,113 @@
+"""Inference: CT + PET in, GTVp/GTVn label map on the CT grid out.
+
+One code path for the CLI, the Slicer module and evaluation: :func:`preprocess.preprocess`,
+the network, :func:`restore.restore`. CUDA when available (bf16 autocast there), otherwise the
+CPU in fp32 with all cores; autocast on a CPU is far slower than fp32, so it is never used there.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .errors import InputError, ModelFileError
+from .model_file import LoadedModel, load_model
+from .preprocess import PREPROCESSING_VERSION, Preprocessed, preprocess
+from .restore import restore
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+#: The bundled model; trained on synthetic phantoms (see its JSON), for trying the software.
+DEFAULT_MODEL_NAME = "hntumorseg_phantom_psam"
+#: Test-time augmentation: axes of the (B, C, Z, Y, X) input to mirror; x is left-right.
+TTA_FLIP_DIMS = ((4,),)
+
+
+def default_model_path() -> Path:
+    """The bundled model's JSON; a clear error while none is bundled."""
+    path = MODELS_DIR / f"{DEFAULT_MODEL_NAME}.json"
+    if not path.exists():
+        raise ModelFileError(f"{path}: no trained model is bundled with this version of HNTumorSeg yet; "
+                             "pass --model NAME.safetensors (train one with hntumorseg-train)")
+    return path
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" picks CUDA when torch sees a GPU, else the CPU; "cuda" without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested, but this torch {torch.__version__} sees no CUDA GPU; "
+                         "use --device cpu or auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InputError(f"device {device!r} is not one of auto, cpu, cuda")
+    return torch.device(device)
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Segmentation:
+    """The label map on the CT grid, the network-input provenance and stage timings (s)."""
+
+    label: sitk.Image
+    provenance: dict
+    timings: dict = field(default_factory=dict)
+    preprocessed: Preprocessed | None = None
+    window_mask: np.ndarray | None = None
+
+
+class Segmenter:
+    """Runs a model on CT + PET images. Load once, call :meth:`segment` per case."""
+
+    def __init__(self, model: str | os.PathLike | LoadedModel | None = None, device: str = "auto",
+                 tta: bool = False):
+        self.device = resolve_device(device)
+        self.loaded = model if isinstance(model, LoadedModel) else load_model(
+            default_model_path() if model is None else model, device="cpu")
+        version = str(self.loaded.meta.get("preprocessing_version", ""))
+        if version != PREPROCESSING_VERSION:
+            raise ModelFileError(f"{self.loaded.paths[0]}: model was trained on preprocessing version "
+                                 f"{version!r}, this software makes version {PREPROCESSING_VERSION!r}")
+        self.model = self.loaded.model.to(self.device).eval()
+        self.tta = tta
+        if self.device.type == "cpu":
+            torch.set_num_threads(available_cpus())
+
+    def predict_window(self, image: np.ndarray) -> np.ndarray:
+        """(2, 112, 256, 256) normalised input to the (112, 256, 256) uint8 label mask."""
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(self.device)
+        cuda = self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            if not self.tta:
+                return self.model(x).argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+            prob = torch.softmax(self.model(x).float(), dim=1)
+            for dims in TTA_FLIP_DIMS:
+                prob += torch.softmax(self.model(x.flip(dims)).float(), dim=1).flip(dims)
+            return prob.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+
+    def segment(self, ct: sitk.Image, pet: sitk.Image, *, reference: sitk.Image | None = None,
+                ct_name: str = "CT", pet_name: str = "PET") -> Segmentation:
+        """Segment one case; a ``reference`` label (on the CT grid) is carried into the window too."""
+        t0 = time.perf_counter()
+        pre = preprocess(ct, pet, reference, ct_name=ct_name, pet_name=pet_name)
+        timings = {"preprocess": time.perf_counter() - t0, **{f"preprocess.{k}": v for k, v in pre.timings.items()}}
+        t0 = time.perf_counter()
+        mask = self.predict_window(pre.image)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        timings["network"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        label = restore(mask, pre.provenance)
+        timings["restore"] = time.perf_counter() - t0
+        return Segmentation(label, pre.provenance, timings, pre, mask)

@@ -1,0 +1,38 @@
+"""Shared fixtures: small constructed CT/PET pairs written to disk, for fast I/O and CLI tests.
+
+Realistic anatomy comes from :mod:`HNTumorSegLib.phantom`; these tiny volumes only need a
+"brain" of high uptake so that the crop has something to find.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+
+def tiny_ct_pet(pet_scale: float = 1.0) -> tuple[sitk.Image, sitk.Image]:
+    """CT 100 x 100 x 40 at 2 x 2 x 3 mm, PET 50 x 50 x 30 at 4 mm with a hot 'brain' near the top."""
+    ct = np.full((40, 100, 100), -1000, np.int16)
+    ct[:, 20:80, 25:75] = 40
+    ct_img = sitk.GetImageFromArray(ct)
+    ct_img.SetSpacing((2.0, 2.0, 3.0))
+    ct_img.SetOrigin((-100.0, -100.0, -60.0))
+    pet = np.zeros((30, 50, 50), np.float32)
+    pet[:, 10:40, 12:38] = 1.0
+    pet[20:28, 18:32, 18:32] = 8.0
+    pet_img = sitk.GetImageFromArray(pet * pet_scale)
+    pet_img.SetSpacing((4.0, 4.0, 4.0))
+    pet_img.SetOrigin((-102.0, -98.0, -62.0))
+    return ct_img, pet_img
+
+
+@pytest.fixture
+def tiny_files(tmp_path: Path) -> dict[str, Path]:
+    ct, pet = tiny_ct_pet()
+    paths = {"ct": tmp_path / "T-001__CT.nii.gz", "pet": tmp_path / "T-001__PT.nii.gz"}
+    sitk.WriteImage(ct, str(paths["ct"]))
+    sitk.WriteImage(pet, str(paths["pet"]))
+    return paths

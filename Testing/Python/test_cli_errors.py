@@ -1,0 +1,130 @@
+"""Every user mistake gives one line naming the file, exit status 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from HNTumorSegLib.cli import main
+
+from conftest import tiny_ct_pet
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("hntumorseg: error: ")
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), (needle, lines[0])
+
+
+def preprocess_args(ct, pet, out):
+    return ["preprocess", "--ct", ct, "--pet", pet, "--out", out]
+
+
+def test_preprocess_ok(tiny_files, tmp_path, capsys):
+    out = tmp_path / "pre"
+    code, stdout, err = run_cli(preprocess_args(tiny_files["ct"], tiny_files["pet"], out), capsys)
+    assert code == 0, err
+    arr = np.load(out / "input.npy")
+    assert arr.shape == (2, 112, 256, 256) and arr.dtype == np.float32
+    assert (out / "provenance.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["input.npy", "provenance.json"]
+
+
+def test_missing_file(tiny_files, tmp_path, capsys):
+    missing = tmp_path / "nope__PT.nii.gz"
+    out = tmp_path / "pre"
+    code, _, err = run_cli(preprocess_args(tiny_files["ct"], missing, out), capsys)
+    assert_one_line_error(code, err, str(missing), "not found")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unreadable_file(tiny_files, tmp_path, capsys):
+    bad = tmp_path / "garbage__CT.nii.gz"
+    bad.write_bytes(b"this is not an image" * 10)
+    code, _, err = run_cli(preprocess_args(bad, tiny_files["pet"], tmp_path / "o"), capsys)
+    assert_one_line_error(code, err, str(bad), "cannot read")
+
+
+def test_not_3d(tiny_files, tmp_path, capsys):
+    flat = tmp_path / "flat__CT.nii.gz"
+    sitk.WriteImage(sitk.Image([64, 64], sitk.sitkInt16), str(flat))
+    code, _, err = run_cli(preprocess_args(flat, tiny_files["pet"], tmp_path / "o"), capsys)
+    assert_one_line_error(code, err, str(flat), "2D")
+
+
+def test_no_overlap(tiny_files, tmp_path, capsys):
+    _, pet = tiny_ct_pet()
+    pet.SetOrigin((5000.0, 0.0, 0.0))
+    far = tmp_path / "far__PT.nii.gz"
+    sitk.WriteImage(pet, str(far))
+    code, _, err = run_cli(preprocess_args(tiny_files["ct"], far, tmp_path / "o"), capsys)
+    assert_one_line_error(code, err, str(far), "does not overlap")
+
+
+def test_no_uptake_above_tau(tiny_files, tmp_path, capsys):
+    _, pet = tiny_ct_pet(pet_scale=0.05)  # max SUV 0.4 < 0.5
+    cold = tmp_path / "cold__PT.nii.gz"
+    sitk.WriteImage(pet, str(cold))
+    code, _, err = run_cli(preprocess_args(tiny_files["ct"], cold, tmp_path / "o"), capsys)
+    assert_one_line_error(code, err, str(cold), "SUV", "Bq/mL")
+
+
+def test_bq_per_ml(tiny_files, tmp_path, capsys):
+    _, pet = tiny_ct_pet(pet_scale=5000.0)
+    bq = tmp_path / "bq__PT.nii.gz"
+    sitk.WriteImage(pet, str(bq))
+    code, _, err = run_cli(preprocess_args(tiny_files["ct"], bq, tmp_path / "o"), capsys)
+    assert_one_line_error(code, err, str(bq), "Bq/mL", "SUV")
+
+
+def test_nan_voxels(tiny_files, tmp_path, capsys):
+    _, pet = tiny_ct_pet()
+    arr = sitk.GetArrayFromImage(pet)
+    arr[3, 4, 5] = np.nan
+    arr[3, 4, 6] = np.inf
+    nan_img = sitk.GetImageFromArray(arr)
+    nan_img.CopyInformation(pet)
+    path = tmp_path / "nan__PT.mha"  # (the NIfTI reader turns NaN into 0 itself)
+    sitk.WriteImage(nan_img, str(path))
+    code, _, err = run_cli(preprocess_args(tiny_files["ct"], path, tmp_path / "o"), capsys)
+    assert_one_line_error(code, err, str(path), "2 NaN or infinite")
+
+
+def test_label_off_grid(tiny_files, tmp_path, capsys):
+    lab = sitk.Image([10, 10, 10], sitk.sitkUInt8)
+    path = tmp_path / "lab.nii.gz"
+    sitk.WriteImage(lab, str(path))
+    code, _, err = run_cli(preprocess_args(tiny_files["ct"], tiny_files["pet"], tmp_path / "o")
+                           + ["--label", path], capsys)
+    assert_one_line_error(code, err, str(path), "not on the CT grid")
+
+
+def test_bad_output_suffix(tiny_files, tmp_path, capsys):
+    code, _, err = run_cli(["segment", "--ct", tiny_files["ct"], "--pet", tiny_files["pet"],
+                            "--out", tmp_path / "seg.txt", "--model", tmp_path / "m.json"], capsys)
+    assert code == 2 and "Traceback" not in err
+
+
+def test_console_script_prints_no_traceback(tiny_files, tmp_path):
+    missing = tmp_path / "missing.nii.gz"
+    proc = subprocess.run([sys.executable, "-m", "HNTumorSegLib.cli", "preprocess", "--ct", str(missing),
+                           "--pet", str(tiny_files["pet"]), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"hntumorseg: error: {missing}: CT file not found"
