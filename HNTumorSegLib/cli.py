@@ -50,7 +50,7 @@ def sidecar_path(out: Path) -> Path:
 
 def _model_summary(loaded) -> dict:
     meta = loaded.meta
-    return {"file": str(loaded.paths[0]), "weights_sha256": meta.get("weights_sha256"),
+    return {"file": str(loaded.paths.json), "weights_sha256": meta.get("weights_sha256"),
             "trained_on": meta.get("trained_on"), "intended_use": meta.get("intended_use"),
             "network": meta.get("network")}
 

@@ -77,7 +77,7 @@ class Segmenter:
             default_model_path() if model is None else model, device="cpu")
         version = str(self.loaded.meta.get("preprocessing_version", ""))
         if version != PREPROCESSING_VERSION:
-            raise ModelFileError(f"{self.loaded.paths[0]}: model was trained on preprocessing version "
+            raise ModelFileError(f"{self.loaded.paths.json}: model was trained on preprocessing version "
                                  f"{version!r}, this software makes version {PREPROCESSING_VERSION!r}")
         self.model = self.loaded.model.to(self.device).eval()
         self.tta = tta

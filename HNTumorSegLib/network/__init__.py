@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .blocks import ConvBlock, ConvNormAct, UpSample, make_norm
+from .blocks import ConvBlock, ConvNormAct, PointwiseConv3d, UpSample, make_norm
 from .config import NetworkConfig
 from .psam import PSAM, multiscale
 from .se_norm import SENorm3d
@@ -21,5 +21,5 @@ def build_network(config: NetworkConfig | None = None) -> nn.Module:
 
 __all__ = [
     "NetworkConfig", "PSAMUNet", "build_network",
-    "SENorm3d", "PSAM", "multiscale", "SkipGate", "ConvBlock", "ConvNormAct", "UpSample", "make_norm",
+    "SENorm3d", "PSAM", "multiscale", "SkipGate", "ConvBlock", "ConvNormAct", "PointwiseConv3d", "UpSample", "make_norm",
 ]

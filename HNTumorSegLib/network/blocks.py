@@ -9,7 +9,8 @@ pooling layer is needed; up-sampling is a stride-2 transposed convolution.
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from .se_norm import SENorm3d
 
@@ -51,3 +52,21 @@ class UpSample(nn.ConvTranspose3d):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(in_channels, out_channels, kernel_size=2, stride=2)
+
+
+class PointwiseConv3d(nn.Conv3d):
+    """1x1x1 convolution (the output heads) computed as one matrix product.
+
+    Same parameters and state-dict keys as ``nn.Conv3d(in, out, 1)``, but on CPU the matmul is
+    ~3x faster than oneDNN's 1x1x1 convolution on a full-resolution volume (memory bound).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c = x.shape[:2]
+        y = torch.matmul(self.weight.view(self.out_channels, c), x.reshape(b, c, -1))
+        if self.bias is not None:
+            y.add_(self.bias.view(1, -1, 1))
+        return y.view(b, self.out_channels, *x.shape[2:])

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import ConvBlock, UpSample
+from .blocks import ConvBlock, PointwiseConv3d, UpSample
 
 
 def multiscale(a: Tensor, levels: int = 3) -> list[Tensor]:
@@ -46,7 +46,7 @@ class PSAM(nn.Module):
         self.decoders = nn.ModuleList(
             ConvBlock(2 * channels[i], channels[i], "instance") for i in range(len(channels) - 1)
         )
-        self.head = nn.Conv3d(channels[0], 1, kernel_size=1)
+        self.head = PointwiseConv3d(channels[0], 1)
 
     def forward(self, pet: Tensor) -> Tensor:
         skips: list[Tensor] = []

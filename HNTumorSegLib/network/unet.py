@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .blocks import ConvBlock, UpSample
+from .blocks import ConvBlock, PointwiseConv3d, UpSample
 from .config import PSAM_GATED_LEVELS, NetworkConfig
 from .psam import PSAM, multiscale
 
@@ -49,7 +49,7 @@ class PSAMUNet(nn.Module):
         # ups[i] / decoders[i] produce level i+1's resolution (index 0 = full resolution).
         self.ups = nn.ModuleList(UpSample(ch[i + 1], ch[i]) for i in range(n - 1))
         self.decoders = nn.ModuleList(ConvBlock(2 * ch[i], ch[i], **kw) for i in range(n - 1))
-        self.head = nn.Conv3d(ch[0], config.out_channels, kernel_size=1)
+        self.head = PointwiseConv3d(ch[0], config.out_channels)
         if config.psam:
             self.psam: PSAM | None = PSAM(config.psam_channels, in_channels=1)
             self.gates = nn.ModuleList(SkipGate() for _ in range(min(PSAM_GATED_LEVELS, n - 1)))
