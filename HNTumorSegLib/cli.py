@@ -220,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"hntumorseg: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # permissions, a full disk, a path that is a folder: the user's to fix
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"hntumorseg: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("hntumorseg: interrupted", file=sys.stderr)
         return 130

@@ -128,3 +128,10 @@ def test_console_script_prints_no_traceback(tiny_files, tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"hntumorseg: error: {missing}: CT file not found"
+
+
+def test_unwritable_output_is_one_line(tiny_files, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder is needed")
+    code, _, err = run_cli(preprocess_args(tiny_files["ct"], tiny_files["pet"], blocker / "sub"), capsys)
+    assert_one_line_error(code, err, str(blocker))
