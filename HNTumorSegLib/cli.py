@@ -71,7 +71,8 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     ct = read_image(ct_path, "CT")
     pet = read_image(pet_path, "PET")
     timings["read_inputs"] = time.perf_counter() - t0
-    seg = segmenter.segment(ct, pet, reference=reference, ct_name=str(ct_path), pet_name=str(pet_path))
+    seg = segmenter.segment(ct, pet, reference=reference, ct_name=str(ct_path), pet_name=str(pet_path),
+                            progress=lambda stage: print(f"  {stage} ...", flush=True))
     timings.update(seg.timings)
     t0 = time.perf_counter()
     structures = structure_statistics(seg.label, pet)

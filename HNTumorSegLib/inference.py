@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -97,16 +98,25 @@ class Segmenter:
             return prob.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
 
     def segment(self, ct: sitk.Image, pet: sitk.Image, *, reference: sitk.Image | None = None,
-                ct_name: str = "CT", pet_name: str = "PET") -> Segmentation:
-        """Segment one case; a ``reference`` label (on the CT grid) is carried into the window too."""
+                ct_name: str = "CT", pet_name: str = "PET",
+                progress: Callable[[str], None] | None = None) -> Segmentation:
+        """Segment one case; a ``reference`` label (on the CT grid) is carried into the window too.
+
+        ``progress`` is called with the name of each stage as it starts ("preprocess", "network",
+        "restore"), for progress bars in front-ends.
+        """
+        report = progress or (lambda stage: None)
+        report("preprocess")
         t0 = time.perf_counter()
         pre = preprocess(ct, pet, reference, ct_name=ct_name, pet_name=pet_name)
         timings = {"preprocess": time.perf_counter() - t0, **{f"preprocess.{k}": v for k, v in pre.timings.items()}}
+        report("network")
         t0 = time.perf_counter()
         mask = self.predict_window(pre.image)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         timings["network"] = time.perf_counter() - t0
+        report("restore")
         t0 = time.perf_counter()
         label = restore(mask, pre.provenance)
         timings["restore"] = time.perf_counter() - t0
