@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import ConvBlock, PointwiseConv3d, UpSample
+from .blocks import CHANNELS_LAST, ConvBlock, PointwiseConv3d, UpSample, use_fast_inference
 
 
 def multiscale(a: Tensor, levels: int = 3) -> list[Tensor]:
@@ -31,6 +31,9 @@ class PSAM(nn.Module):
 
     Spatial sizes must be divisible by ``2 ** (len(channels) - 1)``.
     """
+
+    #: Use the channels-last CPU inference path when autograd is off (see ``blocks.use_fast_inference``).
+    fast_inference: bool = True
 
     def __init__(self, channels: Sequence[int] = (8, 16, 32), in_channels: int = 1) -> None:
         super().__init__()
@@ -49,6 +52,8 @@ class PSAM(nn.Module):
         self.head = PointwiseConv3d(channels[0], 1)
 
     def forward(self, pet: Tensor) -> Tensor:
+        if use_fast_inference(self, pet):
+            return self._forward_inference(pet)
         skips: list[Tensor] = []
         h = pet
         for i, enc in enumerate(self.encoders):
@@ -59,3 +64,19 @@ class PSAM(nn.Module):
             h = torch.cat([self.ups[i](h), skips.pop()], dim=1)
             h = self.decoders[i](h)
         return torch.sigmoid(self.head(h))
+
+    def _forward_inference(self, pet: Tensor) -> Tensor:
+        """:meth:`forward` without autograd on the CPU: channels-last, in place, no concatenation."""
+        skips: list[Tensor] = []
+        h = pet.contiguous(memory_format=CHANNELS_LAST)
+        for i, enc in enumerate(self.encoders):
+            h = enc.forward_inference(h)
+            if i < len(self.encoders) - 1:
+                skips.append(h)
+        for i in reversed(range(len(self.decoders))):
+            up = self.ups[i].forward_inference(h)
+            del h
+            h = self.decoders[i].conv1.forward_inference(up, skips.pop())
+            del up
+            h = self.decoders[i].conv2.forward_inference(h)
+        return torch.sigmoid_(self.head(h))

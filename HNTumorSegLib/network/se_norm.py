@@ -43,7 +43,10 @@ class SENorm3d(nn.Module):
 
     def modulation(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample, per-channel ``(gamma, beta)``, each of shape (B, C)."""
-        g = x.mean(dim=(2, 3, 4))
+        return self.excitation(x.mean(dim=(2, 3, 4)))
+
+    def excitation(self, g: Tensor) -> tuple[Tensor, Tensor]:
+        """``(gamma, beta)`` from the (B, C) channel descriptor ``g`` (the spatial mean of the input)."""
         return torch.sigmoid(self.gamma(g)), torch.tanh(self.beta(g))
 
     def forward(self, x: Tensor) -> Tensor:

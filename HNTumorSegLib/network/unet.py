@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .blocks import ConvBlock, PointwiseConv3d, UpSample
+from .blocks import CHANNELS_LAST, ConvBlock, PointwiseConv3d, UpSample, use_fast_inference
 from .config import PSAM_GATED_LEVELS, NetworkConfig
 from .psam import PSAM, multiscale
 
@@ -32,7 +32,14 @@ class SkipGate(nn.Module):
 
 
 class PSAMUNet(nn.Module):
-    """PSAM U-Net with SE Normalization (or the plain U-Net baseline), built from a NetworkConfig."""
+    """PSAM U-Net with SE Normalization (or the plain U-Net baseline), built from a NetworkConfig.
+
+    Without autograd on the CPU, :meth:`forward` takes a faster channels-last path that computes the
+    same logits (to float rounding; see ``blocks.use_fast_inference``); its output is then a
+    channels-last tensor. Set ``fast_inference = False`` for the reference path.
+    """
+
+    fast_inference: bool = True
 
     def __init__(self, config: NetworkConfig | None = None) -> None:
         super().__init__()
@@ -94,6 +101,8 @@ class PSAMUNet(nn.Module):
         """Logits (B, out_channels, Z, Y, X). ``attention`` (B, 1, Z, Y, X) replaces PSAM's A."""
         self._check_input(x)
         maps = self._gate_maps(x, attention)  # computed first, so PSAM's activations are freed
+        if use_fast_inference(self, x):
+            return self._forward_inference(x, maps)
         skips: list[Tensor] = []
         h = x
         last = len(self.encoders) - 1
@@ -109,4 +118,24 @@ class PSAMUNet(nn.Module):
             h = torch.cat([up, skip], dim=1)
             del up, skip  # drop the references so the inputs of cat can be freed now
             h = self.decoders[i](h)
+        return self.head(h)
+
+    def _forward_inference(self, x: Tensor, maps: list[Tensor]) -> Tensor:
+        """:meth:`forward` without autograd on the CPU: channels-last, in place, no concatenation."""
+        skips: list[Tensor] = []
+        h = x.contiguous(memory_format=CHANNELS_LAST)
+        last = len(self.encoders) - 1
+        for i, enc in enumerate(self.encoders):
+            h = enc.forward_inference(h)
+            if i < last:
+                skips.append(h)
+        for i in reversed(range(len(self.decoders))):
+            up = self.ups[i].forward_inference(h)
+            del h
+            skip = skips.pop()
+            if i < len(maps):
+                skip = self.gates[i](skip, maps[i])
+            h = self.decoders[i].conv1.forward_inference(up, skip)
+            del up, skip  # the decoder input is freed before its second convolution
+            h = self.decoders[i].conv2.forward_inference(h)
         return self.head(h)
