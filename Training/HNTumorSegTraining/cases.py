@@ -1,0 +1,163 @@
+"""Finding HECKTOR 2025 Task 1 cases on disk.
+
+Two layouts are accepted, also mixed under one root:
+
+* folders: ``ROOT/CASE/CASE__CT.nii.gz``, ``CASE__PT.nii.gz`` and the label ``CASE.nii.gz``;
+* flat (nnU-Net-like): ``ROOT/imagesTr/CASE__CT.nii.gz``, ``ROOT/imagesTr/CASE__PT.nii.gz`` and
+  ``ROOT/labelsTr/CASE.nii.gz``.
+
+``.nii`` works wherever ``.nii.gz`` does. Case ids are ``CENTRE-NNN`` or ``CENTRE_NNN``
+(``CHUM-001``, ``MDA_123``); the centre drives the centre-proportional split. Why so strict:
+a training set that silently loses cases (a PET under a slightly different name, a missing
+label) gives a model trained on less than the user thinks, so every image file that does not
+become part of a complete case is reported as a :class:`CaseProblem`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Case id: centre letters/digits (starting with a letter), '-' or '_', then the case number.
+CASE_ID_RE = re.compile(r"^(?P<centre>[A-Za-z][A-Za-z0-9]*)[-_](?P<number>[0-9]+)$")
+#: Suffixes of the image files, longest first so ``.nii.gz`` is not taken for ``.gz``.
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: File-name role suffixes of HECKTOR 2025: ``CASE__CT``, ``CASE__PT``; the label is ``CASE``.
+ROLE_SUFFIXES = {"__CT": "ct", "__PT": "pet"}
+FLAT_IMAGES, FLAT_LABELS = "imagesTr", "labelsTr"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One complete case: CT, PET and (for training) label paths."""
+
+    case_id: str
+    centre: str
+    ct: Path
+    pet: Path
+    label: Path | None
+
+
+@dataclass(frozen=True)
+class CaseProblem:
+    """A case (or a stray image file, named by its file name) that cannot be used, and why."""
+
+    case_id: str
+    reason: str
+
+
+def parse_case_id(case_id: str) -> str:
+    """The centre of ``case_id`` (the prefix before '-' or '_'); ValueError if it is not an id."""
+    m = CASE_ID_RE.match(case_id)
+    if m is None:
+        raise ValueError(f"{case_id!r} is not a case id of the form CENTRE-NNN or CENTRE_NNN")
+    return m.group("centre")
+
+
+def case_sort_key(case_id: str) -> tuple:
+    """Centre, then case number as a number (``MDA-9`` before ``MDA-10``), then the id itself."""
+    m = CASE_ID_RE.match(case_id)
+    if m is None:
+        return (case_id, -1, case_id)
+    return (m.group("centre"), int(m.group("number")), case_id)
+
+
+def _nifti_stem(path: Path) -> str | None:
+    """File name without .nii/.nii.gz, or None for a file that is not NIfTI."""
+    name = path.name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[:-len(suffix)]
+    return None
+
+
+def _role_of(stem: str) -> tuple[str, str]:
+    """(case id, role) of a file stem: ``X__CT`` -> "ct", ``X__PT`` -> "pet", plain ``X`` -> "label"."""
+    for suffix, role in ROLE_SUFFIXES.items():
+        if stem.endswith(suffix):
+            return stem[:-len(suffix)], role
+    return stem, "label"
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and _nifti_stem(p) is not None
+                  and not p.name.startswith("."))
+
+
+class _Collector:
+    """Image files per (case id, role), and problems with files that fit no case."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, dict[str, list[Path]]] = {}
+        self.problems: list[CaseProblem] = []
+
+    def add(self, path: Path, allowed_roles: tuple[str, ...], expected_id: str | None = None) -> None:
+        case_id, role = _role_of(_nifti_stem(path) or "")
+        if CASE_ID_RE.match(case_id) is None:
+            self.problems.append(CaseProblem(path.name, f"{path}: file name is not CASE__CT, CASE__PT "
+                                             "or CASE with a case id CENTRE-NNN or CENTRE_NNN"))
+        elif role not in allowed_roles:
+            self.problems.append(CaseProblem(case_id, f"{path}: a {role} file does not belong in "
+                                             f"{path.parent.name}/"))
+        elif expected_id is not None and case_id != expected_id:
+            self.problems.append(CaseProblem(case_id, f"{path}: file of case {case_id} in the folder of "
+                                             f"case {expected_id}"))
+        else:
+            self.files.setdefault(case_id, {}).setdefault(role, []).append(path)
+
+
+def _collect(root: Path) -> _Collector:
+    col = _Collector()
+    for path in _nifti_files(root):
+        col.problems.append(CaseProblem(path.name, f"{path}: image file directly under the data root; "
+                                        f"expected ROOT/CASE/ or ROOT/{FLAT_IMAGES}/, ROOT/{FLAT_LABELS}/"))
+    for name, roles in ((FLAT_IMAGES, ("ct", "pet")), (FLAT_LABELS, ("label",))):
+        if (root / name).is_dir():
+            for path in _nifti_files(root / name):
+                col.add(path, roles)
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if folder.name in (FLAT_IMAGES, FLAT_LABELS):
+            continue
+        files = _nifti_files(folder)
+        if CASE_ID_RE.match(folder.name) is None:
+            if files:
+                col.problems.append(CaseProblem(folder.name, f"{folder}: folder with image files whose name "
+                                                "is not a case id (CENTRE-NNN or CENTRE_NNN)"))
+            continue
+        for path in files:
+            col.add(path, ("ct", "pet", "label"), expected_id=folder.name)
+    return col
+
+
+def find_cases(root: str | Path, require_label: bool = True) -> tuple[list[Case], list[CaseProblem]]:
+    """Complete cases under ``root`` and problems with everything else, both sorted by case id.
+
+    A case needs exactly one CT and one PET file, and with ``require_label`` one label file; a
+    case lacking one of them, or holding two (``.nii`` beside ``.nii.gz``, or the same case in
+    both layouts), is a problem, not a case. Without ``require_label`` a label-less case is a
+    case with ``label=None``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: data root is not a folder")
+    col = _collect(root)
+    cases: list[Case] = []
+    problems = list(col.problems)
+    for case_id, roles in col.files.items():
+        reasons = []
+        for role, what in (("ct", "CT (CASE__CT.nii.gz)"), ("pet", "PET (CASE__PT.nii.gz)"),
+                           ("label", "label (CASE.nii.gz)")):
+            found = roles.get(role, [])
+            if len(found) > 1:
+                reasons.append(f"{len(found)} {role} files: {', '.join(str(p) for p in found)}")
+            elif not found and (role != "label" or require_label):
+                reasons.append(f"no {what}")
+        if reasons:
+            problems.append(CaseProblem(case_id, "; ".join(reasons)))
+            continue
+        label = roles.get("label", [None])[0]
+        cases.append(Case(case_id, parse_case_id(case_id), roles["ct"][0], roles["pet"][0], label))
+    cases.sort(key=lambda c: case_sort_key(c.case_id))
+    problems.sort(key=lambda p: (case_sort_key(p.case_id), p.reason))
+    return cases, problems
