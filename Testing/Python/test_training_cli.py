@@ -1,0 +1,25 @@
+"""The hntumorseg-train command: phantoms -> prepare, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+from HNTumorSegTraining.cli import main
+
+
+def test_phantoms_then_prepare(tmp_path, capsys):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    assert main(["phantoms", "--out", str(data), "--n", "3", "--seed", "1"]) == 0
+    assert sorted(p.name for p in data.iterdir()) == ["PHA-001", "PHB-001", "PHC-001"]
+    assert main(["prepare", "--data", str(data), "--out", str(cache), "--val-counts", "PHA=1,PHB=0,PHC=0",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "accepted 3" in out and "keeps all GTVp in 3" in out
+    split = json.loads((cache / "split.json").read_text())
+    assert split["val"] == ["PHA-001"] and sorted(split["train"]) == ["PHB-001", "PHC-001"]
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    assert main(["prepare", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hntumorseg-train: error: ") and "missing" in err[0]

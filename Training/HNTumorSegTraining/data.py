@@ -1,0 +1,232 @@
+"""What the network sees: cached cases as tensors, with patch sampling and augmentations.
+
+Cases come from the cache (:func:`.cache.open_case`): float16 image (2, 112, 256, 256) and uint8
+label, memory-mapped, so a patch costs only the pages it covers. The float16 -> float32
+conversion happens on the patch, after cropping.
+
+Training (:class:`TrainDataset`), in this order:
+
+1. Patch (optional, ``patch_size``): with probability ``p_fg`` the patch is centred on a random
+   voxel of a random foreground class present in the case (clipped to the volume, so the voxel
+   stays inside), else placed uniformly. Why oversample: GTVn is often < 0.1 % of the window, and
+   uniformly placed patches would show most nodes to the network rarely (nnU-Net uses 1/3).
+2. Left-right flip along x (the last axis) with probability ``flip_p``, image and label together.
+   Head-and-neck anatomy is roughly left-right symmetric and nodes occur on both sides.
+3. Intensity, per channel, on the normalised inputs (both in about (0, 1)): with probability
+   ``intensity_p`` a scale from U(1 - scale, 1 + scale) and a shift from U(-shift, shift); with
+   probability ``noise_p`` Gaussian noise of standard deviation U(0, noise_std) (off by default).
+   Small on purpose: the preprocessing already standardises CT windowing and PET scale, so these
+   only model residual scanner and reconstruction differences between centres.
+
+Randomness: each draw has its own generator, seeded from (seed, epoch, draw) -- the key that
+:class:`.sampler.EpochSampler` yields -- not from a worker's global state. So a batch does not
+depend on the number of workers or on which worker served it, and a resumed epoch repeats
+exactly. (DataLoader workers are still seeded, by :func:`seed_worker`, for any library code
+that reaches for the global generators.) Validation (:class:`ValDataset`): full volumes, no
+augmentation.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .cache import open_case
+
+#: Classes the patch sampler may centre on (1 GTVp, 2 GTVn).
+FOREGROUND_CLASSES = (1, 2)
+#: At most this many voxel positions are kept per class and case for centring (memory bound).
+MAX_FG_VOXELS = 20000
+#: Tag of the per-draw random stream (see sampler.ORDER_STREAM).
+DRAW_STREAM = 2
+PATCH_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training augmentation parameters (see the module docstring); ``Augmentation.off()`` disables all."""
+
+    flip_p: float = 0.5
+    intensity_p: float = 0.5
+    scale: float = 0.1
+    shift: float = 0.05
+    noise_p: float = 0.15
+    noise_std: float = 0.0
+
+    @classmethod
+    def off(cls) -> "Augmentation":
+        return cls(flip_p=0.0, intensity_p=0.0, scale=0.0, shift=0.0, noise_p=0.0, noise_std=0.0)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def check_patch_size(patch_size: Sequence[int], volume: Sequence[int], multiple: int = PATCH_MULTIPLE) -> tuple[int, ...]:
+    """``patch_size`` as a tuple, checked: 3 positive multiples of ``multiple`` within ``volume``."""
+    patch = tuple(int(p) for p in patch_size)
+    if len(patch) != 3 or any(p <= 0 or p % multiple for p in patch):
+        raise ValueError(f"patch_size must be 3 positive multiples of {multiple}, got {list(patch_size)}")
+    if any(p > v for p, v in zip(patch, volume)):
+        raise ValueError(f"patch_size {list(patch)} exceeds the volume {list(volume)}")
+    return patch
+
+
+def patch_start(rng: np.random.Generator, volume: Sequence[int], patch: Sequence[int],
+                centre: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Corner of a patch: uniform, or centred on ``centre`` and clipped into the volume."""
+    if centre is None:
+        return tuple(int(rng.integers(0, v - p + 1)) for v, p in zip(volume, patch))
+    return tuple(int(min(max(c - p // 2, 0), v - p)) for c, p, v in zip(centre, patch, volume))
+
+
+def foreground_voxels(label: np.ndarray, case_seed: int = 0,
+                      classes: Sequence[int] = FOREGROUND_CLASSES) -> dict[int, np.ndarray]:
+    """Per present class, up to MAX_FG_VOXELS voxel positions (N, 3) int16, subsampled reproducibly."""
+    out = {}
+    rng = np.random.default_rng([case_seed, DRAW_STREAM])
+    for c in classes:
+        idx = np.flatnonzero(np.asarray(label).reshape(-1) == c)
+        if idx.size == 0:
+            continue
+        if idx.size > MAX_FG_VOXELS:
+            idx = np.sort(rng.choice(idx, MAX_FG_VOXELS, replace=False))
+        out[c] = np.stack(np.unravel_index(idx, label.shape), axis=1).astype(np.int16)
+    return out
+
+
+def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+            aug: Augmentation) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Flip and intensity-augment float32 ``image`` (C, Z, Y, X) and ``label`` (Z, Y, X); also returns flipped."""
+    flipped = bool(rng.random() < aug.flip_p)
+    if flipped:
+        image = np.ascontiguousarray(image[..., ::-1])
+        label = np.ascontiguousarray(label[..., ::-1])
+    channels = image.shape[0]
+    if rng.random() < aug.intensity_p:
+        scale = rng.uniform(1.0 - aug.scale, 1.0 + aug.scale, channels).astype(np.float32)
+        shift = rng.uniform(-aug.shift, aug.shift, channels).astype(np.float32)
+        image *= scale[:, None, None, None]
+        image += shift[:, None, None, None]
+    if aug.noise_std > 0 and rng.random() < aug.noise_p:
+        std = rng.uniform(0.0, aug.noise_std)
+        image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(std)
+    return image, label, flipped
+
+
+class _CaseReader:
+    """Opens cached cases lazily, once per process (memory maps are not shared across workers)."""
+
+    def __init__(self, cache_dir: str | Path, case_ids: Sequence[str]) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.case_ids = list(case_ids)
+        if not self.case_ids:
+            raise ValueError("no cases given")
+        self._open: dict[int, Any] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": {}}
+
+    def case(self, index: int):
+        if index not in self._open:
+            self._open[index] = open_case(self.cache_dir, self.case_ids[index])
+        return self._open[index]
+
+
+class TrainDataset(Dataset):
+    """Augmented training samples; index with the sampler's ``(case_index, epoch, draw)`` keys.
+
+    A plain int ``i`` is read as ``(i, 0, i)``. ``patch_size`` must be a multiple of
+    ``patch_multiple`` (the network's down-sampling factor, at least 16). Items: ``image`` float32 (2, *size), ``label``
+    uint8 (*size), ``case_id``, ``fg_centred`` (patch centred on foreground), ``flipped`` and
+    ``start`` (the patch corner in the window, before flipping).
+    """
+
+    def __init__(self, cache_dir: str | Path, case_ids: Sequence[str], *,
+                 patch_size: Sequence[int] | None = None, p_fg: float = 0.5,
+                 augmentation: Augmentation | None = None, seed: int = 0,
+                 patch_multiple: int = PATCH_MULTIPLE) -> None:
+        self.reader = _CaseReader(cache_dir, case_ids)
+        if not 0.0 <= p_fg <= 1.0:
+            raise ValueError(f"p_fg must be in [0, 1], got {p_fg}")
+        first = self.reader.case(0)
+        self.volume = tuple(first.label.shape)
+        self.patch_size = (check_patch_size(patch_size, self.volume, patch_multiple)
+                           if patch_size is not None else None)
+        self.p_fg = p_fg
+        self.augmentation = augmentation if augmentation is not None else Augmentation()
+        self.seed = int(seed)
+        self._fg: dict[int, dict[int, np.ndarray]] = {}
+
+    @property
+    def case_ids(self) -> list[str]:
+        return self.reader.case_ids
+
+    def __len__(self) -> int:
+        return len(self.reader.case_ids)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fg": {}}
+
+    def foreground(self, index: int) -> dict[int, np.ndarray]:
+        if index not in self._fg:
+            self._fg[index] = foreground_voxels(self.reader.case(index).label, case_seed=index)
+        return self._fg[index]
+
+    def __getitem__(self, key: int | tuple[int, int, int]) -> dict[str, Any]:
+        index, epoch, draw = (key, 0, key) if isinstance(key, (int, np.integer)) else key
+        rng = np.random.default_rng([self.seed, int(epoch), int(draw), DRAW_STREAM])
+        case = self.reader.case(int(index))
+        centred = False
+        start: tuple[int, ...] = (0, 0, 0)
+        if self.patch_size is None:
+            image = np.array(case.image, dtype=np.float32)
+            label = np.array(case.label)
+        else:
+            centre = None
+            if rng.random() < self.p_fg:
+                fg = self.foreground(int(index))
+                if fg:
+                    voxels = fg[list(fg)[int(rng.integers(len(fg)))]]
+                    centre = voxels[int(rng.integers(len(voxels)))].tolist()
+                    centred = True
+            start = patch_start(rng, self.volume, self.patch_size, centre)
+            window = tuple(slice(s, s + p) for s, p in zip(start, self.patch_size))
+            image = np.array(case.image[(slice(None), *window)], dtype=np.float32)
+            label = np.array(case.label[window])
+        image, label, flipped = augment(image, label, rng, self.augmentation)
+        return {"image": torch.from_numpy(image), "label": torch.from_numpy(label),
+                "case_id": self.case_ids[int(index)], "fg_centred": centred, "flipped": flipped,
+                "start": torch.tensor(start)}
+
+
+class ValDataset(Dataset):
+    """Full preprocessed windows for validation: ``image`` float32 (2, Z, Y, X), ``label`` uint8, ``case_id``."""
+
+    def __init__(self, cache_dir: str | Path, case_ids: Sequence[str]) -> None:
+        self.reader = _CaseReader(cache_dir, case_ids)
+
+    def __len__(self) -> int:
+        return len(self.reader.case_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        case = self.reader.case(int(index))
+        return {"image": torch.from_numpy(np.asarray(case.image, dtype=np.float32)),
+                "label": torch.from_numpy(np.array(case.label)), "case_id": self.reader.case_ids[int(index)]}
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed python and numpy's global generators from the worker's torch seed.
+
+    The DataLoader gives each worker ``base_seed + worker_id``, with ``base_seed`` drawn from the
+    loader's generator (seeded per epoch in :mod:`.fit`); this makes code that uses the global
+    generators reproducible too. The augmentations here do not need it (per-draw generators).
+    """
+    s = torch.initial_seed() % 2 ** 32
+    np.random.seed(s)
+    random.seed(s)
