@@ -24,6 +24,7 @@ from . import __version__
 from .crop import TAU, WINDOW_ZYX, CropWindow, NoUptakeError, find_crop
 from .errors import InputError
 from .geometry import Geometry, analysis_lattice, orient_lps, overlap_box, physical_overlap, resample
+from .label_checks import label_grid_problem, label_values_problem
 from .intensity import CT_PAD_HU, PET_PAD_SUV, normalize_ct, normalize_pet, pet_statistics
 
 #: Changes whenever the network input for the same case would change; models record it.
@@ -73,16 +74,9 @@ def _check_pet_units(pet: np.ndarray, pet_name: str) -> None:
 
 
 def _check_label(label: sitk.Image, ct: sitk.Image, label_name: str) -> None:
-    lg, cg = Geometry.of(label), Geometry.of(ct)
-    if lg.size != cg.size or not (np.allclose(lg.spacing, cg.spacing, atol=1e-4)
-                                  and np.allclose(lg.origin, cg.origin, atol=1e-3)
-                                  and np.allclose(lg.direction, cg.direction, atol=1e-5)):
-        raise InputError(f"{label_name}: label is not on the CT grid (size {list(lg.size)} vs CT "
-                         f"{list(cg.size)})")
-    values = np.unique(sitk.GetArrayViewFromImage(label))
-    bad = [int(v) for v in values if v not in (0, 1, 2)]
-    if bad:
-        raise InputError(f"{label_name}: label values {bad[:5]} outside {{0, 1, 2}}")
+    problem = label_grid_problem(label, ct, label_name) or label_values_problem(label, label_name)
+    if problem:
+        raise InputError(problem)
 
 
 def preprocess(ct: sitk.Image, pet: sitk.Image, label: sitk.Image | None = None, *,
