@@ -71,20 +71,33 @@ def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
 
 
 @contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``target`` (same suffixes); rename it onto ``target`` on success."""
+def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
+
+    The temporary name is ``.NAME.RANDOM`` plus ``suffix`` (default: the target's own suffixes,
+    which writers such as SimpleITK need to pick a file format).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(target.suffixes) or ".tmp"
+    suffix = suffix or "".join(target.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        with open(tmp_path, "rb") as fh:  # on disk before the rename, so a crash cannot leave a torn file
+            os.fsync(fh.fileno())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Atomically write raw bytes; a leftover from a killed process is named ``.NAME.*.tmp``."""
+    with atomic_path(path, suffix=".tmp") as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
