@@ -7,7 +7,6 @@ written atomically, so a failed run leaves no half-written file behind.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,29 +15,6 @@ from . import LABELS, __version__
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-#: Where the jemalloc allocator is usually installed (Debian/Ubuntu, Fedora/RHEL).
-JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
-                  "/usr/lib64/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2")
-
-
-def _use_jemalloc(argv: list[str]) -> None:
-    """Re-run this process with jemalloc preloaded when it is installed.
-
-    glibc's malloc returns the network's large activations to the kernel after every layer and
-    page-faults them back in the next; jemalloc keeps them, which halves a CPU forward pass.
-    Opt out with HNTUMORSEG_JEMALLOC=0.
-    """
-    if os.environ.get("HNTUMORSEG_JEMALLOC", "1") == "0" or "jemalloc" in os.environ.get("LD_PRELOAD", ""):
-        return
-    lib = next((p for p in JEMALLOC_PATHS if os.path.exists(p)), None)
-    if lib is None or not sys.platform.startswith("linux"):
-        return
-    env = dict(os.environ)
-    env["LD_PRELOAD"] = (lib + " " + env.get("LD_PRELOAD", "")).strip()
-    sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "HNTumorSegLib.cli", *argv], env)
-
-
 def sidecar_path(out: Path) -> Path:
     """SEG.nii.gz -> SEG.json (the report beside the label map)."""
     name = out.name
@@ -228,14 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hntumorseg: interrupted", file=sys.stderr)
         return 130
-
-
-def entry_point() -> None:
-    """Console-script entry: preload jemalloc for the heavy commands, then run."""
-    argv = sys.argv[1:]
-    if argv and argv[0] in ("segment", "demo"):
-        _use_jemalloc(argv)
-    sys.exit(main(argv))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import CHANNELS_LAST, ConvBlock, PointwiseConv3d, UpSample, use_fast_inference
+from .blocks import ConvBlock, PointwiseConv3d, UpSample, Workspace, as_channels_last, use_fast_inference
 
 
 def multiscale(a: Tensor, levels: int = 3) -> list[Tensor]:
@@ -53,7 +53,7 @@ class PSAM(nn.Module):
 
     def forward(self, pet: Tensor) -> Tensor:
         if use_fast_inference(self, pet):
-            return self._forward_inference(pet)
+            return self.forward_inference(pet)
         skips: list[Tensor] = []
         h = pet
         for i, enc in enumerate(self.encoders):
@@ -65,18 +65,28 @@ class PSAM(nn.Module):
             h = self.decoders[i](h)
         return torch.sigmoid(self.head(h))
 
-    def _forward_inference(self, pet: Tensor) -> Tensor:
-        """:meth:`forward` without autograd on the CPU: channels-last, in place, no concatenation."""
+    def forward_inference(self, pet: Tensor, ws: Workspace | None = None) -> Tensor:
+        """:meth:`forward` without autograd on the CPU: channels-last, in place, no concatenation.
+
+        Intermediates live in ``ws`` (a new :class:`~.blocks.Workspace` if None) and are all
+        released to it on return; the attention map itself is a fresh tensor.
+        """
+        ws = ws if ws is not None else Workspace()
         skips: list[Tensor] = []
-        h = pet.contiguous(memory_format=CHANNELS_LAST)
+        h = as_channels_last(pet)
         for i, enc in enumerate(self.encoders):
-            h = enc.forward_inference(h)
+            h = enc.forward_inference(h, ws)
             if i < len(self.encoders) - 1:
                 skips.append(h)
         for i in reversed(range(len(self.decoders))):
-            up = self.ups[i].forward_inference(h)
-            del h
-            h = self.decoders[i].conv1.forward_inference(up, skips.pop())
-            del up
-            h = self.decoders[i].conv2.forward_inference(h)
-        return torch.sigmoid_(self.head(h))
+            up = self.ups[i].forward_inference(h, ws)
+            ws.release(h)  # the bottleneck or the previous decoder's output
+            skip = skips.pop()
+            h1 = self.decoders[i].conv1.forward_inference(up, skip, ws)
+            ws.release(up, skip)
+            h = self.decoders[i].conv2.forward_inference(h1, ws=ws)
+            ws.release(h1)
+            del up, skip, h1
+        a = torch.sigmoid_(self.head(h))
+        ws.release(h)
+        return a

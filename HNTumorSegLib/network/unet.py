@@ -10,10 +10,12 @@ norm="instance"`` gives the plain U-Net baseline from the same code.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from .blocks import CHANNELS_LAST, ConvBlock, PointwiseConv3d, UpSample, use_fast_inference
+from .blocks import CHANNELS_LAST, ConvBlock, PointwiseConv3d, UpSample, Workspace, use_fast_inference
 from .config import PSAM_GATED_LEVELS, NetworkConfig
 from .psam import PSAM, multiscale
 
@@ -81,12 +83,15 @@ class PSAMUNet(nn.Module):
         p = self.config.pet_channel
         return self.psam(x[:, p:p + 1])
 
-    def _gate_maps(self, x: Tensor, attention: Tensor | None) -> list[Tensor]:
+    def _gate_maps(self, x: Tensor, attention: Tensor | None, ws: Workspace | None = None) -> list[Tensor]:
         if self.psam is None:
             if attention is not None:
                 raise ValueError("attention given, but this network has no PSAM (config.psam is False)")
             return []
-        if attention is None:
+        if attention is None and ws is not None and self.psam.fast_inference:
+            p = self.config.pet_channel
+            a = self.psam.forward_inference(x[:, p:p + 1], ws)
+        elif attention is None:
             a = self.attention(x)
         else:
             want = (1, *x.shape[2:])
@@ -100,9 +105,9 @@ class PSAMUNet(nn.Module):
     def forward(self, x: Tensor, attention: Tensor | None = None) -> Tensor:
         """Logits (B, out_channels, Z, Y, X). ``attention`` (B, 1, Z, Y, X) replaces PSAM's A."""
         self._check_input(x)
-        maps = self._gate_maps(x, attention)  # computed first, so PSAM's activations are freed
         if use_fast_inference(self, x):
-            return self._forward_inference(x, maps)
+            return self._forward_inference(x, attention)
+        maps = self._gate_maps(x, attention)  # computed first, so PSAM's activations are freed
         skips: list[Tensor] = []
         h = x
         last = len(self.encoders) - 1
@@ -120,22 +125,37 @@ class PSAMUNet(nn.Module):
             h = self.decoders[i](h)
         return self.head(h)
 
-    def _forward_inference(self, x: Tensor, maps: list[Tensor]) -> Tensor:
-        """:meth:`forward` without autograd on the CPU: channels-last, in place, no concatenation."""
+    def _forward_inference(self, x: Tensor, attention: Tensor | None) -> Tensor:
+        """:meth:`forward` without autograd on the CPU: channels-last, in place, no concatenation.
+
+        Every large intermediate, PSAM's included, lives in one :class:`~.blocks.Workspace`,
+        released as soon as nothing reads it any more; only the returned logits are a fresh tensor.
+        """
+        ws = Workspace()
+        # The full-resolution level holds three buffers at once (up-sampled, skip, conv output);
+        # reserved first, their memory also serves PSAM and every smaller level.
+        ws.reserve(x.shape[0] * self.config.channels[0] * math.prod(x.shape[2:]), count=3, dtype=x.dtype)
+        maps = self._gate_maps(x, attention, ws)
         skips: list[Tensor] = []
-        h = x.contiguous(memory_format=CHANNELS_LAST)
+        h = x if x.is_contiguous(memory_format=CHANNELS_LAST) else ws.empty(x.shape, x.dtype).copy_(x)
         last = len(self.encoders) - 1
         for i, enc in enumerate(self.encoders):
-            h = enc.forward_inference(h)
+            out = enc.forward_inference(h, ws)
+            if i == 0:
+                ws.release(h)  # the channels-last copy of x; deeper inputs are the skips: kept
+            h = out
             if i < last:
                 skips.append(h)
         for i in reversed(range(len(self.decoders))):
-            up = self.ups[i].forward_inference(h)
-            del h
+            up = self.ups[i].forward_inference(h, ws)
+            ws.release(h)  # the bottleneck or the previous decoder's output
+            ws.trim(up.numel())  # levels only grow from here: smaller buffers are not needed again
             skip = skips.pop()
             if i < len(maps):
                 skip = self.gates[i](skip, maps[i])
-            h = self.decoders[i].conv1.forward_inference(up, skip)
-            del up, skip  # the decoder input is freed before its second convolution
-            h = self.decoders[i].conv2.forward_inference(h)
+            h1 = self.decoders[i].conv1.forward_inference(up, skip, ws)
+            ws.release(up, skip)
+            h = self.decoders[i].conv2.forward_inference(h1, ws=ws)
+            ws.release(h1)
+            del up, skip, h1
         return self.head(h)

@@ -309,3 +309,154 @@ def test_psam_module_alone():
     p = PSAM((2, 4, 8))
     a = p(rand((2, 1, 8, 16, 16)))
     assert a.shape == (2, 1, 8, 16, 16) and bool(((a > 0) & (a < 1)).all())
+
+
+# ---------------------------------------------------------------- CPU inference fast path
+def _reference(model, *args, **kw):
+    """The model's output on the reference (NCDHW, autograd-style) path, without autograd."""
+    mods = [m for m in model.modules() if hasattr(m, "fast_inference")]
+    for m in mods:
+        m.fast_inference = False
+    try:
+        with torch.inference_mode():
+            return model(*args, **kw)
+    finally:
+        for m in mods:
+            m.fast_inference = True
+
+
+@pytest.mark.parametrize("psam, norm, shape", [
+    (True, "se", (1, 2, 16, 32, 32)),
+    (True, "se", (2, 2, 32, 48, 16)),
+    (False, "instance", (1, 2, 16, 32, 48)),
+    (True, "instance", (2, 2, 16, 16, 32)),
+])
+def test_fast_inference_equals_reference(psam, norm, shape):
+    m = small(psam, norm).eval()
+    x = rand(shape) * 3 + 1
+    with torch.inference_mode():
+        y = m(x)
+    ref = _reference(m, x)
+    assert y.shape == ref.shape == (shape[0], 3, *shape[2:])
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    if psam:
+        with torch.inference_mode():
+            a = m.attention(x)
+        torch.testing.assert_close(a, _reference(m.psam, x[:, 1:2]), rtol=1e-5, atol=1e-5)
+
+
+def test_fast_inference_default_network_and_given_attention():
+    m = build_network().eval()
+    x = rand((1, 2, 16, 32, 32))
+    a = torch.rand(1, 1, 16, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        y, ya = m(x), m(x, attention=a)
+    torch.testing.assert_close(y, _reference(m, x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ya, _reference(m, x, attention=a), rtol=1e-4, atol=1e-4)
+
+
+def test_fast_path_only_without_autograd_and_hooks(monkeypatch):
+    m = small().eval()
+    calls = []
+    original = PSAMUNet._forward_inference
+    monkeypatch.setattr(PSAMUNet, "_forward_inference", lambda self, *a: calls.append(1) or original(self, *a))
+    x = rand()
+    m(x)  # autograd on: reference path
+    assert calls == []
+    with torch.no_grad():
+        m(x)
+    assert calls == [1]
+    handle = m.decoders[0].register_forward_pre_hook(lambda mod, args: None)
+    with torch.no_grad():
+        m(x)  # a hook watches a decoder input: reference path, so it sees the concatenation
+    handle.remove()
+    assert calls == [1]
+    m.fast_inference = False
+    with torch.no_grad():
+        m(x)
+    assert calls == [1]
+
+
+def test_channel_stats_match_instance_norm_statistics():
+    from HNTumorSegLib.network.blocks import channel_stats
+    x = rand((2, 5, 9, 20, 12))
+    x = x * torch.tensor([1e-3, 1.0, 5.0, 0.2, 3.0]).view(1, 5, 1, 1, 1) \
+        + torch.tensor([1e3, -2.0, 0.0, 50.0, 7.0]).view(1, 5, 1, 1, 1)  # mean >> std in channel 0
+    var, mean = torch.var_mean(x.double(), dim=(2, 3, 4), correction=0)
+    for t in (x, x.contiguous(memory_format=torch.channels_last_3d)):
+        m, rstd = channel_stats(t, 1e-5)
+        torch.testing.assert_close(m.double(), mean, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(rstd.double(), (var + 1e-5).rsqrt(), rtol=1e-4, atol=0)
+
+
+def test_fast_blocks_equal_modules():
+    from HNTumorSegLib.network.blocks import ConvBlock, UpSample, Workspace
+    torch.manual_seed(0)
+    cl = torch.channels_last_3d
+    up, block = UpSample(6, 3), ConvBlock(6, 3, "se")
+    h = rand((2, 6, 4, 6, 8)).contiguous(memory_format=cl)
+    skip = rand((2, 3, 8, 12, 16), seed=2).contiguous(memory_format=cl)
+    with torch.no_grad():
+        ref_up = up(h)
+        ref = block(torch.cat([ref_up, skip], dim=1))
+        for ws in (None, Workspace()):
+            u = up.forward_inference(h, ws)
+            torch.testing.assert_close(u, ref_up, rtol=1e-5, atol=1e-5)
+            y = block.conv2.forward_inference(block.conv1.forward_inference(u, skip.clone(), ws), ws=ws)
+            assert y.is_contiguous(memory_format=cl)
+            torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+        strided = ConvBlock(2, 4, "instance", stride=2)
+        x = rand((1, 2, 8, 8, 8))
+        torch.testing.assert_close(strided.forward_inference(x, Workspace()), strided(x), rtol=1e-4, atol=1e-4)
+
+
+def test_workspace_recycles_released_buffers():
+    from HNTumorSegLib.network.blocks import Workspace
+    cl = torch.channels_last_3d
+    ws = Workspace()
+    a = ws.empty((1, 4, 2, 3, 5))  # 120 elements
+    assert a.shape == (1, 4, 2, 3, 5) and a.is_contiguous(memory_format=cl)
+    ws.release(a)
+    b = ws.empty((1, 2, 4, 3, 5))  # the same number of elements: the same memory
+    assert b.data_ptr() == a.data_ptr() and b.is_contiguous(memory_format=cl)
+    c = ws.empty((1, 2, 2, 3, 5))  # nothing free: a new buffer (60 elements)
+    assert c.data_ptr() != a.data_ptr()
+    ws.release(b, c)
+    ws.release(b)  # released twice: still listed once
+    d = ws.empty((1, 1, 2, 3, 5))  # the smallest free buffer that fits: c's
+    e = ws.empty((1, 1, 2, 3, 5))  # then a's, of which it uses the start
+    assert (d.data_ptr(), e.data_ptr()) == (c.data_ptr(), a.data_ptr())
+    assert ws.empty((1, 1, 2, 3, 5)).data_ptr() not in (a.data_ptr(), c.data_ptr())
+    ws.release(d, e)
+    ws.trim(100)  # drops c's 60-element buffer
+    assert ws.empty((1, 2, 2, 3, 5)).data_ptr() == a.data_ptr()
+    ws.release(torch.zeros(1, 4, 2, 3, 5))  # not from the workspace: ignored
+    assert not ws._free
+    ws.reserve(1000, count=2)
+    assert [f.numel() for f in ws._free] == [1000, 1000]
+    f, g = ws.empty((1, 10, 10, 10, 1)), ws.empty((1, 1, 2, 2, 2))
+    assert not ws._free and f.data_ptr() != g.data_ptr()
+    assert ws.scratch(50).data_ptr() == ws.scratch(20).data_ptr()
+
+
+def test_pointwise_conv_channels_last_equals_conv3d():
+    torch.manual_seed(0)
+    pw = PointwiseConv3d(5, 3)
+    conv = torch.nn.Conv3d(5, 3, 1)
+    conv.load_state_dict(pw.state_dict())
+    x = rand((2, 5, 4, 6, 8)).contiguous(memory_format=torch.channels_last_3d)
+    y = pw(x)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(y, conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fast_inference_without_fused_conv_add(monkeypatch):
+    """Where oneDNN's in-place conv + add is unavailable, the fast path falls back to conv + add_."""
+    from HNTumorSegLib.network import blocks
+    monkeypatch.setattr(blocks, "_FUSED_CONV_ADD", [False])
+    m = small().eval()
+    x = rand()
+    with torch.inference_mode():
+        y = m(x)
+    torch.testing.assert_close(y, _reference(m, x), rtol=1e-4, atol=1e-4)

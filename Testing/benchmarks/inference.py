@@ -66,10 +66,10 @@ def cli_figures(device: str) -> None:
         size = case.ct.GetSize()
         print(f"whole-body phantom CT {size} ({size[2] * case.ct.GetSpacing()[2] / 10:.0f} cm), "
               f"PET {case.pet.GetSize()}")
-        for label, env in (("as installed", {}), ("without jemalloc", {"HNTUMORSEG_JEMALLOC": "0"})):
+        for label, env in (("run 1", {}), ("run 2", {})):
             t0 = time.perf_counter()
             proc = subprocess.run(
-                [sys.executable, "-c", "from HNTumorSegLib.cli import entry_point; entry_point()", "segment",
+                [sys.executable, "-m", "HNTumorSegLib.cli", "segment",
                  "--ct", str(paths["ct"]), "--pet", str(paths["pet"]), "--out", str(tmp / "seg.nii.gz"),
                  "--model", str(tmp / "bench_model.json"), "--device", device],
                 env={**os.environ, **env}, capture_output=True, text=True)
