@@ -349,19 +349,24 @@ class Layer:
     label: int | None = None
 
 
-def rasterise_ct(layers: Sequence[Layer], grid: Grid, background: int = -1000) -> np.ndarray:
-    """Paint the layers' HU with hard masks; only each shape's bounding box is visited."""
-    ct = np.full(grid.shape_zyx, background, np.int16)
-    for layer in layers:
-        if layer.hu is None:
+def _paint_hard(layers: Sequence[Layer], grid: Grid, values: Sequence[int | None], fill: int,
+                dtype: type) -> np.ndarray:
+    """Paint one value per layer (None: skip) with hard masks; only each shape's bounding box is visited."""
+    out = np.full(grid.shape_zyx, fill, dtype)
+    for layer, value in zip(layers, values):
+        if value is None:
             continue
         reg = grid.region(*layer.shape.bounds())
         if reg is None:
             continue
         (sz, sy, sx), x, y, z = reg
-        mask = layer.shape.inside(x, y, z)
-        np.copyto(ct[sz, sy, sx], np.int16(round(layer.hu)), where=mask)
-    return ct
+        np.copyto(out[sz, sy, sx], dtype(value), where=layer.shape.inside(x, y, z))
+    return out
+
+
+def rasterise_ct(layers: Sequence[Layer], grid: Grid, background: int = -1000) -> np.ndarray:
+    """Paint the layers' HU with hard masks."""
+    return _paint_hard(layers, grid, [None if l.hu is None else round(l.hu) for l in layers], background, np.int16)
 
 
 def rasterise_pet(layers: Sequence[Layer], grid: Grid) -> np.ndarray:
@@ -384,16 +389,7 @@ def rasterise_pet(layers: Sequence[Layer], grid: Grid) -> np.ndarray:
 
 def rasterise_label(layers: Sequence[Layer], grid: Grid) -> np.ndarray:
     """The lesion layers' label values with hard masks on ``grid`` (the CT grid)."""
-    lab = np.zeros(grid.shape_zyx, np.uint8)
-    for layer in layers:
-        if layer.label is None:
-            continue
-        reg = grid.region(*layer.shape.bounds())
-        if reg is None:
-            continue
-        (sz, sy, sx), x, y, z = reg
-        np.copyto(lab[sz, sy, sx], np.uint8(layer.label), where=layer.shape.inside(x, y, z))
-    return lab
+    return _paint_hard(layers, grid, [l.label for l in layers], 0, np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------
