@@ -192,17 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    return run_guarded("hntumorseg", args.func, args)
+
+
+def run_guarded(prog: str, func, args, user_errors: tuple[type[BaseException], ...] = (InputError,)) -> int:
+    """Run a command; a user's mistake becomes one ``PROG: error: ...`` line and status 2, no traceback."""
     try:
-        return args.func(args)
-    except InputError as exc:
-        print(f"hntumorseg: error: {exc}", file=sys.stderr)
+        return func(args)
+    except user_errors as exc:
+        lines = str(exc).splitlines()
+        print(f"{prog}: error: {lines[0] if lines else type(exc).__name__}", file=sys.stderr)
         return 2
     except OSError as exc:  # permissions, a full disk, a path that is a folder: the user's to fix
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"hntumorseg: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("hntumorseg: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 

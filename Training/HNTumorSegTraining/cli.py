@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from HNTumorSegLib.cli import run_guarded
 from HNTumorSegLib.errors import InputError
 
 from . import phantom_cohort
@@ -80,14 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (InputError, ValueError) as exc:
-        print(f"hntumorseg-train: error: {str(exc).splitlines()[0] if str(exc) else exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("hntumorseg-train: interrupted", file=sys.stderr)
-        return 130
+    return run_guarded("hntumorseg-train", args.func, args, user_errors=(InputError, ValueError))
 
 
 if __name__ == "__main__":
