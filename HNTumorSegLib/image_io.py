@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from .errors import InputError
 
 
-def _first_line(exc: BaseException) -> str:
+def _sitk_reason(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     # SimpleITK's messages start with a C++ location; the reason is on the last line.
     return lines[-1] if lines else type(exc).__name__
@@ -31,7 +31,7 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     try:
         series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as exc:
-        raise InputError(f"{folder}: cannot list DICOM series ({_first_line(exc)})") from None
+        raise InputError(f"{folder}: cannot list DICOM series ({_sitk_reason(exc)})") from None
     if not series:
         raise InputError(f"{folder}: folder holds no DICOM series")
     if len(series) > 1:
@@ -52,7 +52,7 @@ def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
     except InputError:
         raise
     except RuntimeError as exc:
-        raise InputError(f"{path}: cannot read the {role} image ({_first_line(exc)})") from None
+        raise InputError(f"{path}: cannot read the {role} image ({_sitk_reason(exc)})") from None
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
     if image.GetDimension() != 3:
