@@ -1,4 +1,4 @@
-"""The ``hntumorseg-train`` command: phantoms, prepare and fit.
+"""The ``hntumorseg-train`` command: phantoms, prepare, fit, evaluate, compare and export.
 
 User mistakes print one line, ``hntumorseg-train: error: ...``, and exit with status 2.
 """
@@ -42,6 +42,47 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, evaluation_dir, markdown_table
+
+    def report(i: int, n: int, result) -> None:
+        s = result.scores
+        print(f"[{i}/{n}] {result.case_id}: Dice GTVp {s['GTVp']['dice']:.4f} GTVn {s['GTVn']['dice']:.4f} "
+              f"({result.seconds:.1f} s)", flush=True)
+
+    summary = evaluate(args.run, split=args.split, which=args.weights, data_root=args.data, device=args.device,
+                       tta=args.tta, limit=args.limit, progress=None if args.quiet else report)
+    print(markdown_table(summary), end="")
+    print(f"reports: {evaluation_dir(args.run, args.split, args.weights)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from HNTumorSegLib.image_io import write_bytes
+
+    from .evaluate import read_summary, table3
+
+    rows = []
+    for run in args.runs:
+        summary = read_summary(run, args.split, args.weights)
+        rows.append((f"{Path(run).name} ({summary['model']})", summary))
+    text = table3(rows)
+    print(text, end="")
+    if args.out:
+        write_bytes(text.encode("utf-8"), args.out)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    weights, config = export(args.run, args.out, which=args.weights, split=args.split,
+                             require_evaluation=not args.unevaluated, description=args.description,
+                             intended_use=args.intended_use)
+    print(f"wrote {config} and {weights} ({weights.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def _val_counts(text: str) -> str | dict[str, int]:
     """``paper`` or ``CENTRE=N,CENTRE=N``."""
     if text == "paper":
@@ -76,6 +117,37 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("fit", help="train a network on a prepared cache")
     add_fit_arguments(sp)
     sp.set_defaults(func=cmd_fit)
+
+    def run_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--split", choices=("val", "train", "all"), default="val")
+        sp.add_argument("--weights", choices=("best", "last"), default="best",
+                        help="the run's best-validation or last-epoch weights")
+
+    sp = sub.add_parser("evaluate", help="score a run on the native CT grid through the inference path")
+    sp.add_argument("--run", required=True, type=Path, help="run folder made by fit")
+    run_options(sp)
+    sp.add_argument("--data", type=Path, help="data root, when it moved since prepare")
+    sp.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    sp.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
+    sp.add_argument("--limit", type=int, help="only the first N cases of the split (smoke runs)")
+    sp.add_argument("--quiet", action="store_true", help="no per-case lines")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("compare", help="the paper's Table 3 (GTVp, GTVn, mean Dice) for evaluated runs")
+    sp.add_argument("runs", nargs="+", type=Path, help="run folders, each evaluated on --split")
+    run_options(sp)
+    sp.add_argument("--out", type=Path, help="also write the table (Markdown) here")
+    sp.set_defaults(func=cmd_compare)
+
+    sp = sub.add_parser("export", help="write a run's weights as an HNTumorSeg model file (safetensors + JSON)")
+    sp.add_argument("--run", required=True, type=Path)
+    sp.add_argument("--out", required=True, type=Path, help="model path without suffix, e.g. models/NAME")
+    run_options(sp)
+    sp.add_argument("--unevaluated", action="store_true",
+                    help="export even though the run was not evaluated (metrics: training validation only)")
+    sp.add_argument("--description", help="what the model was trained on (default: from the data root)")
+    sp.add_argument("--intended-use", help="the intended-use statement written into the model JSON")
+    sp.set_defaults(func=cmd_export)
     return parser
 
 

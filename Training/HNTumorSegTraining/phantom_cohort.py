@@ -10,17 +10,22 @@ handle. Case ``i`` is always the same phantom for the same seed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from HNTumorSegLib.image_io import write_json
 from HNTumorSegLib.phantom import make_phantom, write_case
 
 #: Pseudo-centres and their field-of-view mix (head, head_upper, whole_body), like Fig. 1's spread.
 CENTRES = {"PHA": (0.6, 0.3, 0.1), "PHB": (0.2, 0.6, 0.2), "PHC": (0.1, 0.3, 0.6)}
 FIELDS = ("head", "head_upper", "whole_body")
+#: Marker in the data root: says the cases are synthetic (export labels models trained on them).
+COHORT_FILE = "cohort.json"
 
 
 def cohort_case(index: int, seed: int = 0) -> dict:
@@ -50,7 +55,22 @@ def write_cohort(root: str | os.PathLike, n: int, seed: int = 0, start: int = 0,
         if all((folder / f"{case_id}{s}.nii.gz").exists() for s in ("__CT", "__PT", "")):
             continue
         write_case(make_phantom(recipe.pop("seed"), recipe.pop("fov"), case_id=case_id, **recipe), root)
+    cohort = read_cohort(root) or {}
+    indices = sorted(set(cohort.get("indices", [])) | set(range(start, start + n)))
+    write_json({"format": "hntumorseg-phantom-cohort", "synthetic": True,
+                "generator": "HNTumorSegLib.phantom.make_phantom", "seed": seed, "indices": indices,
+                "cases": len(indices)}, root / COHORT_FILE)
     return ids
+
+
+def read_cohort(root: str | os.PathLike) -> dict[str, Any] | None:
+    """The cohort marker of a data root, or None when the root holds no (readable) marker."""
+    path = Path(root) / COHORT_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
