@@ -1,0 +1,949 @@
+"""HNTumorSeg: head-and-neck GTVp / GTVn segmentation on PET/CT, as a 3D Slicer module.
+
+A thin layer over HNTumorSegLib: everything that can be computed without Slicer (the worker
+process and its protocol, default inputs, SUV check, geometry, statistics, segment codes,
+export preconditions) lives there and is tested with pytest. This file only moves data between
+MRML nodes and those functions, and draws the panel.
+"""
+
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+from typing import Optional
+
+import qt
+import slicer
+import vtk
+from slicer import (vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode,
+                    vtkMRMLTableNode)
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+
+def _makeLibraryImportable():
+    """The extension installs HNTumorSegLib beside this file; a source checkout keeps it one level up."""
+    if importlib.util.find_spec("HNTumorSegLib") is not None:
+        return
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isdir(os.path.join(checkout, "HNTumorSegLib")):
+        sys.path.insert(0, checkout)
+
+
+_makeLibraryImportable()
+
+# None of these imports torch: the module loads (and offers to install torch) without it.
+from HNTumorSegLib.default_inputs import VolumeCandidate, choose_default_inputs  # noqa: E402
+from HNTumorSegLib.device_info import device_choices, device_summary  # noqa: E402
+from HNTumorSegLib.edit_guard import ASK, CREATE, REPLACE, output_policy, segmentation_fingerprint  # noqa: E402
+from HNTumorSegLib.errors import InputError  # noqa: E402
+from HNTumorSegLib.export_checks import ExportState, dicom_seg_availability, rtstruct_availability  # noqa: E402
+from HNTumorSegLib.model_info import read_model_description  # noqa: E402
+from HNTumorSegLib.module_requirements import TORCH_REQUIREMENT, find_missing  # noqa: E402
+from HNTumorSegLib.results_table import COLUMNS, summary_line, table_rows  # noqa: E402
+from HNTumorSegLib.scene_geometry import analysis_window_box, image_from_volume_array  # noqa: E402
+from HNTumorSegLib.segment_terminology import SEGMENTS  # noqa: E402
+from HNTumorSegLib.segmentation_job import (FAILED, RUNNING, SUCCEEDED, JobFailed, JobResult,  # noqa: E402
+                                            SegmentationJob, worker_environment)
+from HNTumorSegLib.suv_check import ERROR, WARNING, check_suv  # noqa: E402
+from HNTumorSegLib.worker_process import WorkerProcess  # noqa: E402
+
+#: Node attribute holding the fingerprint of the segments a run wrote (see HNTumorSegLib.edit_guard).
+FINGERPRINT_ATTRIBUTE = "HNTumorSeg.Fingerprint"
+#: What to do when the output segmentation was edited since the module wrote it.
+WHEN_EDITED = ("ask", "new", "overwrite")
+POLL_INTERVAL_MS = 250
+
+
+#
+# HNTumorSeg
+#
+
+
+class HNTumorSeg(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "HNTumorSeg"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["HNTumorSeg developers"]
+        self.parent.helpText = (
+            "Segments the primary tumour (GTVp) and metastatic lymph nodes (GTVn) of head-and-neck cancer "
+            "on a PET/CT pair with a PET-guided attention U-Net. Pick the CT and the PET (in SUV), press "
+            "Segment, edit the result in Segment Editor, export it as RTSTRUCT or DICOM SEG. "
+            "Research use only; the bundled model is trained on synthetic phantoms and is not for clinical use.")
+        self.parent.acknowledgementText = (
+            "Method: PET-guided brain-peak-cut crop and PSAM U-Net with SE Normalization (HECKTOR 2025).")
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class HNTumorSegParameterNode:
+    """The module's state, saved with the scene.
+
+    inputCT, inputPET: the volumes to segment. outputSegmentation: where GTVp/GTVn go (None: a new
+    segmentation on Segment). modelPath: empty for the bundled model. device: auto / cuda / cpu.
+    useTTA: left-right flip test-time augmentation. showAnalysisWindow: show the network's window.
+    resultsTable, analysisWindowROI: what the last run produced.
+    """
+
+    inputCT: vtkMRMLScalarVolumeNode
+    inputPET: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    modelPath: str = ""
+    device: str = "auto"
+    useTTA: bool = False
+    showAnalysisWindow: bool = True
+    resultsTable: vtkMRMLTableNode
+    analysisWindowROI: vtkMRMLMarkupsROINode
+
+
+#
+# HNTumorSegWidget
+#
+
+
+class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.job = None
+        self.jobContext = None
+        self.probe = None
+        self.probeResult = None
+        self.enabledDevices = set()
+        self.pollTimer = qt.QTimer()
+        self.pollTimer.setInterval(POLL_INTERVAL_MS)
+        self.pollTimer.connect("timeout()", self.onPoll)
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/HNTumorSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = HNTumorSegLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
+
+        self.fillDeviceComboBox(None)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.petSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateInputWarnings)
+        self.ui.ctSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateInputWarnings)
+        self.ui.outputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
+        self.ui.showWindowCheckBox.connect("toggled(bool)", self.onShowWindowToggled)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.updateStatisticsButton.connect("clicked(bool)", self.onUpdateStatistics)
+        self.ui.editButton.connect("clicked(bool)", self.onEditButton)
+        self.ui.exportRtstructButton.connect("clicked(bool)", self.onExportRtstruct)
+        self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
+        self.ui.exportDirectoryButton.directory = qt.QDir.homePath()
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.cancelJob()
+        self.stopProbe()
+        self.pollTimer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self.startProbe()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.cancelJob()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAdded(self, caller, event, node) -> None:
+        # A volume just loaded (say, a PET/CT study from DICOM) may be the obvious input.
+        if isinstance(node, vtkMRMLScalarVolumeNode) and self._parameterNode is not None:
+            qt.QTimer.singleShot(0, self.selectDefaultInputs)
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        self.selectDefaultInputs()
+
+    def selectDefaultInputs(self) -> None:
+        if self._parameterNode is None or (self._parameterNode.inputCT and self._parameterNode.inputPET):
+            return
+        ct, pet = self.logic.defaultInputs()
+        if not self._parameterNode.inputCT and ct is not None and ct is not self._parameterNode.inputPET:
+            self._parameterNode.inputCT = ct
+        if not self._parameterNode.inputPET and pet is not None and pet is not self._parameterNode.inputCT:
+            self._parameterNode.inputPET = pet
+
+    def setParameterNode(self, inputParameterNode: Optional[HNTumorSegParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
+            self.selectDevice(self._parameterNode.device)
+            if self._parameterNode.resultsTable:
+                self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
+            self.updateInputWarnings()
+            self.updateModelInfo()
+        self.updateButtons()
+
+    # ------------------------------------------------------------------ device and model
+    def startProbe(self) -> None:
+        """Ask a worker process, in the background, which devices torch sees and which model is bundled."""
+        if self.probe is not None or self.probeResult is not None:
+            return
+        if not find_missing().nothing:
+            self.ui.deviceInfoLabel.text = ("PyTorch or another Python package is not installed yet; "
+                                            "Segment offers to install it.")
+            return
+        try:
+            self.probe = WorkerProcess(self.logic.workerPython() + ["-m", "HNTumorSegLib.worker", "--probe"],
+                                       env=self.logic.workerEnvironment()).start()
+        except Exception as exc:
+            self.ui.deviceInfoLabel.text = f"Cannot start the worker process: {exc}"
+            self.probe = None
+            return
+        self.pollTimer.start()
+
+    def stopProbe(self) -> None:
+        if self.probe is not None:
+            self.probe.cancel()
+            self.probe = None
+
+    def pollProbe(self) -> None:
+        if self.probe is None:
+            return
+        for event in self.probe.poll():
+            if event.get("event") == "devices":
+                self.probeResult = event
+            elif event.get("event") == "error":
+                self.ui.deviceInfoLabel.text = f"Device check failed: {event.get('message')}"
+        if not self.probe.finished:
+            return
+        if self.probeResult is None:
+            tail = [line for line in self.probe.stderr_tail() if line.strip()]
+            self.ui.deviceInfoLabel.text = ("Device check failed: the worker's Python could not start"
+                                            + (f" ({tail[-1].strip()})" if tail else ""))
+        else:
+            self.fillDeviceComboBox(self.probeResult)
+            self.ui.deviceInfoLabel.text = device_summary(self.probeResult)
+            self.updateModelInfo()
+        self.probe = None
+
+    def fillDeviceComboBox(self, probe) -> None:
+        current = self._parameterNode.device if self._parameterNode else "auto"
+        combo = self.ui.deviceComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        self.enabledDevices = set()
+        for index, choice in enumerate(device_choices(probe)):
+            combo.addItem(choice.label, choice.value)
+            combo.setItemData(index, choice.tooltip, qt.Qt.ToolTipRole)
+            if choice.enabled:
+                self.enabledDevices.add(choice.value)
+            else:
+                combo.setItemData(index, 0, qt.Qt.UserRole - 1)  # greys the item out (Qt item flags)
+        combo.blockSignals(wasBlocked)
+        self.selectDevice(current)
+
+    def selectDevice(self, value: str) -> None:
+        combo = self.ui.deviceComboBox
+        index = combo.findData(value)
+        if index < 0 or value not in self.enabledDevices:
+            index = combo.findData("auto")
+        wasBlocked = combo.blockSignals(True)
+        combo.currentIndex = index
+        combo.blockSignals(wasBlocked)
+
+    def onDeviceChanged(self, index: int) -> None:
+        if self._parameterNode is not None and index >= 0:
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index)
+
+    def onModelPathChanged(self, path: str) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.modelPath = path.strip()
+        self.updateModelInfo()
+
+    def updateModelInfo(self) -> None:
+        path = self._parameterNode.modelPath if self._parameterNode else ""
+        if path:
+            self.ui.modelInfoLabel.text = read_model_description(path)
+        elif self.probeResult is not None:
+            bundled = self.probeResult.get("bundled_model") or {}
+            self.ui.modelInfoLabel.text = f"Bundled model: {bundled.get('description', 'unknown')}"
+        else:
+            self.ui.modelInfoLabel.text = "Bundled model (details appear once the worker has started)."
+
+    # ------------------------------------------------------------------ inputs
+    def updateInputWarnings(self, *unused) -> None:
+        if self._parameterNode is None:
+            return
+        messages = [message for level, message in self.logic.inputProblems(
+            self._parameterNode.inputCT, self._parameterNode.inputPET)]
+        self.ui.inputWarningLabel.text = "\n".join(messages)
+        self.ui.inputWarningLabel.visible = bool(messages)
+        self.updateButtons()
+
+    def updateButtons(self, *unused) -> None:
+        params = self._parameterNode
+        running = self.job is not None
+        if running:
+            self.ui.segmentButton.text = "Cancel"
+            self.ui.segmentButton.toolTip = "Stop the running segmentation; the scene stays as it was."
+            self.ui.segmentButton.enabled = True
+        else:
+            self.ui.segmentButton.text = "Segment"
+            ready = bool(params and params.inputCT and params.inputPET)
+            self.ui.segmentButton.enabled = ready
+            self.ui.segmentButton.toolTip = ("Segment GTVp and GTVn in the background." if ready
+                                             else "Select a CT and a PET first.")
+        segmentation = params.outputSegmentation if params else None
+        for widget in (self.ui.updateStatisticsButton, self.ui.editButton):
+            widget.enabled = bool(segmentation) and not running
+        state = self.logic.exportState(params.inputCT if params else None, segmentation)
+        for button, availability in ((self.ui.exportRtstructButton, rtstruct_availability),
+                                     (self.ui.exportDicomSegButton, dicom_seg_availability)):
+            enabled, tooltip = availability(state)
+            button.enabled = enabled and not running
+            button.toolTip = tooltip
+
+    # ------------------------------------------------------------------ segment / cancel
+    def onSegmentButton(self) -> None:
+        if self.job is not None:
+            self.cancelJob()
+            self.ui.statusLabel.text = "Cancelled: the scene is unchanged."
+            return
+        params = self._parameterNode
+        ct, pet = params.inputCT, params.inputPET
+        try:
+            if not self.logic.ensurePythonRequirements(askUser=True):
+                self.ui.statusLabel.text = "Not started: the required Python packages are not installed."
+                return
+            self.startProbe()
+            for level, message in self.logic.inputProblems(ct, pet):
+                if level == ERROR:
+                    slicer.util.errorDisplay(message, windowTitle="HNTumorSeg: cannot segment")
+                    return
+                if level == WARNING and not slicer.util.confirmOkCancelDisplay(
+                        f"{message}\n\nSegment anyway?", windowTitle="HNTumorSeg: check the inputs"):
+                    return
+            whenEdited = self.askWhenEdited(params.outputSegmentation, ct)
+            if whenEdited is None:
+                return
+            self.job = self.logic.startJob(ct, pet, params.modelPath or None, params.device, params.useTTA)
+        except (InputError, RuntimeError) as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="HNTumorSeg: cannot segment")
+            return
+        self.jobContext = {"ct": ct, "pet": pet, "output": params.outputSegmentation, "whenEdited": whenEdited}
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.visible = True
+        self.ui.statusLabel.text = self.job.status
+        self.pollTimer.start()
+        self.updateButtons()
+
+    def askWhenEdited(self, segmentationNode, ctNode) -> Optional[str]:
+        """"overwrite" or "new" (what to do if the output is found edited); None when the user cancels.
+
+        Unedited now: "new", so that edits made while the job runs are kept as well.
+        """
+        policy = self.logic.outputPolicy(segmentationNode, ctNode)
+        if policy != ASK:
+            return "new"
+        box = qt.QMessageBox(slicer.util.mainWindow())
+        box.setWindowTitle("HNTumorSeg: segmentation was edited")
+        box.setText(f"'{segmentationNode.GetName()}' was edited after HNTumorSeg wrote it (or was not written by it).")
+        box.setInformativeText("Keep it and put the new result in a new segmentation? "
+                               "(Overwrite replaces its GTVp and GTVn; other segments stay.)")
+        newButton = box.addButton("Create new segmentation", qt.QMessageBox.AcceptRole)
+        overwriteButton = box.addButton("Overwrite", qt.QMessageBox.DestructiveRole)
+        box.addButton(qt.QMessageBox.Cancel)
+        box.setDefaultButton(newButton)
+        box.exec_()
+        clicked = box.clickedButton()
+        if clicked == newButton:
+            return "new"
+        if clicked == overwriteButton:
+            return "overwrite"
+        return None
+
+    def onPoll(self) -> None:
+        self.pollProbe()
+        if self.job is None:
+            if self.probe is None:
+                self.pollTimer.stop()
+            return
+        job = self.job
+        job.poll()
+        self.ui.progressBar.value = job.percent
+        self.ui.progressBar.format = f"{job.percent}%  {job.status}"
+        self.ui.statusLabel.text = job.status
+        if job.state == RUNNING:
+            return
+        context, self.job, self.jobContext = self.jobContext, None, None
+        try:
+            if job.state == SUCCEEDED:
+                segmentationNode = self.logic.applyResult(job.result(), context["ct"], context["pet"],
+                                                          context["output"], context["whenEdited"],
+                                                          self._parameterNode)
+                self.ui.statusLabel.text = "Done: " + segmentationNode.GetAttribute("HNTumorSeg.Summary")
+                self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
+            elif job.state == FAILED:
+                self.ui.statusLabel.text = f"Failed: {job.error}"
+                slicer.util.errorDisplay(str(job.error), windowTitle="HNTumorSeg: segmentation failed",
+                                         detailedText="\n".join(job.stderr_tail(40)))
+        except Exception as exc:
+            logging.exception("HNTumorSeg: could not load the result")
+            slicer.util.errorDisplay(f"Could not load the result into the scene: {exc}",
+                                     windowTitle="HNTumorSeg")
+        finally:
+            job.cleanup()
+            self.ui.progressBar.visible = False
+            self.updateButtons()
+
+    def cancelJob(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.job, self.jobContext = None, None
+            self.ui.progressBar.visible = False
+            self.updateButtons()
+
+    # ------------------------------------------------------------------ results and export
+    def onShowWindowToggled(self, checked: bool) -> None:
+        roi = self._parameterNode.analysisWindowROI if self._parameterNode else None
+        if roi is not None:
+            roi.SetDisplayVisibility(bool(checked))
+
+    def onUpdateStatistics(self) -> None:
+        params = self._parameterNode
+        try:
+            structures = self.logic.updateResultsTable(params.outputSegmentation, params.inputCT, params.inputPET,
+                                                       params)
+        except (InputError, RuntimeError) as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="HNTumorSeg")
+            return
+        self.ui.resultsTableView.setMRMLTableNode(params.resultsTable)
+        self.ui.statusLabel.text = "Table updated: " + summary_line(structures)
+
+    def onEditButton(self) -> None:
+        params = self._parameterNode
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(params.outputSegmentation)
+        editor.setSourceVolumeNode(params.inputCT)
+
+    def onExportRtstruct(self) -> None:
+        self.export(self.logic.exportRtstruct, "RTSTRUCT")
+
+    def onExportDicomSeg(self) -> None:
+        self.export(self.logic.exportDicomSeg, "DICOM SEG")
+
+    def export(self, function, what: str) -> None:
+        params = self._parameterNode
+        folder = self.ui.exportDirectoryButton.directory
+        with slicer.util.tryWithErrorDisplay(f"{what} export failed.", waitCursor=True):
+            written = function(params.outputSegmentation, params.inputCT, folder)
+            self.ui.statusLabel.text = f"{what}: {len(written)} file(s) written to {folder}"
+
+
+#
+# HNTumorSegLogic
+#
+
+
+class HNTumorSegLogic(ScriptedLoadableModuleLogic):
+    """Everything the panel does, callable from scripts: segment(ct, pet, blocking=True) runs the whole job."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return HNTumorSegParameterNode(super().getParameterNode())
+
+    # ------------------------------------------------------------------ environment
+    @staticmethod
+    def workerPython() -> list:
+        """Slicer's own Python (its launcher, which sets up the environment) runs the worker."""
+        name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+        found = shutil.which("PythonSlicer") or os.path.join(slicer.app.slicerHome, "bin", name)
+        if not os.path.isfile(found):
+            raise RuntimeError(f"Slicer's Python launcher (PythonSlicer) was not found in {slicer.app.slicerHome}")
+        return [found]
+
+    @staticmethod
+    def workerEnvironment() -> dict:
+        return worker_environment()
+
+    def ensurePythonRequirements(self, askUser: bool = True, selfTest: bool = False) -> bool:
+        """Install what the worker needs, after asking; never touches Slicer's numpy or SimpleITK."""
+        missing = find_missing(self_test=selfTest)
+        if missing.nothing:
+            return True
+        if missing.bundled:
+            raise RuntimeError(f"Slicer's own Python packages are missing ({', '.join(missing.bundled)}): "
+                               "reinstall Slicer")
+        packaging = getattr(slicer, "packaging", None)
+        pipEnsure = getattr(packaging, "pip_ensure", None) if packaging is not None else None
+        needsOurQuestion = missing.torch or missing.torch_version or (missing.pip and pipEnsure is None)
+        if needsOurQuestion and askUser and not slicer.util.confirmOkCancelDisplay(
+                "HNTumorSeg needs these Python packages:\n\n" + missing.describe()
+                + "\n\nInstall them now? This needs a network connection and can take several minutes.",
+                windowTitle="HNTumorSeg: install Python packages"):
+            return False
+        if missing.torch or missing.torch_version:
+            try:
+                import PyTorchUtils
+            except ImportError:
+                raise RuntimeError("PyTorch is not installed and the PyTorch extension is missing: install the "
+                                   "'PyTorch' extension from the Extensions Manager, restart Slicer, press Segment "
+                                   "again.") from None
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
+            if torch is None:
+                raise RuntimeError("PyTorch was not installed (installation failed or was cancelled).")
+        if missing.pip:
+            if pipEnsure is not None:
+                pipEnsure(missing.pip, requester="HNTumorSeg")  # asks the user itself
+            else:
+                slicer.util.pip_install(" ".join(missing.pip))
+        remaining = find_missing(self_test=selfTest)
+        if not remaining.nothing:
+            raise RuntimeError("Still missing after installation:\n" + remaining.describe())
+        return True
+
+    # ------------------------------------------------------------------ inputs
+    def defaultInputs(self):
+        """The (CT, PET) nodes the scene's names and DICOM modalities point to."""
+        candidates, nodes = [], {}
+        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
+        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetHideFromEditors():
+                continue
+            item = sh.GetItemByDataNode(node)
+            study = sh.GetItemParent(item) if item else 0
+            candidates.append(VolumeCandidate(node.GetID(), node.GetName(), self.dicomModality(node),
+                                              str(study) if study else None))
+            nodes[node.GetID()] = node
+        ct, pet = choose_default_inputs(candidates)
+        return nodes.get(ct), nodes.get(pet)
+
+    @staticmethod
+    def dicomModality(node) -> Optional[str]:
+        uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+        if not uids or not hasattr(slicer, "dicomDatabase") or slicer.dicomDatabase is None:
+            return None
+        try:
+            return slicer.dicomDatabase.fileValue(slicer.dicomDatabase.fileForInstance(uids[0]), "0008,0060") or None
+        except Exception:
+            return None
+
+    def inputProblems(self, ctNode, petNode) -> list:
+        """(level, message) pairs the user should see before a run: errors stop it, warnings ask."""
+        problems = []
+        if ctNode is None or petNode is None:
+            return problems
+        if ctNode is petNode:
+            return [(ERROR, "CT and PET are the same volume: select the PET in the PET selector.")]
+        for role, node in (("CT", ctNode), ("PET", petNode)):
+            transform = node.GetParentTransformNode()
+            if transform is None:
+                continue
+            if not transform.IsTransformToWorldLinear():
+                problems.append((ERROR, f"{role} '{node.GetName()}' is under the non-linear transform "
+                                        f"'{transform.GetName()}': harden it (Data module, right-click > Harden "
+                                        "transform) before segmenting."))
+            else:
+                problems.append(("info", f"{role} '{node.GetName()}' is under the transform "
+                                         f"'{transform.GetName()}': it is used where you see it (world coordinates)."))
+        check = check_suv(slicer.util.arrayFromVolume(petNode), name=f"PET '{petNode.GetName()}'")
+        if check.level != "ok":
+            problems.append((check.level, check.message))
+        return problems
+
+    @staticmethod
+    def worldImage(volumeNode, role: str):
+        """The volume as a SimpleITK image in world coordinates (parent transforms applied)."""
+        parentToWorld = None
+        transform = volumeNode.GetParentTransformNode()
+        if transform is not None:
+            if not transform.IsTransformToWorldLinear():
+                raise InputError(f"{role} '{volumeNode.GetName()}' is under a non-linear transform; harden it first")
+            matrix = vtk.vtkMatrix4x4()
+            transform.GetMatrixTransformToWorld(matrix)
+            parentToWorld = slicer.util.arrayFromVTKMatrix(matrix)
+        ijkToRas = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(ijkToRas)
+        return image_from_volume_array(slicer.util.arrayFromVolume(volumeNode), slicer.util.arrayFromVTKMatrix(ijkToRas),
+                                       parentToWorld, name=f"{role} '{volumeNode.GetName()}'")
+
+    # ------------------------------------------------------------------ running
+    def startJob(self, ctNode, petNode, model=None, device="auto", tta=False) -> SegmentationJob:
+        """Write the inputs and start the worker; poll the job, or call run_blocking() on it."""
+        if ctNode is None or petNode is None:
+            raise InputError("select a CT and a PET")
+        for level, message in self.inputProblems(ctNode, petNode):
+            if level == ERROR:
+                raise InputError(message)
+        job = SegmentationJob(model=model, device=device, tta=tta, python=self.workerPython(),
+                              ct_name=f"CT '{ctNode.GetName()}'", pet_name=f"PET '{petNode.GetName()}'")
+        try:
+            job.write_inputs(self.worldImage(ctNode, "CT"), self.worldImage(petNode, "PET"))
+            job.start()
+        except BaseException:
+            job.cleanup()
+            raise
+        return job
+
+    def segment(self, ctNode, petNode, outputNode=None, model=None, device="auto", tta=False,
+                whenEdited="new", parameterNode=None):
+        """Blocking run for scripts and tests; returns the segmentation node.
+
+        ``whenEdited``: "new" (default: keep an edited output, write a new one) or "overwrite".
+        """
+        if whenEdited not in ("new", "overwrite"):
+            raise ValueError(f"whenEdited must be 'new' or 'overwrite' in blocking mode, not {whenEdited!r}")
+        params = parameterNode or self.getParameterNode()
+        job = self.startJob(ctNode, petNode, model, device, tta)
+        try:
+            result = job.run_blocking(on_event=lambda e: logging.info(f"HNTumorSeg worker: {e}"))
+            return self.applyResult(result, ctNode, petNode, outputNode, whenEdited, params)
+        except JobFailed as exc:
+            raise RuntimeError(f"segmentation failed: {exc}") from None
+        finally:
+            job.cleanup()
+
+    # ------------------------------------------------------------------ output
+    @staticmethod
+    def segmentMasks(segmentationNode, ctNode) -> dict:
+        """Every segment of a segmentation as a boolean array on the CT grid, by segment name."""
+        segmentation = segmentationNode.GetSegmentation()
+        masks = {}
+        for index in range(segmentation.GetNumberOfSegments()):
+            segmentId = segmentation.GetNthSegmentID(index)
+            array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, ctNode)
+            masks[segmentation.GetSegment(segmentId).GetName()] = array != 0
+        return masks
+
+    def outputPolicy(self, segmentationNode, ctNode) -> str:
+        if segmentationNode is None:
+            return CREATE
+        stored = segmentationNode.GetAttribute(FINGERPRINT_ATTRIBUTE)
+        current = segmentation_fingerprint(self.segmentMasks(segmentationNode, ctNode)) if stored else None
+        return output_policy(True, stored, current)
+
+    def applyResult(self, result: JobResult, ctNode, petNode, outputNode, whenEdited, params):
+        """Put a finished run into the scene: segmentation, table, analysis-window ROI."""
+        import SimpleITK as sitk
+
+        label = sitk.GetArrayFromImage(result.read_label())
+        if label.shape != slicer.util.arrayFromVolume(ctNode).shape:
+            raise RuntimeError(f"the result's grid {label.shape} differs from the CT's; was the CT changed meanwhile?")
+        policy = self.outputPolicy(outputNode, ctNode)
+        if policy == CREATE or (policy == ASK and whenEdited != "overwrite"):
+            segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                                  slicer.mrmlScene.GenerateUniqueName(
+                                                                      f"{ctNode.GetName()} GTVp-GTVn"))
+            segmentationNode.CreateDefaultDisplayNodes()
+        else:
+            segmentationNode = outputNode
+        self.writeSegments(segmentationNode, label, ctNode)
+
+        structures = result.report["structures"]
+        segmentationNode.SetAttribute("HNTumorSeg.Summary", summary_line(structures))
+        segmentationNode.SetAttribute("HNTumorSeg.Model", str(result.report["model"]["file"]))
+        segmentationNode.SetAttribute("HNTumorSeg.Device", str(result.report["device"]))
+        params.outputSegmentation = segmentationNode
+        self.fillResultsTable(structures, params)
+        self.showAnalysisWindow(result.report["provenance"], params)
+        return segmentationNode
+
+    def writeSegments(self, segmentationNode, label, ctNode) -> None:
+        """GTVp and GTVn, named, coloured and coded, on the CT's grid and in the CT's study."""
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(ctNode)
+        segmentationNode.SetAndObserveTransformNodeID(ctNode.GetTransformNodeID())
+        segmentation = segmentationNode.GetSegmentation()
+        tagName = slicer.vtkSegment.GetTerminologyEntryTagName()
+        for definition in SEGMENTS:
+            segmentId = segmentation.GetSegmentIdBySegmentName(definition.name)
+            if not segmentId:
+                segmentId = segmentation.AddEmptySegment(definition.name, definition.name, definition.color)
+            segment = segmentation.GetSegment(segmentId)
+            segment.SetColor(*definition.color)
+            segment.SetTag(tagName, definition.terminology_entry())
+            slicer.util.updateSegmentBinaryLabelmapFromArray((label == definition.label).astype("uint8"),
+                                                             segmentationNode, segmentId, ctNode)
+        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
+        study = sh.GetItemParent(sh.GetItemByDataNode(ctNode))
+        if study:
+            sh.SetItemParent(sh.GetItemByDataNode(segmentationNode), study)
+        fingerprint = segmentation_fingerprint(self.segmentMasks(segmentationNode, ctNode))
+        segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, fingerprint)
+
+    def fillResultsTable(self, structures: dict, params) -> None:
+        table = params.resultsTable
+        if table is None:
+            table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "HNTumorSeg results")
+            params.resultsTable = table
+        with slicer.util.NodeModify(table):
+            table.RemoveAllColumns()
+            for name in COLUMNS:
+                table.AddColumn().SetName(name)
+            for row in table_rows(structures):
+                index = table.AddEmptyRow()
+                for column, text in enumerate(row):
+                    table.SetCellText(index, column, text)
+
+    def updateResultsTable(self, segmentationNode, ctNode, petNode, params) -> dict:
+        """Recompute the table from the segments as they are now (after editing)."""
+        import numpy as np
+        import SimpleITK as sitk
+
+        from HNTumorSegLib.metrics import structure_statistics
+
+        if segmentationNode is None or ctNode is None or petNode is None:
+            raise InputError("needs the output segmentation, the CT and the PET")
+        masks = self.segmentMasks(segmentationNode, ctNode)
+        label = np.zeros(slicer.util.arrayFromVolume(ctNode).shape, np.uint8)
+        for definition in SEGMENTS:
+            if definition.name in masks:
+                label[masks[definition.name]] = definition.label
+        labelImage = sitk.GetImageFromArray(label)
+        labelImage.CopyInformation(self.worldImage(ctNode, "CT"))  # the segments lie on the CT's grid
+        structures = structure_statistics(labelImage, self.worldImage(petNode, "PET"))
+        self.fillResultsTable(structures, params)
+        segmentationNode.SetAttribute("HNTumorSeg.Summary", summary_line(structures))
+        return structures
+
+    def showAnalysisWindow(self, provenance: dict, params) -> None:
+        """The 256 x 256 x 112 window the network saw, as a locked markups ROI (world coordinates)."""
+        box = analysis_window_box(provenance)
+        roi = params.analysisWindowROI
+        if roi is None:
+            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "HNTumorSeg analysis window")
+            roi.CreateDefaultDisplayNodes()
+            params.analysisWindowROI = roi
+        with slicer.util.NodeModify(roi):
+            roi.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(box.object_to_world()))
+            roi.SetCenter(*box.center_ras)
+            roi.SetSize(*box.size_mm)
+            roi.SetLocked(True)
+        display = roi.GetDisplayNode()
+        if display is not None:
+            display.SetHandlesInteractive(False)
+            display.SetFillOpacity(0.0)
+        roi.SetDisplayVisibility(bool(params.showAnalysisWindow))
+
+    # ------------------------------------------------------------------ export
+    def exportState(self, ctNode, segmentationNode) -> ExportState:
+        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
+        plugins = frozenset(getattr(slicer.modules, "dicomPlugins", {}).keys())
+        ctStudy = segStudy = 0
+        if ctNode is not None:
+            ctStudy = sh.GetItemParent(sh.GetItemByDataNode(ctNode))
+            if ctStudy and sh.GetItemLevel(ctStudy) != slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy():
+                ctStudy = 0
+        hasContent = False
+        if segmentationNode is not None:
+            segStudy = sh.GetItemParent(sh.GetItemByDataNode(segmentationNode))
+            segmentation = segmentationNode.GetSegmentation()
+            for index in range(segmentation.GetNumberOfSegments()):
+                bounds = [1.0, -1.0, 1.0, -1.0, 1.0, -1.0]
+                segmentation.GetSegment(segmentation.GetNthSegmentID(index)).GetBounds(bounds)
+                hasContent = hasContent or bounds[0] <= bounds[1]
+        return ExportState(
+            has_segmentation=segmentationNode is not None, has_content=hasContent, ct_in_study=bool(ctStudy),
+            same_study=bool(ctStudy) and segStudy == ctStudy, plugins=plugins,
+            ct_from_dicom=bool(ctNode is not None and ctNode.GetAttribute("DICOM.instanceUIDs")))
+
+    @staticmethod
+    def _newFiles(folder: str, before: set) -> list:
+        after = {os.path.join(root, name) for root, _, names in os.walk(folder) for name in names}
+        return sorted(os.path.relpath(p, folder) for p in after - before)
+
+    def _checkedExport(self, ctNode, segmentationNode, availability):
+        enabled, reason = availability(self.exportState(ctNode, segmentationNode))
+        if not enabled:
+            raise RuntimeError(reason)
+
+    def exportRtstruct(self, segmentationNode, ctNode, folder: str) -> list:
+        """CT series and RT Structure Set (GTVp, GTVn) through SlicerRT; returns the new files."""
+        self._checkedExport(ctNode, segmentationNode, rtstruct_availability)
+        import DicomRtImportExportPlugin
+
+        os.makedirs(folder, exist_ok=True)
+        before = {os.path.join(r, n) for r, _, names in os.walk(folder) for n in names}
+        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
+        exporter = DicomRtImportExportPlugin.DicomRtImportExportPluginClass()
+        exportables = (exporter.examineForExport(sh.GetItemByDataNode(ctNode))
+                       + exporter.examineForExport(sh.GetItemByDataNode(segmentationNode)))
+        if not exportables:
+            raise RuntimeError("SlicerRT found nothing to export (are the CT and the segmentation in one study?)")
+        for exportable in exportables:
+            exportable.directory = folder
+        message = exporter.export(exportables)
+        if message:
+            raise RuntimeError(f"SlicerRT: {message}")
+        return self._newFiles(folder, before)
+
+    def exportDicomSeg(self, segmentationNode, ctNode, folder: str) -> list:
+        """A DICOM Segmentation object referencing the CT's slices; returns the new files."""
+        self._checkedExport(ctNode, segmentationNode, dicom_seg_availability)
+        import DICOMSegmentationPlugin
+
+        os.makedirs(folder, exist_ok=True)
+        before = {os.path.join(r, n) for r, _, names in os.walk(folder) for n in names}
+        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
+        exporter = DICOMSegmentationPlugin.DICOMSegmentationPluginClass()
+        exportables = exporter.examineForExport(sh.GetItemByDataNode(segmentationNode))
+        if not exportables:
+            raise RuntimeError("the DICOM SEG exporter found nothing to export")
+        for exportable in exportables:
+            exportable.directory = folder
+        message = exporter.export(exportables)
+        if message:
+            raise RuntimeError(f"DICOM SEG: {message}")
+        return self._newFiles(folder, before)
+
+
+#
+# HNTumorSegTest
+#
+
+
+class HNTumorSegTest(ScriptedLoadableModuleTest):
+    """Builds a phantom PET/CT in the scene, segments it in blocking mode and checks the result.
+
+    Needs the bundled model (or HNTUMORSEG_TEST_MODEL pointing at a model file).
+    """
+
+    #: Dice floors against the phantom truth for the bundled phantom model (one held-out case).
+    MIN_DICE = {"GTVp": 0.70, "GTVn": 0.50}
+    PHANTOM_SEED = 9001
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SegmentPhantom()
+
+    def pushImage(self, image, name):
+        import sitkUtils
+
+        return sitkUtils.PushVolumeToSlicer(image, name=name)
+
+    def test_SegmentPhantom(self):
+        import numpy as np
+        import SimpleITK as sitk
+
+        logic = HNTumorSegLogic()
+        self.assertTrue(logic.ensurePythonRequirements(askUser=False, selfTest=True))
+        from HNTumorSegLib.metrics import dice
+        from HNTumorSegLib.phantom import make_phantom
+
+        self.delayDisplay("Building a phantom PET/CT case")
+        case = make_phantom(self.PHANTOM_SEED, "head", n_nodes=2)
+        ctNode = self.pushImage(case.ct, f"{case.case_id}__CT")
+        petNode = self.pushImage(case.pet, f"{case.case_id}__PT")
+        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
+        patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "HNTumorSeg phantom patient")
+        study = sh.CreateStudyItem(patient, "HNTumorSeg phantom study")
+        for node in (ctNode, petNode):
+            sh.SetItemParent(sh.GetItemByDataNode(node), study)
+
+        self.assertEqual([node.GetID() for node in logic.defaultInputs()], [ctNode.GetID(), petNode.GetID()])
+        self.assertEqual([level for level, _ in logic.inputProblems(ctNode, petNode)], [])
+
+        model = os.environ.get("HNTUMORSEG_TEST_MODEL") or None
+        params = logic.getParameterNode()
+        self.delayDisplay("Segmenting (blocking mode)")
+        segNode = logic.segment(ctNode, petNode, model=model, parameterNode=params)
+
+        # Segments: names, colours, terminology, geometry, study.
+        segmentation = segNode.GetSegmentation()
+        self.assertEqual(sorted(segmentation.GetSegment(segmentation.GetNthSegmentID(i)).GetName()
+                                for i in range(segmentation.GetNumberOfSegments())), ["GTVn", "GTVp"])
+        tagName = slicer.vtkSegment.GetTerminologyEntryTagName()
+        for definition in SEGMENTS:
+            segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(definition.name))
+            np.testing.assert_allclose(segment.GetColor(), definition.color, atol=1e-6)
+            tag = vtk.reference("") if hasattr(vtk, "reference") else vtk.mutable("")
+            self.assertTrue(segment.GetTag(tagName, tag))
+            self.assertEqual(str(tag), definition.terminology_entry())
+        self.assertEqual(segNode.GetNodeReferenceID(segNode.GetReferenceImageGeometryReferenceRole()), ctNode.GetID())
+        self.assertEqual(sh.GetItemParent(sh.GetItemByDataNode(segNode)), study)
+        masks = logic.segmentMasks(segNode, ctNode)
+        truth = sitk.GetArrayFromImage(case.label)
+        for definition in SEGMENTS:
+            self.assertEqual(masks[definition.name].shape, truth.shape)
+            score = dice(masks[definition.name].astype(np.uint8), (truth == definition.label).astype(np.uint8), 1)
+            self.delayDisplay(f"Dice {definition.name}: {score:.3f}")
+            self.assertGreaterEqual(score, self.MIN_DICE[definition.name])
+
+        # Results table and analysis window.
+        table = params.resultsTable
+        self.assertEqual(table.GetNumberOfRows(), 2)
+        self.assertEqual(table.GetCellText(0, 0), "GTVp")
+        roi = params.analysisWindowROI
+        np.testing.assert_allclose(roi.GetSize(), [256.0, 256.0, 336.0], atol=1e-6)
+
+        # An edited segmentation survives a second run; an unedited one is replaced in place.
+        gtvp = segmentation.GetSegmentIdBySegmentName("GTVp")
+        edited = masks["GTVp"].astype(np.uint8)
+        edited[:, :, : edited.shape[2] // 2] = 0  # erase the patient's right half of GTVp
+        slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segNode, gtvp, ctNode)
+        before = logic.segmentMasks(segNode, ctNode)
+        self.assertEqual(logic.outputPolicy(segNode, ctNode), ASK)
+        second = logic.segment(ctNode, petNode, outputNode=segNode, model=model, parameterNode=params)
+        self.assertNotEqual(second.GetID(), segNode.GetID())
+        after = logic.segmentMasks(segNode, ctNode)
+        for name in before:
+            np.testing.assert_array_equal(before[name], after[name])
+        self.assertEqual(logic.outputPolicy(second, ctNode), REPLACE)
+        third = logic.segment(ctNode, petNode, outputNode=second, model=model, parameterNode=params)
+        self.assertEqual(third.GetID(), second.GetID())
+
+        # RTSTRUCT through SlicerRT, when it is installed.
+        if "DicomRtImportExportPlugin" in getattr(slicer.modules, "dicomPlugins", {}):
+            import tempfile
+
+            import pydicom
+
+            folder = tempfile.mkdtemp(prefix="hntumorseg-rtstruct-")
+            try:
+                written = logic.exportRtstruct(third, ctNode, folder)
+                modalities = {pydicom.dcmread(os.path.join(folder, f), stop_before_pixels=True).Modality
+                              for f in written}
+                self.assertIn("RTSTRUCT", modalities)
+                self.delayDisplay(f"RTSTRUCT export wrote {len(written)} files")
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        else:
+            self.delayDisplay("SlicerRT is not installed: RTSTRUCT export not tested")
+        self.delayDisplay("HNTumorSeg self-test passed")

@@ -1,0 +1,53 @@
+"""What a model file says about itself, read without torch: for the Slicer module's model line.
+
+Why: the user should see, before running, what the model was trained on and what it is for (the
+bundled one is trained on synthetic phantoms and is not for clinical use). The GUI process reads
+only the JSON; loading and checking the weights stays in the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def model_json_path(path: str | os.PathLike) -> Path:
+    """``NAME``, ``NAME.json`` or ``NAME.safetensors`` -> ``NAME.json`` (as the loader pairs them)."""
+    p = Path(path)
+    for suffix in (".json", ".safetensors"):
+        if p.name.endswith(suffix) and len(p.name) > len(suffix):
+            return p.with_name(p.name[: -len(suffix)] + ".json")
+    return p.with_name(p.name + ".json")
+
+
+def describe_model(meta: dict[str, Any]) -> str:
+    """One or two sentences: network, training data, intended use."""
+    network = meta.get("network") or {}
+    kind = "PSAM U-Net" if network.get("psam") else "U-Net"
+    channels = network.get("channels")
+    parts = [f"{kind} {'-'.join(str(c) for c in channels)}" if channels else kind]
+    trained = meta.get("trained_on")
+    if isinstance(trained, dict):
+        trained = trained.get("description") or ", ".join(f"{k}: {v}" for k, v in trained.items())
+    if trained:
+        parts.append(f"trained on {trained}")
+    text = "; ".join(parts) + "."
+    if meta.get("intended_use"):
+        text += f" {meta['intended_use']}"
+    return text
+
+
+def read_model_description(path: str | os.PathLike) -> str:
+    """The description of a model file, or one line saying why there is none."""
+    json_path = model_json_path(path)
+    if not json_path.is_file():
+        return f"{json_path.name}: model config file not found ({json_path})"
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"{json_path.name}: cannot read the model config ({exc})"
+    if not isinstance(meta, dict) or meta.get("format") != "hntumorseg-model":
+        return f"{json_path.name}: not an HNTumorSeg model file"
+    return describe_model(meta)
