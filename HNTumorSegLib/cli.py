@@ -35,9 +35,14 @@ def _model_summary(loaded) -> dict:
 
 
 def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None, device: str, tta: bool,
-                     reference=None, extra: dict | None = None):
-    """Shared by ``segment`` and ``demo``: read, segment, measure, write label map + JSON report."""
-    from .image_io import read_image, write_image, write_json
+                     reference=None, extra: dict | None = None, inputs=None):
+    """Shared by ``segment`` and ``demo``: read, segment, measure, write label map + JSON report.
+
+    ``inputs``: a :class:`~HNTumorSegLib.case_inputs.CaseInputs` already read (DICOM series chosen,
+    PET in SUV); when None, ``ct_path`` and ``pet_path`` are read with the defaults.
+    """
+    from .case_inputs import read_case
+    from .image_io import write_image, write_json
     from .inference import Segmenter
     from .metrics import structure_statistics
 
@@ -46,10 +51,10 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     t0 = time.perf_counter()
     segmenter = Segmenter(model, device=device, tta=tta)
     timings = {"load_model": time.perf_counter() - t0}
-    t0 = time.perf_counter()
-    ct = read_image(ct_path, "CT")
-    pet = read_image(pet_path, "PET")
-    timings["read_inputs"] = time.perf_counter() - t0
+    read_before = inputs.seconds if inputs is not None else 0.0  # read by the caller, before t_start
+    inputs = inputs or read_case(ct_path, pet_path)
+    ct, pet = inputs.ct, inputs.pet
+    timings["read_inputs"] = inputs.seconds
     seg = segmenter.segment(ct, pet, reference=reference, ct_name=str(ct_path), pet_name=str(pet_path),
                             progress=lambda stage: print(f"  {stage} ...", flush=True))
     timings.update(seg.timings)
@@ -59,7 +64,7 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     t0 = time.perf_counter()
     write_image(seg.label, out)
     timings["write"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
+    timings["total"] = time.perf_counter() - t_start + read_before
     report = {
         "software": f"HNTumorSeg {__version__}",
         "inputs": {"ct": str(ct_path), "pet": str(pet_path)},
@@ -71,6 +76,7 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
         "structures": structures,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "provenance": seg.provenance,
+        **inputs.report(),
         **(extra or {}),
     }
     write_json(report, report_path)
@@ -90,8 +96,8 @@ def cmd_preprocess(args) -> int:
     from .image_io import read_image, write_json, write_npy
     from .preprocess import preprocess
 
-    ct = read_image(args.ct, "CT")
-    pet = read_image(args.pet, "PET")
+    inputs = read_dicom_aware_inputs(args)
+    ct, pet = inputs.ct, inputs.pet
     label = read_image(args.label, "label") if args.label else None
     pre = preprocess(ct, pet, label, ct_name=str(args.ct), pet_name=str(args.pet),
                      label_name=str(args.label))
@@ -99,7 +105,7 @@ def cmd_preprocess(args) -> int:
     write_npy(pre.image, out / "input.npy")
     if pre.label is not None:
         write_npy(pre.label, out / "label.npy")
-    write_json({**pre.provenance, "inputs": {"ct": str(args.ct), "pet": str(args.pet)},
+    write_json({**pre.provenance, "inputs": {"ct": str(args.ct), "pet": str(args.pet)}, **inputs.report(),
                 "timings_s": pre.timings}, out / "provenance.json")
     w = pre.provenance["crop"]
     print(f"window x[{w['x1']}:{w['x2']}] y[{w['y1']}:{w['y2']}] z[{w['z1']}:{w['z2']}] "
@@ -109,8 +115,9 @@ def cmd_preprocess(args) -> int:
 
 def cmd_segment(args) -> int:
     out = Path(args.out)
+    inputs = read_dicom_aware_inputs(args)
     report, _, report_path = run_segmentation(Path(args.ct), Path(args.pet), out, args.model, args.device,
-                                              args.tta)
+                                              args.tta, inputs=inputs)
     print(f"wrote {out} and {report_path} in {report['timings_s']['total']:.1f} s on {report['device']}")
     _print_structures(report["structures"])
     return 0
@@ -155,6 +162,23 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def dicom_input_options(sp) -> None:
+    """Options for CT/PET given as DICOM folders: which series, and the PET's units."""
+    sp.add_argument("--ct-series", metavar="UID", help="SeriesInstanceUID of the CT when the folder holds several")
+    sp.add_argument("--pet-series", metavar="UID", help="SeriesInstanceUID of the PET when the folder holds several")
+    sp.add_argument("--pet-units", default="auto", choices=["auto", "suv"],
+                    help="auto: a DICOM PET is converted to SUVbw from its tags (a PET file is taken as SUV); "
+                         "suv: the PET values are SUV already")
+
+
+def read_dicom_aware_inputs(args):
+    """CT and PET of ``args`` (files or DICOM folders), the PET in SUV."""
+    from .case_inputs import read_case
+
+    return read_case(args.ct, args.pet, ct_series=args.ct_series, pet_series=args.pet_series,
+                     pet_units=args.pet_units)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hntumorseg", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"hntumorseg {__version__}")
@@ -162,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def inputs(sp):
         sp.add_argument("--ct", required=True, type=Path, help="CT in HU: NIfTI/NRRD/MHA file or DICOM folder")
-        sp.add_argument("--pet", required=True, type=Path, help="PET in SUV, registered to the CT")
+        sp.add_argument("--pet", required=True, type=Path,
+                        help="PET registered to the CT: file in SUV, or DICOM folder (converted to SUVbw)")
 
     def runtime(sp):
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -171,12 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("preprocess", help="write the network input (input.npy) and provenance.json")
     inputs(sp)
+    dicom_input_options(sp)
     sp.add_argument("--label", type=Path, help="optional label map on the CT grid (writes label.npy)")
     sp.add_argument("--out", required=True, type=Path, help="output folder")
     sp.set_defaults(func=cmd_preprocess)
 
     sp = sub.add_parser("segment", help="segment GTVp and GTVn; writes the label map and a JSON report")
     inputs(sp)
+    dicom_input_options(sp)
     sp.add_argument("--out", required=True, type=Path, help="label map to write, e.g. SEG.nii.gz")
     sp.add_argument("--model", help="model .safetensors/.json (default: the bundled model)")
     runtime(sp)
