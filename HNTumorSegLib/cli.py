@@ -35,11 +35,13 @@ def _model_summary(loaded) -> dict:
 
 
 def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None, device: str, tta: bool,
-                     reference=None, extra: dict | None = None, inputs=None):
+                     reference=None, extra: dict | None = None, inputs=None, after_label=None):
     """Shared by ``segment`` and ``demo``: read, segment, measure, write label map + JSON report.
 
     ``inputs``: a :class:`~HNTumorSegLib.case_inputs.CaseInputs` already read (DICOM series chosen,
-    PET in SUV); when None, ``ct_path`` and ``pet_path`` are read with the defaults.
+    PET in SUV); when None, ``ct_path`` and ``pet_path`` are read with the defaults. ``after_label``
+    (label image, inputs) -> dict writes further outputs after the label map and before the report
+    (written last: its presence means the run is complete); its dict goes into the report.
     """
     from .case_inputs import read_case
     from .image_io import write_image, write_json
@@ -63,6 +65,7 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     timings["statistics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     write_image(seg.label, out)
+    more = after_label(seg.label, inputs) if after_label else {}
     timings["write"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start + read_before
     report = {
@@ -77,6 +80,7 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "provenance": seg.provenance,
         **inputs.report(),
+        **more,
         **(extra or {}),
     }
     write_json(report, report_path)
@@ -114,12 +118,40 @@ def cmd_preprocess(args) -> int:
 
 
 def cmd_segment(args) -> int:
+    from .dicom_exports import check_dicom_ct, write_dicom_outputs
+
     out = Path(args.out)
+    for option, value in (("--rtstruct", args.rtstruct), ("--dicom-seg", args.dicom_seg)):
+        if value:
+            check_dicom_ct(args.ct, option)
     inputs = read_dicom_aware_inputs(args)
+
+    def exports(label, case):
+        return write_dicom_outputs(label, case.ct_dicom, args.rtstruct, args.dicom_seg, label_name=str(out))
+
     report, _, report_path = run_segmentation(Path(args.ct), Path(args.pet), out, args.model, args.device,
-                                              args.tta, inputs=inputs)
+                                              args.tta, inputs=inputs, after_label=exports)
     print(f"wrote {out} and {report_path} in {report['timings_s']['total']:.1f} s on {report['device']}")
+    for key in ("rtstruct", "dicom_seg"):
+        if key in report:
+            print(f"wrote {report[key]['file']}")
     _print_structures(report["structures"])
+    return 0
+
+
+def cmd_rtstruct(args) -> int:
+    """A label map on a DICOM CT's grid (an edited one, say) to an RT Structure Set."""
+    from .case_inputs import read_ct
+    from .dicom_exports import check_dicom_ct
+    from .image_io import read_image
+    from .rtstruct import summary_line, write_rtstruct
+
+    check_dicom_ct(args.ct, "rtstruct")
+    _, ct_dicom = read_ct(args.ct, args.ct_series)
+    label = read_image(args.labels, "label")
+    summaries = write_rtstruct(label, ct_dicom, args.out, label_name=str(args.labels),
+                               roi_generation=args.roi_generation)
+    print(f"wrote {args.out} (CT series {ct_dicom.series.uid}): {summary_line(summaries)}")
     return 0
 
 
@@ -206,8 +238,22 @@ def build_parser() -> argparse.ArgumentParser:
     dicom_input_options(sp)
     sp.add_argument("--out", required=True, type=Path, help="label map to write, e.g. SEG.nii.gz")
     sp.add_argument("--model", help="model .safetensors/.json (default: the bundled model)")
+    sp.add_argument("--rtstruct", type=Path, metavar="OUT.dcm",
+                    help="also write an RT Structure Set on the CT series (needs a DICOM CT)")
+    sp.add_argument("--dicom-seg", type=Path, metavar="OUT.dcm",
+                    help="also write a DICOM Segmentation on the CT series (needs a DICOM CT)")
     runtime(sp)
     sp.set_defaults(func=cmd_segment)
+
+    sp = sub.add_parser("rtstruct", help="convert a label map on a DICOM CT's grid into an RTSTRUCT")
+    sp.add_argument("--ct", required=True, type=Path, help="the CT's DICOM folder")
+    sp.add_argument("--ct-series", metavar="UID", help="SeriesInstanceUID of the CT when the folder holds several")
+    sp.add_argument("--labels", required=True, type=Path,
+                    help="label map on that CT's grid (1 GTVp, 2 GTVn), e.g. an edited SEG.nii.gz")
+    sp.add_argument("--out", required=True, type=Path, help="RTSTRUCT file to write, e.g. RS.dcm")
+    sp.add_argument("--roi-generation", default="SEMIAUTOMATIC", choices=["AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"],
+                    help="ROI Generation Algorithm recorded per ROI (default SEMIAUTOMATIC: an edited result)")
+    sp.set_defaults(func=cmd_rtstruct)
 
     sp = sub.add_parser("demo", help="segment a synthetic phantom with the bundled model and score it")
     sp.add_argument("--out", required=True, type=Path, help="output folder")
