@@ -35,13 +35,16 @@ def _model_summary(loaded) -> dict:
 
 
 def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None, device: str, tta: bool,
-                     reference=None, extra: dict | None = None, inputs=None, after_label=None):
+                     reference=None, extra: dict | None = None, inputs=None, after_label=None,
+                     verbose: bool = True):
     """Shared by ``segment`` and ``demo``: read, segment, measure, write label map + JSON report.
 
     ``inputs``: a :class:`~HNTumorSegLib.case_inputs.CaseInputs` already read (DICOM series chosen,
     PET in SUV); when None, ``ct_path`` and ``pet_path`` are read with the defaults. ``after_label``
     (label image, inputs) -> dict writes further outputs after the label map and before the report
     (written last: its presence means the run is complete); its dict goes into the report.
+    ``model`` may be a loaded :class:`~HNTumorSegLib.inference.Segmenter` (``batch`` loads it once);
+    ``verbose`` prints the stages.
     """
     from .case_inputs import read_case
     from .image_io import write_image, write_json
@@ -51,14 +54,14 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     report_path = sidecar_path(out)
     t_start = time.perf_counter()
     t0 = time.perf_counter()
-    segmenter = Segmenter(model, device=device, tta=tta)
+    segmenter = model if isinstance(model, Segmenter) else Segmenter(model, device=device, tta=tta)
     timings = {"load_model": time.perf_counter() - t0}
     read_before = inputs.seconds if inputs is not None else 0.0  # read by the caller, before t_start
     inputs = inputs or read_case(ct_path, pet_path)
     ct, pet = inputs.ct, inputs.pet
     timings["read_inputs"] = inputs.seconds
     seg = segmenter.segment(ct, pet, reference=reference, ct_name=str(ct_path), pet_name=str(pet_path),
-                            progress=lambda stage: print(f"  {stage} ...", flush=True))
+                            progress=(lambda stage: print(f"  {stage} ...", flush=True)) if verbose else None)
     timings.update(seg.timings)
     t0 = time.perf_counter()
     structures = structure_statistics(seg.label, pet)
@@ -211,6 +214,32 @@ def read_dicom_aware_inputs(args):
                      pet_units=args.pet_units)
 
 
+def cmd_batch(args) -> int:
+    """Every case under --input, resumable and shardable; a summary CSV."""
+    from .batch import (FAILED, BatchOptions, find_batch_cases, parse_shard, run_batch, run_batch_parallel, shard,
+                        summary_path)
+    from .inference import Segmenter
+
+    spec = parse_shard(args.shard) if args.shard else None
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers}: must be 1 or more")
+    cases = find_batch_cases(args.input)
+    if spec:
+        cases = shard(cases, *spec)
+    options = BatchOptions(Path(args.out), args.model, args.device, args.tta, args.pet_units, args.rtstruct,
+                           args.dicom_seg)
+    summary = summary_path(options.out, spec)
+    print(f"{len(cases)} cases{f' (shard {spec[0]}/{spec[1]})' if spec else ''} -> {options.out}", flush=True)
+    if args.workers == 1:
+        rows = run_batch(cases, options, summary=summary,
+                         make_segmenter=lambda: Segmenter(args.model, device=args.device, tta=args.tta))
+    else:
+        rows = run_batch_parallel(cases, options, summary=summary, workers=args.workers)
+    failed = [r for r in rows if r["status"] == FAILED]
+    print(f"{len(rows) - len(failed)} done, {len(failed)} failed; summary: {summary}")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hntumorseg", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"hntumorseg {__version__}")
@@ -254,6 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--roi-generation", default="SEMIAUTOMATIC", choices=["AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"],
                     help="ROI Generation Algorithm recorded per ROI (default SEMIAUTOMATIC: an edited result)")
     sp.set_defaults(func=cmd_rtstruct)
+
+    sp = sub.add_parser("batch", help="segment every case of a HECKTOR-layout folder or DICOM tree (resumable)")
+    sp.add_argument("--input", required=True, type=Path,
+                    help="folder of HECKTOR-layout cases (CASE/CASE__CT.nii.gz, CASE__PT.nii.gz) and/or DICOM studies")
+    sp.add_argument("--out", required=True, type=Path, help="output folder: OUT/CASE/... and summary.csv")
+    sp.add_argument("--workers", type=int, default=1, help="cases run in parallel, each with its own model (default 1)")
+    sp.add_argument("--shard", metavar="i/n", help="run only every n-th case from the i-th (1 <= i <= n)")
+    sp.add_argument("--model", help="model .safetensors/.json (default: the bundled model)")
+    sp.add_argument("--pet-units", default="auto", choices=["auto", "suv"],
+                    help="auto: DICOM PET converted to SUVbw from its tags; suv: PET values are SUV already")
+    sp.add_argument("--rtstruct", action="store_true", help="also write an RTSTRUCT for each DICOM study")
+    sp.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG for each DICOM study")
+    runtime(sp)
+    sp.set_defaults(func=cmd_batch)
 
     sp = sub.add_parser("demo", help="segment a synthetic phantom with the bundled model and score it")
     sp.add_argument("--out", required=True, type=Path, help="output folder")
