@@ -10,7 +10,6 @@ import csv
 import shutil
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch

@@ -22,8 +22,7 @@ from HNTumorSegLib.cli import main
 from HNTumorSegLib.dicom_series import find_series, read_series
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.phantom import make_phantom
-from HNTumorSegLib.phantom_dicom import (DicomStudy, PetAcquisition, write_ct_series, write_dicom_case,
-                                         write_pet_series)
+from HNTumorSegLib.phantom_dicom import DicomStudy, PetAcquisition, write_ct_series, write_dicom_case
 from HNTumorSegLib.suv import suv_conversion
 
 #: Hand computation for the default acquisition (75 kg, 370 MBq F-18, START, 60 min uptake):

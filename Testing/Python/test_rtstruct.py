@@ -4,7 +4,6 @@ the CT, checked by readers we did not write (plastimatch, dciodvfy), and the com
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 
