@@ -21,6 +21,7 @@ from .errors import InputError, ModelFileError
 from .model_file import LoadedModel, load_model
 from .preprocess import PREPROCESSING_VERSION, Preprocessed, preprocess
 from .restore import restore
+from .sliding_window import InferenceWindow, sliding_window_logits
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 #: The bundled model; trained on synthetic phantoms (see its JSON), for trying the software.
@@ -81,9 +82,20 @@ class Segmenter:
             raise ModelFileError(f"{self.loaded.paths.json}: model was trained on preprocessing version "
                                  f"{version!r}, this software makes version {PREPROCESSING_VERSION!r}")
         self.model = self.loaded.model.to(self.device).eval()
+        try:
+            #: Patch-wise inference for models trained on patches (see sliding_window); None: one pass.
+            self.window = InferenceWindow.from_meta(self.loaded.meta, self.loaded.paths.json.name)
+        except ValueError as exc:
+            raise ModelFileError(str(exc)) from None
         self.tta = tta
         if self.device.type == "cpu":
             torch.set_num_threads(available_cpus())
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's logits for a (B, 2, Z, Y, X) input: one pass, or patch-wise (``window``)."""
+        if self.window is None:
+            return self.model(x)
+        return sliding_window_logits(self.model, x, self.window)
 
     def predict_window(self, image: np.ndarray) -> np.ndarray:
         """(2, 112, 256, 256) normalised input to the (112, 256, 256) uint8 label mask."""
@@ -91,10 +103,10 @@ class Segmenter:
         cuda = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             if not self.tta:
-                return self.model(x).argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
-            prob = torch.softmax(self.model(x).float(), dim=1)
+                return self.logits(x).argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+            prob = torch.softmax(self.logits(x).float(), dim=1)
             for dims in TTA_FLIP_DIMS:
-                prob += torch.softmax(self.model(x.flip(dims)).float(), dim=1).flip(dims)
+                prob += torch.softmax(self.logits(x.flip(dims)).float(), dim=1).flip(dims)
             return prob.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
 
     def segment(self, ct: sitk.Image, pet: sitk.Image, *, reference: sitk.Image | None = None,

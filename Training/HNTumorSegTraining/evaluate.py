@@ -43,9 +43,10 @@ from HNTumorSegLib.label_checks import label_grid_problem, label_values_problem
 from HNTumorSegLib.metrics import CaseScores, aggregated_dice, aggregated_f1, score_case
 from HNTumorSegLib.model_file import model_paths
 from HNTumorSegLib.preprocess import PREPROCESSING_VERSION
+from HNTumorSegLib.sliding_window import InferenceWindow
 
 from .cases import Case, find_cases
-from .validate import predict_logits
+from .validate import inference_window, predict_logits
 from .weights import load_weights
 
 SPLITS = ("val", "train", "all")
@@ -73,21 +74,21 @@ class SpecSegmenter(Segmenter):
     """The inference path for networks HNTumorSegLib does not build (``unetr``, ``umamba``).
 
     Same preprocessing and restoration as :class:`Segmenter` (it only replaces how the window
-    is predicted), so all four models of the comparison are scored on one path. Fixed-size
-    networks run as a sliding window (:func:`.validate.predict_logits`).
+    is predicted), so all four models of the comparison are scored on one path. Fixed-size and
+    patch-trained networks run as a sliding window (:func:`.validate.predict_logits`).
     """
 
-    def __init__(self, model: torch.nn.Module, spec: Mapping[str, Any], device: str = "auto") -> None:
+    def __init__(self, model: torch.nn.Module, window: InferenceWindow | None, device: str = "auto") -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.spec = dict(spec)
+        self.window = window
         self.tta = False
         self.loaded = None
 
     def predict_window(self, image: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(self.device)
         amp = torch.bfloat16 if self.device.type == "cuda" else None
-        return predict_logits(self.model, x, self.spec, amp).argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+        return predict_logits(self.model, x, self.window, amp).argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
 
 
 def run_settings(run: Path) -> dict[str, Any]:
@@ -109,16 +110,29 @@ def weights_of(run: Path, which: str) -> Path:
     return path
 
 
-def make_segmenter(weights: Path, device: str = "auto", tta: bool = False) -> Segmenter:
-    """A Segmenter for any run weights: HNTumorSegLib model files directly, others via the spec."""
+def run_window(info: Mapping[str, Any]) -> InferenceWindow | None:
+    """How a run's model is applied at inference, from its settings (for weights that do not say)."""
+    return inference_window(info["model_spec"], info.get("settings", {}).get("patch_size"))
+
+
+def make_segmenter(weights: Path, window: InferenceWindow | None, device: str = "auto",
+                   tta: bool = False) -> Segmenter:
+    """A Segmenter for any run weights: HNTumorSegLib model files directly, others via the spec.
+
+    ``window`` applies when the weights' JSON does not say how to run them (weights written
+    before model files recorded it).
+    """
     meta = json.loads(weights.read_text(encoding="utf-8"))
     if str(meta.get("preprocessing_version", "")) != PREPROCESSING_VERSION:
         raise InputError(f"{weights}: trained on preprocessing version {meta.get('preprocessing_version')!r}, "
                          f"this software makes version {PREPROCESSING_VERSION!r}")
     if meta.get("format") == "hntumorseg-model":
-        return Segmenter(weights, device=device, tta=tta)
+        segmenter = Segmenter(weights, device=device, tta=tta)
+        if "inference" not in meta:
+            segmenter.window = window
+        return segmenter
     model, meta = load_weights(weights)
-    return SpecSegmenter(model, meta["model_spec"], device=device)
+    return SpecSegmenter(model, InferenceWindow.from_meta(meta) or window, device=device)
 
 
 def split_case_ids(cache: Path, split: str) -> tuple[list[str], dict[str, Any]]:
@@ -282,7 +296,7 @@ def evaluate(run: str | Path, *, split: str = "val", which: str = "best", data_r
     root = Path(data_root) if data_root is not None else Path(split_data["data_root"])
     cases = cases_for(root, ids)
     if segmenter is None:
-        segmenter = make_segmenter(weights, device=device, tta=tta)
+        segmenter = make_segmenter(weights, run_window(info), device=device, tta=tta)
     results: list[CaseResult] = []
     for i, case in enumerate(cases, 1):
         results.append(evaluate_case(segmenter, case))
@@ -293,6 +307,7 @@ def evaluate(run: str | Path, *, split: str = "val", which: str = "best", data_r
         "format": "hntumorseg-evaluation", "run": str(run.resolve()), "model": model_name, "weights": which,
         "weights_file": str(weights), "split": split, "data_root": str(root.resolve()),
         "limited_to_first": limit, "device": str(segmenter.device), "tta": bool(tta),
+        "inference_window": segmenter.window.to_dict() if getattr(segmenter, "window", None) else None,
         "path": "HNTumorSegLib Segmenter (preprocess, network, restore) on the native CT grid",
         "empty_mask_rules": EMPTY_MASK_RULES,
         "overall": summarise(results),

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.model_file import DEFAULT_INTENDED_USE, save_model
 
-from .evaluate import read_summary, run_settings, split_case_ids, weights_of
+from .evaluate import read_summary, run_settings, run_window, split_case_ids, weights_of
 from .models import config_of
 from .phantom_cohort import read_cohort
 from .weights import load_weights
@@ -75,8 +75,10 @@ def export(run: str | Path, out: str | Path, *, which: str = "best", split: str 
     trained_on = data_description(Path(info["cache"]), description)
     if intended_use is None:
         intended_use = PHANTOM_INTENDED_USE if trained_on["synthetic"] else DEFAULT_INTENDED_USE
+    window = run_window(info)
     metadata = {
         "name": name or Path(out).name,
+        **({"inference": meta.get("inference") or window.to_dict()} if (meta.get("inference") or window) else {}),
         "preprocessing_version": meta["preprocessing_version"],
         "trained_on": trained_on,
         "metrics": metrics,

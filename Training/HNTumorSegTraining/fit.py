@@ -51,6 +51,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from HNTumorSegLib.preprocess import PREPROCESSING_VERSION
+from HNTumorSegLib.sliding_window import InferenceWindow
 
 from .cache import case_dir, read_provenance
 from .checkpoint import atomic_write_bytes, capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -61,7 +62,7 @@ from .models import MODEL_NAMES, build_from_spec, fixed_input_size, make_spec, s
 from .runlog import TensorBoardLog, write_curves, write_history_csv
 from .sampler import EpochSampler
 from .schedule import warmup_cosine
-from .validate import autocast_context, validate
+from .validate import autocast_context, inference_window, validate
 from .weights import save_weights
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
@@ -149,7 +150,12 @@ def _finite_or_none(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
+#: Settings added after runs were made, with the value that older checkpoints implicitly used.
+ADDED_SETTINGS = {"batch_dice": False}
+
+
 def _settings_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    saved = {**ADDED_SETTINGS, **saved}
     keys = sorted(set(saved) | set(current))
     return [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
             for k in keys if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
@@ -161,7 +167,7 @@ def fit(cache: str | Path, model_name: str, out_dir: str | Path, *, epochs: int,
         patch_size: Sequence[int] | None = None, samples_per_epoch: int | None = None, p_fg: float = 0.5,
         augmentation: Augmentation | Mapping[str, float] | None = None, val_every: int = 1, seed: int = 0,
         workers: int = 0, device: str | torch.device = "auto", amp: str = "auto", grad_clip: float | None = None,
-        channels: Sequence[int] | None = None, model_options: Mapping[str, Any] | None = None,
+        batch_dice: bool = False, channels: Sequence[int] | None = None, model_options: Mapping[str, Any] | None = None,
         resume: bool = False, max_steps_per_epoch: int | None = None,
         train_ids: Sequence[str] | None = None, val_ids: Sequence[str] | None = None,
         progress: bool = False, hooks: FitHooks | None = None,
@@ -169,7 +175,8 @@ def fit(cache: str | Path, model_name: str, out_dir: str | Path, *, epochs: int,
     """Train ``model_name`` (one of :data:`.models.MODEL_NAMES`) on ``cache``; see the module docstring.
 
     ``patch_size`` (Z, Y, X; multiples of 16 and of the model's down-sampling): random patches
-    with foreground oversampling ``p_fg`` instead of whole windows. ``samples_per_epoch``: draws
+    with foreground oversampling ``p_fg`` instead of whole windows; ``batch_dice`` pools the
+    soft Dice over the batch (see :mod:`.losses`). ``samples_per_epoch``: draws
     per epoch (default: one per training case). ``max_steps_per_epoch`` caps the steps of an
     epoch (quick runs, tests). ``val_every=0`` never validates (then no ``best`` is written).
     ``train_ids`` / ``val_ids`` default to ``cache/split.json``. ``channels`` and
@@ -183,7 +190,7 @@ def fit(cache: str | Path, model_name: str, out_dir: str | Path, *, epochs: int,
                     weight_decay=weight_decay, warmup_epochs=warmup_epochs, min_lr_factor=min_lr_factor,
                     patch_size=patch_size, samples_per_epoch=samples_per_epoch, p_fg=p_fg,
                     augmentation=augmentation, val_every=val_every, seed=seed, workers=workers, amp=amp,
-                    grad_clip=grad_clip, channels=channels, model_options=model_options, resume=resume,
+                    grad_clip=grad_clip, batch_dice=batch_dice, channels=channels, model_options=model_options, resume=resume,
                     max_steps_per_epoch=max_steps_per_epoch, train_ids=train_ids, val_ids=val_ids,
                     progress=progress, hooks=hooks or FitHooks(), log=log)
         ok = True
@@ -195,7 +202,7 @@ def fit(cache: str | Path, model_name: str, out_dir: str | Path, *, epochs: int,
 def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epochs: int, batch_size: int, lr: float,
          weight_decay: float, warmup_epochs: float, min_lr_factor: float, patch_size: Sequence[int] | None,
          samples_per_epoch: int | None, p_fg: float, augmentation: Augmentation | Mapping[str, float] | None,
-         val_every: int, seed: int, workers: int, amp: str, grad_clip: float | None,
+         val_every: int, seed: int, workers: int, amp: str, grad_clip: float | None, batch_dice: bool,
          channels: Sequence[int] | None, model_options: Mapping[str, Any] | None, resume: bool,
          max_steps_per_epoch: int | None, train_ids: Sequence[str] | None, val_ids: Sequence[str] | None,
          progress: bool, hooks: FitHooks, log: Callable[[str], None] | None) -> FitResult:
@@ -224,6 +231,7 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
     if fixed is not None and tuple(train_set.patch_size or train_set.volume) != fixed:
         raise ValueError(f"{model_name} is built for inputs {list(fixed)}, training would feed "
                          f"{list(train_set.patch_size or train_set.volume)}")
+    window = inference_window(spec, train_set.patch_size)  # how validation and inference run the model
     sampler = EpochSampler(len(train_set), seed=seed, samples_per_epoch=samples_per_epoch, rank=ctx.rank,
                            world_size=ctx.world_size)
     steps_per_epoch = math.ceil(len(sampler) / batch_size)
@@ -238,6 +246,7 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
         "patch_size": list(train_set.patch_size) if train_set.patch_size else None,
         "samples_per_epoch": samples_per_epoch, "max_steps_per_epoch": max_steps_per_epoch, "p_fg": p_fg,
         "augmentation": aug.to_dict(), "val_every": val_every, "seed": seed, "grad_clip": grad_clip,
+        "batch_dice": bool(batch_dice),
         "train_ids": train_ids, "val_ids": val_ids, "world_size": ctx.world_size,
     }
     _seed_everything(seed)  # the same initial weights on every rank and in every run with this seed
@@ -300,7 +309,7 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
                              "warmup_epochs": warmup_epochs, "min_lr_factor": min_lr_factor,
                              "patch_size": settings["patch_size"], "samples_per_epoch": samples_per_epoch,
                              "p_fg": p_fg, "augmentation": aug.to_dict(), "val_every": val_every, "seed": seed,
-                             "amp": amp, "grad_clip": grad_clip,
+                             "amp": amp, "grad_clip": grad_clip, "batch_dice": bool(batch_dice),
                              "channels": list(channels) if channels is not None else None,
                              "model_options": dict(model_options or {}),
                              "max_steps_per_epoch": max_steps_per_epoch})
@@ -347,7 +356,7 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
             optimizer.zero_grad(set_to_none=True)
             with autocast_context(device, amp_dtype):
                 logits = net(x)
-            loss = soft_dice_loss(logits, y)
+            loss = soft_dice_loss(logits, y, batch=batch_dice)
             scaler.scale(loss).backward()
             if grad_clip:
                 scaler.unscale_(optimizer)
@@ -378,7 +387,7 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
                                "lr": float(last_lr), "seconds": None}
         improved = False
         if val_set is not None and (epoch % val_every == 0 or epoch == epochs):
-            scores = validate(model, val_set, spec, device, amp_dtype)
+            scores = validate(model, val_set, window, device, amp_dtype)
             row.update(val_dice_gtvp=_finite_or_none(scores["GTVp"]), val_dice_gtvn=_finite_or_none(scores["GTVn"]),
                        val_dice_mean=_finite_or_none(scores["mean"]))
             if row["val_dice_mean"] is not None and (best_metric is None or row["val_dice_mean"] > best_metric):
@@ -388,7 +397,7 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
         history.append(row)
 
         if ctx.is_main:
-            meta = _weights_metadata(cache, settings, run_info, row, epoch, global_step)
+            meta = _weights_metadata(cache, settings, run_info, row, epoch, global_step, window)
             if improved:
                 save_weights(model, spec, out_dir / "best", {**meta, "selected": "best validation mean Dice"})
             save_weights(model, spec, out_dir / "last", {**meta, "selected": "last epoch"})
@@ -482,13 +491,14 @@ def _run_info(out_dir: Path, cache: Path, settings: dict, spec: dict, ctx: DistC
 
 
 def _weights_metadata(cache: Path, settings: dict, run_info: dict, row: dict, epoch: int,
-                      global_step: int) -> dict[str, Any]:
+                      global_step: int, window: InferenceWindow | None) -> dict[str, Any]:
     metrics = {k: row[k] for k in ("val_dice_gtvp", "val_dice_gtvn", "val_dice_mean") if row[k] is not None}
     return {
         "preprocessing_version": PREPROCESSING_VERSION,
         "trained_on": {"cache": run_info["cache"], "train_cases": len(settings["train_ids"]),
                        "val_cases": len(settings["val_ids"])},
         "metrics": {**metrics, "epoch": epoch, "train_loss": row["train_loss"]},
+        **({"inference": window.to_dict()} if window is not None else {}),
         "training": {"epoch": epoch, "global_step": global_step, "started": run_info["started"],
                      **{k: settings[k] for k in ("model", "epochs", "batch_size", "lr", "weight_decay",
                                                  "warmup_epochs", "patch_size", "seed", "world_size")}},
@@ -535,6 +545,8 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     a("--device", help="auto (default), cpu, cuda, cuda:N")
     a("--amp", choices=AMP_CHOICES, help="autocast on CUDA: auto (bf16 where supported), bf16, fp16, none")
     a("--grad-clip", type=float, help="clip the gradient norm to this value")
+    a("--batch-dice", action=argparse.BooleanOptionalAction, default=None,
+      help="one soft Dice ratio over the whole batch instead of one per sample (recommended with --patch-size)")
     a("--channels", type=int, nargs="+", help="per-level widths (psam, unet, umamba)")
     a("--model-option", type=_model_option, action="append", metavar="KEY=VALUE",
       help="model-specific option, e.g. feature_size=16 (unetr), d_state=16 (umamba); repeatable")
@@ -548,7 +560,7 @@ def fit_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     given: dict[str, Any] = {}
     direct = ("cache", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "min_lr_factor",
               "patch_size", "samples_per_epoch", "max_steps_per_epoch", "p_fg", "val_every", "seed",
-              "amp", "grad_clip", "channels")
+              "amp", "grad_clip", "batch_dice", "channels")
     for key in direct:
         if getattr(args, key) is not None:
             given[key] = getattr(args, key)

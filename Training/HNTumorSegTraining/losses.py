@@ -19,6 +19,13 @@ classes and the per-sample losses are averaged, so a case with a big primary doe
 case with a few small nodes in the same batch. With batch size 1 (the paper's volumes) the two
 readings agree.
 
+With ``batch=True`` the sums also run over the samples of the batch: one ratio per batch ("batch
+Dice", as nnU-Net trains). Why it matters for patch training: a patch without foreground has
+target sums 0, so its per-sample loss is ``1 - eps / (sum p^2 + eps)``, which is ~1 with a
+vanishing gradient once it holds many false-positive voxels -- such patches teach nothing. Pooled
+with a patch that does hold tumour, their false positives enter that ratio's denominator and are
+pushed down. With whole windows (every window holds a primary) the two readings differ little.
+
 ``eps`` (1e-5) keeps the ratio defined for a sample with no foreground at all: then the loss is
 ``1 - eps / (sum p^2 + eps)``, which pushes the foreground probabilities to 0.
 """
@@ -35,7 +42,7 @@ FOREGROUND_CLASSES = (1, 2)
 
 
 def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = DICE_EPS,
-                   classes: tuple[int, ...] = FOREGROUND_CLASSES) -> Tensor:
+                   classes: tuple[int, ...] = FOREGROUND_CLASSES, batch: bool = False) -> Tensor:
     """Eq. (13) on ``logits`` (B, C, Z, Y, X) and integer ``target`` (B, Z, Y, X); a scalar.
 
     Computed in at least float32 whatever the logits' dtype (under bf16 autocast the sums over
@@ -49,7 +56,7 @@ def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = DICE_EPS,
     # One-hot of the listed classes only, by comparison (F.one_hot would build an int64 tensor
     # of all classes: 176 MB for one full window).
     y = torch.stack([target == c for c in classes], dim=1).to(p.dtype)
-    dims = tuple(range(1, p.dim()))  # classes and voxels, per sample
+    dims = tuple(range(0 if batch else 1, p.dim()))  # classes and voxels, per sample or over the batch
     intersection = (p * y).sum(dims)
     denominator = (p * p).sum(dims) + (y * y).sum(dims)
     return (1.0 - (2.0 * intersection + eps) / (denominator + eps)).mean()

@@ -7,26 +7,32 @@ prediction first); the two differ only by the resampling of the label. Dice foll
 :func:`HNTumorSegLib.metrics.dice`: a structure absent from both reference and prediction scores
 1, absent from only one of them 0. Per case, then the mean over cases, as the paper reports.
 
-Convolutional models see the whole window in one pass (the training patch size does not matter
-to them); UNETR accepts only the size it was built for, so it is run as a sliding window of
-that size (25 % overlap, Gaussian weighting) whenever the window differs.
+Models are run the way inference runs them (:mod:`HNTumorSegLib.sliding_window`): models
+trained on whole windows in one pass; models trained on patches as a sliding window of their
+patch size (their instance-normalisation statistics only fit such patches); UNETR, which accepts
+only the size it was built for, as a sliding window of that size.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from HNTumorSegLib.metrics import dice
+from HNTumorSegLib.sliding_window import InferenceWindow, sliding_window_logits
 
 from .data import ValDataset
 from .models import fixed_input_size
 
-SLIDING_OVERLAP = 0.25
+
+def inference_window(spec: Mapping[str, Any], patch_size: Sequence[int] | None) -> InferenceWindow | None:
+    """How a model trained with ``patch_size`` (None: whole windows) is run at inference."""
+    size = fixed_input_size(spec) or (tuple(patch_size) if patch_size else None)
+    return InferenceWindow(tuple(int(s) for s in size)) if size else None
 
 
 def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
@@ -36,17 +42,14 @@ def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device_type="cuda", dtype=amp_dtype)
 
 
-def predict_logits(model: nn.Module, image: Tensor, spec: Mapping[str, Any], amp_dtype: torch.dtype | None = None) -> Tensor:
+def predict_logits(model: nn.Module, image: Tensor, window: InferenceWindow | None,
+                   amp_dtype: torch.dtype | None = None) -> Tensor:
     """Logits (B, 3, Z, Y, X) in float32 for ``image`` (B, 2, Z, Y, X) on the model's device, without autograd."""
-    size = fixed_input_size(spec)
     with torch.no_grad(), autocast_context(image.device, amp_dtype):
-        if size is None or tuple(image.shape[2:]) == size:
+        if window is None or tuple(image.shape[2:]) == tuple(window.patch_size):
             out = model(image)
         else:
-            from monai.inferers import sliding_window_inference
-
-            out = sliding_window_inference(image, roi_size=size, sw_batch_size=1, predictor=model,
-                                           overlap=SLIDING_OVERLAP, mode="gaussian")
+            out = sliding_window_logits(model, image, window)
     return out.float()
 
 
@@ -55,7 +58,7 @@ def case_dice(prediction: np.ndarray, reference: np.ndarray) -> dict[str, float]
     return {"GTVp": dice(prediction, reference, 1), "GTVn": dice(prediction, reference, 2)}
 
 
-def validate(model: nn.Module, dataset: ValDataset, spec: Mapping[str, Any], device: torch.device,
+def validate(model: nn.Module, dataset: ValDataset, window: InferenceWindow | None, device: torch.device,
              amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
     """``{"per_case": {id: {GTVp, GTVn}}, "GTVp": mean, "GTVn": mean, "mean": (GTVp + GTVn) / 2}``.
 
@@ -67,7 +70,7 @@ def validate(model: nn.Module, dataset: ValDataset, spec: Mapping[str, Any], dev
     try:
         for i in range(len(dataset)):
             item = dataset[i]
-            logits = predict_logits(model, item["image"][None].to(device), spec, amp_dtype)
+            logits = predict_logits(model, item["image"][None].to(device), window, amp_dtype)
             prediction = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
             del logits
             per_case[item["case_id"]] = case_dice(prediction, item["label"].numpy())
