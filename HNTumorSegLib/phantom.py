@@ -697,7 +697,7 @@ def _draw_lesions(pt: Patient, rng: np.random.Generator, n_nodes: int | None) ->
     """GTVp: a lumpy union of 2-5 rotated ellipsoids near the oropharynx, 8-11 cm below the brain
     centre and just anterior to the spine. GTVn: 0-4 separate ellipsoids (8-25 mm) in the lateral
     neck (levels II-III), on either side, kept >= 5 mm from each other and from the tumour."""
-    s, H = pt.s, pt.hu
+    s = pt.s
     depth = rng.uniform(80.0, 110.0)
     side_t = 1 if rng.uniform() < 0.5 else -1
     centre = pt.p(side_t * rng.uniform(4, 18), rng.uniform(-26, -2), BRAIN_CENTRE[2] - depth)

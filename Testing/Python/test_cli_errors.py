@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from HNTumorSegLib.cli import main

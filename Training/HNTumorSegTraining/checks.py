@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import SimpleITK as sitk
 
 from HNTumorSegLib.errors import InputError
