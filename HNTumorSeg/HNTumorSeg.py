@@ -796,38 +796,31 @@ class HNTumorSegLogic(ScriptedLoadableModuleLogic):
         self._checkedExport(ctNode, segmentationNode, rtstruct_availability)
         import DicomRtImportExportPlugin
 
-        os.makedirs(folder, exist_ok=True)
-        before = {os.path.join(r, n) for r, _, names in os.walk(folder) for n in names}
-        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
-        exporter = DicomRtImportExportPlugin.DicomRtImportExportPluginClass()
-        exportables = (exporter.examineForExport(sh.GetItemByDataNode(ctNode))
-                       + exporter.examineForExport(sh.GetItemByDataNode(segmentationNode)))
-        if not exportables:
-            raise RuntimeError("SlicerRT found nothing to export (are the CT and the segmentation in one study?)")
-        for exportable in exportables:
-            exportable.directory = folder
-        message = exporter.export(exportables)
-        if message:
-            raise RuntimeError(f"SlicerRT: {message}")
-        return self._newFiles(folder, before)
+        return self._exportWith(DicomRtImportExportPlugin.DicomRtImportExportPluginClass(), [ctNode, segmentationNode],
+                                folder, "SlicerRT", "SlicerRT found nothing to export (are the CT and the "
+                                "segmentation in one study?)")
 
     def exportDicomSeg(self, segmentationNode, ctNode, folder: str) -> list:
         """A DICOM Segmentation object referencing the CT's slices; returns the new files."""
         self._checkedExport(ctNode, segmentationNode, dicom_seg_availability)
         import DICOMSegmentationPlugin
 
+        return self._exportWith(DICOMSegmentationPlugin.DICOMSegmentationPluginClass(), [segmentationNode],
+                                folder, "DICOM SEG", "the DICOM SEG exporter found nothing to export")
+
+    def _exportWith(self, exporter, nodes: list, folder: str, what: str, nothing: str) -> list:
+        """Run a DICOM plugin's exporter on ``nodes`` into ``folder``; the new files, or RuntimeError."""
         os.makedirs(folder, exist_ok=True)
         before = {os.path.join(r, n) for r, _, names in os.walk(folder) for n in names}
         sh = slicer.mrmlScene.GetSubjectHierarchyNode()
-        exporter = DICOMSegmentationPlugin.DICOMSegmentationPluginClass()
-        exportables = exporter.examineForExport(sh.GetItemByDataNode(segmentationNode))
+        exportables = [e for node in nodes for e in exporter.examineForExport(sh.GetItemByDataNode(node))]
         if not exportables:
-            raise RuntimeError("the DICOM SEG exporter found nothing to export")
+            raise RuntimeError(nothing)
         for exportable in exportables:
             exportable.directory = folder
         message = exporter.export(exportables)
         if message:
-            raise RuntimeError(f"DICOM SEG: {message}")
+            raise RuntimeError(f"{what}: {message}")
         return self._newFiles(folder, before)
 
 

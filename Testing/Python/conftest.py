@@ -1,4 +1,5 @@
-"""Shared fixtures: small constructed CT/PET pairs written to disk, for fast I/O and CLI tests.
+"""Shared fixtures: small constructed CT/PET pairs written to disk, for fast I/O and CLI tests, a
+small random-weight model file, and single-threaded torch for the training tests.
 
 Realistic anatomy comes from :mod:`HNTumorSegLib.phantom`; these tiny volumes only need a
 "brain" of high uptake so that the crop has something to find.
@@ -11,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
+#: A narrow PSAM U-Net: fast enough for end-to-end command tests on the CPU.
+SMALL_NETWORK_CHANNELS = (4, 8, 16, 32, 64)
 
 
 def tiny_ct_pet(pet_scale: float = 1.0) -> tuple[sitk.Image, sitk.Image]:
@@ -36,3 +40,29 @@ def tiny_files(tmp_path: Path) -> dict[str, Path]:
     sitk.WriteImage(ct, str(paths["ct"]))
     sitk.WriteImage(pet, str(paths["pet"]))
     return paths
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory) -> Path:
+    """JSON path of a model file with random weights (seed 0) of the small network."""
+    import torch
+
+    from HNTumorSegLib.model_file import save_model
+    from HNTumorSegLib.network import NetworkConfig, build_network
+
+    config = NetworkConfig(channels=SMALL_NETWORK_CHANNELS, psam_channels=(2, 4, 8))
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "small"
+    save_model(build_network(config), config, path, metadata={"trained_on": "nothing (random weights, tests)"})
+    return path.with_suffix(".json")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch single-threaded for a module: on a loaded 2-core machine two threads are slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

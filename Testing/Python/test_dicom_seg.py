@@ -13,7 +13,6 @@ import subprocess
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
@@ -21,13 +20,10 @@ hd = pytest.importorskip("highdicom")
 from HNTumorSegLib.cli import main
 from HNTumorSegLib.dicom_seg import write_dicom_seg
 from HNTumorSegLib.dicom_series import read_series
-from HNTumorSegLib.model_file import save_model
-from HNTumorSegLib.network import NetworkConfig, build_network
 from HNTumorSegLib.phantom import make_phantom
 from HNTumorSegLib.phantom_dicom import write_dicom_case
 from HNTumorSegLib.segment_terminology import GTVN, GTVP
 
-SMALL = NetworkConfig(channels=(4, 8, 16, 32, 64), psam_channels=(2, 4, 8))
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +75,6 @@ def test_pydicom_reads_it_as_a_segmentation(seg_file):
         out = subprocess.run([dciodvfy, str(seg_file)], capture_output=True, text=True)
         assert not [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
 
-
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "small"
-    save_model(build_network(SMALL), SMALL, path, metadata={"trained_on": "nothing (random weights, tests)"})
-    return path.with_suffix(".json")
 
 
 def test_segment_dicom_in_rtstruct_and_dicom_seg_out(study, small_model, tmp_path, capsys):

@@ -19,20 +19,10 @@ from HNTumorSegLib.errors import InputError, ModelFileError
 from HNTumorSegLib.geometry import Geometry
 from HNTumorSegLib.inference import Segmenter, resolve_device
 from HNTumorSegLib.metrics import structure_statistics
-from HNTumorSegLib.model_file import save_model
-from HNTumorSegLib.network import NetworkConfig, build_network
 
 from conftest import tiny_ct_pet
 
-SMALL = NetworkConfig(channels=(4, 8, 16, 32, 64), psam_channels=(2, 4, 8))
 
-
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "small"
-    save_model(build_network(SMALL), SMALL, path, metadata={"trained_on": "nothing (random weights, tests)"})
-    return path.with_suffix(".json")
 
 
 def test_segment_writes_label_on_ct_grid_and_report(tiny_files, small_model, tmp_path, capsys):

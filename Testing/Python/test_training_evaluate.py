@@ -33,12 +33,7 @@ TINY = (4, 8, 16, 32, 64)
 VAL = ["PHA-001", "PHB-001", "PHC-001"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,22 +19,12 @@ import torch
 
 from HNTumorSegLib import worker_protocol as protocol
 from HNTumorSegLib.geometry import Geometry
-from HNTumorSegLib.model_file import save_model
-from HNTumorSegLib.network import NetworkConfig, build_network
 from HNTumorSegLib.segmentation_job import (FAILED, SUCCEEDED, JobFailed, SegmentationJob, worker_command,
                                             worker_environment)
 
 from conftest import tiny_ct_pet
 
-SMALL = NetworkConfig(channels=(4, 8, 16, 32, 64), psam_channels=(2, 4, 8))
 
-
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "small"
-    save_model(build_network(SMALL), SMALL, path, metadata={"trained_on": "nothing (random weights, tests)"})
-    return str(path.with_suffix(".json"))
 
 
 def run_worker(args, cwd):
@@ -48,7 +38,7 @@ def run_worker(args, cwd):
 
 def test_job_segments_in_a_worker_and_reports_every_stage(small_model, tmp_path):
     ct, pet = tiny_ct_pet()
-    job = SegmentationJob(model=small_model, device="cpu", work_parent=str(tmp_path))
+    job = SegmentationJob(model=str(small_model), device="cpu", work_parent=str(tmp_path))
     job.write_inputs(ct, pet)
     seen = []
     result = job.run_blocking(on_event=seen.append)
@@ -64,7 +54,7 @@ def test_job_segments_in_a_worker_and_reports_every_stage(small_model, tmp_path)
     report = result.report
     assert set(report["structures"]) == {"GTVp", "GTVn"}
     assert report["device"] == "cpu"
-    assert report["model"]["file"] == small_model
+    assert report["model"]["file"] == str(small_model)
     assert report["provenance"]["crop"]["x2"] - report["provenance"]["crop"]["x1"] == 256
     assert report["analysis_window"]["size_mm"] == [256.0, 256.0, 336.0]
     assert sorted(p.name for p in job.output_dir.iterdir()) == [protocol.LABEL_FILE, protocol.REPORT_FILE]
@@ -74,7 +64,7 @@ def test_job_segments_in_a_worker_and_reports_every_stage(small_model, tmp_path)
 
 def test_bad_input_is_one_error_line_and_exit_2(small_model, tmp_path):
     request = protocol.Request(str(tmp_path / "missing_ct.nrrd"), str(tmp_path / "pet.nrrd"),
-                               str(tmp_path / "out"), small_model, "cpu")
+                               str(tmp_path / "out"), str(small_model), "cpu")
     (tmp_path / "request.json").write_text(request.to_json())
     code, events, _ = run_worker([str(tmp_path / "request.json")], tmp_path)
     assert code == protocol.EXIT_INPUT
@@ -100,7 +90,7 @@ def test_job_failure_carries_the_workers_message(tmp_path):
 
 def test_pet_in_bq_per_ml_is_refused_with_the_reason(small_model, tmp_path):
     ct, pet = tiny_ct_pet(pet_scale=5000.0)
-    job = SegmentationJob(model=small_model, device="cpu", work_parent=str(tmp_path), pet_name="PET 'PT WB'")
+    job = SegmentationJob(model=str(small_model), device="cpu", work_parent=str(tmp_path), pet_name="PET 'PT WB'")
     job.write_inputs(ct, pet)
     with pytest.raises(JobFailed) as info:
         job.run_blocking()
@@ -153,7 +143,7 @@ def test_probe_reports_what_torch_sees(tmp_path):
 def test_model_description_is_read_without_torch(small_model, tmp_path):
     from HNTumorSegLib.model_info import model_json_path, read_model_description
 
-    text = read_model_description(small_model.replace(".json", ".safetensors"))
+    text = read_model_description(str(small_model.with_suffix(".safetensors")))
     assert text.startswith("PSAM U-Net 4-8-16-32-64; trained on nothing (random weights, tests).")
     assert "Research use only" in text
     assert model_json_path("a/m.v2.safetensors").name == "m.v2.json"
