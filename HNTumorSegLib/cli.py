@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import LABELS, __version__
 from .errors import InputError
+from .model_info import model_summary
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Phantom seed of ``demo``: outside the seeds of the default training cohort (0..239, see
@@ -28,10 +29,7 @@ def sidecar_path(out: Path) -> Path:
 
 
 def _model_summary(loaded) -> dict:
-    meta = loaded.meta
-    return {"file": str(loaded.paths.json), "weights_sha256": meta.get("weights_sha256"),
-            "trained_on": meta.get("trained_on"), "intended_use": meta.get("intended_use"),
-            "network": meta.get("network")}
+    return model_summary(loaded.meta, loaded.paths.json)
 
 
 def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None, device: str, tta: bool,

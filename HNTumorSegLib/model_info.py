@@ -51,3 +51,10 @@ def read_model_description(path: str | os.PathLike) -> str:
     if not isinstance(meta, dict) or meta.get("format") != "hntumorseg-model":
         return f"{json_path.name}: not an HNTumorSeg model file"
     return describe_model(meta)
+
+
+def model_summary(meta: dict[str, Any], json_path: str | os.PathLike) -> dict[str, Any]:
+    """What a report records of the model it used: file, hash, training data, use, network, inference."""
+    return {"file": str(json_path), "weights_sha256": meta.get("weights_sha256"),
+            "trained_on": meta.get("trained_on"), "intended_use": meta.get("intended_use"),
+            "network": meta.get("network"), "inference": meta.get("inference")}

@@ -22,15 +22,13 @@ from typing import Callable
 
 from . import __version__, worker_protocol as protocol
 from .errors import InputError
+from .model_info import model_summary
 
 Emit = Callable[[dict], None]
 
 
 def _model_summary(loaded) -> dict:
-    meta = loaded.meta
-    return {"file": str(loaded.paths.json), "weights_sha256": meta.get("weights_sha256"),
-            "trained_on": meta.get("trained_on"), "intended_use": meta.get("intended_use"),
-            "network": meta.get("network")}
+    return model_summary(loaded.meta, loaded.paths.json)
 
 
 def run_request(request: protocol.Request, emit: Emit) -> dict:
