@@ -1,0 +1,62 @@
+"""The bundled phantom model: a verified, honestly labelled file that segments phantoms it never saw.
+
+The model was trained on phantoms of the default cohort (``hntumorseg-train phantoms``, seeds
+0..239); the cases here use other seeds, so these are held-out checks of the shipped weights
+through the whole inference path (preprocess, sliding-window network, restore to the CT grid).
+The Dice floors are those of the Slicer self-test, which runs the same first case in Slicer.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import SimpleITK as sitk
+
+from HNTumorSegLib.cli import DEMO_SEED, main
+from HNTumorSegLib.inference import Segmenter, default_model_path
+from HNTumorSegLib.metrics import dice
+from HNTumorSegLib.model_file import load_model, model_paths
+from HNTumorSegLib.phantom import make_phantom
+
+#: Size limit of the bundled model (weights + JSON).
+MAX_BYTES = 25 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Segmenter:
+    return Segmenter(device="cpu")
+
+
+def test_the_bundled_model_is_verified_small_and_says_what_it_is():
+    path = default_model_path()
+    loaded = load_model(path)  # sha256 and shapes checked
+    paths = model_paths(path)
+    assert paths.weights.stat().st_size + paths.json.stat().st_size <= MAX_BYTES
+    meta = loaded.meta
+    assert meta["trained_on"]["synthetic"] is True and meta["trained_on"]["train_cases"] >= 200
+    assert "not for clinical use" in meta["intended_use"].lower()
+    evaluation = meta["metrics"]
+    assert evaluation["split"] == "val" and evaluation["overall"]["cases"] >= 40
+    assert set(meta["trained_on"]["cohort"]["indices"]) == set(range(240))
+    assert DEMO_SEED not in meta["trained_on"]["cohort"]["indices"]
+    assert meta["inference"]["patch_size"] == meta["training"]["patch_size"]
+
+
+@pytest.mark.parametrize("seed,fov,n_nodes", [(9001, "head", 2), (424242, "whole_body", 3)])
+def test_unseen_phantoms_are_segmented(segmenter, seed, fov, n_nodes):
+    case = make_phantom(seed, fov, n_nodes=n_nodes)
+    label = segmenter.segment(case.ct, case.pet).label
+    pred, truth = sitk.GetArrayViewFromImage(label), sitk.GetArrayViewFromImage(case.label)
+    assert dice(pred, truth, 1) >= 0.70
+    assert dice(pred, truth, 2) >= 0.50
+
+
+def test_demo_runs_end_to_end_with_the_bundled_model(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0, capsys.readouterr().err
+    report = json.loads(next(out.glob("*_seg.json")).read_text())
+    assert report["model"]["file"].endswith("hntumorseg_phantom_psam.json")
+    assert report["reference"]["phantom"]["seed"] == DEMO_SEED
+    assert report["reference"]["dice"]["GTVp"] >= 0.70
+    assert (out / next(out.glob("*_overlay.png")).name).stat().st_size > 0
