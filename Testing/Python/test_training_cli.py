@@ -10,7 +10,8 @@ from HNTumorSegTraining.cli import main
 def test_phantoms_then_prepare(tmp_path, capsys):
     data, cache = tmp_path / "data", tmp_path / "cache"
     assert main(["phantoms", "--out", str(data), "--n", "3", "--seed", "1"]) == 0
-    assert sorted(p.name for p in data.iterdir()) == ["PHA-001", "PHB-001", "PHC-001"]
+    assert sorted(p.name for p in data.iterdir()) == ["PHA-001", "PHB-001", "PHC-001", "cohort.json"]
+    assert json.loads((data / "cohort.json").read_text())["synthetic"] is True
     assert main(["prepare", "--data", str(data), "--out", str(cache), "--val-counts", "PHA=1,PHB=0,PHC=0",
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
