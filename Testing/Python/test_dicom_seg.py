@@ -25,7 +25,6 @@ from HNTumorSegLib.phantom_dicom import write_dicom_case
 from HNTumorSegLib.segment_terminology import GTVN, GTVP
 
 
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg")
