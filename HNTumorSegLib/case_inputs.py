@@ -46,17 +46,25 @@ def _is_dicom_folder(path: Path) -> bool:
     return path.is_dir()
 
 
-def read_ct(path: str | os.PathLike, series_uid: str | None = None):
-    """(CT image, DicomVolume or None): a CT file, or the CT series of a DICOM folder."""
+def _read_image_file(path: Path, role: str, series_uid: str | None, flag: str):
+    """The image of an input given as a file, or None when ``path`` is a DICOM folder."""
     from .image_io import read_image
 
-    path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: CT file not found")
-    if not _is_dicom_folder(path):
-        if series_uid:
-            raise InputError(f"{path}: --ct-series picks a series in a DICOM folder, but the CT is a file")
-        return read_image(path, "CT"), None
+        raise InputError(f"{path}: {role} file not found")
+    if _is_dicom_folder(path):
+        return None
+    if series_uid:
+        raise InputError(f"{path}: {flag} picks a series in a DICOM folder, but the {role} is a file")
+    return read_image(path, role)
+
+
+def read_ct(path: str | os.PathLike, series_uid: str | None = None):
+    """(CT image, DicomVolume or None): a CT file, or the CT series of a DICOM folder."""
+    path = Path(path)
+    image = _read_image_file(path, "CT", series_uid, "--ct-series")
+    if image is not None:
+        return image, None
     from .dicom_series import read_series
 
     volume = read_series(path, "CT", series_uid, "--ct-series")
@@ -65,17 +73,12 @@ def read_ct(path: str | os.PathLike, series_uid: str | None = None):
 
 def read_pet(path: str | os.PathLike, series_uid: str | None = None, units: str = "auto"):
     """(PET image in SUV, DicomVolume or None, SUV conversion dict or None)."""
-    from .image_io import read_image
-
     if units not in PET_UNITS:
         raise InputError(f"--pet-units {units!r} is not one of {', '.join(PET_UNITS)}")
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: PET file not found")
-    if not _is_dicom_folder(path):
-        if series_uid:
-            raise InputError(f"{path}: --pet-series picks a series in a DICOM folder, but the PET is a file")
-        return read_image(path, "PET"), None, None
+    image = _read_image_file(path, "PET", series_uid, "--pet-series")
+    if image is not None:
+        return image, None, None
     from .dicom_series import read_series
     from .suv import already_suv, suv_conversion
 

@@ -200,3 +200,20 @@ def test_cohort_marker_is_written_and_does_not_disturb_case_discovery(data_root)
     assert marker["synthetic"] is True and marker["cases"] == 3
     cases, problems = find_cases(data_root)
     assert [c.case_id for c in cases] == VAL and problems == []
+
+
+def test_spec_segmenter_predicts_like_segmenter_with_its_window():
+    """unetr/umamba weights go through Segmenter's own prediction (sliding window, TTA) unchanged."""
+    from HNTumorSegLib.sliding_window import InferenceWindow, sliding_window_logits
+    from HNTumorSegTraining.evaluate import SpecSegmenter
+
+    torch.manual_seed(0)
+    model = build_from_spec(make_spec("umamba", channels=TINY, d_state=4, scan_chunk=4))
+    window = InferenceWindow((16, 32, 32))
+    x = np.random.default_rng(0).random((2, 32, 64, 64), dtype=np.float32)
+    got = SpecSegmenter(model, window, device="cpu").predict_window(x)
+    with torch.inference_mode():
+        expected = sliding_window_logits(model.eval(), torch.from_numpy(x)[None], window).argmax(1)[0]
+    assert np.array_equal(got, expected.numpy().astype(np.uint8))
+    tta = SpecSegmenter(model, window, device="cpu", tta=True).predict_window(x)
+    assert tta.shape == got.shape

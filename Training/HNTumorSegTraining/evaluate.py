@@ -46,7 +46,7 @@ from HNTumorSegLib.preprocess import PREPROCESSING_VERSION
 from HNTumorSegLib.sliding_window import InferenceWindow
 
 from .cases import Case, find_cases
-from .validate import inference_window, predict_logits
+from .validate import inference_window
 from .weights import load_weights
 
 SPLITS = ("val", "train", "all")
@@ -73,22 +73,18 @@ class CaseResult:
 class SpecSegmenter(Segmenter):
     """The inference path for networks HNTumorSegLib does not build (``unetr``, ``umamba``).
 
-    Same preprocessing and restoration as :class:`Segmenter` (it only replaces how the window
-    is predicted), so all four models of the comparison are scored on one path. Fixed-size and
-    patch-trained networks run as a sliding window (:func:`.validate.predict_logits`).
+    Only the model comes from elsewhere: preprocessing, the (sliding-window) prediction, test-time
+    augmentation and restoration are :class:`Segmenter`'s, so all four models of the comparison
+    are scored on one path. Fixed-size and patch-trained networks get a ``window``.
     """
 
-    def __init__(self, model: torch.nn.Module, window: InferenceWindow | None, device: str = "auto") -> None:
+    def __init__(self, model: torch.nn.Module, window: InferenceWindow | None, device: str = "auto",
+                 tta: bool = False) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.window = window
-        self.tta = False
+        self.tta = tta
         self.loaded = None
-
-    def predict_window(self, image: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(self.device)
-        amp = torch.bfloat16 if self.device.type == "cuda" else None
-        return predict_logits(self.model, x, self.window, amp).argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
 
 
 def run_settings(run: Path) -> dict[str, Any]:
@@ -132,7 +128,7 @@ def make_segmenter(weights: Path, window: InferenceWindow | None, device: str = 
             segmenter.window = window
         return segmenter
     model, meta = load_weights(weights)
-    return SpecSegmenter(model, InferenceWindow.from_meta(meta) or window, device=device)
+    return SpecSegmenter(model, InferenceWindow.from_meta(meta) or window, device=device, tta=tta)
 
 
 def split_case_ids(cache: Path, split: str) -> tuple[list[str], dict[str, Any]]:
