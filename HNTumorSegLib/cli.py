@@ -77,6 +77,7 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
         "model": _model_summary(segmenter.loaded),
         "device": str(segmenter.device),
         "tta": tta,
+        "postprocess_applied": segmenter.postprocess is not None,
         "structures": structures,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "provenance": seg.provenance,

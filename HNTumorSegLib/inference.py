@@ -18,7 +18,9 @@ import SimpleITK as sitk
 import torch
 
 from .errors import InputError, ModelFileError
+from .geometry import LATTICE_SPACING
 from .model_file import LoadedModel, load_model
+from .postprocess import ComponentFilter
 from .preprocess import PREPROCESSING_VERSION, Preprocessed, preprocess
 from .restore import restore
 from .sliding_window import InferenceWindow, sliding_window_logits
@@ -72,8 +74,11 @@ class Segmentation:
 class Segmenter:
     """Runs a model on CT + PET images. Load once, call :meth:`segment` per case."""
 
+    #: The model file's connected-component clean-up (see postprocess); None: the raw argmax.
+    postprocess: ComponentFilter | None = None
+
     def __init__(self, model: str | os.PathLike | LoadedModel | None = None, device: str = "auto",
-                 tta: bool = False):
+                 tta: bool = False, postprocess: bool = True):
         self.device = resolve_device(device)
         self.loaded = model if isinstance(model, LoadedModel) else load_model(
             default_model_path() if model is None else model, device="cpu")
@@ -85,6 +90,8 @@ class Segmenter:
         try:
             #: Patch-wise inference for models trained on patches (see sliding_window); None: one pass.
             self.window = InferenceWindow.from_meta(self.loaded.meta, self.loaded.paths.json.name)
+            self.postprocess = ComponentFilter.from_meta(self.loaded.meta, self.loaded.paths.json.name) \
+                if postprocess else None
         except ValueError as exc:
             raise ModelFileError(str(exc)) from None
         self.tta = tta
@@ -97,17 +104,25 @@ class Segmenter:
             return self.model(x)
         return sliding_window_logits(self.model, x, self.window)
 
-    def predict_window(self, image: np.ndarray) -> np.ndarray:
-        """(2, 112, 256, 256) normalised input to the (112, 256, 256) uint8 label mask."""
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """(2, 112, 256, 256) normalised input to (3, 112, 256, 256) float32 class probabilities."""
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(self.device)
         cuda = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            if not self.tta:
-                return self.logits(x).argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
             prob = torch.softmax(self.logits(x).float(), dim=1)
-            for dims in TTA_FLIP_DIMS:
-                prob += torch.softmax(self.logits(x.flip(dims)).float(), dim=1).flip(dims)
-            return prob.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+            if self.tta:
+                for dims in TTA_FLIP_DIMS:
+                    prob += torch.softmax(self.logits(x.flip(dims)).float(), dim=1).flip(dims)
+                prob /= 1 + len(TTA_FLIP_DIMS)
+            return prob[0].cpu().numpy()
+
+    def predict_window(self, image: np.ndarray) -> np.ndarray:
+        """(2, 112, 256, 256) normalised input to the (112, 256, 256) uint8 label mask."""
+        prob = self.probabilities(image)
+        label = prob.argmax(axis=0).astype(np.uint8)
+        if self.postprocess is not None:
+            label = self.postprocess.apply(label, prob, LATTICE_SPACING)
+        return label
 
     def segment(self, ct: sitk.Image, pet: sitk.Image, *, reference: sitk.Image | None = None,
                 ct_name: str = "CT", pet_name: str = "PET",

@@ -54,7 +54,9 @@ def read_model_description(path: str | os.PathLike) -> str:
 
 
 def model_summary(meta: dict[str, Any], json_path: str | os.PathLike) -> dict[str, Any]:
-    """What a report records of the model it used: file, hash, training data, use, network, inference."""
+    """What a report records of the model it used: file, hash, training data, use, network, inference,
+    component clean-up."""
     return {"file": str(json_path), "weights_sha256": meta.get("weights_sha256"),
             "trained_on": meta.get("trained_on"), "intended_use": meta.get("intended_use"),
-            "network": meta.get("network"), "inference": meta.get("inference")}
+            "network": meta.get("network"), "inference": meta.get("inference"),
+            "postprocess": meta.get("postprocess")}

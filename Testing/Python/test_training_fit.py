@@ -363,6 +363,24 @@ def test_two_epoch_fit_writes_checkpoint_logs_and_model_files(small_cache, tmp_p
         fit(small_cache, "psam", out, epochs=2, **_tiny_kwargs())
 
 
+def test_init_weights_fine_tunes_from_another_runs_weights(small_cache, tmp_path):
+    first = fit(small_cache, "psam", tmp_path / "a", epochs=1, **_tiny_kwargs(val_every=0))
+    start = {k: v.clone() for k, v in first.model.state_dict().items()}
+    seen: list[dict] = []
+    hooks = FitHooks(on_start=lambda st: seen.append({k: v.clone() for k, v in st.model.state_dict().items()}))
+    fit(small_cache, "psam", tmp_path / "b", epochs=1, init_weights=tmp_path / "a" / "last", hooks=hooks,
+        **_tiny_kwargs(val_every=0, seed=5))
+    assert seen and all(torch.equal(seen[0][k], start[k]) for k in start)  # not the seed-5 initialisation
+    settings = json.loads((tmp_path / "b" / "run.json").read_text())["settings"]
+    assert settings["init_weights"]["path"].endswith("last.safetensors") and len(settings["init_weights"]["sha256"]) == 64
+    assert load_model(tmp_path / "b" / "last").meta["training"]["init_weights"] == settings["init_weights"]
+    with pytest.raises(ValueError, match="different network"):
+        fit(small_cache, "unet", tmp_path / "c", epochs=1, init_weights=tmp_path / "a" / "last",
+            **_tiny_kwargs("unet", val_every=0))
+    with pytest.raises(FileNotFoundError, match="initial weights not found"):
+        fit(small_cache, "psam", tmp_path / "d", epochs=1, init_weights=tmp_path / "nothing", **_tiny_kwargs())
+
+
 def test_fit_refuses_bad_case_lists(small_cache, tmp_path):
     with pytest.raises(ValueError, match="both training and validation: CHUM-001"):
         fit(small_cache, "unet", tmp_path / "a", epochs=1, train_ids=TRAIN_IDS, val_ids=["MDA-002", "CHUM-001"],

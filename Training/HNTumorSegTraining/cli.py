@@ -1,4 +1,5 @@
-"""The ``hntumorseg-train`` command: phantoms, prepare, fit, evaluate, compare and export.
+"""The ``hntumorseg-train`` command: phantoms, prepare, fit, postprocess, evaluate, compare
+and export.
 
 User mistakes print one line, ``hntumorseg-train: error: ...``, and exit with status 2.
 """
@@ -51,9 +52,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"({result.seconds:.1f} s)", flush=True)
 
     summary = evaluate(args.run, split=args.split, which=args.weights, data_root=args.data, device=args.device,
-                       tta=args.tta, limit=args.limit, progress=None if args.quiet else report)
+                       tta=args.tta, postprocess=not args.no_postprocess, limit=args.limit,
+                       progress=None if args.quiet else report)
     print(markdown_table(summary), end="")
     print(f"reports: {evaluation_dir(args.run, args.split, args.weights)}")
+    return 0
+
+
+def cmd_postprocess(args: argparse.Namespace) -> int:
+    from .postprocess_search import tune_postprocess
+
+    def report(i: int, n: int, case_id: str) -> None:
+        print(f"[{i}/{n}] {case_id}", flush=True)
+
+    entry = tune_postprocess(args.run, which=args.weights, cache=args.cache, split=args.split, limit=args.limit,
+                             device=args.device, tta=args.tta, progress=None if args.quiet else report)
+    for name, rule in entry["rules"].items():
+        dice = entry["chosen_on"]["window_grid_dice"][name]
+        print(f"{name}: drop components < {rule['min_volume_ml']} mL or peak probability < "
+              f"{rule['min_peak_probability']}{', keep the largest only' if rule['largest_only'] else ''}; "
+              f"mean Dice {dice['mean_dice_before']:.4f} -> {dice['mean_dice_after']:.4f} "
+              f"on {entry['chosen_on']['cases']} tuning cases")
+    print(f"written into {args.run / args.weights}.json; evaluate again before export")
     return 0
 
 
@@ -129,9 +149,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", type=Path, help="data root, when it moved since prepare")
     sp.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     sp.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
+    sp.add_argument("--no-postprocess", action="store_true",
+                    help="score the raw network output, without the weights' component clean-up")
     sp.add_argument("--limit", type=int, help="only the first N cases of the split (smoke runs)")
     sp.add_argument("--quiet", action="store_true", help="no per-case lines")
     sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("postprocess", help="choose the weights' connected-component clean-up on tuning cases")
+    sp.add_argument("--run", required=True, type=Path, help="run folder made by fit")
+    sp.add_argument("--weights", choices=("best", "last"), default="best",
+                    help="the run's best-validation or last-epoch weights")
+    sp.add_argument("--cache", type=Path,
+                    help="prepared cache of tuning cases (default: the run's own cache, --split train)")
+    sp.add_argument("--split", choices=("val", "train", "all"), default="train",
+                    help="split of --cache to tune on (val/all of the run's own cache are refused)")
+    sp.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    sp.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
+    sp.add_argument("--limit", type=int, help="only the first N cases")
+    sp.add_argument("--quiet", action="store_true", help="no per-case lines")
+    sp.set_defaults(func=cmd_postprocess)
 
     sp = sub.add_parser("compare", help="the paper's Table 3 (GTVp, GTVn, mean Dice) for evaluated runs")
     sp.add_argument("runs", nargs="+", type=Path, help="run folders, each evaluated on --split")

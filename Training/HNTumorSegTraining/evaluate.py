@@ -42,6 +42,7 @@ from HNTumorSegLib.inference import Segmenter, resolve_device
 from HNTumorSegLib.label_checks import label_grid_problem, label_values_problem
 from HNTumorSegLib.metrics import CaseScores, aggregated_dice, aggregated_f1, score_case
 from HNTumorSegLib.model_file import model_paths
+from HNTumorSegLib.postprocess import ComponentFilter
 from HNTumorSegLib.preprocess import PREPROCESSING_VERSION
 from HNTumorSegLib.sliding_window import InferenceWindow
 
@@ -79,11 +80,12 @@ class SpecSegmenter(Segmenter):
     """
 
     def __init__(self, model: torch.nn.Module, window: InferenceWindow | None, device: str = "auto",
-                 tta: bool = False) -> None:
+                 tta: bool = False, postprocess: ComponentFilter | None = None) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.window = window
         self.tta = tta
+        self.postprocess = postprocess
         self.loaded = None
 
 
@@ -112,23 +114,24 @@ def run_window(info: Mapping[str, Any]) -> InferenceWindow | None:
 
 
 def make_segmenter(weights: Path, window: InferenceWindow | None, device: str = "auto",
-                   tta: bool = False) -> Segmenter:
+                   tta: bool = False, postprocess: bool = True) -> Segmenter:
     """A Segmenter for any run weights: HNTumorSegLib model files directly, others via the spec.
 
     ``window`` applies when the weights' JSON does not say how to run them (weights written
-    before model files recorded it).
+    before model files recorded it). ``postprocess=False`` ignores the JSON's component clean-up.
     """
     meta = json.loads(weights.read_text(encoding="utf-8"))
     if str(meta.get("preprocessing_version", "")) != PREPROCESSING_VERSION:
         raise InputError(f"{weights}: trained on preprocessing version {meta.get('preprocessing_version')!r}, "
                          f"this software makes version {PREPROCESSING_VERSION!r}")
     if meta.get("format") == "hntumorseg-model":
-        segmenter = Segmenter(weights, device=device, tta=tta)
+        segmenter = Segmenter(weights, device=device, tta=tta, postprocess=postprocess)
         if "inference" not in meta:
             segmenter.window = window
         return segmenter
     model, meta = load_weights(weights)
-    return SpecSegmenter(model, InferenceWindow.from_meta(meta) or window, device=device, tta=tta)
+    return SpecSegmenter(model, InferenceWindow.from_meta(meta) or window, device=device, tta=tta,
+                         postprocess=ComponentFilter.from_meta(meta, weights.name) if postprocess else None)
 
 
 def split_case_ids(cache: Path, split: str) -> tuple[list[str], dict[str, Any]]:
@@ -274,13 +277,15 @@ def evaluation_dir(run: Path, split: str, which: str) -> Path:
 
 
 def evaluate(run: str | Path, *, split: str = "val", which: str = "best", data_root: str | Path | None = None,
-             device: str = "auto", tta: bool = False, limit: int | None = None,
+             device: str = "auto", tta: bool = False, postprocess: bool = True, limit: int | None = None,
              progress: Callable[[int, int, CaseResult], None] | None = None,
              segmenter: Segmenter | None = None) -> dict[str, Any]:
     """Evaluate ``run``'s ``which`` weights on ``split``; writes the reports and returns the summary.
 
     ``data_root`` overrides the data root recorded in ``split.json`` (data moved). ``limit``
-    scores only the first cases of the split (smoke runs; recorded in the summary). ``segmenter``
+    scores only the first cases of the split (smoke runs; recorded in the summary).
+    ``postprocess=False`` scores the raw network output, without the weights' component clean-up
+    (the summary records which clean-up was applied). ``segmenter``
     replaces the one built from the weights (tests score known predictions this way).
     """
     run = Path(run)
@@ -292,7 +297,7 @@ def evaluate(run: str | Path, *, split: str = "val", which: str = "best", data_r
     root = Path(data_root) if data_root is not None else Path(split_data["data_root"])
     cases = cases_for(root, ids)
     if segmenter is None:
-        segmenter = make_segmenter(weights, run_window(info), device=device, tta=tta)
+        segmenter = make_segmenter(weights, run_window(info), device=device, tta=tta, postprocess=postprocess)
     results: list[CaseResult] = []
     for i, case in enumerate(cases, 1):
         results.append(evaluate_case(segmenter, case))
@@ -304,6 +309,7 @@ def evaluate(run: str | Path, *, split: str = "val", which: str = "best", data_r
         "weights_file": str(weights), "split": split, "data_root": str(root.resolve()),
         "limited_to_first": limit, "device": str(segmenter.device), "tta": bool(tta),
         "inference_window": segmenter.window.to_dict() if getattr(segmenter, "window", None) else None,
+        "postprocess": segmenter.postprocess.to_dict() if getattr(segmenter, "postprocess", None) else None,
         "path": "HNTumorSegLib Segmenter (preprocess, network, restore) on the native CT grid",
         "empty_mask_rules": EMPTY_MASK_RULES,
         "overall": summarise(results),

@@ -21,6 +21,7 @@ from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.model_file import DEFAULT_INTENDED_USE, save_model
 
 from .evaluate import read_summary, run_settings, run_window, split_case_ids, weights_of
+from .fit import WEIGHTS_SETTINGS
 from .models import config_of
 from .phantom_cohort import read_cohort
 from .weights import load_weights
@@ -33,8 +34,8 @@ PHANTOM_INTENDED_USE = (
 def _evaluation_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The exported subset of an evaluation summary: the set and per-centre figures and their rules."""
     return {"split": summary["split"], "data_root": summary["data_root"], "path": summary["path"],
-            "tta": summary["tta"], "overall": summary["overall"], "per_centre": summary["per_centre"],
-            "empty_mask_rules": summary["empty_mask_rules"]}
+            "tta": summary["tta"], "postprocess": summary.get("postprocess"), "overall": summary["overall"],
+            "per_centre": summary["per_centre"], "empty_mask_rules": summary["empty_mask_rules"]}
 
 
 def data_description(cache: Path, description: str | None = None) -> dict[str, Any]:
@@ -65,13 +66,21 @@ def export(run: str | Path, out: str | Path, *, which: str = "best", split: str 
     if config is None:
         raise InputError(f"{run}: a {spec['name']} network cannot be exported as an HNTumorSeg model file "
                          "(HNTumorSegLib builds psam and unet networks only)")
+    postprocess = meta.get("postprocess")
     try:
-        metrics = _evaluation_metrics(read_summary(run, split, which))
+        summary = read_summary(run, split, which)
+        metrics = _evaluation_metrics(summary)
     except InputError:
         if require_evaluation:
             raise
         metrics = {"note": "not evaluated with hntumorseg-train evaluate; window validation from training only",
                    **meta.get("metrics", {})}
+    else:
+        rules = postprocess and {"rules": postprocess["rules"]}
+        if summary.get("postprocess") != rules:
+            raise InputError(f"{run}: the {split} evaluation of the {which} weights was made with clean-up "
+                             f"{summary.get('postprocess')}, the weights now prescribe {rules}; "
+                             "run hntumorseg-train evaluate again")
     trained_on = data_description(Path(info["cache"]), description)
     if intended_use is None:
         intended_use = PHANTOM_INTENDED_USE if trained_on["synthetic"] else DEFAULT_INTENDED_USE
@@ -79,11 +88,14 @@ def export(run: str | Path, out: str | Path, *, which: str = "best", split: str 
     metadata = {
         "name": name or Path(out).name,
         **({"inference": meta.get("inference") or window.to_dict()} if (meta.get("inference") or window) else {}),
+        **({"postprocess": postprocess} if postprocess else {}),
         "preprocessing_version": meta["preprocessing_version"],
         "trained_on": trained_on,
         "metrics": metrics,
         "intended_use": intended_use,
-        "training": {**meta.get("training", {}), "selected": meta.get("selected"), "run": run.name,
+        "training": {**meta.get("training", {}),
+                     **{k: info["settings"][k] for k in WEIGHTS_SETTINGS if k in info.get("settings", {})},
+                     "selected": meta.get("selected"), "run": run.name,
                      "device": info.get("device"), "torch_version": info.get("torch_version")},
         "model_spec": spec,
     }

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import math
 import random
@@ -50,6 +51,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from HNTumorSegLib.model_file import model_paths
 from HNTumorSegLib.preprocess import PREPROCESSING_VERSION
 from HNTumorSegLib.sliding_window import InferenceWindow
 
@@ -63,13 +65,16 @@ from .runlog import TensorBoardLog, write_curves, write_history_csv
 from .sampler import EpochSampler
 from .schedule import warmup_cosine
 from .validate import autocast_context, inference_window, validate
-from .weights import save_weights
+from .weights import load_weights, save_weights
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 RUN_FORMAT = "hntumorseg-train-run"
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 #: Settings that may differ between a checkpoint and the run resuming it.
 RESUMABLE_CHANGES = ("epochs", "val_every")
+#: The training settings recorded in every weights file (and in exported model files).
+WEIGHTS_SETTINGS = ("model", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "patch_size",
+                    "samples_per_epoch", "p_fg", "batch_dice", "init_weights", "seed", "world_size")
 #: Tag of the per-epoch reseeding of the global generators.
 EPOCH_STREAM = 3
 
@@ -151,7 +156,7 @@ def _finite_or_none(value: float | None) -> float | None:
 
 
 #: Settings added after runs were made, with the value that older checkpoints implicitly used.
-ADDED_SETTINGS = {"batch_dice": False}
+ADDED_SETTINGS = {"batch_dice": False, "init_weights": None}
 
 
 def _settings_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -168,7 +173,7 @@ def fit(cache: str | Path, model_name: str, out_dir: str | Path, *, epochs: int,
         augmentation: Augmentation | Mapping[str, float] | None = None, val_every: int = 1, seed: int = 0,
         workers: int = 0, device: str | torch.device = "auto", amp: str = "auto", grad_clip: float | None = None,
         batch_dice: bool = False, channels: Sequence[int] | None = None, model_options: Mapping[str, Any] | None = None,
-        resume: bool = False, max_steps_per_epoch: int | None = None,
+        init_weights: str | Path | None = None, resume: bool = False, max_steps_per_epoch: int | None = None,
         train_ids: Sequence[str] | None = None, val_ids: Sequence[str] | None = None,
         progress: bool = False, hooks: FitHooks | None = None,
         log: Callable[[str], None] | None = None) -> FitResult:
@@ -180,7 +185,9 @@ def fit(cache: str | Path, model_name: str, out_dir: str | Path, *, epochs: int,
     per epoch (default: one per training case). ``max_steps_per_epoch`` caps the steps of an
     epoch (quick runs, tests). ``val_every=0`` never validates (then no ``best`` is written).
     ``train_ids`` / ``val_ids`` default to ``cache/split.json``. ``channels`` and
-    ``model_options`` go to :func:`.models.make_spec`. Returns the trained model (last state),
+    ``model_options`` go to :func:`.models.make_spec`. ``init_weights``: start from these
+    weights (``best``/``last`` of another run, or a model file; the network must match) instead
+    of a random initialisation: fine-tuning. Returns the trained model (last state),
     the history and the best validation mean Dice.
     """
     ctx = setup(device)
@@ -190,8 +197,8 @@ def fit(cache: str | Path, model_name: str, out_dir: str | Path, *, epochs: int,
                     weight_decay=weight_decay, warmup_epochs=warmup_epochs, min_lr_factor=min_lr_factor,
                     patch_size=patch_size, samples_per_epoch=samples_per_epoch, p_fg=p_fg,
                     augmentation=augmentation, val_every=val_every, seed=seed, workers=workers, amp=amp,
-                    grad_clip=grad_clip, batch_dice=batch_dice, channels=channels, model_options=model_options, resume=resume,
-                    max_steps_per_epoch=max_steps_per_epoch, train_ids=train_ids, val_ids=val_ids,
+                    grad_clip=grad_clip, batch_dice=batch_dice, channels=channels, model_options=model_options,
+                    init_weights=init_weights, resume=resume, max_steps_per_epoch=max_steps_per_epoch, train_ids=train_ids, val_ids=val_ids,
                     progress=progress, hooks=hooks or FitHooks(), log=log)
         ok = True
         return result
@@ -203,8 +210,8 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
          weight_decay: float, warmup_epochs: float, min_lr_factor: float, patch_size: Sequence[int] | None,
          samples_per_epoch: int | None, p_fg: float, augmentation: Augmentation | Mapping[str, float] | None,
          val_every: int, seed: int, workers: int, amp: str, grad_clip: float | None, batch_dice: bool,
-         channels: Sequence[int] | None, model_options: Mapping[str, Any] | None, resume: bool,
-         max_steps_per_epoch: int | None, train_ids: Sequence[str] | None, val_ids: Sequence[str] | None,
+         channels: Sequence[int] | None, model_options: Mapping[str, Any] | None,
+         init_weights: str | Path | None, resume: bool, max_steps_per_epoch: int | None, train_ids: Sequence[str] | None, val_ids: Sequence[str] | None,
          progress: bool, hooks: FitHooks, log: Callable[[str], None] | None) -> FitResult:
     say = (log or (lambda m: print(m, flush=True))) if ctx.is_main else (lambda m: None)
     device = ctx.device
@@ -246,12 +253,14 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
         "patch_size": list(train_set.patch_size) if train_set.patch_size else None,
         "samples_per_epoch": samples_per_epoch, "max_steps_per_epoch": max_steps_per_epoch, "p_fg": p_fg,
         "augmentation": aug.to_dict(), "val_every": val_every, "seed": seed, "grad_clip": grad_clip,
-        "batch_dice": bool(batch_dice),
+        "batch_dice": bool(batch_dice), "init_weights": _weights_identity(init_weights),
         "train_ids": train_ids, "val_ids": val_ids, "world_size": ctx.world_size,
     }
     _seed_everything(seed)  # the same initial weights on every rank and in every run with this seed
     model = build_from_spec(spec).to(device)
     model.model_spec = spec
+    if init_weights is not None:
+        _load_initial_weights(model, spec, init_weights)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=weight_decay)
     scheduler = warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=total_steps,
@@ -312,6 +321,7 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
                              "amp": amp, "grad_clip": grad_clip, "batch_dice": bool(batch_dice),
                              "channels": list(channels) if channels is not None else None,
                              "model_options": dict(model_options or {}),
+                             "init_weights": str(Path(init_weights).resolve()) if init_weights else None,
                              "max_steps_per_epoch": max_steps_per_epoch})
     tb = None
     if ctx.is_main:
@@ -425,6 +435,30 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
     return FitResult(model, history, best_metric, best_epoch, global_step, out_dir, run_info)
 
 
+def _weights_identity(path: str | Path | None) -> dict[str, str] | None:
+    """Where fine-tuning started: path and weights sha256 (a resume must start from the same weights)."""
+    if path is None:
+        return None
+    paths = model_paths(path)
+    if not paths.weights.is_file() or not paths.json.is_file():
+        raise FileNotFoundError(f"{paths.weights}: initial weights not found (need NAME.safetensors and NAME.json)")
+    return {"path": str(paths.weights.resolve()), "sha256": hashlib.sha256(paths.weights.read_bytes()).hexdigest()}
+
+
+def _load_initial_weights(model: nn.Module, spec: Mapping[str, Any], path: str | Path) -> None:
+    """Copy the weights at ``path`` into ``model``; refuses a different network (one-line error)."""
+    source, meta = load_weights(path)
+    theirs = meta.get("model_spec", getattr(source, "model_spec", None))
+    if theirs is not None and dict(theirs).get("network") != dict(spec).get("network"):
+        raise ValueError(f"{model_paths(path).json}: initial weights are a different network "
+                         f"({dict(theirs).get('network')} vs {dict(spec).get('network')})")
+    try:
+        model.load_state_dict(source.state_dict(), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(f"{model_paths(path).weights}: initial weights do not fit the network: {first}") from None
+
+
 def _check_cases(cache: Path, train_ids: list[str], val_ids: list[str]) -> None:
     """Fail early, naming the cases, when the ids overlap or a case is missing or from another preprocessing.
 
@@ -500,8 +534,7 @@ def _weights_metadata(cache: Path, settings: dict, run_info: dict, row: dict, ep
         "metrics": {**metrics, "epoch": epoch, "train_loss": row["train_loss"]},
         **({"inference": window.to_dict()} if window is not None else {}),
         "training": {"epoch": epoch, "global_step": global_step, "started": run_info["started"],
-                     **{k: settings[k] for k in ("model", "epochs", "batch_size", "lr", "weight_decay",
-                                                 "warmup_epochs", "patch_size", "seed", "world_size")}},
+                     **{k: settings[k] for k in WEIGHTS_SETTINGS}},
     }
 
 
@@ -550,6 +583,8 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     a("--channels", type=int, nargs="+", help="per-level widths (psam, unet, umamba)")
     a("--model-option", type=_model_option, action="append", metavar="KEY=VALUE",
       help="model-specific option, e.g. feature_size=16 (unetr), d_state=16 (umamba); repeatable")
+    a("--init-weights", metavar="WEIGHTS",
+      help="fine-tune: start from these weights (RUN/last, RUN/best or a model file; same network)")
     a("--resume", action="store_true", help="continue the run in --out from checkpoint_last.pt")
     a("--progress", action=argparse.BooleanOptionalAction, default=None, help="per-step progress bar")
     return parser
@@ -560,7 +595,7 @@ def fit_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     given: dict[str, Any] = {}
     direct = ("cache", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "min_lr_factor",
               "patch_size", "samples_per_epoch", "max_steps_per_epoch", "p_fg", "val_every", "seed",
-              "amp", "grad_clip", "batch_dice", "channels")
+              "amp", "grad_clip", "batch_dice", "channels", "init_weights")
     for key in direct:
         if getattr(args, key) is not None:
             given[key] = getattr(args, key)
