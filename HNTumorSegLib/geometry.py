@@ -17,6 +17,11 @@ import SimpleITK as sitk
 LATTICE_SPACING = (1.0, 1.0, 3.0)
 
 
+def voxel_volume_ml(spacing: Sequence[float]) -> float:
+    """Volume of one voxel in mL from its spacing in mm (any axis order)."""
+    return float(np.prod(spacing)) / 1000.0
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Size, spacing, origin and direction of a 3D grid (SimpleITK conventions)."""

@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import LABELS
-from .geometry import Geometry
+from .geometry import Geometry, voxel_volume_ml
 from .preprocess import resample_in_window
 
 
@@ -34,7 +34,7 @@ def structure_statistics(label: sitk.Image, pet: sitk.Image) -> dict[str, dict]:
     """
     lab = sitk.GetArrayViewFromImage(label)
     geom = Geometry.of(label)
-    voxel_ml = float(np.prod(geom.spacing)) / 1000.0
+    voxel_ml = voxel_volume_ml(geom.spacing)
     stats: dict[str, dict] = {}
     present = np.nonzero(lab)
     pet_box = None
@@ -242,7 +242,7 @@ def score_case(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[
     prediction, reference = np.asarray(prediction), np.asarray(reference)
     _check_pair(prediction, reference)
     sampling = _array_spacing(spacing, prediction.ndim)
-    voxel_ml = float(np.prod(sampling)) / 1000.0
+    voxel_ml = voxel_volume_ml(sampling)
     scores: dict = {}
     for value, name in LABELS.items():
         p, r = prediction == value, reference == value

@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import LABELS
+from .geometry import voxel_volume_ml
 
 #: Structure name -> label value.
 LABEL_OF = {name: value for value, name in LABELS.items()}
@@ -105,7 +106,7 @@ class ComponentFilter:
         """``label`` (Z, Y, X) with the dropped components set to 0; ``probabilities`` (C, Z, Y, X)."""
         if self.needs_probabilities() and probabilities is None:
             raise ValueError("this post-processing needs the network's probabilities")
-        voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
+        voxel_ml = voxel_volume_ml(spacing_xyz)
         out = label.copy()
         for name, rule in self.rules.items():
             value = LABEL_OF[name]

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from HNTumorSegLib.errors import ModelFileError
-from HNTumorSegLib.geometry import LATTICE_SPACING
+from HNTumorSegLib.geometry import LATTICE_SPACING, voxel_volume_ml
 from HNTumorSegLib.inference import Segmenter
 from HNTumorSegLib.model_file import model_paths
 from HNTumorSegLib.postprocess import ComponentFilter, StructureRule, components, kept_components
 
 #: (1, 1, 3) mm: 0.003 mL per voxel.
-VOXEL_ML = float(np.prod(LATTICE_SPACING)) / 1000.0
+assert voxel_volume_ml(LATTICE_SPACING) == pytest.approx(0.003)
+VOXEL_ML = voxel_volume_ml(LATTICE_SPACING)
 
 
 def _scene() -> tuple[np.ndarray, np.ndarray]:

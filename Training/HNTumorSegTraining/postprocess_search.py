@@ -25,7 +25,7 @@ import numpy as np
 
 from HNTumorSegLib import LABELS
 from HNTumorSegLib.errors import InputError
-from HNTumorSegLib.geometry import LATTICE_SPACING
+from HNTumorSegLib.geometry import LATTICE_SPACING, voxel_volume_ml
 from HNTumorSegLib.image_io import write_json
 from HNTumorSegLib.inference import Segmenter
 from HNTumorSegLib.postprocess import ComponentFilter, StructureRule, components, kept_components
@@ -36,7 +36,7 @@ from .evaluate import make_segmenter, run_settings, run_window, split_case_ids, 
 #: Candidate thresholds: component volume (mL) and peak probability; each with and without largest-only.
 VOLUME_GRID_ML = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 PEAK_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-VOXEL_ML = float(np.prod(LATTICE_SPACING)) / 1000.0
+VOXEL_ML = voxel_volume_ml(LATTICE_SPACING)
 
 
 @dataclass(frozen=True)
