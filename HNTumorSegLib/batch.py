@@ -23,9 +23,12 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .inference import Segmenter
 
 DONE, SKIPPED, FAILED = "done", "done earlier", "failed"
 SUMMARY_COLUMNS = ("case", "status", "seconds", "GTVp_volume_ml", "GTVp_suv_max", "GTVp_tlg",
@@ -135,6 +138,12 @@ class BatchOptions:
     pet_units: str = "auto"
     rtstruct: bool = False
     dicom_seg: bool = False
+    postprocess: bool = True
+
+    def segmenter(self) -> Segmenter:
+        from .inference import Segmenter  # torch loads only when a case is segmented
+
+        return Segmenter(self.model, device=self.device, tta=self.tta, postprocess=self.postprocess)
 
 
 def case_paths(options: BatchOptions, case: BatchCase) -> dict[str, Path]:
@@ -297,10 +306,8 @@ _WORKER: dict = {}
 def _worker_init(options: BatchOptions, threads: int) -> None:
     import torch
 
-    from .inference import Segmenter
-
     _WORKER["options"] = options
-    _WORKER["segmenter"] = Segmenter(options.model, device=options.device, tta=options.tta)
+    _WORKER["segmenter"] = options.segmenter()
     torch.set_num_threads(threads)
 
 

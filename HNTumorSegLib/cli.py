@@ -34,7 +34,7 @@ def _model_summary(loaded) -> dict:
 
 def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None, device: str, tta: bool,
                      reference=None, extra: dict | None = None, inputs=None, after_label=None,
-                     verbose: bool = True):
+                     verbose: bool = True, postprocess: bool = True):
     """Shared by ``segment`` and ``demo``: read, segment, measure, write label map + JSON report.
 
     ``inputs``: a :class:`~HNTumorSegLib.case_inputs.CaseInputs` already read (DICOM series chosen,
@@ -52,7 +52,8 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     report_path = sidecar_path(out)
     t_start = time.perf_counter()
     t0 = time.perf_counter()
-    segmenter = model if isinstance(model, Segmenter) else Segmenter(model, device=device, tta=tta)
+    segmenter = model if isinstance(model, Segmenter) else Segmenter(model, device=device, tta=tta,
+                                                                     postprocess=postprocess)
     timings = {"load_model": time.perf_counter() - t0}
     read_before = inputs.seconds if inputs is not None else 0.0  # read by the caller, before t_start
     inputs = inputs or read_case(ct_path, pet_path)
@@ -132,7 +133,8 @@ def cmd_segment(args) -> int:
         return write_dicom_outputs(label, case.ct_dicom, args.rtstruct, args.dicom_seg, label_name=str(out))
 
     report, _, report_path = run_segmentation(Path(args.ct), Path(args.pet), out, args.model, args.device,
-                                              args.tta, inputs=inputs, after_label=exports)
+                                              args.tta, inputs=inputs, after_label=exports,
+                                              postprocess=not args.no_postprocess)
     print(f"wrote {out} and {report_path} in {report['timings_s']['total']:.1f} s on {report['device']}")
     for key in ("rtstruct", "dicom_seg"):
         if key in report:
@@ -177,7 +179,7 @@ def cmd_demo(args) -> int:
     paths = write_case(case, out / "input")
     seg_path = out / f"{case.case_id}_seg.nii.gz"
     report, seg, report_path = run_segmentation(paths["ct"], paths["pet"], seg_path, str(model), args.device,
-                                                args.tta, reference=case.label)
+                                                args.tta, reference=case.label, postprocess=not args.no_postprocess)
     pred = sitk.GetArrayViewFromImage(seg.label)
     truth = sitk.GetArrayViewFromImage(case.label)
     scores = {name: dice(pred, truth, value) for value, name in LABELS.items()}
@@ -217,7 +219,6 @@ def cmd_batch(args) -> int:
     """Every case under --input, resumable and shardable; a summary CSV."""
     from .batch import (FAILED, BatchOptions, find_batch_cases, parse_shard, run_batch, run_batch_parallel, shard,
                         summary_path)
-    from .inference import Segmenter
 
     spec = parse_shard(args.shard) if args.shard else None
     if args.workers < 1:
@@ -226,12 +227,12 @@ def cmd_batch(args) -> int:
     if spec:
         cases = shard(cases, *spec)
     options = BatchOptions(Path(args.out), args.model, args.device, args.tta, args.pet_units, args.rtstruct,
-                           args.dicom_seg)
+                           args.dicom_seg, postprocess=not args.no_postprocess)
     summary = summary_path(options.out, spec)
     print(f"{len(cases)} cases{f' (shard {spec[0]}/{spec[1]})' if spec else ''} -> {options.out}", flush=True)
     if args.workers == 1:
         rows = run_batch(cases, options, summary=summary,
-                         make_segmenter=lambda: Segmenter(args.model, device=args.device, tta=args.tta))
+                         make_segmenter=options.segmenter)
     else:
         rows = run_batch_parallel(cases, options, summary=summary, workers=args.workers)
     failed = [r for r in rows if r["status"] == FAILED]
@@ -253,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto = CUDA GPU when available, else CPU")
         sp.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation (2x time)")
+        sp.add_argument("--no-postprocess", action="store_true",
+                        help="keep every connected component (skip the model file's clean-up)")
 
     sp = sub.add_parser("preprocess", help="write the network input (input.npy) and provenance.json")
     inputs(sp)

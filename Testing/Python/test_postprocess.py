@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from HNTumorSegLib.errors import ModelFileError
@@ -120,3 +121,22 @@ def test_a_broken_entry_is_a_model_file_error(small_model, tmp_path):
     path = _model_with(small_model, tmp_path, {"rules": {"GTVn": {"min_peak_probability": [1]}}})
     with pytest.raises(ModelFileError, match=r"pp\.json: invalid 'postprocess' entry"):
         Segmenter(path, device="cpu")
+
+
+def test_segment_command_applies_the_clean_up_unless_told_not_to(small_model, tiny_files, tmp_path, capsys):
+    from HNTumorSegLib.cli import main
+
+    path = _model_with(small_model, tmp_path, {"rules": {"GTVp": {"largest_only": True},
+                                                         "GTVn": {"largest_only": True}}})
+    labels = {}
+    for flag in ([], ["--no-postprocess"]):
+        out = tmp_path / f"seg{len(flag)}.nii.gz"
+        assert main(["segment", "--ct", str(tiny_files["ct"]), "--pet", str(tiny_files["pet"]), "--out", str(out),
+                     "--model", path, "--device", "cpu", *flag]) == 0, capsys.readouterr().err
+        report = json.loads(out.with_name(out.name.replace(".nii.gz", ".json")).read_text())
+        assert report["postprocess_applied"] is (not flag)
+        assert report["model"]["postprocess"]["rules"]["GTVn"]["largest_only"] is True
+        labels[bool(flag)] = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    cleaned, raw = labels[False], labels[True]
+    # (components are counted on the window grid; restored to the CT grid they may fall apart)
+    assert (cleaned != raw).any() and ((cleaned == raw) | (cleaned == 0)).all()  # it only ever removes
