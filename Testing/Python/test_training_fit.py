@@ -372,7 +372,8 @@ def test_init_weights_fine_tunes_from_another_runs_weights(small_cache, tmp_path
         **_tiny_kwargs(val_every=0, seed=5))
     assert seen and all(torch.equal(seen[0][k], start[k]) for k in start)  # not the seed-5 initialisation
     settings = json.loads((tmp_path / "b" / "run.json").read_text())["settings"]
-    assert settings["init_weights"]["path"].endswith("last.safetensors") and len(settings["init_weights"]["sha256"]) == 64
+    assert settings["init_weights"]["path"].endswith("last.safetensors")
+    assert len(settings["init_weights"]["sha256"]) == 64
     assert load_model(tmp_path / "b" / "last").meta["training"]["init_weights"] == settings["init_weights"]
     with pytest.raises(ValueError, match="different network"):
         fit(small_cache, "unet", tmp_path / "c", epochs=1, init_weights=tmp_path / "a" / "last",

@@ -198,7 +198,8 @@ def fit(cache: str | Path, model_name: str, out_dir: str | Path, *, epochs: int,
                     patch_size=patch_size, samples_per_epoch=samples_per_epoch, p_fg=p_fg,
                     augmentation=augmentation, val_every=val_every, seed=seed, workers=workers, amp=amp,
                     grad_clip=grad_clip, batch_dice=batch_dice, channels=channels, model_options=model_options,
-                    init_weights=init_weights, resume=resume, max_steps_per_epoch=max_steps_per_epoch, train_ids=train_ids, val_ids=val_ids,
+                    init_weights=init_weights, resume=resume, max_steps_per_epoch=max_steps_per_epoch,
+                    train_ids=train_ids, val_ids=val_ids,
                     progress=progress, hooks=hooks or FitHooks(), log=log)
         ok = True
         return result
@@ -211,7 +212,8 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
          samples_per_epoch: int | None, p_fg: float, augmentation: Augmentation | Mapping[str, float] | None,
          val_every: int, seed: int, workers: int, amp: str, grad_clip: float | None, batch_dice: bool,
          channels: Sequence[int] | None, model_options: Mapping[str, Any] | None,
-         init_weights: str | Path | None, resume: bool, max_steps_per_epoch: int | None, train_ids: Sequence[str] | None, val_ids: Sequence[str] | None,
+         init_weights: str | Path | None, resume: bool, max_steps_per_epoch: int | None,
+         train_ids: Sequence[str] | None, val_ids: Sequence[str] | None,
          progress: bool, hooks: FitHooks, log: Callable[[str], None] | None) -> FitResult:
     say = (log or (lambda m: print(m, flush=True))) if ctx.is_main else (lambda m: None)
     device = ctx.device
