@@ -70,6 +70,14 @@ def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
     return image
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0o666 less the umask). mkstemp makes 0o600 files, and an
+    output only its writer can read is of no use to a planning system importing from a shared folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
@@ -81,6 +89,7 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix or "".join(target.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.fchmod(fd, new_file_mode())
     os.close(fd)
     tmp_path = Path(tmp)
     try:

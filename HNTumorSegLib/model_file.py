@@ -26,6 +26,7 @@ from torch import nn
 
 from . import LABELS
 from .errors import ModelFileError
+from .image_io import new_file_mode
 from .network import NetworkConfig, build_network
 
 FORMAT = "hntumorseg-model"
@@ -104,6 +105,7 @@ def _write_temp(final: Path, data: bytes) -> Path:
     """Write ``data`` to a fresh, fsynced temp file beside ``final`` (same file system for os.replace)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -77,3 +77,24 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert list(target.parent.iterdir()) == []
     write_json({"a": np.float32(1.5), "b": np.arange(2)}, target)
     assert target.read_text().strip().startswith("{") and list(target.parent.iterdir()) == [target]
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_outputs_get_the_mode_a_plain_open_would_give(tmp_path, umask, mode):
+    """Not mkstemp's 0600: a planning system importing from a shared folder must be able to read them."""
+    import os
+
+    from HNTumorSegLib.image_io import write_bytes, write_image
+    from HNTumorSegLib.model_file import save_model
+    from HNTumorSegLib.network import NetworkConfig, build_network
+
+    before = os.umask(umask)
+    try:
+        ct, _ = tiny_ct_pet()
+        config = NetworkConfig(channels=(4, 8, 16, 32, 64), psam_channels=(2, 4, 8))
+        written = [write_bytes(b"x", tmp_path / "a.bin"), write_json({"a": 1}, tmp_path / "a.json"),
+                   write_image(ct, tmp_path / "ct.nii.gz"),
+                   *save_model(build_network(config), config, tmp_path / "m")]
+    finally:
+        os.umask(before)
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(mode)}
