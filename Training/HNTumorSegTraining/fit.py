@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import math
 import random
@@ -255,14 +254,14 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
         "patch_size": list(train_set.patch_size) if train_set.patch_size else None,
         "samples_per_epoch": samples_per_epoch, "max_steps_per_epoch": max_steps_per_epoch, "p_fg": p_fg,
         "augmentation": aug.to_dict(), "val_every": val_every, "seed": seed, "grad_clip": grad_clip,
-        "batch_dice": bool(batch_dice), "init_weights": _weights_identity(init_weights),
+        "batch_dice": bool(batch_dice), "init_weights": None,
         "train_ids": train_ids, "val_ids": val_ids, "world_size": ctx.world_size,
     }
     _seed_everything(seed)  # the same initial weights on every rank and in every run with this seed
     model = build_from_spec(spec).to(device)
     model.model_spec = spec
     if init_weights is not None:
-        _load_initial_weights(model, spec, init_weights)
+        settings["init_weights"] = _load_initial_weights(model, spec, init_weights)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=weight_decay)
     scheduler = warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=total_steps,
@@ -437,28 +436,26 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
     return FitResult(model, history, best_metric, best_epoch, global_step, out_dir, run_info)
 
 
-def _weights_identity(path: str | Path | None) -> dict[str, str] | None:
-    """Where fine-tuning started: path and weights sha256 (a resume must start from the same weights)."""
-    if path is None:
-        return None
+def _load_initial_weights(model: nn.Module, spec: Mapping[str, Any], path: str | Path) -> dict[str, str]:
+    """Copy the weights at ``path`` into ``model``; refuses a different network (one-line error).
+
+    Returns where fine-tuning started: the weights' path and sha256 (verified on loading; a resume
+    must start from the same weights).
+    """
     paths = model_paths(path)
     if not paths.weights.is_file() or not paths.json.is_file():
         raise FileNotFoundError(f"{paths.weights}: initial weights not found (need NAME.safetensors and NAME.json)")
-    return {"path": str(paths.weights.resolve()), "sha256": hashlib.sha256(paths.weights.read_bytes()).hexdigest()}
-
-
-def _load_initial_weights(model: nn.Module, spec: Mapping[str, Any], path: str | Path) -> None:
-    """Copy the weights at ``path`` into ``model``; refuses a different network (one-line error)."""
     source, meta = load_weights(path)
     theirs = meta.get("model_spec", getattr(source, "model_spec", None))
     if theirs is not None and dict(theirs).get("network") != dict(spec).get("network"):
-        raise ValueError(f"{model_paths(path).json}: initial weights are a different network "
+        raise ValueError(f"{paths.json}: initial weights are a different network "
                          f"({dict(theirs).get('network')} vs {dict(spec).get('network')})")
     try:
         model.load_state_dict(source.state_dict(), strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ValueError(f"{model_paths(path).weights}: initial weights do not fit the network: {first}") from None
+        raise ValueError(f"{paths.weights}: initial weights do not fit the network: {first}") from None
+    return {"path": str(paths.weights.resolve()), "sha256": meta["weights_sha256"]}
 
 
 def _check_cases(cache: Path, train_ids: list[str], val_ids: list[str]) -> None:
