@@ -134,12 +134,12 @@ def tune_postprocess(run: str | Path, *, which: str = "last", cache: str | Path 
     info = run_settings(run)
     weights = weights_of(run, which)
     cache = Path(cache) if cache is not None else Path(info["cache"])
-    ids = tuning_cases(cache, split)
-    if limit is not None:
-        ids = ids[:limit]
     if cache.resolve() == Path(info["cache"]).resolve() and split in ("val", "all"):
         raise InputError(f"{cache}: split {split!r} holds the run's validation cases; choose the clean-up on "
                          "training cases or a separate tuning cache, not on the cases it will be evaluated on")
+    ids = tuning_cases(cache, split)
+    if limit is not None:
+        ids = ids[:limit]
     segmenter = make_segmenter(weights, run_window(info), device=device, tta=tta, postprocess=False)
     chosen, scores = choose(collect(segmenter, cache, ids, progress))
     entry = {**chosen.to_dict(),
