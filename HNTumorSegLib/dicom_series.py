@@ -7,6 +7,13 @@ the headers are read with pydicom, series are grouped by SeriesInstanceUID, slic
 their position along the slice normal (never by file name or instance number), and the voxel
 values are stored value x slope + intercept of each slice. pydicom is imported lazily so that
 ``import HNTumorSegLib`` stays light.
+
+Damaged files: pydicom reads a slice cut short without an error (it returns the pixel data it found,
+or the header elements before the cut), so every slice is checked by
+:mod:`HNTumorSegLib.input_integrity` before its pixels are used. A DICOM file whose header cannot be
+read at all cannot be put into a series; rather than dropping it (a missing end slice would make the
+volume silently shorter), it is recorded with the series whose files share its folder, and reading
+such a series is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .input_integrity import check_dicom_file, dicom_file_problem, looks_like_dicom
 
 #: Tags read while listing series (the pixel data is never read then).
 _LIST_TAGS = ("SeriesInstanceUID", "Modality", "SeriesDescription", "StudyInstanceUID", "PatientID",
@@ -30,6 +38,11 @@ SLICE_SPACING_ATOL = 0.01
 IN_PLANE_ATOL = 0.05
 #: Files in a folder that are never DICOM instances of a series.
 _SKIP_NAMES = {"DICOMDIR"}
+#: Suffixes of DICOM files; a file with one of them, none, or a number (a UID as its name) that is empty is
+#: a slice whose copy failed.
+_DICOM_SUFFIXES = {"", ".dcm", ".dicom", ".ima"}
+#: Bytes before the end of the DICOM preamble ("DICM" at 128); a .dcm file shorter than this is cut short.
+_PREAMBLE_BYTES = 132
 
 
 def _pydicom():
@@ -51,6 +64,9 @@ class SeriesInfo:
     patient_id: str
     study_date: str
     files: tuple[Path, ...]
+    #: (file, what is wrong) of damaged DICOM files in the folders of this series' files: files whose
+    #: series cannot be told, and which may be slices of this one.
+    unreadable: tuple[tuple[Path, str], ...] = ()
 
     @property
     def n_images(self) -> int:
@@ -75,6 +91,7 @@ def find_series(folder: str | os.PathLike) -> list[SeriesInfo]:
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder of DICOM files")
     groups: dict[str, dict] = {}
+    unreadable: dict[Path, list[tuple[Path, str]]] = {}  # by folder
     for root, dirs, names in os.walk(folder):
         dirs.sort()
         for name in sorted(names):
@@ -83,24 +100,68 @@ def find_series(folder: str | os.PathLike) -> list[SeriesInfo]:
             path = Path(root) / name
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_LIST_TAGS))
-            except Exception:  # not DICOM, truncated, unreadable: not part of a series
+            except Exception as exc:  # not DICOM, or a DICOM file too damaged to read
+                problem = _unreadable_file_problem(path, exc)
+                if problem:
+                    unreadable.setdefault(path.parent, []).append((path, problem))
                 continue
             uid = str(ds.get("SeriesInstanceUID", "") or "")
-            if not uid:
+            if not uid:  # not an instance of a series, or a header cut before its SeriesInstanceUID
+                problem = dicom_file_problem(path, require_pixel_data=False)
+                if problem:
+                    unreadable.setdefault(path.parent, []).append((path, problem))
                 continue
             g = groups.setdefault(uid, {"ds": ds, "files": []})
             g["files"].append(path)
     if not groups:
+        if unreadable:
+            damaged = [item for items in unreadable.values() for item in items]
+            path, problem = damaged[0]
+            raise InputError(f"{path}: {problem}; {folder} holds no readable DICOM series "
+                             f"({len(damaged)} damaged DICOM file{'s' if len(damaged) > 1 else ''})")
         raise InputError(f"{folder}: folder holds no DICOM series")
     found = [SeriesInfo(uid, str(g["ds"].get("Modality", "") or ""), str(g["ds"].get("SeriesDescription", "") or ""),
                         str(g["ds"].get("StudyInstanceUID", "") or ""), str(g["ds"].get("PatientID", "") or ""),
-                        str(g["ds"].get("StudyDate", "") or ""), tuple(g["files"]))
+                        str(g["ds"].get("StudyDate", "") or ""), tuple(g["files"]),
+                        _unreadable_beside(g["files"], unreadable))
              for uid, g in groups.items()]
     return sorted(found, key=lambda s: (s.modality, s.description, s.uid))
 
 
+def _unreadable_file_problem(path: Path, exc: Exception) -> str | None:
+    """What is wrong with a file pydicom could not read, when it is a damaged DICOM file (None: not DICOM)."""
+    if looks_like_dicom(path):
+        problem = dicom_file_problem(path, require_pixel_data=False)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return problem or f"file is corrupt: its DICOM header cannot be parsed ({reason})"
+    if path.suffix.lower() not in _DICOM_SUFFIXES and not path.suffix[1:].isdigit():
+        return None
+    size = path.stat().st_size
+    if size == 0:
+        return "file is empty (0 bytes; an interrupted copy?)"
+    if size < _PREAMBLE_BYTES and path.suffix.lower() in _DICOM_SUFFIXES - {""}:
+        return f"file is truncated: {size} bytes, too short to be a DICOM file (a partial copy?)"
+    return None
+
+
+def _unreadable_beside(files: Sequence[Path], unreadable: dict[Path, list[tuple[Path, str]]]) \
+        -> tuple[tuple[Path, str], ...]:
+    """The damaged files in the folders holding ``files``."""
+    folders = sorted({f.parent for f in files})
+    return tuple(item for parent in folders for item in unreadable.get(parent, []))
+
+
 def _listing(series: Sequence[SeriesInfo]) -> str:
     return "; ".join(s.describe() for s in series) or "none"
+
+
+def _damaged_note(series: Sequence[SeriesInfo]) -> str:
+    """"; 3 damaged DICOM files here, e.g. FILE: what" when the series found have damaged neighbours."""
+    damaged = sorted({item for s in series for item in s.unreadable})
+    if not damaged:
+        return ""
+    path, problem = damaged[0]
+    return f"; {len(damaged)} damaged DICOM file{'s' if len(damaged) > 1 else ''} here, e.g. {path}: {problem}"
 
 
 def select_series(series: Sequence[SeriesInfo], folder: str | os.PathLike, modality: str,
@@ -116,12 +177,12 @@ def select_series(series: Sequence[SeriesInfo], folder: str | os.PathLike, modal
                     raise InputError(f"{folder}: series {uid} is {s.modality or 'of unknown modality'}, "
                                      f"not {modality}")
                 return s
-        raise InputError(f"{folder}: no series with UID {uid}; found: {_listing(series)}")
+        raise InputError(f"{folder}: no series with UID {uid}; found: {_listing(series)}{_damaged_note(series)}")
     matches = [s for s in series if s.modality == modality]
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise InputError(f"{folder}: no {modality} series here; found: {_listing(series)}")
+        raise InputError(f"{folder}: no {modality} series here; found: {_listing(series)}{_damaged_note(series)}")
     raise InputError(f"{folder}: {len(matches)} {modality} series here, pick one with {option} UID: "
                      f"{_listing(matches)}")
 
@@ -181,9 +242,18 @@ def load_volume(series: SeriesInfo, folder: str | os.PathLike) -> DicomVolume:
     pydicom = _pydicom()
     folder = Path(folder)
     where = f"{folder}: series {series.uid}"
+    if series.unreadable:
+        path, problem = series.unreadable[0]
+        raise InputError(f"{path}: {problem} (it lies beside the files of {series.modality or 'the'} series "
+                         f"{series.uid}, which may be incomplete)")
     slices = []
     for path in series.files:
-        ds = pydicom.dcmread(path)
+        check_dicom_file(path, require_pixel_data=True)
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as exc:  # the check above passed, so a header pydicom cannot parse
+            raise InputError(f"{path}: file is corrupt: its DICOM header cannot be parsed "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise InputError(f"{path}: multi-frame image ({ds.NumberOfFrames} frames); "
                              "only single-frame CT and PET series are read")
@@ -227,7 +297,7 @@ def load_volume(series: SeriesInfo, folder: str | os.PathLike) -> DicomVolume:
     for k, i in enumerate(order):
         path, ds = slices[i]
         slope, intercept = _slope_intercept(ds)
-        values[k] = ds.pixel_array.astype(np.float64) * slope + intercept
+        values[k] = _pixels(ds, path) * slope + intercept
         del ds.PixelData
         headers.append(ds)
         files.append(path)
@@ -241,6 +311,15 @@ def load_volume(series: SeriesInfo, folder: str | os.PathLike) -> DicomVolume:
     image.SetOrigin(tuple(float(v) for v in p0))
     image.SetDirection(tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()))
     return DicomVolume(series, folder, image, headers, files)
+
+
+def _pixels(ds, path: Path) -> np.ndarray:
+    """The stored values of one slice; a pixel data element that cannot be decoded is the file's fault."""
+    try:
+        return ds.pixel_array.astype(np.float64)
+    except Exception as exc:  # pydicom raises ValueError, RuntimeError, NotImplementedError, ... per codec
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: cannot decode the pixel data ({reason})") from None
 
 
 def read_series(folder: str | os.PathLike, modality: str, uid: str | None = None,

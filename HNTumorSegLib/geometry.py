@@ -15,6 +15,16 @@ import SimpleITK as sitk
 
 #: Spacing of the analysis lattice in mm (x, y, z): paper section 2.2.
 LATTICE_SPACING = (1.0, 1.0, 3.0)
+#: Spacing and origin are snapped to multiples of this many mm (2^-24, about 6e-8 mm) before any
+#: resampling. Binary, not decimal: a dyadic spacing such as 500/512 = 0.9765625 mm lies exactly on the
+#: grid (a decimal grid would put it on a rounding midpoint), and noise of 1e-13 mm snaps back to it.
+POSITION_QUANTUM_MM = 2.0 ** -24
+#: Direction cosines are snapped to multiples of this (2^-32, about 2e-10).
+DIRECTION_QUANTUM = 2.0 ** -32
+
+
+def _snap(values: Sequence[float], quantum: float) -> tuple[float, ...]:
+    return tuple(float(v) for v in np.round(np.asarray(values, float) / quantum) * quantum)
 
 
 def voxel_volume_ml(spacing: Sequence[float]) -> float:
@@ -77,11 +87,34 @@ class Geometry:
         self.apply(img)
         return img
 
+    def snapped(self) -> "Geometry":
+        """This grid with spacing, origin and direction on a fine binary grid (see POSITION_QUANTUM_MM).
+
+        Why: the same CT reaches us with geometry read from a file or from Slicer's IJK-to-RAS matrix,
+        which carries ~1e-16 relative noise (3.90625 becomes 3.9062499999999996). Where a voxel centre
+        of one grid lies exactly halfway between two of another (1.5 mm CT voxels on the 1 mm lattice),
+        nearest-neighbour resampling picks a side by that noise; snapped, both arrive as the same numbers
+        and give the same labels. The change is below 1e-7 mm.
+        """
+        snapped_direction = _snap(self.direction, DIRECTION_QUANTUM)
+        return Geometry(self.size, _snap(self.spacing, POSITION_QUANTUM_MM), _snap(self.origin, POSITION_QUANTUM_MM),
+                        tuple(0.0 if v == 0 else v for v in snapped_direction))
+
     def apply(self, image: sitk.Image) -> sitk.Image:
         image.SetSpacing(self.spacing)
         image.SetOrigin(self.origin)
         image.SetDirection(self.direction)
         return image
+
+
+def snap_geometry(image: sitk.Image) -> sitk.Image:
+    """``image`` on its :meth:`Geometry.snapped` grid: the same object when nothing changes (the usual
+    case for a file), else a copy, so the caller's image is never modified."""
+    geometry = Geometry.of(image)
+    snapped = geometry.snapped()
+    if snapped == geometry:
+        return image
+    return snapped.apply(sitk.Image(image))
 
 
 def orient_lps(image: sitk.Image) -> sitk.Image:

@@ -1,9 +1,11 @@
 """Reading inputs with clear errors, and writing outputs atomically.
 
 Inputs are anything SimpleITK reads (NIfTI, NRRD, MHA, ...) or a folder holding one DICOM
-series. A user mistake becomes one :class:`InputError` line naming the file; outputs are
-written to a temporary file beside the target and renamed, so a failure never leaves a
-half-written file where a finished one is expected.
+series. A user mistake becomes one :class:`InputError` line naming the file; a truncated or
+corrupt file is refused before SimpleITK reads it (SimpleITK reads a cut ``.nii.gz`` without
+complaint; see :mod:`HNTumorSegLib.input_integrity`). Outputs are written to a temporary file
+beside the target and renamed, so a failure never leaves a half-written file where a finished
+one is expected.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .input_integrity import check_dicom_file, check_input_file, looks_like_dicom
 
 
 def _sitk_reason(exc: BaseException) -> str:
@@ -37,9 +40,25 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     if len(series) > 1:
         raise InputError(f"{folder}: folder holds {len(series)} DICOM series ({', '.join(series)}); "
                          "point to a folder with one series")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    _check_dicom_folder_files(folder, files)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    reader.SetFileNames(files)
     return reader.Execute()
+
+
+def _check_dicom_folder_files(folder: Path, series_files: tuple[str, ...]) -> None:
+    """Every slice of the series whole, with its pixel data; and no other DICOM file of the folder damaged.
+
+    The second part matters because GDCM leaves a file whose header it cannot parse out of the series:
+    an end slice cut short would otherwise silently make the volume one slice shorter.
+    """
+    for name in series_files:
+        check_dicom_file(name, require_pixel_data=True)
+    in_series = {Path(name).resolve() for name in series_files}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.resolve() not in in_series and looks_like_dicom(path):
+            check_dicom_file(path, require_pixel_data=False)
 
 
 def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
@@ -47,6 +66,8 @@ def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: {role} file not found")
+    if not path.is_dir():
+        check_input_file(path)
     try:
         image = _read_dicom_folder(path) if path.is_dir() else sitk.ReadImage(str(path))
     except InputError:
@@ -61,6 +82,8 @@ def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: {role} image has {image.GetNumberOfComponentsPerPixel()} components "
                          "per voxel; a scalar volume is needed")
+    if 0 in image.GetSize():
+        raise InputError(f"{path}: {role} image has zero voxels (size {list(image.GetSize())})")
     if min(image.GetSize()) < 2:
         raise InputError(f"{path}: {role} image has size {list(image.GetSize())}; a 3D volume is needed")
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):

@@ -53,10 +53,30 @@ def read_model_description(path: str | os.PathLike) -> str:
     return describe_model(meta)
 
 
+def trained_on_line(meta: dict[str, Any]) -> str | None:
+    """What the model was trained on, in one line: the description and the case counts."""
+    trained = meta.get("trained_on")
+    if not isinstance(trained, dict):
+        return str(trained) if trained else None
+    line = str(trained.get("description") or "unspecified data")
+    counts = [f"{trained[k]} {k.split('_')[0]}" for k in ("train_cases", "val_cases") if trained.get(k) is not None]
+    return f"{line}; {', '.join(counts)} cases" if counts else line
+
+
 def model_summary(meta: dict[str, Any], json_path: str | os.PathLike) -> dict[str, Any]:
-    """What a report records of the model it used: file, hash, training data, use, network, inference,
-    component clean-up."""
-    return {"file": str(json_path), "weights_sha256": meta.get("weights_sha256"),
-            "trained_on": meta.get("trained_on"), "intended_use": meta.get("intended_use"),
-            "network": meta.get("network"), "inference": meta.get("inference"),
-            "postprocess": meta.get("postprocess")}
+    """What a report records of the model it used: enough to identify it and judge the result.
+
+    Why not the whole JSON: the model file keeps the full training record (settings, case lists,
+    metrics per centre); a report needs the name, the file and its hash, what the model was trained
+    on in one line, whether that was synthetic, its intended use, and how it was run.
+    """
+    trained = meta.get("trained_on")
+    postprocess = meta.get("postprocess")
+    network = meta.get("network") or {}
+    return {"name": meta.get("name") or model_json_path(json_path).stem, "file": str(json_path),
+            "weights_sha256": meta.get("weights_sha256"),
+            "network": describe_model({"network": network}).rstrip("."),
+            "trained_on": trained_on_line(meta),
+            "synthetic": bool(trained.get("synthetic")) if isinstance(trained, dict) else None,
+            "intended_use": meta.get("intended_use"), "inference": meta.get("inference"),
+            "postprocess": {"rules": postprocess["rules"]} if isinstance(postprocess, dict) else None}

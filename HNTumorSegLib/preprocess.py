@@ -8,7 +8,9 @@
    margin of voxels around the window wide enough for the B-spline prefilter to converge.
 5. Pad (CT -1000 HU, PET 0), normalise, stack as (CT, PET) channels, axes (z, y, x).
 
-The provenance records everything :mod:`restore` needs to put a mask back on the CT grid.
+The provenance records everything :mod:`restore` needs to put a mask back on the CT grid. Input
+geometry is snapped below 1e-7 mm first (:meth:`geometry.Geometry.snapped`): noise far below a
+micrometre must not move a nearest-neighbour tie.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import SimpleITK as sitk
 from . import __version__
 from .crop import TAU, WINDOW_ZYX, CropWindow, NoUptakeError, find_crop
 from .errors import InputError
-from .geometry import Geometry, analysis_lattice, orient_lps, overlap_box, physical_overlap, resample
+from .geometry import (Geometry, analysis_lattice, orient_lps, overlap_box, physical_overlap, resample,
+                       snap_geometry)
 from .label_checks import label_grid_problem, label_values_problem
 from .intensity import CT_PAD_HU, PET_PAD_SUV, normalize_ct, normalize_pet, pet_statistics
 
@@ -95,6 +98,11 @@ def preprocess(ct: sitk.Image, pet: sitk.Image, label: sitk.Image | None = None,
                          "PET and CT must be registered in the same patient coordinates")
     if label is not None:
         _check_label(label, ct, label_name)
+    original_ct, original_pet = Geometry.of(ct), Geometry.of(pet)
+    # Every later step sees geometry on a fine binary grid, so the same volume gives the same lattice,
+    # window and labels whether its geometry came from a file or from Slicer's IJK-to-RAS matrix.
+    ct, pet = snap_geometry(ct), snap_geometry(pet)
+    label = snap_geometry(label) if label is not None else None
 
     ct_o, pet_o = orient_lps(ct), orient_lps(pet)
     lattice = analysis_lattice(Geometry.of(ct_o))
@@ -153,8 +161,8 @@ def preprocess(ct: sitk.Image, pet: sitk.Image, label: sitk.Image | None = None,
         "window_size_zyx": list(WINDOW_ZYX),
         "window": lattice.subgrid(window.start_xyz, window.size_xyz).to_dict(),
         "resampled": lattice.to_dict(),
-        "original_ct": Geometry.of(ct).to_dict(),
-        "original_pet": Geometry.of(pet).to_dict(),
+        "original_ct": original_ct.to_dict(),
+        "original_pet": original_pet.to_dict(),
         "pet_normalisation": {"mean": mu, "std": sigma},
         "interpolation": {"ct": "bspline3", "pet": "linear", "label": "nearest"},
         "padding": {"ct_hu": CT_PAD_HU, "pet_suv": PET_PAD_SUV},

@@ -2,7 +2,9 @@
 
 The predicted (112, 256, 256) mask goes back into a zero lattice at the crop window (padding
 dropped) and is resampled nearest-neighbour onto the original CT grid, so the result has the
-CT's exact size, spacing, origin and direction and can be overlaid, edited and exported.
+CT's exact size, spacing, origin and direction and can be overlaid, edited and exported. The
+sampling itself runs on the snapped CT grid (:meth:`geometry.Geometry.snapped`), so geometry noise
+of ~1e-16 (Slicer's matrices) cannot decide a nearest-neighbour tie.
 """
 
 from __future__ import annotations
@@ -29,5 +31,7 @@ def restore(mask: np.ndarray, provenance: dict) -> sitk.Image:
     part = sitk.GetImageFromArray(np.ascontiguousarray(mask[dz:dz + nz, dy:dy + ny, dx:dx + nx],
                                                        dtype=np.uint8))
     lattice.subgrid(real.start_xyz, real.size_xyz).apply(part)
-    return resample(part, Geometry.from_dict(provenance["original_ct"]), sitk.sitkNearestNeighbor, 0,
-                    sitk.sitkUInt8)
+    # Sampled on the snapped CT grid (as preprocessing saw it, so geometry noise cannot flip a tie),
+    # returned with the CT's exact geometry.
+    original = Geometry.from_dict(provenance["original_ct"])
+    return original.apply(resample(part, original.snapped(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))

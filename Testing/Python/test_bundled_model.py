@@ -66,6 +66,13 @@ def test_demo_runs_end_to_end_with_the_bundled_model(tmp_path, capsys):
     report = json.loads(next(out.glob("*_seg.json")).read_text())
     assert report["model"]["file"].endswith("hntumorseg_phantom_psam.json")
     assert report["postprocess_applied"] is True and report["model"]["postprocess"]["rules"]
+    # A summary of the model, not its training record (200 case indices, settings, per-centre metrics).
+    model = report["model"]
+    assert set(model) == {"name", "file", "weights_sha256", "network", "trained_on", "synthetic", "intended_use",
+                          "inference", "postprocess"}
+    assert model["name"] == "hntumorseg_phantom_psam" and model["synthetic"] is True
+    assert model["trained_on"].startswith("synthetic PET/CT phantoms") and "200 train" in model["trained_on"]
+    assert "\n" not in model["trained_on"] and len(json.dumps(model)) < 1500
     assert report["reference"]["phantom"]["seed"] == DEMO_SEED
     assert report["reference"]["dice"]["GTVp"] >= 0.80
     assert (out / next(out.glob("*_overlay.png")).name).stat().st_size > 0

@@ -24,7 +24,7 @@ from HNTumorSegLib.preprocess import PREPROCESSING_VERSION, preprocess
 from HNTumorSegLib.restore import restore
 from HNTumorSegTraining.cli import main
 from HNTumorSegTraining.evaluate import evaluate, read_summary
-from HNTumorSegTraining.export import PHANTOM_INTENDED_USE, export
+from HNTumorSegTraining.export import PHANTOM_INTENDED_USE, absolute_paths_in, export
 from HNTumorSegTraining.models import build_from_spec, make_spec
 from HNTumorSegTraining.phantom_cohort import write_cohort
 from HNTumorSegTraining.weights import save_weights
@@ -154,6 +154,9 @@ def test_cli_evaluate_with_real_weights_then_compare_and_export(run_dir, data_ro
     assert meta["trained_on"]["val_cases"] == 3 and "synthetic PET/CT phantoms" in meta["trained_on"]["description"]
     assert meta["metrics"]["overall"]["GTVp"]["dice_mean"] == seg_case
     assert meta["training"]["run"] == run_dir.name
+    # The training machine's folders stay there: names only (the data root was an absolute path).
+    assert meta["trained_on"]["data_root"] == data_root.name and meta["metrics"]["data_root"] == data_root.name
+    assert absolute_paths_in(meta) == []
     x = torch.rand(1, 2, 32, 64, 64)
     ref = build_from_spec(meta["model_spec"])
     ref.load_state_dict(loaded.model.state_dict())

@@ -16,6 +16,7 @@ from HNTumorSegLib.postprocess import ComponentFilter, StructureRule
 from HNTumorSegLib.preprocess import PREPROCESSING_VERSION
 from HNTumorSegTraining.cli import main
 from HNTumorSegTraining.evaluate import make_segmenter
+from HNTumorSegTraining.export import portable
 from HNTumorSegTraining.models import build_from_spec, make_spec
 from HNTumorSegTraining.phantom_cohort import write_cohort
 from HNTumorSegTraining.postprocess_search import CaseStructure, best_rule, candidate_rules, case_structures
@@ -112,7 +113,8 @@ def test_cli_tunes_on_training_cases_then_evaluate_and_export_carry_the_rule(tmp
     assert summary["postprocess"] == {"rules": entry["rules"]}
     assert main(["export", "--run", str(run), "--weights", "last", "--out", str(tmp_path / "m")]) == 0
     meta = load_model(tmp_path / "m").meta
-    assert meta["postprocess"] == entry and meta["metrics"]["split"] == "val"
+    assert meta["postprocess"] == portable(entry) and meta["metrics"]["split"] == "val"
+    assert meta["postprocess"]["chosen_on"]["cache"] == "cache"  # the folder's name, not the machine's path
 
     # an evaluation made with another clean-up (here: none) is stale for export
     summary["postprocess"] = None

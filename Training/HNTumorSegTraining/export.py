@@ -14,7 +14,8 @@ trying the software only.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Mapping
 
 from HNTumorSegLib.errors import InputError
@@ -29,6 +30,41 @@ from .weights import load_weights
 PHANTOM_INTENDED_USE = (
     "Trained on synthetic PET/CT phantoms only, for trying the software. Not for clinical use and not a "
     "medical device; clinical models come from hntumorseg-train on real, consented data.")
+
+
+#: A whole string that is an absolute path: POSIX ``/a/b``, Windows ``C:\\a`` or ``C:/a``, UNC ``\\\\host\\share``.
+_ABSOLUTE_PATH = re.compile(r"^(/[^/\0]+|[A-Za-z]:[\\/]|\\\\[^\\]+\\)")
+
+
+def is_absolute_path(text: str) -> bool:
+    return bool(_ABSOLUTE_PATH.match(text)) and "\n" not in text
+
+
+def portable(record: Any) -> Any:
+    """``record`` with every absolute path replaced by its last component (the file or folder name).
+
+    Why: a model file travels to other machines; the training machine's folders (``/home/me/data``)
+    mean nothing there and are not the reader's business. The names still say which data and which
+    weights were used; the hashes and counts beside them say it exactly.
+    """
+    if isinstance(record, dict):
+        return {key: portable(value) for key, value in record.items()}
+    if isinstance(record, list):
+        return [portable(value) for value in record]
+    if isinstance(record, str) and is_absolute_path(record):
+        path = PureWindowsPath(record) if re.match(r"^([A-Za-z]:|\\\\)", record) else PurePosixPath(record)
+        return path.name or str(path)
+    return record
+
+
+def absolute_paths_in(record, where: str = "") -> list[str]:
+    """JSON locations whose string value is an absolute path."""
+    if isinstance(record, dict):
+        return [hit for k, v in record.items() for hit in absolute_paths_in(v, f"{where}/{k}")]
+    if isinstance(record, list):
+        return [hit for i, v in enumerate(record) for hit in absolute_paths_in(v, f"{where}[{i}]")]
+    return [f"{where}: {record}"] if isinstance(record, str) and is_absolute_path(record) else []
+
 
 
 def _evaluation_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,6 +135,7 @@ def export(run: str | Path, out: str | Path, *, which: str = "best", split: str 
                      "device": info.get("device"), "torch_version": info.get("torch_version")},
         "model_spec": spec,
     }
+    metadata = portable(metadata)
     json.dumps(metadata, allow_nan=False)  # fail before writing anything
     return save_model(model, config, out, metadata=metadata)
 

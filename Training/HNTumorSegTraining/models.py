@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from HNTumorSegLib.crop import WINDOW_ZYX
+from HNTumorSegLib.optional_packages import require
 from HNTumorSegLib.network import ConvBlock, NetworkConfig, PointwiseConv3d, UpSample, build_network
 
 from .mamba import DEFAULT_SCAN_CHUNK, MambaLayer
@@ -98,7 +99,9 @@ def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
     if name in ("psam", "unet"):
         return build_network(NetworkConfig.from_dict(spec["network"]))
     if name == "unetr":
-        from monai.networks.nets import UNETR  # imported here: MONAI takes seconds to import
+        # imported here: MONAI takes seconds to import, and it comes with the training extra only
+        require("einops", "the unetr model")  # MONAI's UNETR needs it, and says so only when building
+        UNETR = require("monai.networks.nets", "the unetr model").UNETR
 
         net = UNETR(in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, img_size=tuple(spec["img_size"]),
                     feature_size=spec["feature_size"], hidden_size=spec["hidden_size"], mlp_dim=spec["mlp_dim"],
