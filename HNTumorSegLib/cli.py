@@ -81,6 +81,8 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
         "postprocess_applied": segmenter.postprocess is not None,
         "structures": structures,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "members": seg.members,
+        "memory": seg.memory,
         "provenance": seg.provenance,
         **inputs.report(),
         **more,
@@ -88,6 +90,24 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     }
     write_json(report, report_path)
     return report, seg, report_path
+
+
+def _print_resources(report: dict) -> None:
+    """How many networks ran, how long each took, and the peak memory: what an ensemble costs."""
+    members = report.get("members") or []
+    if members:
+        seconds = [m.get("network_seconds") for m in members]
+        each = " + ".join("?" if t is None else f"{t:.1f}" for t in seconds)
+        kind = f"ensemble of {len(members)} networks" if len(members) > 1 else "1 network"
+        print(f"  model: {kind}, network time {each} s{' (one member after the other)' if len(members) > 1 else ''}")
+    memory = report.get("memory") or {}
+    parts = []
+    if memory.get("peak_rss_mib") is not None:
+        parts.append(f"{memory['peak_rss_mib']:.0f} MiB resident (process peak)")
+    if memory.get("cuda_peak_allocated_mib") is not None:
+        parts.append(f"{memory['cuda_peak_allocated_mib']:.0f} MiB allocated on the GPU")
+    if parts:
+        print(f"  peak memory: {', '.join(parts)}")
 
 
 def _print_structures(structures: dict) -> None:
@@ -139,6 +159,7 @@ def cmd_segment(args) -> int:
     for key in ("rtstruct", "dicom_seg"):
         if key in report:
             print(f"wrote {report[key]['file']}")
+    _print_resources(report)
     _print_structures(report["structures"])
     return 0
 
@@ -192,6 +213,7 @@ def cmd_demo(args) -> int:
                        f"GTVn {scores['GTVn']:.3f}")
     print(f"phantom case {case.case_id} ({args.fov}) segmented in {report['timings_s']['total']:.1f} s "
           f"on {report['device']}")
+    _print_resources(report)
     _print_structures(report["structures"])
     print(f"  Dice against the phantom truth: GTVp {scores['GTVp']:.3f}, GTVn {scores['GTVn']:.3f}")
     print(f"wrote {seg_path}, {report_path}, {png}")

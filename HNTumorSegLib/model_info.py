@@ -22,12 +22,42 @@ def model_json_path(path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def describe_model(meta: dict[str, Any]) -> str:
-    """One or two sentences: network, training data, intended use."""
-    network = meta.get("network") or {}
+#: ``format_version`` of an ensemble model file (see HNTumorSegLib.model_file; repeated: no torch here).
+ENSEMBLE_FORMAT_VERSION = 2
+
+
+def describe_network(network: Any) -> str:
+    """One network config in a few words: ``PSAM U-Net 8-16-32-64-128``."""
+    network = network if isinstance(network, dict) else {}
     kind = "PSAM U-Net" if network.get("psam") else "U-Net"
     channels = network.get("channels")
-    parts = [f"{kind} {'-'.join(str(c) for c in channels)}" if channels else kind]
+    return f"{kind} {'-'.join(str(c) for c in channels)}" if channels else kind
+
+
+def ensemble_members(meta: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The member entries of an ensemble model JSON, or None for a single-network file."""
+    members = meta.get("members")
+    if meta.get("format_version") != ENSEMBLE_FORMAT_VERSION or not isinstance(members, list):
+        return None
+    return [m for m in members if isinstance(m, dict)]
+
+
+def describe_networks(meta: dict[str, Any]) -> str:
+    """The network of a model file, or its members: ``ensemble of 3 networks (PSAM U-Net 8-...-128 x3)``."""
+    members = ensemble_members(meta)
+    if members is None:
+        return describe_network(meta.get("network"))
+    counts: dict[str, int] = {}
+    for m in members:
+        name = describe_network(m.get("network"))
+        counts[name] = counts.get(name, 0) + 1
+    kinds = ", ".join(f"{name} x{n}" if n > 1 else name for name, n in counts.items())
+    return f"ensemble of {len(members)} networks ({kinds})"
+
+
+def describe_model(meta: dict[str, Any]) -> str:
+    """One or two sentences: network (or the ensemble's members), training data, intended use."""
+    parts = [describe_networks(meta)]
     trained = meta.get("trained_on")
     if isinstance(trained, dict):
         trained = trained.get("description") or ", ".join(f"{k}: {v}" for k, v in trained.items())
@@ -72,11 +102,14 @@ def model_summary(meta: dict[str, Any], json_path: str | os.PathLike) -> dict[st
     """
     trained = meta.get("trained_on")
     postprocess = meta.get("postprocess")
-    network = meta.get("network") or {}
-    return {"name": meta.get("name") or model_json_path(json_path).stem, "file": str(json_path),
-            "weights_sha256": meta.get("weights_sha256"),
-            "network": describe_model({"network": network}).rstrip("."),
-            "trained_on": trained_on_line(meta),
-            "synthetic": bool(trained.get("synthetic")) if isinstance(trained, dict) else None,
-            "intended_use": meta.get("intended_use"), "inference": meta.get("inference"),
-            "postprocess": {"rules": postprocess["rules"]} if isinstance(postprocess, dict) else None}
+    summary = {"name": meta.get("name") or model_json_path(json_path).stem, "file": str(json_path),
+               "weights_sha256": meta.get("weights_sha256"),
+               "network": describe_networks(meta),
+               "trained_on": trained_on_line(meta),
+               "synthetic": bool(trained.get("synthetic")) if isinstance(trained, dict) else None,
+               "intended_use": meta.get("intended_use"), "inference": meta.get("inference"),
+               "postprocess": {"rules": postprocess["rules"]} if isinstance(postprocess, dict) else None}
+    members = ensemble_members(meta)
+    if members is not None:  # the members themselves (name, network, window, time) are the report's "members"
+        summary["ensemble_members"] = len(members)
+    return summary

@@ -45,13 +45,19 @@ class InferenceWindow:
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], source: str = "model") -> "InferenceWindow | None":
         """The window a model JSON asks for, or None for a single whole-window pass."""
-        spec = meta.get("inference")
-        if spec is None or spec.get("patch_size") is None:
+        return cls.from_entry(meta.get("inference"), source)
+
+    @classmethod
+    def from_entry(cls, spec: Any, source: str = "model") -> "InferenceWindow | None":
+        """The window of one ``"inference"`` entry (a model JSON's, or an ensemble member's); None: one pass."""
+        if spec is None:
             return None
         try:
+            if spec.get("patch_size") is None:
+                return None
             return cls(tuple(int(p) for p in spec["patch_size"]), float(spec.get("overlap", DEFAULT_OVERLAP)))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{source}: invalid 'inference' entry {dict(spec)!r}: {exc}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{source}: invalid 'inference' entry {spec!r}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {"patch_size": [int(p) for p in self.patch_size], "overlap": float(self.overlap)}

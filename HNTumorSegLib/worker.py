@@ -73,6 +73,8 @@ def run_request(request: protocol.Request, emit: Emit) -> dict:
         "structures": structures,
         "analysis_window": {"center_ras": box.center_ras, "size_mm": box.size_mm, "axes_ras": box.axes_ras},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "members": seg.members,  # one entry per network (an ensemble has several): name, window, seconds
+        "memory": seg.memory,
         "provenance": seg.provenance,
     }
     report_path = write_json(report, out / protocol.REPORT_FILE)  # last: its presence means "complete"

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 #: A narrow PSAM U-Net: fast enough for end-to-end command tests on the CPU.
 SMALL_NETWORK_CHANNELS = (4, 8, 16, 32, 64)
@@ -66,3 +67,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def assert_batches_independent_of_workers(dataset, seed: int, samples_per_epoch: int, epoch: int) -> int:
+    """Load one epoch with 0 and with 2 DataLoader workers; the batches must be identical. Returns their count."""
+    from torch.utils.data import DataLoader
+
+    from HNTumorSegTraining.data import seed_worker
+    from HNTumorSegTraining.sampler import EpochSampler
+
+    batches = []
+    for workers in (0, 2):
+        sampler = EpochSampler(len(dataset), seed=seed, samples_per_epoch=samples_per_epoch)
+        sampler.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=workers, worker_init_fn=seed_worker)
+        batches.append([(b["image"], b["label"], b["case_id"]) for b in loader])
+    for (i0, l0, c0), (i1, l1, c1) in zip(*batches):
+        assert torch.equal(i0, i1) and torch.equal(l0, l1) and c0 == c1
+    return len(batches[0])

@@ -178,8 +178,8 @@ def test_invalid_json(saved, text, needle):
 
 def test_wrong_version_and_missing_sha(saved):
     _, _, j = saved
-    meta = _rewrite_json(j, format_version=2)
-    assert "unsupported format_version 2" in _error(j)
+    meta = _rewrite_json(j, format_version=3)  # 2 is the ensemble layout (test_ensemble.py)
+    assert "unsupported format_version 3" in _error(j)
     meta["format_version"] = 1
     del meta["weights_sha256"]
     j.write_text(json.dumps(meta))

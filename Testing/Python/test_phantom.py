@@ -238,3 +238,17 @@ def test_write_case_hecktor_names_roundtrip(tmp_path, flip_xy):
 
 def test_fields_of_view_constant():
     assert FIELDS_OF_VIEW == ("head", "head_upper", "whole_body")
+
+
+def test_public_names_of_the_former_module_remain():
+    """``HNTumorSegLib.phantom`` became a package; what the single module offered is still there."""
+    import HNTumorSegLib.phantom as phantom
+
+    for name in ("PhantomCase", "make_phantom", "write_case", "FIELDS_OF_VIEW", "CT_FOV_MM", "CT_SLICE_MM",
+                 "SMALL_FOV_MM", "PET_SPACINGS_XY", "PET_SPACINGS_Z", "CT_OUTSIDE_FOV_HU", "CT_HU_RANGE", "Grid",
+                 "Shape", "Ellipsoid", "Tube", "Capsule", "Box", "Difference", "Layer", "rasterise_ct",
+                 "rasterise_pet", "rasterise_label", "Patient", "BRAIN_CENTRE", "BRAIN_SEMI", "BRAIN_ZMIN", "Lesions"):
+        assert hasattr(phantom, name), name
+    assert phantom.PET_SPACINGS_XY == (4.0728, 3.6458, 4.0) and phantom.CT_SLICE_MM == 3.0
+    with pytest.raises(ValueError, match="n_nodes"):
+        make_phantom(1, "head", n_nodes=5, ct_matrix=64)  # classic: 0-4 nodes, as before

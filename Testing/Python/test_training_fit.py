@@ -25,14 +25,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from HNTumorSegLib.image_io import write_json, write_npy
 from HNTumorSegLib.model_file import load_model
 from HNTumorSegLib.preprocess import PREPROCESSING_VERSION
 from HNTumorSegTraining import cache as cache_module
 from HNTumorSegTraining.checkpoint import load_checkpoint
-from HNTumorSegTraining.data import Augmentation, TrainDataset, seed_worker
+from HNTumorSegTraining.data import Augmentation, TrainDataset
 from HNTumorSegTraining.fit import FitHooks, fit
 from HNTumorSegTraining.losses import soft_dice_loss
 from HNTumorSegTraining.mamba import MambaMixer, selective_scan, selective_scan_reference
@@ -40,6 +39,8 @@ from HNTumorSegTraining.models import MODEL_NAMES, build_from_spec, build_model
 from HNTumorSegTraining.runlog import TensorBoardLog, read_history_csv
 from HNTumorSegTraining.sampler import EpochSampler
 from HNTumorSegTraining.weights import load_weights
+
+from conftest import assert_batches_independent_of_workers
 
 TINY = (4, 8, 16, 32, 64)
 TINY_OPTIONS = {"psam": {"psam_channels": [4, 4, 4]}, "unet": {}, "umamba": {"d_state": 4, "scan_chunk": 4},
@@ -287,14 +288,7 @@ def test_epoch_sampler_is_a_function_of_seed_and_epoch_and_shards_by_rank():
 
 def test_batches_do_not_depend_on_the_number_of_workers(small_cache):
     ds = TrainDataset(small_cache, TRAIN_IDS, patch_size=PATCH, seed=5)
-    batches = []
-    for workers in (0, 2):
-        sampler = EpochSampler(len(ds), seed=5, samples_per_epoch=4)
-        sampler.set_epoch(2)
-        loader = DataLoader(ds, batch_size=2, sampler=sampler, num_workers=workers, worker_init_fn=seed_worker)
-        batches.append([(b["image"], b["label"], b["case_id"]) for b in loader])
-    for (i0, l0, c0), (i1, l1, c1) in zip(*batches):
-        assert torch.equal(i0, i1) and torch.equal(l0, l1) and c0 == c1
+    assert assert_batches_independent_of_workers(ds, seed=5, samples_per_epoch=4, epoch=2) == 2
 
 
 def test_tensorboard_is_used_when_installed(tmp_path, monkeypatch):

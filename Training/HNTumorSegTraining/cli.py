@@ -44,18 +44,45 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, evaluation_dir, markdown_table
+    from .evaluate import confusion_line, evaluate, evaluate_folder, evaluation_dir, markdown_table
 
     def report(i: int, n: int, result) -> None:
         s = result.scores
-        print(f"[{i}/{n}] {result.case_id}: Dice GTVp {s['GTVp']['dice']:.4f} GTVn {s['GTVn']['dice']:.4f} "
-              f"({result.seconds:.1f} s)", flush=True)
+        print(f"[{i}/{n}] {result.case_id}: Dice GTVp {s['GTVp']['dice']:.4f} GTVn {s['GTVn']['dice']:.4f}; "
+              f"confusion {confusion_line(result.confusion)} ({result.seconds:.1f} s)", flush=True)
 
-    summary = evaluate(args.run, split=args.split, which=args.weights, data_root=args.data, device=args.device,
-                       tta=args.tta, postprocess=not args.no_postprocess, limit=args.limit,
-                       progress=None if args.quiet else report)
+    progress = None if args.quiet else report
+    if args.out is None:  # a run's own split
+        if args.model is not None:
+            raise InputError("--model scores a folder of cases: give --data FOLDER and --out DIR")
+        if args.run is None:
+            raise InputError("give --run RUN (its own --split), or --model MODEL / --run RUN with --data FOLDER "
+                             "--out DIR")
+        split = args.split or "val"
+        summary = evaluate(args.run, split=split, which=args.weights, data_root=args.data, device=args.device,
+                           tta=args.tta, postprocess=not args.no_postprocess, limit=args.limit, progress=progress)
+        out = evaluation_dir(args.run, split, args.weights)
+    else:  # any folder of labelled cases
+        if args.split is not None:
+            raise InputError("--split chooses among a run's own cases; with --out every case of --data is scored")
+        if args.data is None:
+            raise InputError("--out DIR scores the cases of a folder: give --data FOLDER")
+        if (args.model is None) == (args.run is None):
+            raise InputError("give either --model MODEL or --run RUN with --data FOLDER --out DIR")
+        summary = evaluate_folder(args.data, args.out, model=args.model, run=args.run, which=args.weights,
+                                  device=args.device, tta=args.tta, postprocess=not args.no_postprocess,
+                                  limit=args.limit, progress=progress)
+        out = args.out
     print(markdown_table(summary), end="")
-    print(f"reports: {evaluation_dir(args.run, args.split, args.weights)}")
+    members = summary.get("members") or []
+    if len(members) > 1:
+        print(f"model: ensemble of {len(members)} networks ({', '.join(m['name'] for m in members)})")
+    print(f"confusion (pooled, all cases): {confusion_line(summary['overall']['confusion'])}")
+    overlap = summary.get("training_cases_in_set") or []
+    if overlap:
+        print(f"warning: {len(overlap)} of these cases are training cases of the run: not a held-out score",
+              file=sys.stderr)
+    print(f"reports: {out}")
     return 0
 
 
@@ -80,12 +107,15 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from HNTumorSegLib.image_io import write_bytes
 
-    from .evaluate import read_summary, table3
+    from .evaluate import SUMMARY_FILE, read_evaluation, read_summary, table3
 
     rows = []
-    for run in args.runs:
-        summary = read_summary(run, args.split, args.weights)
-        rows.append((f"{Path(run).name} ({summary['model']})", summary))
+    for path in args.runs:
+        if (Path(path) / SUMMARY_FILE).is_file():  # an evaluation folder (evaluate --out DIR)
+            summary = read_evaluation(path)
+        else:
+            summary = read_summary(path, args.split, args.weights)
+        rows.append((f"{Path(path).name} ({summary['model']})", summary))
     text = table3(rows)
     print(text, end="")
     if args.out:
@@ -94,12 +124,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
+    from .export import export, parse_evaluations
 
     weights, config = export(args.run, args.out, which=args.weights, split=args.split,
                              require_evaluation=not args.unevaluated, description=args.description,
-                             intended_use=args.intended_use)
-    print(f"wrote {config} and {weights} ({weights.stat().st_size / 1e6:.1f} MB)")
+                             intended_use=args.intended_use, evaluations=parse_evaluations(args.evaluation),
+                             postprocess=not args.no_postprocess)
+    kind = f"an ensemble of {len(args.run)} networks" if len(args.run) > 1 else "one network"
+    print(f"wrote {config} and {weights} ({weights.stat().st_size / 1e6:.1f} MB, {kind})")
     return 0
 
 
@@ -143,15 +175,25 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--weights", choices=("best", "last"), default="best",
                         help="the run's best-validation or last-epoch weights")
 
-    sp = sub.add_parser("evaluate", help="score a run on the native CT grid through the inference path")
-    sp.add_argument("--run", required=True, type=Path, help="run folder made by fit")
-    run_options(sp)
-    sp.add_argument("--data", type=Path, help="data root, when it moved since prepare")
+    sp = sub.add_parser("evaluate", help="score a model on the native CT grid through the inference path: "
+                                          "a run's own split, or any folder of labelled cases")
+    sp.add_argument("--run", type=Path, help="run folder made by fit (its --weights)")
+    sp.add_argument("--model", type=Path,
+                    help="a model file (.json/.safetensors; one network or an ensemble) or a run's weights; "
+                         "needs --data FOLDER --out DIR")
+    sp.add_argument("--split", choices=("val", "train", "all"), default=None,
+                    help="with --run and no --out: which of the run's cases (default val)")
+    sp.add_argument("--weights", choices=("best", "last"), default="best",
+                    help="the run's best-validation or last-epoch weights")
+    sp.add_argument("--data", type=Path,
+                    help="with --out: the folder of labelled cases to score (HECKTOR layout); "
+                         "without: the run's data root, when it moved since prepare")
+    sp.add_argument("--out", type=Path, help="report folder for a --data folder evaluation")
     sp.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     sp.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
     sp.add_argument("--no-postprocess", action="store_true",
                     help="score the raw network output, without the weights' component clean-up")
-    sp.add_argument("--limit", type=int, help="only the first N cases of the split (smoke runs)")
+    sp.add_argument("--limit", type=int, help="only the first N cases (smoke runs)")
     sp.add_argument("--quiet", action="store_true", help="no per-case lines")
     sp.set_defaults(func=cmd_evaluate)
 
@@ -170,17 +212,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_postprocess)
 
     sp = sub.add_parser("compare", help="the paper's Table 3 (GTVp, GTVn, mean Dice) for evaluated runs")
-    sp.add_argument("runs", nargs="+", type=Path, help="run folders, each evaluated on --split")
+    sp.add_argument("runs", nargs="+", type=Path,
+                    help="run folders, each evaluated on --split, or evaluation folders (evaluate --out DIR)")
     run_options(sp)
     sp.add_argument("--out", type=Path, help="also write the table (Markdown) here")
     sp.set_defaults(func=cmd_compare)
 
-    sp = sub.add_parser("export", help="write a run's weights as an HNTumorSeg model file (safetensors + JSON)")
-    sp.add_argument("--run", required=True, type=Path)
+    sp = sub.add_parser("export", help="write a run's weights (or several runs': an ensemble) as an HNTumorSeg "
+                                       "model file (safetensors + JSON)")
+    sp.add_argument("--run", required=True, type=Path, action="append",
+                    help="run folder; repeat for an ensemble of the runs' networks (probabilities averaged)")
     sp.add_argument("--out", required=True, type=Path, help="model path without suffix, e.g. models/NAME")
     run_options(sp)
+    sp.add_argument("--evaluation", action="append", default=[], metavar="NAME=DIR",
+                    help="an evaluation folder to record as metrics.evaluations.NAME (repeatable: e.g. "
+                         "heldout=RUN/evaluation/val-best unseen_style=EVAL_DIR); it must have scored "
+                         "exactly the exported weights")
     sp.add_argument("--unevaluated", action="store_true",
-                    help="export even though the run was not evaluated (metrics: training validation only)")
+                    help="export even though it was not evaluated (metrics: training validation only)")
+    sp.add_argument("--no-postprocess", action="store_true",
+                    help="export without the component clean-up (e.g. when ensemble members prescribe different ones)")
     sp.add_argument("--description", help="what the model was trained on (default: from the data root)")
     sp.add_argument("--intended-use", help="the intended-use statement written into the model JSON")
     sp.set_defaults(func=cmd_export)

@@ -2,7 +2,7 @@
 
 Cases come from the cache (:func:`.cache.open_case`): float16 image (2, 112, 256, 256) and uint8
 label, memory-mapped, so a patch costs only the pages it covers. The float16 -> float32
-conversion happens on the patch, after cropping.
+conversion happens on the patch (or on the source region of an augmented patch), after cropping.
 
 Training (:class:`TrainDataset`), in this order:
 
@@ -10,26 +10,31 @@ Training (:class:`TrainDataset`), in this order:
    voxel of a random foreground class present in the case (clipped to the volume, so the voxel
    stays inside), else placed uniformly. Why oversample: GTVn is often < 0.1 % of the window, and
    uniformly placed patches would show most nodes to the network rarely (nnU-Net uses 1/3).
-2. Left-right flip along x (the last axis) with probability ``flip_p``, image and label together.
-   Head-and-neck anatomy is roughly left-right symmetric and nodes occur on both sides.
-3. Intensity, per channel, on the normalised inputs (both in about (0, 1)): with probability
-   ``intensity_p`` a scale from U(1 - scale, 1 + scale) and a shift from U(-shift, shift); with
-   probability ``noise_p`` Gaussian noise of standard deviation U(0, noise_std) (off by default).
-   Small on purpose: the preprocessing already standardises CT windowing and PET scale, so these
-   only model residual scanner and reconstruction differences between centres.
+2. Augmentation, by preset (:mod:`.augment`, which documents each transform):
+
+   * ``default``: nnU-Net's spatial transforms (rotation, scaling, optional elastic deformation,
+     mirroring), sampled around the patch from a larger region of the window, on image and label
+     together; PET-specific SUV scale and resolution blur; nnU-Net's intensity transforms (noise,
+     blur, brightness, contrast, simulated low resolution, gamma), in the HU and PET z-score
+     domains rather than on the sigmoid values. Needs MONAI.
+   * ``light`` (the behaviour before issue 11; :class:`Augmentation` is its parameter class):
+     left-right flip along x with probability ``flip_p``, image and label together; per channel,
+     on the normalised inputs (both in about (0, 1)), with probability ``intensity_p`` a scale from
+     U(1 - scale, 1 + scale) and a shift from U(-shift, shift); with probability ``noise_p``
+     Gaussian noise of standard deviation U(0, noise_std) (off by default).
+   * ``off``: the patch as cached.
 
 Randomness: each draw has its own generator, seeded from (seed, epoch, draw) -- the key that
-:class:`.sampler.EpochSampler` yields -- not from a worker's global state. So a batch does not
-depend on the number of workers or on which worker served it, and a resumed epoch repeats
-exactly. (DataLoader workers are still seeded, by :func:`seed_worker`, for any library code
-that reaches for the global generators.) Validation (:class:`ValDataset`): full volumes, no
-augmentation.
+:class:`.sampler.EpochSampler` yields -- not from a worker's global state; every augmentation
+parameter (and the noise) comes from it. So a batch does not depend on the number of workers or
+on which worker served it, and a resumed epoch repeats exactly. (DataLoader workers are still
+seeded, by :func:`seed_worker`, for any library code that reaches for the global generators.)
+Validation (:class:`ValDataset`): full volumes, no augmentation.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,6 +42,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .augment import (LightAugmentation, NnUNetAugmentation, NoAugmentation, augmented_patch, light_augment,
+                      make_augmentation, needs_monai, pet_offset_of, require_monai)
 from .cache import open_case
 
 #: Classes the patch sampler may centre on (1 GTVp, 2 GTVn).
@@ -48,23 +55,8 @@ DRAW_STREAM = 2
 PATCH_MULTIPLE = 16
 
 
-@dataclass(frozen=True)
-class Augmentation:
-    """Training augmentation parameters (see the module docstring); ``Augmentation.off()`` disables all."""
-
-    flip_p: float = 0.5
-    intensity_p: float = 0.5
-    scale: float = 0.1
-    shift: float = 0.05
-    noise_p: float = 0.15
-    noise_std: float = 0.0
-
-    @classmethod
-    def off(cls) -> "Augmentation":
-        return cls(flip_p=0.0, intensity_p=0.0, scale=0.0, shift=0.0, noise_p=0.0, noise_std=0.0)
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+#: The ``light`` preset's parameters (the name the training code used before presets existed).
+Augmentation = LightAugmentation
 
 
 def check_patch_size(patch_size: Sequence[int], volume: Sequence[int], multiple: int = PATCH_MULTIPLE) -> tuple[int, ...]:
@@ -101,22 +93,9 @@ def foreground_voxels(label: np.ndarray, case_seed: int = 0,
 
 
 def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
-            aug: Augmentation) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Flip and intensity-augment float32 ``image`` (C, Z, Y, X) and ``label`` (Z, Y, X); also returns flipped."""
-    flipped = bool(rng.random() < aug.flip_p)
-    if flipped:
-        image = np.ascontiguousarray(image[..., ::-1])
-        label = np.ascontiguousarray(label[..., ::-1])
-    channels = image.shape[0]
-    if rng.random() < aug.intensity_p:
-        scale = rng.uniform(1.0 - aug.scale, 1.0 + aug.scale, channels).astype(np.float32)
-        shift = rng.uniform(-aug.shift, aug.shift, channels).astype(np.float32)
-        image *= scale[:, None, None, None]
-        image += shift[:, None, None, None]
-    if aug.noise_std > 0 and rng.random() < aug.noise_p:
-        std = rng.uniform(0.0, aug.noise_std)
-        image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(std)
-    return image, label, flipped
+            aug: LightAugmentation) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The ``light`` preset on float32 ``image`` (C, Z, Y, X) and ``label`` (Z, Y, X); also returns flipped."""
+    return light_augment(image, label, rng, aug)
 
 
 class _CaseReader:
@@ -142,14 +121,17 @@ class TrainDataset(Dataset):
     """Augmented training samples; index with the sampler's ``(case_index, epoch, draw)`` keys.
 
     A plain int ``i`` is read as ``(i, 0, i)``. ``patch_size`` must be a multiple of
-    ``patch_multiple`` (the network's down-sampling factor, at least 16). Items: ``image`` float32 (2, *size), ``label``
-    uint8 (*size), ``case_id``, ``fg_centred`` (patch centred on foreground), ``flipped`` and
-    ``start`` (the patch corner in the window, before flipping).
+    ``patch_multiple`` (the network's down-sampling factor, at least 16). ``augmentation``: a preset
+    name (``default``, ``light``, ``off``), a parameter object or record of :mod:`.augment`; None is
+    ``default``. Items: ``image`` float32 (2, *size), ``label`` uint8 (*size), ``case_id``,
+    ``fg_centred`` (patch centred on foreground), ``flipped`` (mirrored along x) and ``start``
+    (the corner of the patch in the window before any spatial transform; an augmented patch is
+    sampled around that patch's centre).
     """
 
     def __init__(self, cache_dir: str | Path, case_ids: Sequence[str], *,
                  patch_size: Sequence[int] | None = None, p_fg: float = 0.5,
-                 augmentation: Augmentation | None = None, seed: int = 0,
+                 augmentation: Any = None, seed: int = 0,
                  patch_multiple: int = PATCH_MULTIPLE) -> None:
         self.reader = _CaseReader(cache_dir, case_ids)
         if not 0.0 <= p_fg <= 1.0:
@@ -159,7 +141,9 @@ class TrainDataset(Dataset):
         self.patch_size = (check_patch_size(patch_size, self.volume, patch_multiple)
                            if patch_size is not None else None)
         self.p_fg = p_fg
-        self.augmentation = augmentation if augmentation is not None else Augmentation()
+        self.augmentation = make_augmentation(augmentation)
+        if needs_monai(self.augmentation):
+            require_monai()  # fail here, in one line, not in a loader worker
         self.seed = int(seed)
         self._fg: dict[int, dict[int, np.ndarray]] = {}
 
@@ -184,10 +168,8 @@ class TrainDataset(Dataset):
         case = self.reader.case(int(index))
         centred = False
         start: tuple[int, ...] = (0, 0, 0)
-        if self.patch_size is None:
-            image = np.array(case.image, dtype=np.float32)
-            label = np.array(case.label)
-        else:
+        size = self.patch_size or self.volume
+        if self.patch_size is not None:
             centre = None
             if rng.random() < self.p_fg:
                 fg = self.foreground(int(index))
@@ -196,10 +178,20 @@ class TrainDataset(Dataset):
                     centre = voxels[int(rng.integers(len(voxels)))].tolist()
                     centred = True
             start = patch_start(rng, self.volume, self.patch_size, centre)
-            window = tuple(slice(s, s + p) for s, p in zip(start, self.patch_size))
+        aug = self.augmentation
+        if isinstance(aug, NnUNetAugmentation):
+            image, label, spatial, _ = augmented_patch(case.image, case.label, start, size, rng, aug,
+                                                       pet_offset_of(case.provenance))
+            flipped = spatial.mirror[2]
+        else:
+            window = tuple(slice(s, s + p) for s, p in zip(start, size))
             image = np.array(case.image[(slice(None), *window)], dtype=np.float32)
             label = np.array(case.label[window])
-        image, label, flipped = augment(image, label, rng, self.augmentation)
+            flipped = False
+            if isinstance(aug, LightAugmentation):
+                image, label, flipped = augment(image, label, rng, aug)
+            elif not isinstance(aug, NoAugmentation):
+                raise TypeError(f"unknown augmentation {aug!r}")
         return {"image": torch.from_numpy(image), "label": torch.from_numpy(label),
                 "case_id": self.case_ids[int(index)], "fg_centred": centred, "flipped": flipped,
                 "start": torch.tensor(start)}

@@ -9,19 +9,33 @@ for. So export fills the model JSON's ``trained_on``, ``metrics``, ``training`` 
 Data trained on synthetic phantoms is recognised by the ``cohort.json`` that
 ``hntumorseg-train phantoms`` writes into the data root; such models are labelled as being for
 trying the software only.
+
+Several evaluations (``evaluations={"heldout": DIR1, "unseen_style": DIR2}``, the CLI's repeatable
+``--evaluation NAME=DIR``) go into ``metrics.evaluations.NAME``: e.g. the held-out cases of the
+acquisition styles trained on and a style left out of training. Each must have scored exactly the
+weights being exported (matched by :func:`HNTumorSegLib.model_file.tensors_sha256`), with the
+clean-up being exported, and none of the runs' training cases.
+
+Several runs make an ensemble (:func:`HNTumorSegLib.model_file.save_ensemble`): one file holding
+every run's network, whose probabilities inference averages. The runs must share labels and
+preprocessing version; their networks may differ, but each must be one HNTumorSegLib builds
+(psam, unet). An ensemble is evaluated as a whole: export it ``unevaluated``, evaluate the file
+(``evaluate --model OUT.json --data FOLDER --out DIR``), then export again with the evaluations.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from HNTumorSegLib.errors import InputError
-from HNTumorSegLib.model_file import DEFAULT_INTENDED_USE, save_model
+from HNTumorSegLib.model_file import DEFAULT_INTENDED_USE, EnsembleMember, save_ensemble, save_model, tensors_sha256
 
-from .evaluate import read_summary, run_settings, run_window, split_case_ids, weights_of
+from .evaluate import (read_evaluation, read_summary, run_settings, run_window, split_case_ids, training_case_ids,
+                       weights_of)
 from .fit import WEIGHTS_SETTINGS
 from .models import config_of
 from .phantom_cohort import read_cohort
@@ -69,9 +83,59 @@ def absolute_paths_in(record, where: str = "") -> list[str]:
 
 def _evaluation_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The exported subset of an evaluation summary: the set and per-centre figures and their rules."""
-    return {"split": summary["split"], "data_root": summary["data_root"], "path": summary["path"],
-            "tta": summary["tta"], "postprocess": summary.get("postprocess"), "overall": summary["overall"],
-            "per_centre": summary["per_centre"], "empty_mask_rules": summary["empty_mask_rules"]}
+    out = {"split": summary["split"], "data_root": summary["data_root"], "path": summary["path"],
+           "tta": summary["tta"], "postprocess": summary.get("postprocess"), "overall": summary["overall"],
+           "per_centre": summary["per_centre"], "empty_mask_rules": summary["empty_mask_rules"]}
+    if summary.get("confusion_rule"):
+        out["confusion_rule"] = summary["confusion_rule"]
+    return out
+
+
+def _named_evaluation(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """One entry of ``metrics.evaluations``: the figures, which cases, and how the model was run."""
+    return {**_evaluation_metrics(summary), "cases_from": summary.get("cases_from"),
+            "cases": summary["overall"]["cases"], "limited_to_first": summary.get("limited_to_first"),
+            "not_scored": len(summary.get("not_scored") or []), "seconds_per_case": summary.get("seconds_per_case"),
+            "device": summary.get("device")}
+
+
+def parse_evaluations(items: Sequence[str]) -> dict[str, Path]:
+    """``NAME=DIR`` strings (the CLI's ``--evaluation``) -> {NAME: DIR}; InputError for a malformed or repeated NAME."""
+    out: dict[str, Path] = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        name = name.strip()
+        if not sep or not folder or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise InputError(f"--evaluation {item!r}: expected NAME=DIR, NAME of letters, digits, '_', '-', '.'")
+        if name in out:
+            raise InputError(f"--evaluation {name}: given twice")
+        out[name] = Path(folder)
+    return out
+
+
+def check_evaluation(name: str, folder: Path, summary: Mapping[str, Any], digests: Sequence[str],
+                     rules: Mapping[str, Any] | None, training_ids: Mapping[str, Sequence[str] | None]) -> None:
+    """InputError unless ``summary`` scored exactly the networks ``digests``, with clean-up ``rules``,
+    on none of the training cases ``training_ids`` (run name -> its training case ids)."""
+    label = f"evaluation {name} ({folder})"
+    members = summary.get("members") or []
+    found = [m.get("tensors_sha256") for m in members if isinstance(m, Mapping)]
+    if not found or None in found:
+        raise InputError(f"{label}: does not record which weights it scored (made by an older version); "
+                         "evaluate again")
+    if sorted(found) != sorted(digests):
+        raise InputError(f"{label}: scored other weights ({len(found)} network(s)) than the {len(digests)} "
+                         "being exported; evaluate the exported model (or these runs) again")
+    if summary.get("postprocess") != rules:
+        raise InputError(f"{label}: made with clean-up {summary.get('postprocess')}, the export prescribes {rules}; "
+                         "evaluate again")
+    scored = set(summary.get("case_ids") or [])
+    for run_name, ids in training_ids.items():
+        overlap = sorted(scored & set(ids or []))
+        if overlap:
+            raise InputError(f"{label}: {len(overlap)} of its cases are training cases of {run_name} "
+                             f"({', '.join(overlap[:3])}{', …' if len(overlap) > 3 else ''}); "
+                             "a held-out figure needs cases the model never trained on")
 
 
 def data_description(cache: Path, description: str | None = None) -> dict[str, Any]:
@@ -89,53 +153,211 @@ def data_description(cache: Path, description: str | None = None) -> dict[str, A
             "preprocessing_version": split.get("preprocessing_version")}
 
 
-def export(run: str | Path, out: str | Path, *, which: str = "best", split: str = "val",
+def _evaluations_metrics(evaluations: Mapping[str, Path], digests: Sequence[str],
+                         rules: Mapping[str, Any] | None,
+                         training_ids: Mapping[str, Sequence[str] | None]) -> dict[str, Any]:
+    """``metrics`` holding several named evaluations, each checked against what is exported."""
+    entries = {}
+    for name, folder in evaluations.items():
+        summary = read_evaluation(folder)
+        check_evaluation(name, Path(folder), summary, digests, rules, training_ids)
+        entries[name] = _named_evaluation(summary)
+    first = next(iter(entries.values()))
+    return {"evaluations": entries, "empty_mask_rules": first["empty_mask_rules"],
+            **({"confusion_rule": first["confusion_rule"]} if "confusion_rule" in first else {})}
+
+
+@dataclass
+class _RunWeights:
+    """One run's weights, read for export."""
+
+    run: Path
+    info: dict[str, Any]
+    which: str
+    model: Any
+    meta: dict[str, Any]
+    config: Any
+    digest: str
+
+    @classmethod
+    def read(cls, run: str | Path, which: str) -> "_RunWeights":
+        run = Path(run)
+        info = run_settings(run)
+        model, meta = load_weights(weights_of(run, which))
+        spec = meta["model_spec"]
+        config = config_of(spec)
+        if config is None:
+            raise InputError(f"{run}: a {spec['name']} network cannot be exported as an HNTumorSeg model file "
+                             "(HNTumorSegLib builds psam and unet networks only)")
+        return cls(run, info, which, model, meta, config, tensors_sha256(model.state_dict()))
+
+    @property
+    def rules(self) -> dict[str, Any] | None:
+        postprocess = self.meta.get("postprocess")
+        return {"rules": postprocess["rules"]} if postprocess else None
+
+    @property
+    def window(self) -> dict[str, Any] | None:
+        window = run_window(self.info)
+        return self.meta.get("inference") or (window.to_dict() if window else None)
+
+    def training_record(self) -> dict[str, Any]:
+        info = self.info
+        return {**self.meta.get("training", {}),
+                **{k: info["settings"][k] for k in WEIGHTS_SETTINGS if k in info.get("settings", {})},
+                "selected": self.meta.get("selected"), "run": self.run.name,
+                "device": info.get("device"), "torch_version": info.get("torch_version")}
+
+
+def export(run: str | Path | Sequence[str | Path], out: str | Path, *, which: str = "best", split: str = "val",
            require_evaluation: bool = True, description: str | None = None,
-           intended_use: str | None = None, name: str | None = None) -> tuple[Path, Path]:
-    """Write ``out.safetensors`` and ``out.json`` from ``run``'s ``which`` weights; returns both paths."""
-    run = Path(run)
-    info = run_settings(run)
-    weights = weights_of(run, which)
-    model, meta = load_weights(weights)
-    spec = meta["model_spec"]
-    config = config_of(spec)
-    if config is None:
-        raise InputError(f"{run}: a {spec['name']} network cannot be exported as an HNTumorSeg model file "
-                         "(HNTumorSegLib builds psam and unet networks only)")
-    postprocess = meta.get("postprocess")
-    try:
-        summary = read_summary(run, split, which)
-        metrics = _evaluation_metrics(summary)
-    except InputError:
-        if require_evaluation:
-            raise
-        metrics = {"note": "not evaluated with hntumorseg-train evaluate; window validation from training only",
-                   **meta.get("metrics", {})}
+           intended_use: str | None = None, name: str | None = None,
+           evaluations: Mapping[str, str | Path] | None = None, postprocess: bool = True) -> tuple[Path, Path]:
+    """Write ``out.safetensors`` and ``out.json`` from ``run``'s ``which`` weights; returns both paths.
+
+    ``run``: one run folder, or several (a list): an ensemble (see the module docstring).
+    ``evaluations``: {NAME: evaluation folder}; the model JSON's ``metrics`` then holds them all
+    under ``"evaluations"``. Without it, a single run's ``split`` evaluation is the metrics (refused
+    when missing unless ``require_evaluation`` is False); an ensemble needs ``evaluations`` or
+    ``require_evaluation=False``. ``postprocess=False`` exports without the clean-up.
+    """
+    runs = [run] if isinstance(run, (str, Path)) else list(run)
+    if not runs:
+        raise InputError("export needs at least one --run")
+    evaluations = {k: Path(v) for k, v in (evaluations or {}).items()}
+    if len(runs) > 1:
+        return _export_ensemble(runs, out, which=which, require_evaluation=require_evaluation,
+                                description=description, intended_use=intended_use, name=name,
+                                evaluations=evaluations, postprocess=postprocess)
+    w = _RunWeights.read(runs[0], which)
+    run, info, meta = w.run, w.info, w.meta
+    rules = w.rules if postprocess else None
+    if evaluations:
+        metrics = _evaluations_metrics(evaluations, [w.digest], rules, {run.name: training_case_ids(run)})
     else:
-        rules = postprocess and {"rules": postprocess["rules"]}
-        if summary.get("postprocess") != rules:
-            raise InputError(f"{run}: the {split} evaluation of the {which} weights was made with clean-up "
-                             f"{summary.get('postprocess')}, the weights now prescribe {rules}; "
-                             "run hntumorseg-train evaluate again")
+        try:
+            summary = read_summary(run, split, which)
+            metrics = _evaluation_metrics(summary)
+        except InputError:
+            if require_evaluation:
+                raise
+            metrics = {"note": "not evaluated with hntumorseg-train evaluate; window validation from training only",
+                       **meta.get("metrics", {})}
+        else:
+            if summary.get("postprocess") != rules:
+                raise InputError(f"{run}: the {split} evaluation of the {which} weights was made with clean-up "
+                                 f"{summary.get('postprocess')}, the weights now prescribe {rules}; "
+                                 "run hntumorseg-train evaluate again")
     trained_on = data_description(Path(info["cache"]), description)
     if intended_use is None:
         intended_use = PHANTOM_INTENDED_USE if trained_on["synthetic"] else DEFAULT_INTENDED_USE
-    window = run_window(info)
+    window = w.window
     metadata = {
         "name": name or Path(out).name,
-        **({"inference": meta.get("inference") or window.to_dict()} if (meta.get("inference") or window) else {}),
-        **({"postprocess": postprocess} if postprocess else {}),
+        **({"inference": window} if window else {}),
+        **({"postprocess": meta["postprocess"]} if rules else {}),
         "preprocessing_version": meta["preprocessing_version"],
         "trained_on": trained_on,
         "metrics": metrics,
         "intended_use": intended_use,
-        "training": {**meta.get("training", {}),
-                     **{k: info["settings"][k] for k in WEIGHTS_SETTINGS if k in info.get("settings", {})},
-                     "selected": meta.get("selected"), "run": run.name,
-                     "device": info.get("device"), "torch_version": info.get("torch_version")},
-        "model_spec": spec,
+        "training": w.training_record(),
+        "model_spec": meta["model_spec"],
     }
     metadata = portable(metadata)
     json.dumps(metadata, allow_nan=False)  # fail before writing anything
-    return save_model(model, config, out, metadata=metadata)
+    return save_model(w.model, w.config, out, metadata=metadata)
 
+
+def _member_name(w: _RunWeights, taken: set[str]) -> str:
+    base = f"{w.run.name}-{w.which}"
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def _combined_trained_on(members: Sequence[_RunWeights], description: str | None) -> dict[str, Any]:
+    """What an ensemble was trained on: each member's data, and what they share."""
+    each = [data_description(Path(w.info["cache"])) for w in members]
+
+    def common(key: str) -> Any:
+        values = [json.dumps(d.get(key), sort_keys=True) for d in each]
+        return each[0].get(key) if len(set(values)) == 1 else None
+
+    return {"description": description or "; ".join(dict.fromkeys(d["description"] for d in each))
+            + f" (ensemble of {len(members)} networks)",
+            # any member trained on phantoms makes the ensemble one for trying the software only
+            "synthetic": any(d["synthetic"] for d in each),
+            "data_root": common("data_root"), "train_cases": common("train_cases"), "val_cases": common("val_cases"),
+            "centres": common("centres"), "preprocessing_version": common("preprocessing_version"),
+            "members": each}
+
+
+def _export_ensemble(runs: Sequence[str | Path], out: str | Path, *, which: str, require_evaluation: bool,
+                     description: str | None, intended_use: str | None, name: str | None,
+                     evaluations: Mapping[str, Path], postprocess: bool) -> tuple[Path, Path]:
+    resolved = [Path(r).resolve() for r in runs]
+    repeated = sorted({str(r) for r in runs if resolved.count(Path(r).resolve()) > 1})
+    if repeated:
+        raise InputError(f"--run {repeated[0]} given twice (an ensemble of copies of one network is that network)")
+    members = [_RunWeights.read(r, which) for r in runs]
+    for key, what in (("preprocessing_version", "preprocessing version"), ("labels", "labels")):
+        values = {json.dumps(w.meta.get(key), sort_keys=True) for w in members}
+        if len(values) > 1:
+            listed = ", ".join(f"{w.run.name}: {w.meta.get(key)}" for w in members)
+            raise InputError(f"the runs differ in {what} ({listed}); an ensemble needs one")
+    io = {(w.config.in_channels, w.config.out_channels) for w in members}
+    if len(io) > 1:
+        raise InputError(f"the runs' networks differ in input/output channels {sorted(io)}; "
+                         "their probabilities cannot be averaged")
+    rule_set = {json.dumps(w.rules, sort_keys=True) for w in members}
+    rules = None
+    postprocess_entry = None
+    if postprocess and any(w.rules for w in members):
+        if len(rule_set) > 1:
+            listed = "; ".join(f"{w.run.name}: {w.rules}" for w in members)
+            raise InputError(f"the runs prescribe different clean-ups ({listed}); export without one "
+                             "(--no-postprocess) or choose one rule for all with hntumorseg-train postprocess")
+        rules = members[0].rules
+        postprocess_entry = {**rules, "chosen_on": "each member alone (the members share this rule); applied once, "
+                                                   "to the averaged probabilities",
+                             "members_chosen_on": [w.meta["postprocess"].get("chosen_on") for w in members]}
+    digests = [w.digest for w in members]
+    if evaluations:
+        metrics = _evaluations_metrics(evaluations, digests, rules,
+                                       {w.run.name: training_case_ids(w.run) for w in members})
+    elif require_evaluation:
+        raise InputError("an ensemble is evaluated as a whole: export it with --unevaluated, run hntumorseg-train "
+                         "evaluate --model OUT.json --data FOLDER --out DIR, then export again with "
+                         "--evaluation NAME=DIR")
+    else:
+        metrics = {"note": "not evaluated with hntumorseg-train evaluate as an ensemble; see each member's source"}
+    trained_on = _combined_trained_on(members, description)
+    if intended_use is None:
+        intended_use = PHANTOM_INTENDED_USE if trained_on["synthetic"] else DEFAULT_INTENDED_USE
+    taken: set[str] = set()
+    entries = []
+    for w in members:
+        try:
+            own = _evaluation_metrics(read_summary(w.run, "val", w.which))
+        except InputError:
+            own = None
+        source = portable({"run": w.run.name, "weights": w.which, "weights_sha256": w.meta.get("weights_sha256"),
+                           "model_spec": w.meta["model_spec"], "trained_on": data_description(Path(w.info["cache"])),
+                           "training": w.training_record(), "postprocess": w.meta.get("postprocess"),
+                           "evaluation_val": own})
+        entries.append(EnsembleMember(w.model, w.config, _member_name(w, taken), w.window, source))
+    metadata = portable({
+        "name": name or Path(out).name,
+        **({"postprocess": postprocess_entry} if postprocess_entry else {}),
+        "preprocessing_version": members[0].meta["preprocessing_version"],
+        "trained_on": trained_on,
+        "metrics": metrics,
+        "intended_use": intended_use,
+        "training": {"ensemble_of": [w.run.name for w in members], "weights": which,
+                     "combination": "mean of the members' softmax probabilities"},
+    })
+    json.dumps(metadata, allow_nan=False)
+    json.dumps([e.source for e in entries], allow_nan=False)  # fail before writing anything
+    return save_ensemble(entries, out, metadata=metadata)

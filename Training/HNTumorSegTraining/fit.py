@@ -21,9 +21,20 @@ next epoch. A checkpoint is only written at the end of an epoch, so an epoch int
 is redone from its start; because the data order and every draw's patch and augmentations are
 functions of (seed, epoch, draw) (:mod:`.sampler`, :mod:`.data`) and the global generators are
 reseeded from (seed, epoch, rank) at each epoch start, the redone epoch sees exactly the data it
-saw before. The settings that shape the optimisation (model, data, optimiser, schedule, seed,
-world size) must match the checkpoint's; ``epochs`` may grow (the cosine then stretches to the
-new end), and ``val_every``, ``workers`` and the device may change.
+saw before. The settings that shape the optimisation (model, data, augmentation, folds,
+optimiser, schedule, seed, world size) must match the checkpoint's; ``epochs`` may grow (the
+cosine then stretches to the new end), and ``val_every``, ``workers`` and the device may change.
+
+Augmentation (:mod:`.augment`): a preset, ``default`` (nnU-Net's transforms plus PET-specific
+ones; needs MONAI), ``light`` (the flip and small intensity changes of earlier runs, drawn the same
+way, so those runs can be reproduced) or ``off``, with every parameter recorded in ``run.json``,
+the checkpoint and the weights. Runs recorded before presets existed resume as ``light``.
+
+Cross-validation (``fold``, ``folds``, ``fold_seed``): the training cases of the cache's
+``split.json`` are split into ``folds`` centre-stratified folds (:func:`.split.fold_cases`); the run
+validates on fold ``fold`` (0-based) and trains on the others. The split's own validation cases
+are neither trained nor validated on (kept for ``evaluate``). The fold, the seed and the case
+lists are recorded (``settings["cv"]``, also in the weights).
 
 DDP: under ``torchrun`` each process trains on its shard of every epoch's draws (the sampler is
 rank-aware and padded, so all ranks take the same number of steps), gradients are averaged by
@@ -56,13 +67,15 @@ from HNTumorSegLib.sliding_window import InferenceWindow
 
 from .cache import case_dir, read_provenance
 from .checkpoint import atomic_write_bytes, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from .data import PATCH_MULTIPLE, Augmentation, TrainDataset, ValDataset, seed_worker
+from .augment import PRESETS, make_augmentation, normalise_record
+from .data import PATCH_MULTIPLE, TrainDataset, ValDataset, seed_worker
 from .distributed import DistContext, setup
 from .losses import soft_dice_loss
 from .models import MODEL_NAMES, build_from_spec, fixed_input_size, make_spec, size_multiple
 from .runlog import TensorBoardLog, write_curves, write_history_csv
 from .sampler import EpochSampler
 from .schedule import warmup_cosine
+from .split import fold_split
 from .validate import autocast_context, inference_window, validate
 from .weights import load_weights, save_weights
 
@@ -73,7 +86,8 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 RESUMABLE_CHANGES = ("epochs", "val_every")
 #: The training settings recorded in every weights file (and in exported model files).
 WEIGHTS_SETTINGS = ("model", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "patch_size",
-                    "samples_per_epoch", "p_fg", "batch_dice", "init_weights", "seed", "world_size")
+                    "samples_per_epoch", "p_fg", "batch_dice", "init_weights", "seed", "world_size",
+                    "augmentation", "cv")
 #: Tag of the per-epoch reseeding of the global generators.
 EPOCH_STREAM = 3
 
@@ -155,11 +169,13 @@ def _finite_or_none(value: float | None) -> float | None:
 
 
 #: Settings added after runs were made, with the value that older checkpoints implicitly used.
-ADDED_SETTINGS = {"batch_dice": False, "init_weights": None}
+ADDED_SETTINGS = {"batch_dice": False, "init_weights": None, "cv": None}
 
 
 def _settings_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     saved = {**ADDED_SETTINGS, **saved}
+    if "augmentation" in saved:
+        saved["augmentation"] = normalise_record(saved["augmentation"])
     keys = sorted(set(saved) | set(current))
     return [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
             for k in keys if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
@@ -169,11 +185,12 @@ def _settings_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
 def fit(cache: str | Path, model_name: str, out_dir: str | Path, *, epochs: int, batch_size: int = 1,
         lr: float = 3e-4, weight_decay: float = 1e-5, warmup_epochs: float = 0, min_lr_factor: float = 0.0,
         patch_size: Sequence[int] | None = None, samples_per_epoch: int | None = None, p_fg: float = 0.5,
-        augmentation: Augmentation | Mapping[str, float] | None = None, val_every: int = 1, seed: int = 0,
+        augmentation: Any = None, val_every: int = 1, seed: int = 0,
         workers: int = 0, device: str | torch.device = "auto", amp: str = "auto", grad_clip: float | None = None,
         batch_dice: bool = False, channels: Sequence[int] | None = None, model_options: Mapping[str, Any] | None = None,
         init_weights: str | Path | None = None, resume: bool = False, max_steps_per_epoch: int | None = None,
         train_ids: Sequence[str] | None = None, val_ids: Sequence[str] | None = None,
+        fold: int | None = None, folds: int | None = None, fold_seed: int = 0,
         progress: bool = False, hooks: FitHooks | None = None,
         log: Callable[[str], None] | None = None) -> FitResult:
     """Train ``model_name`` (one of :data:`.models.MODEL_NAMES`) on ``cache``; see the module docstring.
@@ -183,7 +200,11 @@ def fit(cache: str | Path, model_name: str, out_dir: str | Path, *, epochs: int,
     soft Dice over the batch (see :mod:`.losses`). ``samples_per_epoch``: draws
     per epoch (default: one per training case). ``max_steps_per_epoch`` caps the steps of an
     epoch (quick runs, tests). ``val_every=0`` never validates (then no ``best`` is written).
-    ``train_ids`` / ``val_ids`` default to ``cache/split.json``. ``channels`` and
+    ``train_ids`` / ``val_ids`` default to ``cache/split.json``; ``fold`` (0-based) of ``folds``
+    instead validates on one centre-stratified fold of that split's training cases (seeded by
+    ``fold_seed``) and trains on the rest. ``augmentation``: a preset name (``default``,
+    ``light``, ``off``), a record or a parameter object of :mod:`.augment`; None is ``default``.
+    ``channels`` and
     ``model_options`` go to :func:`.models.make_spec`. ``init_weights``: start from these
     weights (``best``/``last`` of another run, or a model file; the network must match) instead
     of a random initialisation: fine-tuning. Returns the trained model (last state),
@@ -198,7 +219,7 @@ def fit(cache: str | Path, model_name: str, out_dir: str | Path, *, epochs: int,
                     augmentation=augmentation, val_every=val_every, seed=seed, workers=workers, amp=amp,
                     grad_clip=grad_clip, batch_dice=batch_dice, channels=channels, model_options=model_options,
                     init_weights=init_weights, resume=resume, max_steps_per_epoch=max_steps_per_epoch,
-                    train_ids=train_ids, val_ids=val_ids,
+                    train_ids=train_ids, val_ids=val_ids, fold=fold, folds=folds, fold_seed=fold_seed,
                     progress=progress, hooks=hooks or FitHooks(), log=log)
         ok = True
         return result
@@ -208,25 +229,37 @@ def fit(cache: str | Path, model_name: str, out_dir: str | Path, *, epochs: int,
 
 def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epochs: int, batch_size: int, lr: float,
          weight_decay: float, warmup_epochs: float, min_lr_factor: float, patch_size: Sequence[int] | None,
-         samples_per_epoch: int | None, p_fg: float, augmentation: Augmentation | Mapping[str, float] | None,
+         samples_per_epoch: int | None, p_fg: float, augmentation: Any,
          val_every: int, seed: int, workers: int, amp: str, grad_clip: float | None, batch_dice: bool,
          channels: Sequence[int] | None, model_options: Mapping[str, Any] | None,
          init_weights: str | Path | None, resume: bool, max_steps_per_epoch: int | None,
-         train_ids: Sequence[str] | None, val_ids: Sequence[str] | None,
-         progress: bool, hooks: FitHooks, log: Callable[[str], None] | None) -> FitResult:
+         train_ids: Sequence[str] | None, val_ids: Sequence[str] | None, fold: int | None, folds: int | None,
+         fold_seed: int, progress: bool, hooks: FitHooks, log: Callable[[str], None] | None) -> FitResult:
     say = (log or (lambda m: print(m, flush=True))) if ctx.is_main else (lambda m: None)
     device = ctx.device
     if epochs < 1 or batch_size < 1 or val_every < 0:
         raise ValueError(f"need epochs >= 1, batch_size >= 1, val_every >= 0; got {epochs}, {batch_size}, {val_every}")
     if max_steps_per_epoch is not None and max_steps_per_epoch < 1:
         raise ValueError(f"max_steps_per_epoch must be >= 1, got {max_steps_per_epoch}")
-    if train_ids is None or val_ids is None:
+    cv = None
+    if fold is not None or folds is not None:
+        if fold is None or folds is None:
+            raise ValueError("give both fold and folds (--fold K --folds N), or neither")
+        if train_ids is not None or val_ids is not None:
+            raise ValueError("give fold/folds or train_ids/val_ids, not both")
+        split = read_split(cache)
+        train_ids, val_ids = fold_split(list(split["train"]), fold, folds, fold_seed)
+        cv = {"fold": int(fold), "folds": int(folds), "seed": int(fold_seed), "train_ids": train_ids,
+              "val_ids": val_ids, "held_out_val_ids": list(split.get("val", [])),
+              "rule": "centre-stratified folds of the training cases of the cache's split.json "
+                      "(HNTumorSegTraining.split.fold_cases); the split's val cases are held out"}
+    elif train_ids is None or val_ids is None:
         split = read_split(cache)
         train_ids = list(split["train"]) if train_ids is None else list(train_ids)
         val_ids = list(split["val"]) if val_ids is None else list(val_ids)
     train_ids, val_ids = list(train_ids), list(val_ids)
     _check_cases(cache, train_ids, val_ids)
-    aug = augmentation if isinstance(augmentation, Augmentation) else Augmentation(**dict(augmentation or {}))
+    aug = make_augmentation(augmentation)
     amp_dtype = resolve_amp(amp, device)
     if device.type != "cuda" and amp in ("bf16", "fp16"):
         say(f"amp={amp} ignored on {device}: autocast is only used on CUDA")
@@ -253,8 +286,8 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
         "weight_decay": weight_decay, "warmup_epochs": warmup_epochs, "min_lr_factor": min_lr_factor,
         "patch_size": list(train_set.patch_size) if train_set.patch_size else None,
         "samples_per_epoch": samples_per_epoch, "max_steps_per_epoch": max_steps_per_epoch, "p_fg": p_fg,
-        "augmentation": aug.to_dict(), "val_every": val_every, "seed": seed, "grad_clip": grad_clip,
-        "batch_dice": bool(batch_dice), "init_weights": None,
+        "augmentation": aug.record(), "val_every": val_every, "seed": seed, "grad_clip": grad_clip,
+        "batch_dice": bool(batch_dice), "init_weights": None, "cv": cv,
         "train_ids": train_ids, "val_ids": val_ids, "world_size": ctx.world_size,
     }
     _seed_everything(seed)  # the same initial weights on every rank and in every run with this seed
@@ -318,12 +351,13 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
                              "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                              "warmup_epochs": warmup_epochs, "min_lr_factor": min_lr_factor,
                              "patch_size": settings["patch_size"], "samples_per_epoch": samples_per_epoch,
-                             "p_fg": p_fg, "augmentation": aug.to_dict(), "val_every": val_every, "seed": seed,
+                             "p_fg": p_fg, "augmentation": aug.record(), "val_every": val_every, "seed": seed,
                              "amp": amp, "grad_clip": grad_clip, "batch_dice": bool(batch_dice),
                              "channels": list(channels) if channels is not None else None,
                              "model_options": dict(model_options or {}),
                              "init_weights": str(Path(init_weights).resolve()) if init_weights else None,
-                             "max_steps_per_epoch": max_steps_per_epoch})
+                             "max_steps_per_epoch": max_steps_per_epoch,
+                             **({"fold": cv["fold"], "folds": cv["folds"], "fold_seed": cv["seed"]} if cv else {})})
     tb = None
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -331,9 +365,11 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
         atomic_write_bytes(out_dir / "run.json", _json_text(run_info))
         write_history_csv(out_dir / "history.csv", history)  # after a resume: the checkpoint's rows only
         tb = TensorBoardLog(out_dir, purge_step=global_step + 1 if resumed else None, log=say)
+        fold_text = f" (fold {cv['fold']} of {cv['folds']})" if cv else ""
         say(f"{model_name}: {sum(p.numel() for p in model.parameters()):,} parameters on {device} "
             f"(world size {ctx.world_size}, amp {amp_dtype or 'off'}); {len(train_ids)} training / "
-            f"{len(val_ids)} validation cases; {steps_per_epoch} steps per epoch")
+            f"{len(val_ids)} validation cases{fold_text}; {steps_per_epoch} steps per epoch; "
+            f"augmentation {aug.preset}")
 
     val_set = ValDataset(cache, val_ids) if (val_ids and val_every > 0 and ctx.is_main) else None
     loader_gen = torch.Generator()
@@ -548,6 +584,7 @@ def _model_option(text: str) -> tuple[str, Any]:
         return key, value
 
 
+#: The ``light`` preset's parameters as command-line flags (flag name -> parameter).
 _AUG_ARGS = {"flip_p": "flip_p", "intensity_p": "intensity_p", "intensity_scale": "scale",
              "intensity_shift": "shift", "noise_p": "noise_p", "noise_std": "noise_std"}
 
@@ -569,8 +606,15 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     a("--samples-per-epoch", type=int, help="draws per epoch (default: one per training case)")
     a("--max-steps-per-epoch", type=int)
     a("--p-fg", type=float, help="probability that a patch is centred on foreground, default 0.5")
+    a("--augment", choices=PRESETS,
+      help="augmentation preset: default (nnU-Net's transforms + PET-specific; needs MONAI), light (the flip "
+           "and small intensity changes of earlier runs), off; default: default (with --resume: the run's own)")
+    a("--aug-set", type=_model_option, action="append", metavar="KEY=VALUE",
+      help="change one parameter of the preset, e.g. elastic_p=0.2 or mirror_axes='[\"x\",\"y\",\"z\"]' "
+           "(names: HNTumorSegTraining.augment); repeatable")
     for name in _AUG_ARGS:
-        a(f"--{name.replace('_', '-')}", type=float, help="augmentation, see HNTumorSegTraining.data")
+        a(f"--{name.replace('_', '-')}", type=float,
+          help="light preset parameter (implies --augment light), see HNTumorSegTraining.augment")
     a("--val-every", type=int, help="validate every N epochs (0: never), default 1")
     a("--seed", type=int)
     a("--workers", type=int, help="DataLoader worker processes, default 0")
@@ -584,6 +628,9 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
       help="model-specific option, e.g. feature_size=16 (unetr), d_state=16 (umamba); repeatable")
     a("--init-weights", metavar="WEIGHTS",
       help="fine-tune: start from these weights (RUN/last, RUN/best or a model file; same network)")
+    a("--fold", type=int, help="cross-validation: validate on this fold (0-based) of the cache's training cases")
+    a("--folds", type=int, help="cross-validation: number of centre-stratified folds (with --fold)")
+    a("--fold-seed", type=int, help="seed of the fold assignment, default 0")
     a("--resume", action="store_true", help="continue the run in --out from checkpoint_last.pt")
     a("--progress", action=argparse.BooleanOptionalAction, default=None, help="per-step progress bar")
     return parser
@@ -594,13 +641,12 @@ def fit_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     given: dict[str, Any] = {}
     direct = ("cache", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "min_lr_factor",
               "patch_size", "samples_per_epoch", "max_steps_per_epoch", "p_fg", "val_every", "seed",
-              "amp", "grad_clip", "batch_dice", "channels", "init_weights")
+              "amp", "grad_clip", "batch_dice", "channels", "init_weights", "fold", "folds", "fold_seed")
     for key in direct:
         if getattr(args, key) is not None:
             given[key] = getattr(args, key)
     if args.model is not None:
         given["model_name"] = args.model
-    aug = {field_: getattr(args, arg) for arg, field_ in _AUG_ARGS.items() if getattr(args, arg) is not None}
     if args.model_option:
         given["model_options"] = dict(args.model_option)
     stored: dict[str, Any] = {}
@@ -608,13 +654,42 @@ def fit_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume and run_json.is_file():
         stored = dict(json.loads(run_json.read_text()).get("fit_arguments", {}))
     kwargs = {**stored, **given}
-    if aug:
-        kwargs["augmentation"] = {**Augmentation().to_dict(), **stored.get("augmentation", {}), **aug}
+    augmentation = _augmentation_from_args(args, stored.get("augmentation"))
+    if augmentation is not None:
+        kwargs["augmentation"] = augmentation
     missing = [k for k in ("cache", "model_name", "epochs") if kwargs.get(k) is None]
     if missing:
         flags = {"cache": "--cache", "model_name": "--model", "epochs": "--epochs"}
         raise SystemExit(f"error: {', '.join(flags[k] for k in missing)} required (or --resume a run that has them)")
     return kwargs
+
+
+def _augmentation_from_args(args: argparse.Namespace, stored: Any) -> dict[str, Any] | None:
+    """The augmentation record the options ask for: --augment (default: the resumed run's record, else
+    fit's default), changed by --aug-set and the light preset's own flags; None when nothing says."""
+    legacy = {field_: getattr(args, arg) for arg, field_ in _AUG_ARGS.items() if getattr(args, arg) is not None}
+    changes = dict(getattr(args, "aug_set", None) or [])
+    stored = normalise_record(stored) if isinstance(stored, Mapping) else None
+    preset = args.augment
+    if preset is None and legacy and not (stored and stored.get("preset") == "light"):
+        preset = "light"  # the light preset's flags alone keep meaning what they meant before presets
+    if preset is None:
+        record = dict(stored) if stored else None
+    elif stored and stored.get("preset") == preset:
+        record = dict(stored)  # naming the run's own preset on --resume keeps its parameters
+    else:
+        record = {"preset": preset}
+    if legacy:
+        if (record or {}).get("preset", "default") != "light":
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k, f in _AUG_ARGS.items() if f in legacy)
+            raise ValueError(f"{flags} set parameters of the light augmentation preset, not of "
+                             f"{(record or {}).get('preset', 'default')!r}; use --aug-set KEY=VALUE for that preset")
+        record = {**record, **legacy}
+    if changes:
+        record = {**(record or {"preset": "default"}), **changes}
+    if record is not None:
+        record = make_augmentation(record).record()  # checks names and values now, in one line
+    return record
 
 
 def run_fit(args: argparse.Namespace) -> FitResult:

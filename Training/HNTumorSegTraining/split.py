@@ -20,17 +20,25 @@ Which ids go to validation: each centre's ids are sorted, then shuffled by a num
 seeded with (seed, CRC-32 of the centre name), and the first k taken. The result depends only on
 the set of ids, the counts and the seed, not on input order, and adding a centre does not
 change the choice within the others.
+
+Cross-validation folds (:func:`fold_cases`, ``fit --fold k --folds n``) split the *training* cases
+of a split again, the same way stratified by centre: each centre's ids are sorted and shuffled
+(Generator(seed, CRC-32 of the centre, FOLD_STREAM)), then all centres, in name order, are dealt
+round-robin into the n folds, the deal continuing where the previous centre stopped. So every
+centre's cases are spread over the folds as evenly as possible (fold counts of a centre differ by
+at most 1), the folds' sizes differ by at most 1, and the folds depend only on the set of ids, n
+and the seed. The split's validation cases are not part of any fold: they stay held out.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from .cases import case_sort_key
+from .cases import case_sort_key, parse_case_id
 
 #: Paper Table 1: validation cases per centre (80 of 680).
 PAPER_TABLE1_VAL_COUNTS: dict[str, int] = {
@@ -42,6 +50,8 @@ PAPER_TABLE1_TOTALS: dict[str, int] = {
 VAL_COUNT_PRESETS: dict[str, dict[str, int]] = {"paper": PAPER_TABLE1_VAL_COUNTS}
 #: The paper's overall validation fraction, 80 / 680; the default of the proportional rule.
 DEFAULT_VAL_FRACTION = 80 / 680
+#: Stream tag of the fold shuffles (the split's own shuffles use none).
+FOLD_STREAM = 4
 
 
 def resolve_val_counts(val_counts: Mapping[str, int] | str | None) -> dict[str, int] | None:
@@ -157,3 +167,48 @@ def split_cases(ids_by_centre: Mapping[str, list[str]], val_fraction: float | No
         "centres": {c: {"total": sizes[c], "train": sizes[c] - counts[c], "val": counts[c]}
                     for c in sorted(sizes)},
     }
+
+
+def _centre_or_self(case_id: str) -> str:
+    try:
+        return parse_case_id(case_id)
+    except ValueError:
+        return case_id
+
+
+def fold_cases(case_ids: Sequence[str], folds: int, seed: int = 0) -> list[list[str]]:
+    """``case_ids`` in ``folds`` centre-stratified folds (module docstring); each fold sorted.
+
+    Ids that are not of the CENTRE-NNN form count as a centre of their own.
+    """
+    ids = sorted(set(case_ids), key=case_sort_key)
+    if len(ids) != len(case_ids):
+        raise ValueError("duplicate case ids")
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2, got {folds!r}")
+    if folds > len(ids):
+        raise ValueError(f"{folds} folds need at least {folds} training cases, the split has {len(ids)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"fold seed must be a non-negative integer, got {seed!r}")
+    by_centre: dict[str, list[str]] = {}
+    for i in ids:
+        by_centre.setdefault(_centre_or_self(i), []).append(i)
+    out: list[list[str]] = [[] for _ in range(folds)]
+    position = 0
+    for centre in sorted(by_centre):
+        members = by_centre[centre]
+        order = np.random.default_rng([int(seed), zlib.crc32(centre.encode("utf-8")), FOLD_STREAM]).permutation(
+            len(members))
+        for k in order:
+            out[position % folds].append(members[k])
+            position += 1
+    return [sorted(f, key=case_sort_key) for f in out]
+
+
+def fold_split(case_ids: Sequence[str], fold: int, folds: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(training, validation) ids of fold ``fold`` (0-based) of :func:`fold_cases`: validate on it, train on the rest."""
+    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < folds:
+        raise ValueError(f"fold must be an integer in [0, {folds}) (0-based), got {fold!r}")
+    parts = fold_cases(case_ids, folds, seed)
+    train = sorted((i for k, part in enumerate(parts) if k != fold for i in part), key=case_sort_key)
+    return train, parts[fold]

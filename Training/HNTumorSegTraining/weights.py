@@ -6,7 +6,8 @@ HNTumorSegLib can build, so they get the same two-file shape without pretending 
 files: ``NAME.safetensors`` plus ``NAME.json`` with ``format`` :data:`WEIGHTS_FORMAT`, the
 ``model_spec`` that rebuilds the network (:func:`.models.build_from_spec`), the weights' sha256
 and the metadata. Both kinds are written weights first, JSON last, each atomically, and read
-back by :func:`load_weights` without pickle.
+back by :func:`load_weights` without pickle. An ensemble model file (several networks) is not
+one run's weights: :func:`load_weights` refuses it with a one-line error.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+from HNTumorSegLib.errors import ModelFileError
 from HNTumorSegLib.model_file import load_model, model_paths, save_model
 
 from .checkpoint import atomic_write_bytes
@@ -55,6 +57,9 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     meta = json.loads(paths.json.read_text(encoding="utf-8"))
     if meta.get("format") != WEIGHTS_FORMAT:
         loaded = load_model(path, device)
+        if loaded.is_ensemble:
+            raise ModelFileError(f"{paths.json.name}: an ensemble of {len(loaded.members)} networks; this needs one "
+                                 "network's weights (a run's best/last, or a single-network model file)")
         return loaded.model, loaded.meta
     data = paths.weights.read_bytes()
     if hashlib.sha256(data).hexdigest() != meta.get("weights_sha256"):
