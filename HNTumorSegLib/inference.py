@@ -160,7 +160,7 @@ class Segmenter:
     #: The model file's connected-component clean-up (see postprocess); None: the raw argmax.
     postprocess: ComponentFilter | None = None
     #: Seconds each network took in the last :meth:`probabilities` call (TTA passes included).
-    member_seconds: list[float] = []
+    member_seconds: list[float]
 
     def __init__(self, model: str | os.PathLike | LoadedModel | None = None, device: str = "auto",
                  tta: bool = False, postprocess: bool = True):

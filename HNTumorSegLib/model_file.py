@@ -43,13 +43,14 @@ from torch import nn
 from . import LABELS
 from .errors import ModelFileError
 from .image_io import new_file_mode
+from .model_info import ENSEMBLE_FORMAT_VERSION
 from .network import NetworkConfig, build_network
 
 FORMAT = "hntumorseg-model"
 #: One network.
 FORMAT_VERSION = 1
-#: An ensemble: several networks in one file, their probabilities averaged.
-ENSEMBLE_FORMAT_VERSION = 2
+#: ENSEMBLE_FORMAT_VERSION (from model_info, which reads model JSON without torch): several networks in one
+#: file, their probabilities averaged.
 SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION, ENSEMBLE_FORMAT_VERSION)
 WEIGHTS_SUFFIX = ".safetensors"
 JSON_SUFFIX = ".json"

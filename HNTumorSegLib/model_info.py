@@ -22,7 +22,7 @@ def model_json_path(path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".json")
 
 
-#: ``format_version`` of an ensemble model file (see HNTumorSegLib.model_file; repeated: no torch here).
+#: ``format_version`` of an ensemble model file (see HNTumorSegLib.model_file, which takes it from here).
 ENSEMBLE_FORMAT_VERSION = 2
 
 
