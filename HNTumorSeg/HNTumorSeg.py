@@ -36,22 +36,22 @@ def _makeLibraryImportable():
 _makeLibraryImportable()
 
 # None of these imports torch: the module loads (and offers to install torch) without it.
-from HNTumorSegLib.default_inputs import VolumeCandidate, choose_default_inputs  # noqa: E402
-from HNTumorSegLib.device_info import device_choices, device_summary  # noqa: E402
-from HNTumorSegLib.edit_guard import ASK, CREATE, REPLACE, output_policy, segmentation_fingerprint  # noqa: E402
+from HNTumorSegLib.dicom.segment_terminology import SEGMENTS  # noqa: E402
 from HNTumorSegLib.errors import InputError  # noqa: E402
-from HNTumorSegLib.export_checks import ExportState, dicom_seg_availability, rtstruct_availability  # noqa: E402
-from HNTumorSegLib.model_info import read_model_description  # noqa: E402
-from HNTumorSegLib.module_requirements import TORCH_REQUIREMENT, find_missing  # noqa: E402
-from HNTumorSegLib.results_table import COLUMNS, summary_line, table_rows  # noqa: E402
-from HNTumorSegLib.scene_geometry import analysis_window_box, image_from_volume_array  # noqa: E402
-from HNTumorSegLib.segment_terminology import SEGMENTS  # noqa: E402
-from HNTumorSegLib.segmentation_job import (FAILED, RUNNING, SUCCEEDED, JobFailed, JobResult,  # noqa: E402
-                                            SegmentationJob, worker_environment)
-from HNTumorSegLib.suv_check import ERROR, WARNING, check_suv  # noqa: E402
-from HNTumorSegLib.worker_process import WorkerProcess  # noqa: E402
+from HNTumorSegLib.pipeline.model_info import read_model_description  # noqa: E402
+from HNTumorSegLib.slicer_support.default_inputs import VolumeCandidate, choose_default_inputs  # noqa: E402
+from HNTumorSegLib.slicer_support.device_info import device_choices, device_summary  # noqa: E402
+from HNTumorSegLib.slicer_support.edit_guard import ASK, CREATE, REPLACE, output_policy, segmentation_fingerprint  # noqa: E402
+from HNTumorSegLib.slicer_support.export_checks import ExportState, dicom_seg_availability, rtstruct_availability  # noqa: E402
+from HNTumorSegLib.slicer_support.module_requirements import TORCH_REQUIREMENT, find_missing  # noqa: E402
+from HNTumorSegLib.slicer_support.results_table import COLUMNS, summary_line, table_rows  # noqa: E402
+from HNTumorSegLib.slicer_support.scene_geometry import analysis_window_box, image_from_volume_array  # noqa: E402
+from HNTumorSegLib.slicer_support.segmentation_job import (FAILED, RUNNING, SUCCEEDED, JobFailed, JobResult,  # noqa: E402
+                                                           SegmentationJob, worker_environment)
+from HNTumorSegLib.slicer_support.suv_check import ERROR, WARNING, check_suv  # noqa: E402
+from HNTumorSegLib.slicer_support.worker_process import WorkerProcess  # noqa: E402
 
-#: Node attribute holding the fingerprint of the segments a run wrote (see HNTumorSegLib.edit_guard).
+#: Node attribute holding the fingerprint of the segments a run wrote (see HNTumorSegLib.slicer_support.edit_guard).
 FINGERPRINT_ATTRIBUTE = "HNTumorSeg.Fingerprint"
 #: What to do when the output segmentation was edited since the module wrote it.
 WHEN_EDITED = ("ask", "new", "overwrite")
@@ -224,7 +224,7 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                             "Segment offers to install it.")
             return
         try:
-            self.probe = WorkerProcess(self.logic.workerPython() + ["-m", "HNTumorSegLib.worker", "--probe"],
+            self.probe = WorkerProcess(self.logic.workerPython() + ["-m", "HNTumorSegLib.slicer_support.worker", "--probe"],
                                        env=self.logic.workerEnvironment()).start()
         except Exception as exc:
             self.ui.deviceInfoLabel.text = f"Cannot start the worker process: {exc}"
@@ -724,7 +724,7 @@ class HNTumorSegLogic(ScriptedLoadableModuleLogic):
         import numpy as np
         import SimpleITK as sitk
 
-        from HNTumorSegLib.metrics import structure_statistics
+        from HNTumorSegLib.evaluation.metrics import structure_statistics
 
         if segmentationNode is None or ctNode is None or petNode is None:
             raise InputError("needs the output segmentation, the CT and the PET")
@@ -857,7 +857,7 @@ class HNTumorSegTest(ScriptedLoadableModuleTest):
 
         logic = HNTumorSegLogic()
         self.assertTrue(logic.ensurePythonRequirements(askUser=False, selfTest=True))
-        from HNTumorSegLib.metrics import dice
+        from HNTumorSegLib.evaluation.metrics import dice
         from HNTumorSegLib.phantom import make_phantom
 
         self.delayDisplay("Building a phantom PET/CT case")

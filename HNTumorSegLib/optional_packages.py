@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
-from .errors import InputError
+from HNTumorSegLib.errors import InputError
 
 
 @dataclass(frozen=True)

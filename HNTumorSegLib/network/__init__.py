@@ -1,6 +1,7 @@
 """Networks: the paper's PSAM U-Net with SE Normalization, and the plain U-Net baseline.
 
 Build one with ``build_network(NetworkConfig(...))``; see :mod:`.config` for the options.
+Bottom layer: imports torch and ``HNTumorSegLib.errors`` only; the pipeline and training import it.
 """
 
 from __future__ import annotations

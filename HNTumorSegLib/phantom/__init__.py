@@ -1,5 +1,8 @@
 """Synthetic head-and-neck PET/CT phantoms with GTVp/GTVn labels.
 
+Layer: imports ``dicom`` (:mod:`.dicom` writes a phantom as DICOM series), ``imaging`` and the base
+modules; never the pipeline, the Slicer support or the command line.
+
 Why: real HECKTOR data cannot ship with the project, yet the tests, the demo and the training
 smoke runs need cases that exercise the whole pipeline the way real scans do: a CT in HU on a
 fine grid and a PET in SUV on a coarser grid with a different size and origin, a hot brain at

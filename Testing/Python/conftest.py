@@ -48,7 +48,7 @@ def small_model(tmp_path_factory) -> Path:
     """JSON path of a model file with random weights (seed 0) of the small network."""
     import torch
 
-    from HNTumorSegLib.model_file import save_model
+    from HNTumorSegLib.pipeline.model_file import save_model
     from HNTumorSegLib.network import NetworkConfig, build_network
 
     config = NetworkConfig(channels=SMALL_NETWORK_CHANNELS, psam_channels=(2, 4, 8))

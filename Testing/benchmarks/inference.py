@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from HNTumorSegLib.inference import available_cpus
+from HNTumorSegLib.pipeline.inference import available_cpus
 from HNTumorSegLib.network import NetworkConfig, build_network
 
 
@@ -53,7 +53,7 @@ def forward_figures(config: NetworkConfig, device: str, repeats: int) -> None:
 
 
 def cli_figures(device: str) -> None:
-    from HNTumorSegLib.model_file import save_model
+    from HNTumorSegLib.pipeline.model_file import save_model
     from HNTumorSegLib.phantom import make_phantom, write_case
 
     with tempfile.TemporaryDirectory() as tmp:

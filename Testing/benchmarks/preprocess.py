@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from HNTumorSegLib.phantom import make_phantom
-from HNTumorSegLib.preprocess import preprocess
+from HNTumorSegLib.pipeline.preprocess import preprocess
 
 
 def main() -> None:

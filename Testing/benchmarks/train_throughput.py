@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from HNTumorSegLib.crop import WINDOW_ZYX
-from HNTumorSegLib.inference import available_cpus
+from HNTumorSegLib.pipeline.crop import WINDOW_ZYX
+from HNTumorSegLib.pipeline.inference import available_cpus
 
 RESULT_PREFIX = "train step:"
 

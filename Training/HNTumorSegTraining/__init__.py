@@ -1,5 +1,5 @@
 """HNTumorSegTraining: from HECKTOR data to a model file that HNTumorSegLib loads.
 
-Preprocessing is :func:`HNTumorSegLib.preprocess.preprocess` itself, so training and inference
+Preprocessing is :func:`HNTumorSegLib.pipeline.preprocess.preprocess` itself, so training and inference
 see identical inputs. The command is ``hntumorseg-train``.
 """

@@ -52,7 +52,7 @@ The default preset, per drawn patch, in this order:
    below 1, half the time above.
 
 Where the intensity transforms act. The cache holds the network's inputs, both squashed into
-(0, 1) by a sigmoid (:mod:`HNTumorSegLib.intensity`): CT = sigmoid((clip(HU, -1000, 1000) +
+(0, 1) by a sigmoid (:mod:`HNTumorSegLib.pipeline.intensity`): CT = sigmoid((clip(HU, -1000, 1000) +
 1000) / 2000), PET = sigmoid((SUV - mu) / sigma) with mu, sigma the mean and standard deviation
 of the case's window. nnU-Net's transforms are meant for z-scored intensities; applied to sigmoid
 values they would mean something else (a brightness factor of 1.25 on CT values in
@@ -66,7 +66,7 @@ exactly nnU-Net's normalisation of a non-CT channel. After the transforms, CT is
 PET. A global SUV scale k (calibration differences between centres, tens of percent) changes
 nothing that the network sees: the normalisation divides it out exactly (mu and sigma scale with
 k), so augmenting with it would be an identity. What calibration does change is the crop: the
-brain-cut window is placed with SUV thresholds (:mod:`HNTumorSegLib.crop`: uptake above 0.5 SUV,
+brain-cut window is placed with SUV thresholds (:mod:`HNTumorSegLib.pipeline.crop`: uptake above 0.5 SUV,
 a top slice of mean 0.1 SUV), so a scale can move the window by a few voxels -- which random patch
 placement already covers. What does differ between centres in the normalised input is the uptake
 *relative to the window's statistics*: how much hot tissue (brain, inflamed mucosa, brown fat)
@@ -96,8 +96,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from HNTumorSegLib.geometry import LATTICE_SPACING
-from HNTumorSegLib.intensity import CT_CLIP_HU
+from HNTumorSegLib.imaging.geometry import LATTICE_SPACING
+from HNTumorSegLib.pipeline.intensity import CT_CLIP_HU
 from HNTumorSegLib.optional_packages import require
 
 #: Voxel size of the cache's window in mm, (z, y, x).

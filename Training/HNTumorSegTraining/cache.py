@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from HNTumorSegLib.crop import WINDOW_ZYX
-from HNTumorSegLib.image_io import write_json, write_npy
-from HNTumorSegLib.preprocess import PREPROCESSING_VERSION
+from HNTumorSegLib.pipeline.crop import WINDOW_ZYX
+from HNTumorSegLib.imaging.image_io import write_json, write_npy
+from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION
 
 #: Changes whenever the files written here would change for the same preprocessing output.
 CACHE_FORMAT_VERSION = "1"

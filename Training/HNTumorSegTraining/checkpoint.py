@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from HNTumorSegLib.image_io import write_bytes
+from HNTumorSegLib.imaging.image_io import write_bytes
 
 CHECKPOINT_FORMAT = "hntumorseg-train-checkpoint"
 CHECKPOINT_VERSION = 1

@@ -1,6 +1,6 @@
 """Per-case sanity checks before preprocessing, reporting every problem of a case at once.
 
-Why not just let :func:`HNTumorSegLib.preprocess.preprocess` fail: it stops at the first
+Why not just let :func:`HNTumorSegLib.pipeline.preprocess.preprocess` fail: it stops at the first
 problem, while a user fixing a data set wants the whole list for a case (an unreadable PET *and*
 a label on another grid). :func:`load_checked` also hands back the images it read, so that
 preparation reads each file once.
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import SimpleITK as sitk
 
 from HNTumorSegLib.errors import InputError
-from HNTumorSegLib.geometry import Geometry, physical_overlap
-from HNTumorSegLib.image_io import read_image
-from HNTumorSegLib.label_checks import label_grid_problem, label_values_problem
+from HNTumorSegLib.imaging.geometry import Geometry, physical_overlap
+from HNTumorSegLib.imaging.image_io import read_image
+from HNTumorSegLib.imaging.label_checks import label_grid_problem, label_values_problem
 
-from .cases import Case
+from HNTumorSegLib.cases.hecktor import Case
 
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from HNTumorSegLib.cli import run_guarded
+from HNTumorSegLib.cli.guard import run_guarded
 from HNTumorSegLib.errors import InputError
 
 from . import phantom_cohort
@@ -105,7 +105,7 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from HNTumorSegLib.image_io import write_bytes
+    from HNTumorSegLib.imaging.image_io import write_bytes
 
     from .evaluate import SUMMARY_FILE, read_evaluation, read_summary, table3
 

@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from HNTumorSegLib import LABELS
-from HNTumorSegLib.geometry import Geometry
+from HNTumorSegLib.imaging.geometry import Geometry
 
 
 def inside_grid(grid: Geometry, points: np.ndarray) -> np.ndarray:
@@ -28,7 +28,7 @@ def inside_grid(grid: Geometry, points: np.ndarray) -> np.ndarray:
 def lost_voxels(label: sitk.Image, provenance: dict) -> dict:
     """Per target ("GTVp", "GTVn"): voxels in the native label, voxels lost outside the window, mL lost.
 
-    ``provenance`` is the one :func:`HNTumorSegLib.preprocess.preprocess` returned for the case
+    ``provenance`` is the one :func:`HNTumorSegLib.pipeline.preprocess.preprocess` returned for the case
     (its "window" and "resampled" grids).
     """
     window = Geometry.from_dict(provenance["window"])

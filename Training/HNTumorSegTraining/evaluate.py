@@ -1,9 +1,9 @@
 """Evaluation of a model where it matters: on the native CT grid, through the inference path.
 
 Why not the validation numbers of ``fit``: those are measured on the preprocessed window. A
-user sees the label map that :class:`HNTumorSegLib.inference.Segmenter` restores to the CT
+user sees the label map that :class:`HNTumorSegLib.pipeline.inference.Segmenter` restores to the CT
 grid, so evaluation runs exactly that (preprocess, network(s), restore) on the original CT and
-PET files and scores against the original labels with :mod:`HNTumorSegLib.metrics`.
+PET files and scores against the original labels with :mod:`HNTumorSegLib.evaluation.metrics`.
 
 Two sets of cases can be scored:
 
@@ -26,7 +26,7 @@ Figures (per case, then per centre and for the whole set):
   classes (a primary near a node, or another centre's uptake) needs another remedy than one
   that misses lesions.
 
-Empty-mask rules (from :mod:`HNTumorSegLib.metrics`, repeated in every report): Dice is 1 when
+Empty-mask rules (from :mod:`HNTumorSegLib.evaluation.metrics`, repeated in every report): Dice is 1 when
 a structure is absent from both prediction and reference and 0 when absent from only one; HD95
 is 0 when both are empty and undefined (left out of the mean, counted) when only one is; DSCagg
 and F1agg are undefined (NaN, written as null) only when the whole set has no such structure.
@@ -53,17 +53,17 @@ import SimpleITK as sitk
 import torch
 
 from HNTumorSegLib.errors import InputError
-from HNTumorSegLib.geometry import voxel_volume_ml
-from HNTumorSegLib.image_io import read_image, write_bytes, write_json
-from HNTumorSegLib.inference import Network, Segmenter, resolve_device
-from HNTumorSegLib.label_checks import label_grid_problem, label_values_problem
-from HNTumorSegLib.metrics import CaseScores, aggregated_dice, aggregated_f1, score_case
-from HNTumorSegLib.model_file import model_paths, tensors_sha256
-from HNTumorSegLib.postprocess import ComponentFilter
-from HNTumorSegLib.preprocess import PREPROCESSING_VERSION
-from HNTumorSegLib.sliding_window import InferenceWindow
+from HNTumorSegLib.imaging.geometry import voxel_volume_ml
+from HNTumorSegLib.imaging.image_io import read_image, write_bytes, write_json
+from HNTumorSegLib.pipeline.inference import Network, Segmenter, resolve_device
+from HNTumorSegLib.imaging.label_checks import label_grid_problem, label_values_problem
+from HNTumorSegLib.evaluation.metrics import CaseScores, aggregated_dice, aggregated_f1, score_case
+from HNTumorSegLib.pipeline.model_file import model_paths, tensors_sha256
+from HNTumorSegLib.pipeline.postprocess import ComponentFilter
+from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION
+from HNTumorSegLib.pipeline.sliding_window import InferenceWindow
 
-from .cases import Case, CaseProblem, find_cases
+from HNTumorSegLib.cases.hecktor import Case, CaseProblem, find_cases
 from .validate import inference_window
 from .weights import load_weights
 

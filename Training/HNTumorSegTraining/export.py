@@ -13,10 +13,10 @@ trying the software only.
 Several evaluations (``evaluations={"heldout": DIR1, "unseen_style": DIR2}``, the CLI's repeatable
 ``--evaluation NAME=DIR``) go into ``metrics.evaluations.NAME``: e.g. the held-out cases of the
 acquisition styles trained on and a style left out of training. Each must have scored exactly the
-weights being exported (matched by :func:`HNTumorSegLib.model_file.tensors_sha256`), with the
+weights being exported (matched by :func:`HNTumorSegLib.pipeline.model_file.tensors_sha256`), with the
 clean-up being exported, and none of the runs' training cases.
 
-Several runs make an ensemble (:func:`HNTumorSegLib.model_file.save_ensemble`): one file holding
+Several runs make an ensemble (:func:`HNTumorSegLib.pipeline.model_file.save_ensemble`): one file holding
 every run's network, whose probabilities inference averages. The runs must share labels and
 preprocessing version; their networks may differ, but each must be one HNTumorSegLib builds
 (psam, unet). An ensemble is evaluated as a whole: export it ``unevaluated``, evaluate the file
@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Mapping, Sequence
 
 from HNTumorSegLib.errors import InputError
-from HNTumorSegLib.model_file import DEFAULT_INTENDED_USE, EnsembleMember, save_ensemble, save_model, tensors_sha256
+from HNTumorSegLib.pipeline.model_file import DEFAULT_INTENDED_USE, EnsembleMember, save_ensemble, save_model, tensors_sha256
 
 from .evaluate import (read_evaluation, read_summary, run_settings, run_window, split_case_ids, training_case_ids,
                        weights_of)

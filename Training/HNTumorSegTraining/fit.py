@@ -61,9 +61,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from HNTumorSegLib.model_file import model_paths
-from HNTumorSegLib.preprocess import PREPROCESSING_VERSION
-from HNTumorSegLib.sliding_window import InferenceWindow
+from HNTumorSegLib.pipeline.model_file import model_paths
+from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION
+from HNTumorSegLib.pipeline.sliding_window import InferenceWindow
 
 from .cache import case_dir, read_provenance
 from .checkpoint import atomic_write_bytes, capture_rng, load_checkpoint, restore_rng, save_checkpoint

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from HNTumorSegLib.crop import WINDOW_ZYX
+from HNTumorSegLib.pipeline.crop import WINDOW_ZYX
 from HNTumorSegLib.optional_packages import require
 from HNTumorSegLib.network import ConvBlock, NetworkConfig, PointwiseConv3d, UpSample, build_network
 

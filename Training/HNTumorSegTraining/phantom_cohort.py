@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from HNTumorSegLib.image_io import write_json
+from HNTumorSegLib.imaging.image_io import write_json
 from HNTumorSegLib.phantom import make_phantom, write_case
 from HNTumorSegLib.phantom.styles import CLASSIC, STYLES, get_style
 

@@ -1,6 +1,6 @@
-"""Choose a model's connected-component clean-up (``HNTumorSegLib.postprocess``) on tuning cases.
+"""Choose a model's connected-component clean-up (``HNTumorSegLib.pipeline.postprocess``) on tuning cases.
 
-The network runs once per case (the real :class:`~HNTumorSegLib.inference.Segmenter`
+The network runs once per case (the real :class:`~HNTumorSegLib.pipeline.inference.Segmenter`
 prediction, on the cached network input); every connected component of its GTVp and GTVn is
 recorded with its size, its peak probability and how many of its voxels are in the reference.
 Each candidate rule's per-case Dice then follows from sums over the kept components, so a
@@ -25,10 +25,10 @@ import numpy as np
 
 from HNTumorSegLib import LABELS
 from HNTumorSegLib.errors import InputError
-from HNTumorSegLib.geometry import LATTICE_SPACING, voxel_volume_ml
-from HNTumorSegLib.image_io import write_json
-from HNTumorSegLib.inference import Segmenter
-from HNTumorSegLib.postprocess import ComponentFilter, StructureRule, components, kept_components
+from HNTumorSegLib.imaging.geometry import LATTICE_SPACING, voxel_volume_ml
+from HNTumorSegLib.imaging.image_io import write_json
+from HNTumorSegLib.pipeline.inference import Segmenter
+from HNTumorSegLib.pipeline.postprocess import ComponentFilter, StructureRule, components, kept_components
 
 from .cache import case_dir, is_finished, open_case
 from .evaluate import make_segmenter, run_settings, run_window, split_case_ids, weights_of

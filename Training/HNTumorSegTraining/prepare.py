@@ -1,7 +1,7 @@
 """``prepare``: a HECKTOR data root to a cache of network inputs, with a report and a split.
 
 Steps: find cases (:mod:`.cases`); for each case not already in the cache, read and check it
-(:mod:`.checks`), run :func:`HNTumorSegLib.preprocess.preprocess` (the inference code itself,
+(:mod:`.checks`), run :func:`HNTumorSegLib.pipeline.preprocess.preprocess` (the inference code itself,
 so training sees exactly what inference will), measure what the window loses of each target
 (:mod:`.containment`), write the case (:mod:`.cache`); then split the accepted cases
 (:mod:`.split`). Written to the cache folder: ``cases/CASE/*``, ``rejected.json``,
@@ -28,11 +28,11 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from HNTumorSegLib.errors import InputError
-from HNTumorSegLib.image_io import read_image, write_json
-from HNTumorSegLib.preprocess import PREPROCESSING_VERSION, preprocess
+from HNTumorSegLib.imaging.image_io import read_image, write_json
+from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION, preprocess
 
 from . import cache
-from .cases import Case, case_sort_key, find_cases
+from HNTumorSegLib.cases.hecktor import Case, case_sort_key, find_cases
 from .checks import load_checked
 from .containment import lost_voxels, summarise
 from .split import split_cases

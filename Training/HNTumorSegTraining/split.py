@@ -38,7 +38,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .cases import case_sort_key, parse_case_id
+from HNTumorSegLib.cases.hecktor import case_sort_key, parse_case_id
 
 #: Paper Table 1: validation cases per centre (80 of 680).
 PAPER_TABLE1_VAL_COUNTS: dict[str, int] = {

@@ -4,10 +4,10 @@ This is the model-selection signal during training, measured where the network w
 112 x 256 x 256 window, argmax of the logits), so it needs no resampling and costs one forward
 pass per case. It is not the paper's final evaluation on the native CT grid (that restores the
 prediction first); the two differ only by the resampling of the label. Dice follows
-:func:`HNTumorSegLib.metrics.dice`: a structure absent from both reference and prediction scores
+:func:`HNTumorSegLib.evaluation.metrics.dice`: a structure absent from both reference and prediction scores
 1, absent from only one of them 0. Per case, then the mean over cases, as the paper reports.
 
-Models are run the way inference runs them (:mod:`HNTumorSegLib.sliding_window`): models
+Models are run the way inference runs them (:mod:`HNTumorSegLib.pipeline.sliding_window`): models
 trained on whole windows in one pass; models trained on patches as a sliding window of their
 patch size (their instance-normalisation statistics only fit such patches); UNETR, which accepts
 only the size it was built for, as a sliding window of that size.
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from HNTumorSegLib.metrics import dice
-from HNTumorSegLib.sliding_window import InferenceWindow, sliding_window_logits
+from HNTumorSegLib.evaluation.metrics import dice
+from HNTumorSegLib.pipeline.sliding_window import InferenceWindow, sliding_window_logits
 
 from .data import ValDataset
 from .models import fixed_input_size

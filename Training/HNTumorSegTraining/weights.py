@@ -1,6 +1,6 @@
 """Exported weights of a run (``best``, ``last``): what evaluation and inference load.
 
-psam and unet are written as HNTumorSegLib model files (:func:`HNTumorSegLib.model_file.save_model`),
+psam and unet are written as HNTumorSegLib model files (:func:`HNTumorSegLib.pipeline.model_file.save_model`),
 so ``hntumorseg`` and the Slicer module load them directly. unetr and umamba are not networks
 HNTumorSegLib can build, so they get the same two-file shape without pretending to be model
 files: ``NAME.safetensors`` plus ``NAME.json`` with ``format`` :data:`WEIGHTS_FORMAT`, the
@@ -24,7 +24,7 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from HNTumorSegLib.errors import ModelFileError
-from HNTumorSegLib.model_file import load_model, model_paths, save_model
+from HNTumorSegLib.pipeline.model_file import load_model, model_paths, save_model
 
 from .checkpoint import atomic_write_bytes
 from .models import build_from_spec, config_of

@@ -1,0 +1,106 @@
+"""The CT and PET of one case, from image files or DICOM folders, with the PET in SUV.
+
+Why: ``segment``, ``preprocess``, ``rtstruct`` and ``batch`` all take "a CT and a PET" that may be
+NIfTI/NRRD files (already in HU and SUV, as HECKTOR ships them) or the scanner's DICOM folders
+(a PET in Bq/mL among several series). This is the one place that decides which series is
+meant, converts the PET to SUVbw and records what was read, so every command reports the same.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from HNTumorSegLib.errors import InputError
+
+#: ``--pet-units``: "auto" converts a DICOM PET to SUVbw from its tags (a PET file is taken as
+#: SUV); "suv" takes the PET values as SUV as they are.
+PET_UNITS = ("auto", "suv")
+
+
+@dataclass
+class CaseInputs:
+    ct: sitk.Image
+    pet: sitk.Image
+    ct_dicom: object = None   # dicom_series.DicomVolume when the CT came from DICOM
+    pet_dicom: object = None
+    suv: dict | None = None   # SuvConversion.to_dict() of a DICOM PET
+    series: dict = field(default_factory=dict)  # {"ct": SeriesInfo.to_dict(), "pet": ...} for DICOM inputs
+    seconds: float = 0.0      # time spent reading
+
+    def report(self) -> dict:
+        """What the JSON report and provenance.json record about the inputs."""
+        out: dict = {}
+        if self.series:
+            out["input_series"] = self.series
+        if self.suv is not None:
+            out["suv"] = self.suv
+        return out
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    return path.is_dir()
+
+
+def _read_image_file(path: Path, role: str, series_uid: str | None, flag: str):
+    """The image of an input given as a file, or None when ``path`` is a DICOM folder."""
+    from HNTumorSegLib.imaging.image_io import read_image
+
+    if not path.exists():
+        raise InputError(f"{path}: {role} file not found")
+    if _is_dicom_folder(path):
+        return None
+    if series_uid:
+        raise InputError(f"{path}: {flag} picks a series in a DICOM folder, but the {role} is a file")
+    return read_image(path, role)
+
+
+def read_ct(path: str | os.PathLike, series_uid: str | None = None):
+    """(CT image, DicomVolume or None): a CT file, or the CT series of a DICOM folder."""
+    path = Path(path)
+    image = _read_image_file(path, "CT", series_uid, "--ct-series")
+    if image is not None:
+        return image, None
+    from HNTumorSegLib.dicom.series import read_series
+
+    volume = read_series(path, "CT", series_uid, "--ct-series")
+    return volume.image, volume
+
+
+def read_pet(path: str | os.PathLike, series_uid: str | None = None, units: str = "auto"):
+    """(PET image in SUV, DicomVolume or None, SUV conversion dict or None)."""
+    if units not in PET_UNITS:
+        raise InputError(f"--pet-units {units!r} is not one of {', '.join(PET_UNITS)}")
+    path = Path(path)
+    image = _read_image_file(path, "PET", series_uid, "--pet-series")
+    if image is not None:
+        return image, None, None
+    from HNTumorSegLib.dicom.series import read_series
+    from HNTumorSegLib.dicom.suv import already_suv, suv_conversion
+
+    volume = read_series(path, "PT", series_uid, "--pet-series")
+    where = f"{path}: PET series {volume.series.uid}"
+    conversion = already_suv("--pet-units suv: values taken as SUV") if units == "suv" else \
+        suv_conversion(volume.headers, where)
+    pet = volume.image
+    if conversion.factor != 1.0:
+        pet = sitk.Cast(pet, sitk.sitkFloat32) * float(conversion.factor)
+    return pet, volume, conversion.to_dict()
+
+
+def read_case(ct_path: str | os.PathLike, pet_path: str | os.PathLike, *, ct_series: str | None = None,
+              pet_series: str | None = None, pet_units: str = "auto") -> CaseInputs:
+    """Read CT and PET; DICOM folders are resolved by modality or the given series UIDs."""
+    t0 = time.perf_counter()
+    ct, ct_dicom = read_ct(ct_path, ct_series)
+    pet, pet_dicom, suv = read_pet(pet_path, pet_series, pet_units)
+    series = {}
+    if ct_dicom is not None:
+        series["ct"] = ct_dicom.series.to_dict()
+    if pet_dicom is not None:
+        series["pet"] = {**pet_dicom.series.to_dict(), "pet_units": pet_units}
+    return CaseInputs(ct, pet, ct_dicom, pet_dicom, suv, series, time.perf_counter() - t0)

@@ -1,0 +1,315 @@
+"""``hntumorseg batch``: every case of a cohort, resumable, shardable, one summary table.
+
+Why: a physicist validating the model on a clinic's archive, or a researcher on HECKTOR, has
+hundreds of cases. A case is a HECKTOR-layout case (``ROOT/CASE/CASE__CT.nii.gz`` + ``__PT``, or
+``imagesTr/``; found by the training package's :func:`find_cases`) or a DICOM study holding a CT
+and a PET series. Each case runs the very pipeline of ``hntumorseg segment`` into
+``OUT/CASE/``; its JSON report is written last, so a case with a report is done and is skipped
+when the batch is run again. A failing case becomes a row of the summary and the batch goes on.
+``--shard i/n`` takes every n-th case starting at the i-th (cases sorted by id), so n machines
+given the same command with i = 1..n share a cohort without talking to each other; each shard
+writes its own summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
+
+from HNTumorSegLib.errors import InputError
+
+if TYPE_CHECKING:
+    from HNTumorSegLib.pipeline.inference import Segmenter
+
+DONE, SKIPPED, FAILED = "done", "done earlier", "failed"
+SUMMARY_COLUMNS = ("case", "status", "seconds", "GTVp_volume_ml", "GTVp_suv_max", "GTVp_tlg",
+                   "GTVn_volume_ml", "GTVn_suv_max", "GTVn_tlg", "suv_factor", "source", "message")
+
+
+@dataclass(frozen=True)
+class BatchCase:
+    """One case: CT and PET paths (files, or DICOM folders with the series UIDs to read)."""
+
+    case_id: str
+    ct: Path
+    pet: Path
+    dicom: bool = False
+    ct_series: Optional[str] = None
+    pet_series: Optional[str] = None
+    problem: Optional[str] = None  # set when the case was found but cannot run (reported as failed)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"i/n" with 1 <= i <= n."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise InputError(f"--shard {text!r}: expected i/n with 1 <= i <= n, e.g. 2/8")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard(cases: Sequence[BatchCase], i: int, n: int) -> list[BatchCase]:
+    """Every n-th case from the i-th (1-based): shards 1..n partition the cohort."""
+    return list(cases)[i - 1::n]
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "case"
+
+
+def _hecktor_cases(root: Path) -> list[BatchCase]:
+    from HNTumorSegLib.cases.hecktor import find_cases
+
+    cases, problems = find_cases(root, require_label=False)
+    out = [BatchCase(c.case_id, c.ct, c.pet) for c in cases]
+    out += [BatchCase(_safe(p.case_id), root, root, problem=p.reason) for p in problems]
+    return out
+
+
+def _common_folder(files: Sequence[Path]) -> Path:
+    parts = [f.parent.parts for f in files]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return Path(*common)
+
+
+def _dicom_cases(root: Path) -> list[BatchCase]:
+    from HNTumorSegLib.dicom.series import find_series
+
+    try:
+        series = find_series(root)
+    except InputError:
+        return []
+    studies: dict[str, list] = {}
+    for s in series:
+        studies.setdefault(s.study_uid, []).append(s)
+    out = []
+    for study_uid, members in studies.items():
+        cts = [s for s in members if s.modality == "CT"]
+        pets = [s for s in members if s.modality == "PT"]
+        if not cts and not pets:
+            continue
+        first = members[0]
+        case_id = _safe(f"{first.patient_id}_{first.study_date}") + "_" + hashlib.sha1(study_uid.encode()).hexdigest()[:6]
+        if len(cts) != 1 or len(pets) != 1:
+            listing = "; ".join(s.describe() for s in cts + pets)
+            out.append(BatchCase(case_id, root, root, True, problem=(
+                f"study {study_uid} holds {len(cts)} CT and {len(pets)} PT series (one of each is needed; "
+                f"segment it with --ct-series/--pet-series): {listing}")))
+            continue
+        out.append(BatchCase(case_id, _common_folder(cts[0].files), _common_folder(pets[0].files), True,
+                             cts[0].uid, pets[0].uid))
+    return out
+
+
+def find_batch_cases(root: str | Path) -> list[BatchCase]:
+    """HECKTOR-layout cases and DICOM studies under ``root``, sorted by case id."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    cases = _hecktor_cases(root) + _dicom_cases(root)
+    if not cases:
+        raise InputError(f"{root}: no cases found (neither HECKTOR-layout CASE/CASE__CT.nii.gz + CASE__PT.nii.gz "
+                         "nor DICOM studies with a CT and a PET series)")
+    ids = [c.case_id for c in cases]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise InputError(f"{root}: case ids found twice: {', '.join(duplicates)}")
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+@dataclass
+class BatchOptions:
+    out: Path
+    model: Optional[str] = None
+    device: str = "auto"
+    tta: bool = False
+    pet_units: str = "auto"
+    rtstruct: bool = False
+    dicom_seg: bool = False
+    postprocess: bool = True
+
+    def segmenter(self) -> Segmenter:
+        from HNTumorSegLib.pipeline.inference import Segmenter  # torch loads only when a case is segmented
+
+        return Segmenter(self.model, device=self.device, tta=self.tta, postprocess=self.postprocess)
+
+
+def case_paths(options: BatchOptions, case: BatchCase) -> dict[str, Path]:
+    folder = options.out / case.case_id
+    return {"label": folder / f"{case.case_id}_seg.nii.gz", "report": folder / f"{case.case_id}_seg.json",
+            "rtstruct": folder / f"{case.case_id}_RTSTRUCT.dcm", "dicom_seg": folder / f"{case.case_id}_SEG.dcm",
+            "log": folder / f"{case.case_id}_error.txt"}
+
+
+def _row(case: BatchCase, status: str, seconds: float, report: Optional[dict] = None, message: str = "") -> dict:
+    row = {"case": case.case_id, "status": status, "seconds": f"{seconds:.1f}",
+           "source": "DICOM" if case.dicom else "files", "message": message}
+    for name in ("GTVp", "GTVn"):
+        s = (report or {}).get("structures", {}).get(name, {})
+        for key, column in (("volume_ml", "volume_ml"), ("suv_max", "suv_max"), ("tlg", "tlg")):
+            value = s.get(key)
+            row[f"{name}_{column}"] = "" if value is None else f"{value:.3f}"
+    factor = (report or {}).get("suv", {}).get("suv_factor")
+    row["suv_factor"] = "" if factor is None else f"{factor:.6g}"
+    return row
+
+
+def run_case(case: BatchCase, options: BatchOptions, segmenter) -> dict:
+    """Segment one case (the pipeline of ``segment``); returns its summary row, never raises for the case's faults."""
+    from HNTumorSegLib.cases.inputs import read_case
+    from HNTumorSegLib.cli.segment_case import run_segmentation
+    from HNTumorSegLib.dicom.exports import write_dicom_outputs
+    from HNTumorSegLib.imaging.image_io import write_bytes
+
+    paths = case_paths(options, case)
+    t0 = time.perf_counter()
+    if case.problem:
+        return _row(case, FAILED, 0.0, message=case.problem)
+    try:
+        inputs = read_case(case.ct, case.pet, ct_series=case.ct_series, pet_series=case.pet_series,
+                           pet_units=options.pet_units)
+        rtstruct = paths["rtstruct"] if options.rtstruct and case.dicom else None
+        dicom_seg = paths["dicom_seg"] if options.dicom_seg and case.dicom else None
+
+        def exports(label, case_inputs):
+            return write_dicom_outputs(label, case_inputs.ct_dicom, rtstruct, dicom_seg, label_name=str(paths["label"]))
+
+        report, _, _ = run_segmentation(case.ct, case.pet, paths["label"], segmenter, options.device, options.tta,
+                                        inputs=inputs, after_label=exports, extra={"case": case.case_id},
+                                        verbose=False)
+        return _row(case, DONE, time.perf_counter() - t0, report)
+    except (InputError, OSError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:  # a bug or the machine: keep the traceback beside the case, go on
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        try:
+            write_bytes(traceback.format_exc().encode(), paths["log"])
+            message += f" (traceback in {paths['log']})"
+        except OSError:
+            pass
+    return _row(case, FAILED, time.perf_counter() - t0, message=message)
+
+
+def summary_path(out: Path, shard_spec: Optional[tuple[int, int]]) -> Path:
+    return out / ("summary.csv" if shard_spec is None else f"summary_shard-{shard_spec[0]}-of-{shard_spec[1]}.csv")
+
+
+def write_summary(rows: Sequence[dict], path: Path) -> Path:
+    from HNTumorSegLib.imaging.image_io import write_bytes
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_bytes(buffer.getvalue().encode("utf-8"), path)
+
+
+def _earlier_row(case: BatchCase, options: BatchOptions) -> Optional[dict]:
+    """The row of a case finished by an earlier run (its report exists, with every output asked for)."""
+    paths = case_paths(options, case)
+    if not paths["report"].exists():
+        return None
+    try:
+        report = json.loads(paths["report"].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if case.dicom and ((options.rtstruct and "rtstruct" not in report) or (options.dicom_seg and "dicom_seg" not in report)):
+        return None
+    return _row(case, SKIPPED, float(report.get("timings_s", {}).get("total", 0.0)), report)
+
+
+def run_batch(cases: Sequence[BatchCase], options: BatchOptions, *, summary: Path,
+              make_segmenter: Callable[[], object], progress: bool = True) -> list[dict]:
+    """Run (or skip, when done) every case in order; the summary is rewritten after each case."""
+    from tqdm import tqdm
+
+    rows: list[dict] = []
+    segmenter = None
+    bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not progress, file=sys.stderr)
+    try:
+        for case in cases:
+            row = _earlier_row(case, options)
+            if row is None:
+                if segmenter is None and not case.problem:
+                    segmenter = make_segmenter()
+                row = run_case(case, options, segmenter)
+            rows.append(row)
+            write_summary(rows, summary)
+            bar.set_postfix_str(f"{case.case_id}: {row['status']}")
+            bar.update()
+            if row["status"] == FAILED:
+                bar.write(f"{case.case_id}: failed: {row['message']}")
+    finally:
+        bar.close()
+    write_summary(rows, summary)  # also for an empty shard
+    return rows
+
+
+def run_batch_parallel(cases: Sequence[BatchCase], options: BatchOptions, *, summary: Path, workers: int,
+                       progress: bool = True) -> list[dict]:
+    """As :func:`run_batch`, with ``workers`` processes, each holding its own model and share of the CPU cores."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+
+    from tqdm import tqdm
+
+    from HNTumorSegLib.pipeline.inference import available_cpus
+
+    rows: dict[str, dict] = {}
+    todo = []
+    for case in cases:
+        row = _earlier_row(case, options)
+        if row is None:
+            todo.append(case)
+        else:
+            rows[case.case_id] = row
+    threads = max(1, available_cpus() // workers)
+    bar = tqdm(total=len(cases), initial=len(rows), desc="cases", unit="case", disable=not progress, file=sys.stderr)
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                 initargs=(options, threads)) as pool:
+            futures = {pool.submit(_worker_run, case): case for case in todo}
+            for future in as_completed(futures):
+                case = futures[future]
+                try:
+                    row = future.result()
+                except Exception as exc:  # the worker process died (memory, signal)
+                    row = _row(case, FAILED, 0.0, message=f"worker process failed: {type(exc).__name__}: {exc}")
+                rows[case.case_id] = row
+                write_summary([rows[c.case_id] for c in cases if c.case_id in rows], summary)
+                bar.update()
+                if row["status"] == FAILED:
+                    bar.write(f"{case.case_id}: failed: {row['message']}")
+    finally:
+        bar.close()
+    ordered = [rows[c.case_id] for c in cases]
+    write_summary(ordered, summary)  # also when every case was done earlier
+    return ordered
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(options: BatchOptions, threads: int) -> None:
+    import torch
+
+    _WORKER["options"] = options
+    _WORKER["segmenter"] = options.segmenter()
+    torch.set_num_threads(threads)
+
+
+def _worker_run(case: BatchCase) -> dict:
+    return run_case(case, _WORKER["options"], _WORKER["segmenter"])

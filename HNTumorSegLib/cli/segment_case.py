@@ -1,0 +1,89 @@
+"""One case through the library, as ``segment``, ``demo`` and ``batch`` run it: read, segment, measure, write.
+
+The label map is written first and the JSON report last, so a report beside a label map means the run
+completed (``batch`` resumes on that rule).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from HNTumorSegLib import LABELS, __version__
+from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.pipeline.model_info import model_summary
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def sidecar_path(out: Path) -> Path:
+    """SEG.nii.gz -> SEG.json (the report beside the label map)."""
+    name = out.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return out.with_name(name[: -len(suffix)] + ".json")
+    raise InputError(f"{out}: output must end in one of {', '.join(IMAGE_SUFFIXES)}")
+
+
+def _model_summary(loaded) -> dict:
+    return model_summary(loaded.meta, loaded.paths.json)
+
+
+def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None, device: str, tta: bool,
+                     reference=None, extra: dict | None = None, inputs=None, after_label=None,
+                     verbose: bool = True, postprocess: bool = True):
+    """Shared by ``segment`` and ``demo``: read, segment, measure, write label map + JSON report.
+
+    ``inputs``: a :class:`~HNTumorSegLib.cases.inputs.CaseInputs` already read (DICOM series chosen,
+    PET in SUV); when None, ``ct_path`` and ``pet_path`` are read with the defaults. ``after_label``
+    (label image, inputs) -> dict writes further outputs after the label map and before the report
+    (written last: its presence means the run is complete); its dict goes into the report.
+    ``model`` may be a loaded :class:`~HNTumorSegLib.pipeline.inference.Segmenter` (``batch`` loads it once);
+    ``verbose`` prints the stages.
+    """
+    from HNTumorSegLib.cases.inputs import read_case
+    from HNTumorSegLib.imaging.image_io import write_image, write_json
+    from HNTumorSegLib.pipeline.inference import Segmenter
+    from HNTumorSegLib.evaluation.metrics import structure_statistics
+
+    report_path = sidecar_path(out)
+    t_start = time.perf_counter()
+    t0 = time.perf_counter()
+    segmenter = model if isinstance(model, Segmenter) else Segmenter(model, device=device, tta=tta,
+                                                                     postprocess=postprocess)
+    timings = {"load_model": time.perf_counter() - t0}
+    read_before = inputs.seconds if inputs is not None else 0.0  # read by the caller, before t_start
+    inputs = inputs or read_case(ct_path, pet_path)
+    ct, pet = inputs.ct, inputs.pet
+    timings["read_inputs"] = inputs.seconds
+    seg = segmenter.segment(ct, pet, reference=reference, ct_name=str(ct_path), pet_name=str(pet_path),
+                            progress=(lambda stage: print(f"  {stage} ...", flush=True)) if verbose else None)
+    timings.update(seg.timings)
+    t0 = time.perf_counter()
+    structures = structure_statistics(seg.label, pet)
+    timings["statistics"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    write_image(seg.label, out)
+    more = after_label(seg.label, inputs) if after_label else {}
+    timings["write"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start + read_before
+    report = {
+        "software": f"HNTumorSeg {__version__}",
+        "inputs": {"ct": str(ct_path), "pet": str(pet_path)},
+        "output": str(out),
+        "labels": {str(k): v for k, v in LABELS.items()},
+        "model": _model_summary(segmenter.loaded),
+        "device": str(segmenter.device),
+        "tta": tta,
+        "postprocess_applied": segmenter.postprocess is not None,
+        "structures": structures,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "members": seg.members,
+        "memory": seg.memory,
+        "provenance": seg.provenance,
+        **inputs.report(),
+        **more,
+        **(extra or {}),
+    }
+    write_json(report, report_path)
+    return report, seg, report_path

@@ -1,0 +1,84 @@
+"""A label map on a DICOM CT's grid as a DICOM Segmentation (SEG) object, through highdicom.
+
+Why: RTSTRUCT is what planning systems read; DICOM SEG is what PACS viewers, research archives and
+AI pipelines read, voxel for voxel without contour approximation. highdicom builds a valid
+Segmentation IOD (references to every CT slice, plane positions, segment descriptions); the
+segment codes come from :mod:`~HNTumorSegLib.dicom.segment_terminology` (GTVp: Neoplasm, Primary
+SCT 86049000; GTVn: Neoplasm, Secondary SCT 14799000), the same ones the Slicer module writes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from HNTumorSegLib import __version__
+from HNTumorSegLib.dicom.rtstruct import check_label_for_ct
+from HNTumorSegLib.dicom.segment_terminology import SEGMENTS, Code, SegmentDefinition
+
+
+def _code(code: Code):
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
+
+
+def _descriptions(segments: Sequence[SegmentDefinition]):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.AlgorithmIdentificationSequence(name="HNTumorSeg", version=__version__,
+                                                   family=codes.cid7162.ArtificialIntelligence)
+    out = []
+    for number, segment in enumerate(segments, start=1):
+        out.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=segment.name,
+            segmented_property_category=_code(segment.category),
+            segmented_property_type=_code(segment.type),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            anatomic_regions=[_code(segment.region)],
+            tracking_uid=hd.UID(), tracking_id=segment.name,
+            display_color=hd.color.CIELabColor.from_rgb(*segment.color_255),
+        ))
+    return out
+
+
+def build_dicom_seg(label: sitk.Image, ct, *, segments: Sequence[SegmentDefinition] = SEGMENTS,
+                    label_name: str = "label"):
+    """The Segmentation dataset of ``label`` (values = segment labels) on the DICOM CT ``ct``."""
+    import highdicom as hd
+
+    check_label_for_ct(label, ct.image, label_name)
+    array = sitk.GetArrayFromImage(label).astype(np.uint8)
+    mapped = np.zeros_like(array)
+    for number, segment in enumerate(segments, start=1):
+        mapped[array == segment.label] = number
+    return hd.seg.Segmentation(
+        source_images=ct.headers,
+        pixel_array=mapped,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=_descriptions(segments),
+        series_instance_uid=hd.UID(),
+        series_number=902,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="HNTumorSeg",
+        manufacturer_model_name="HNTumorSeg",
+        software_versions=f"HNTumorSeg {__version__}",
+        device_serial_number="none",
+        series_description="HNTumorSeg GTVp/GTVn",
+        content_description="GTVp and GTVn; review before clinical use",
+        omit_empty_frames=True,
+    )
+
+
+def write_dicom_seg(label: sitk.Image, ct, path: str | os.PathLike, **options) -> Path:
+    """Build the Segmentation and write it atomically to ``path``."""
+    from HNTumorSegLib.dicom.writing import write_dataset
+
+    return write_dataset(build_dicom_seg(label, ct, **options), Path(path))

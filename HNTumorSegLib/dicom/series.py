@@ -1,0 +1,329 @@
+"""DICOM series on disk: find them, pick the CT or PET one, and assemble a volume with its slice UIDs.
+
+Why not SimpleITK's series reader alone: a scanner export folder holds several series (CT, PET,
+scouts, fused or non-attenuation-corrected reconstructions), PET slices carry their own rescale
+slope, and an RTSTRUCT or DICOM SEG must name the SOP instance of every CT slice it contours. So
+the headers are read with pydicom, series are grouped by SeriesInstanceUID, slices are ordered by
+their position along the slice normal (never by file name or instance number), and the voxel
+values are stored value x slope + intercept of each slice. pydicom is imported lazily so that
+``import HNTumorSegLib`` stays light.
+
+Damaged files: pydicom reads a slice cut short without an error (it returns the pixel data it found,
+or the header elements before the cut), so every slice is checked by
+:mod:`HNTumorSegLib.imaging.input_integrity` before its pixels are used. A DICOM file whose header cannot be
+read at all cannot be put into a series; rather than dropping it (a missing end slice would make the
+volume silently shorter), it is recorded with the series whose files share its folder, and reading
+such a series is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.imaging.input_integrity import check_dicom_file, dicom_file_problem, looks_like_dicom
+
+#: Tags read while listing series (the pixel data is never read then).
+_LIST_TAGS = ("SeriesInstanceUID", "Modality", "SeriesDescription", "StudyInstanceUID", "PatientID",
+              "FrameOfReferenceUID", "SeriesNumber", "SOPClassUID", "StudyDate")
+#: Largest spread of slice-to-slice distances (mm) still taken as one regular grid.
+SLICE_SPACING_ATOL = 0.01
+#: Largest in-plane drift (mm) of slice positions off the slice normal (a gantry tilt exceeds it).
+IN_PLANE_ATOL = 0.05
+#: Files in a folder that are never DICOM instances of a series.
+_SKIP_NAMES = {"DICOMDIR"}
+#: Suffixes of DICOM files; a file with one of them, none, or a number (a UID as its name) that is empty is
+#: a slice whose copy failed.
+_DICOM_SUFFIXES = {"", ".dcm", ".dicom", ".ima"}
+#: Bytes before the end of the DICOM preamble ("DICM" at 128); a .dcm file shorter than this is cut short.
+_PREAMBLE_BYTES = 132
+
+
+def _pydicom():
+    try:
+        import pydicom
+    except ImportError:  # pragma: no cover - pydicom is a dependency; a broken install says so
+        raise InputError("reading DICOM needs pydicom: pip install pydicom") from None
+    return pydicom
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One series found on disk: what identifies it, and its files (unordered)."""
+
+    uid: str
+    modality: str
+    description: str
+    study_uid: str
+    patient_id: str
+    study_date: str
+    files: tuple[Path, ...]
+    #: (file, what is wrong) of damaged DICOM files in the folders of this series' files: files whose
+    #: series cannot be told, and which may be slices of this one.
+    unreadable: tuple[tuple[Path, str], ...] = ()
+
+    @property
+    def n_images(self) -> int:
+        return len(self.files)
+
+    def describe(self) -> str:
+        """``UID (PT, "WB 3D AC", 97 images)``: what error messages list."""
+        return f"{self.uid} ({self.modality or '?'}, \"{self.description}\", {self.n_images} images)"
+
+    def to_dict(self) -> dict:
+        return {"series_instance_uid": self.uid, "modality": self.modality, "description": self.description,
+                "study_instance_uid": self.study_uid, "images": self.n_images}
+
+
+def find_series(folder: str | os.PathLike) -> list[SeriesInfo]:
+    """Every DICOM series under ``folder`` (recursively), sorted by modality, then description, then UID.
+
+    Files that are not DICOM are ignored; a folder without any DICOM series is an error.
+    """
+    pydicom = _pydicom()
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder of DICOM files")
+    groups: dict[str, dict] = {}
+    unreadable: dict[Path, list[tuple[Path, str]]] = {}  # by folder
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(names):
+            if name in _SKIP_NAMES or name.startswith("."):
+                continue
+            path = Path(root) / name
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_LIST_TAGS))
+            except Exception as exc:  # not DICOM, or a DICOM file too damaged to read
+                problem = _unreadable_file_problem(path, exc)
+                if problem:
+                    unreadable.setdefault(path.parent, []).append((path, problem))
+                continue
+            uid = str(ds.get("SeriesInstanceUID", "") or "")
+            if not uid:  # not an instance of a series, or a header cut before its SeriesInstanceUID
+                problem = dicom_file_problem(path, require_pixel_data=False)
+                if problem:
+                    unreadable.setdefault(path.parent, []).append((path, problem))
+                continue
+            g = groups.setdefault(uid, {"ds": ds, "files": []})
+            g["files"].append(path)
+    if not groups:
+        if unreadable:
+            damaged = [item for items in unreadable.values() for item in items]
+            path, problem = damaged[0]
+            raise InputError(f"{path}: {problem}; {folder} holds no readable DICOM series "
+                             f"({len(damaged)} damaged DICOM file{'s' if len(damaged) > 1 else ''})")
+        raise InputError(f"{folder}: folder holds no DICOM series")
+    found = [SeriesInfo(uid, str(g["ds"].get("Modality", "") or ""), str(g["ds"].get("SeriesDescription", "") or ""),
+                        str(g["ds"].get("StudyInstanceUID", "") or ""), str(g["ds"].get("PatientID", "") or ""),
+                        str(g["ds"].get("StudyDate", "") or ""), tuple(g["files"]),
+                        _unreadable_beside(g["files"], unreadable))
+             for uid, g in groups.items()]
+    return sorted(found, key=lambda s: (s.modality, s.description, s.uid))
+
+
+def _unreadable_file_problem(path: Path, exc: Exception) -> str | None:
+    """What is wrong with a file pydicom could not read, when it is a damaged DICOM file (None: not DICOM)."""
+    if looks_like_dicom(path):
+        problem = dicom_file_problem(path, require_pixel_data=False)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return problem or f"file is corrupt: its DICOM header cannot be parsed ({reason})"
+    if path.suffix.lower() not in _DICOM_SUFFIXES and not path.suffix[1:].isdigit():
+        return None
+    size = path.stat().st_size
+    if size == 0:
+        return "file is empty (0 bytes; an interrupted copy?)"
+    if size < _PREAMBLE_BYTES and path.suffix.lower() in _DICOM_SUFFIXES - {""}:
+        return f"file is truncated: {size} bytes, too short to be a DICOM file (a partial copy?)"
+    return None
+
+
+def _unreadable_beside(files: Sequence[Path], unreadable: dict[Path, list[tuple[Path, str]]]) \
+        -> tuple[tuple[Path, str], ...]:
+    """The damaged files in the folders holding ``files``."""
+    folders = sorted({f.parent for f in files})
+    return tuple(item for parent in folders for item in unreadable.get(parent, []))
+
+
+def _listing(series: Sequence[SeriesInfo]) -> str:
+    return "; ".join(s.describe() for s in series) or "none"
+
+
+def _damaged_note(series: Sequence[SeriesInfo]) -> str:
+    """"; 3 damaged DICOM files here, e.g. FILE: what" when the series found have damaged neighbours."""
+    damaged = sorted({item for s in series for item in s.unreadable})
+    if not damaged:
+        return ""
+    path, problem = damaged[0]
+    return f"; {len(damaged)} damaged DICOM file{'s' if len(damaged) > 1 else ''} here, e.g. {path}: {problem}"
+
+
+def select_series(series: Sequence[SeriesInfo], folder: str | os.PathLike, modality: str,
+                  uid: str | None = None, option: str = "--series") -> SeriesInfo:
+    """The one series of ``modality`` (or with ``uid``); otherwise an error listing what was found.
+
+    ``option`` names the command-line option that picks a series explicitly (for the message).
+    """
+    if uid:
+        for s in series:
+            if s.uid == uid:
+                if s.modality != modality:
+                    raise InputError(f"{folder}: series {uid} is {s.modality or 'of unknown modality'}, "
+                                     f"not {modality}")
+                return s
+        raise InputError(f"{folder}: no series with UID {uid}; found: {_listing(series)}{_damaged_note(series)}")
+    matches = [s for s in series if s.modality == modality]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise InputError(f"{folder}: no {modality} series here; found: {_listing(series)}{_damaged_note(series)}")
+    raise InputError(f"{folder}: {len(matches)} {modality} series here, pick one with {option} UID: "
+                     f"{_listing(matches)}")
+
+
+@dataclass
+class DicomVolume:
+    """A series assembled into a 3D image (modality values: slope/intercept applied per slice).
+
+    ``headers[k]`` is the header (without pixel data) of the slice at image index z = k;
+    ``sop_instance_uids`` and ``sop_class_uid`` are what RTSTRUCT and DICOM SEG reference.
+    """
+
+    series: SeriesInfo
+    folder: Path
+    image: sitk.Image
+    headers: list
+    files: list[Path]
+
+    @property
+    def sop_instance_uids(self) -> list[str]:
+        return [str(h.SOPInstanceUID) for h in self.headers]
+
+    @property
+    def sop_class_uid(self) -> str:
+        return str(self.headers[0].SOPClassUID)
+
+    @property
+    def frame_of_reference_uid(self) -> str:
+        return str(self.headers[0].get("FrameOfReferenceUID", "") or "")
+
+    @property
+    def rescale(self) -> list[tuple[float, float]]:
+        """(slope, intercept) of each slice, in image z order."""
+        return [_slope_intercept(h) for h in self.headers]
+
+
+def _slope_intercept(ds) -> tuple[float, float]:
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    return slope, intercept
+
+
+def _required(ds, keyword: str, where: str):
+    value = ds.get(keyword)
+    if value is None or value == "":
+        raise InputError(f"{where}: {keyword} is missing; cannot place the slice in space")
+    return value
+
+
+def load_volume(series: SeriesInfo, folder: str | os.PathLike) -> DicomVolume:
+    """Read every slice of ``series`` and stack them along the slice normal.
+
+    Refuses, with one line naming the problem: multi-frame (enhanced) images, slices of differing
+    orientation / size / pixel spacing, two slices at one position, irregular slice spacing
+    (missing slices) and gantry tilt.
+    """
+    pydicom = _pydicom()
+    folder = Path(folder)
+    where = f"{folder}: series {series.uid}"
+    if series.unreadable:
+        path, problem = series.unreadable[0]
+        raise InputError(f"{path}: {problem} (it lies beside the files of {series.modality or 'the'} series "
+                         f"{series.uid}, which may be incomplete)")
+    slices = []
+    for path in series.files:
+        check_dicom_file(path, require_pixel_data=True)
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as exc:  # the check above passed, so a header pydicom cannot parse
+            raise InputError(f"{path}: file is corrupt: its DICOM header cannot be parsed "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise InputError(f"{path}: multi-frame image ({ds.NumberOfFrames} frames); "
+                             "only single-frame CT and PET series are read")
+        if "PixelData" not in ds:
+            raise InputError(f"{path}: holds no pixel data (series {series.uid}, {series.modality})")
+        slices.append((path, ds))
+    first = slices[0][1]
+    iop = np.asarray([float(v) for v in _required(first, "ImageOrientationPatient", where)], float)
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    ps = [float(v) for v in _required(first, "PixelSpacing", where)]
+    rows, cols = int(first.Rows), int(first.Columns)
+    positions = []
+    for path, ds in slices:
+        if not np.allclose([float(v) for v in _required(ds, "ImageOrientationPatient", str(path))], iop, atol=1e-4):
+            raise InputError(f"{where}: slices have differing orientations ({path.name})")
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise InputError(f"{where}: slices have differing sizes ({path.name})")
+        if not np.allclose([float(v) for v in _required(ds, "PixelSpacing", str(path))], ps, atol=1e-5):
+            raise InputError(f"{where}: slices have differing pixel spacings ({path.name})")
+        positions.append(np.asarray([float(v) for v in _required(ds, "ImagePositionPatient", str(path))], float))
+    along = np.asarray([p @ normal for p in positions])
+    order = np.argsort(along, kind="stable")
+    along = along[order]
+    if len(slices) < 2:
+        raise InputError(f"{where}: one slice only; a 3D volume is needed")
+    steps = np.diff(along)
+    if np.any(steps < 1e-3):
+        raise InputError(f"{where}: two slices share one position; the folder may hold duplicated files")
+    if steps.max() - steps.min() > SLICE_SPACING_ATOL:
+        raise InputError(f"{where}: irregular slice spacing ({steps.min():.3f} to {steps.max():.3f} mm); "
+                         "slices may be missing")
+    p0 = positions[order[0]]
+    for k, i in enumerate(order):
+        drift = positions[i] - p0 - (along[k] - along[0]) * normal
+        if np.linalg.norm(drift) > IN_PLANE_ATOL:
+            raise InputError(f"{where}: slice positions drift off the slice normal (gantry tilt?); "
+                             "resample the series to an untilted grid first")
+    values = np.empty((len(slices), rows, cols), np.float64)
+    headers, files = [], []
+    for k, i in enumerate(order):
+        path, ds = slices[i]
+        slope, intercept = _slope_intercept(ds)
+        values[k] = _pixels(ds, path) * slope + intercept
+        del ds.PixelData
+        headers.append(ds)
+        files.append(path)
+    integral = all(float(s).is_integer() and float(b).is_integer() for s, b in (_slope_intercept(h) for h in headers))
+    if series.modality == "CT" and integral and values.min() >= -32768 and values.max() <= 32767:
+        array = values.astype(np.int16)
+    else:
+        array = values.astype(np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((ps[1], ps[0], float(np.mean(steps))))
+    image.SetOrigin(tuple(float(v) for v in p0))
+    image.SetDirection(tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()))
+    return DicomVolume(series, folder, image, headers, files)
+
+
+def _pixels(ds, path: Path) -> np.ndarray:
+    """The stored values of one slice; a pixel data element that cannot be decoded is the file's fault."""
+    try:
+        return ds.pixel_array.astype(np.float64)
+    except Exception as exc:  # pydicom raises ValueError, RuntimeError, NotImplementedError, ... per codec
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: cannot decode the pixel data ({reason})") from None
+
+
+def read_series(folder: str | os.PathLike, modality: str, uid: str | None = None,
+                option: str = "--series") -> DicomVolume:
+    """Find, select and load the ``modality`` series under ``folder`` in one call."""
+    found = find_series(folder)
+    return load_volume(select_series(found, folder, modality, uid, option), folder)

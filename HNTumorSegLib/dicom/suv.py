@@ -1,0 +1,189 @@
+"""SUVbw from a PET series' DICOM tags: one factor per series, and the tags it came from.
+
+Why: the network was trained on PET in SUV (body weight), while scanners store activity
+concentration (Bq/mL, or counts on some Philips exports). SUVbw = value x weight (g) / dose (Bq)
+at the time the images are decay-corrected to. The rules follow the QIBA vendor-neutral
+pseudo-code: DecayCorrection START decays the injected dose from the radiopharmaceutical start to
+the scan start (series date/time, or the earliest acquisition when a post-processed series got a
+later series time, or GE's private scan time); ADMIN needs no decay; Philips CNTS images use the
+private SUV scale factor (7053,1000), or the activity concentration factor (7053,1009) then as
+Bq/mL. Every missing or implausible tag is a one-line error naming the tag, because a silently
+wrong SUV shifts the crop and every SUV figure of the report.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from HNTumorSegLib.errors import InputError
+
+#: Plausible ranges; outside them the tag is more likely wrong (or in other units) than true.
+WEIGHT_KG = (1.0, 500.0)
+DOSE_BQ = (1e6, 5e10)          # 1 MBq .. 50 GBq (a dose written in MBq fails here)
+HALF_LIFE_S = (60.0, 1e7)      # 1 min .. ~116 days
+MAX_UPTAKE_S = 24 * 3600.0     # injection to scan
+PHILIPS_CREATOR = "Philips PET Private Group"
+GE_CREATOR = "GEMS_PETD_01"
+OVERRIDE_HINT = "pass --pet-units suv if the PET is already in SUV"
+
+
+@dataclass(frozen=True)
+class SuvConversion:
+    """``factor`` turns the series' modality values into SUVbw; ``tags`` says where it came from."""
+
+    factor: float
+    method: str
+    units: str
+    tags: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"suv_factor": self.factor, "suv_factor_unit": f"SUV per {_UNIT_WORDS.get(self.units, self.units)}",
+                "method": self.method, "units": self.units, "tags": self.tags}
+
+
+_UNIT_WORDS = {"BQML": "Bq/mL", "CNTS": "count unit", "GML": "g/mL", "SUV": "SUV"}
+
+
+def already_suv(reason: str) -> SuvConversion:
+    """No conversion: the user says (``--pet-units suv``) or the tags say (GML) the PET is in SUV."""
+    return SuvConversion(1.0, reason, "SUV")
+
+
+def _value(ds, keyword: str, tag: str, where: str, hint: str = OVERRIDE_HINT):
+    value = ds.get(keyword)
+    if value is None or str(value).strip() == "":
+        raise InputError(f"{where}: {keyword} {tag} is missing; SUVbw cannot be computed ({hint})")
+    return value
+
+
+def _number(ds, keyword: str, tag: str, where: str, lo: float, hi: float, unit: str) -> float:
+    raw = _value(ds, keyword, tag, where)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: {keyword} {tag} is {raw!r}, not a number") from None
+    if not lo <= value <= hi:
+        raise InputError(f"{where}: {keyword} {tag} is {value:g} {unit}, implausible "
+                         f"(expected {lo:g} to {hi:g} {unit}); check the tag ({OVERRIDE_HINT})")
+    return value
+
+
+def _datetime(date: str, time: str) -> _dt.datetime:
+    from pydicom.valuerep import DT
+
+    text = f"{str(date).strip()}{str(time).strip()}"
+    value = DT(text)
+    return value.replace(tzinfo=None)
+
+
+def _private(ds, group: int, element: int, creator: str):
+    try:
+        return ds.get_private_item(group, element, creator).value
+    except (KeyError, ValueError):
+        return None
+
+
+def _scan_time(headers: Sequence, where: str) -> tuple[_dt.datetime, str]:
+    """Start of the scan: the series date/time unless it lies after the first acquisition."""
+    first = headers[0]
+    series = _datetime(_value(first, "SeriesDate", "(0008,0021)", where),
+                       _value(first, "SeriesTime", "(0008,0031)", where))
+    acquisitions = [_datetime(h.AcquisitionDate, h.AcquisitionTime) for h in headers
+                    if str(h.get("AcquisitionDate", "") or "").strip() and str(h.get("AcquisitionTime", "") or "").strip()]
+    if not acquisitions or series <= min(acquisitions):
+        return series, "SeriesDate/SeriesTime (0008,0021)/(0008,0031)"
+    ge = _private(first, 0x0009, 0x0D, GE_CREATOR)
+    if ge:  # a date and time (DT); older exports hold a time of day only
+        text = str(ge).strip()
+        scan = _datetime(text, "") if len(text) >= 14 else _datetime(first.SeriesDate, text)
+        return scan, "GE private scan date/time (0009,100D)"
+    return min(acquisitions), "earliest AcquisitionDate/AcquisitionTime (0008,0022)/(0008,0032) (series time is later)"
+
+
+def _injection_time(drug, first, where: str) -> tuple[_dt.datetime, str, bool]:
+    """(time, source, from a time of day only): the radiopharmaceutical start."""
+    start_dt = str(drug.get("RadiopharmaceuticalStartDateTime", "") or "").strip()
+    if start_dt:
+        return _datetime(start_dt, ""), "RadiopharmaceuticalStartDateTime (0018,1078)", False
+    start = _value(drug, "RadiopharmaceuticalStartTime", "(0018,1072)", where)
+    date = _value(first, "SeriesDate", "(0008,0021)", where)
+    return _datetime(date, start), "SeriesDate (0008,0021) + RadiopharmaceuticalStartTime (0018,1072)", True
+
+
+def _suvbw_per_bqml(headers: Sequence, where: str) -> tuple[float, dict]:
+    first = headers[0]
+    weight = _number(first, "PatientWeight", "(0010,1030)", where, *WEIGHT_KG, "kg")
+    info = first.get("RadiopharmaceuticalInformationSequence")
+    if not info:
+        raise InputError(f"{where}: RadiopharmaceuticalInformationSequence (0054,0016) is missing; SUVbw cannot be "
+                         f"computed ({OVERRIDE_HINT})")
+    drug = info[0]
+    dose = _number(drug, "RadionuclideTotalDose", "(0018,1074)", where, *DOSE_BQ, "Bq")
+    half_life = _number(drug, "RadionuclideHalfLife", "(0018,1075)", where, *HALF_LIFE_S, "s")
+    correction = str(_value(first, "DecayCorrection", "(0054,1102)", where)).strip().upper()
+    tags = {"Units": "BQML", "PatientWeight_kg": weight, "RadionuclideTotalDose_Bq": dose,
+            "RadionuclideHalfLife_s": half_life, "DecayCorrection": correction}
+    if correction == "ADMIN":
+        decayed = dose
+    elif correction == "START":
+        injection, injection_source, time_only = _injection_time(drug, first, where)
+        scan, scan_source = _scan_time(headers, where)
+        uptake = (scan - injection).total_seconds()
+        if uptake < 0 and time_only and uptake + 86400 >= 0:
+            injection -= _dt.timedelta(days=1)  # injected before midnight, scanned after
+            injection_source += " (the day before the series date)"
+            uptake += 86400
+        if not 0 <= uptake <= MAX_UPTAKE_S:
+            raise InputError(f"{where}: radiopharmaceutical start {injection.isoformat()} ({injection_source}) and scan "
+                             f"start {scan.isoformat()} ({scan_source}) are {uptake / 60:.0f} min apart, implausible; "
+                             "check the tags")
+        decayed = dose * 2.0 ** (-uptake / half_life)
+        tags.update({"injection": injection.isoformat(), "injection_source": injection_source,
+                     "scan_start": scan.isoformat(), "scan_start_source": scan_source, "uptake_s": uptake,
+                     "decay_factor": decayed / dose})
+    else:
+        raise InputError(f"{where}: DecayCorrection (0054,1102) is {correction!r}; SUVbw is computed for START or "
+                         f"ADMIN only ({OVERRIDE_HINT})")
+    factor = weight * 1000.0 / decayed
+    tags["decayed_dose_Bq"] = decayed
+    return factor, tags
+
+
+def suv_conversion(headers: Sequence, where: str) -> SuvConversion:
+    """The SUVbw factor of a PET series from its slice headers (any order)."""
+    if not headers:
+        raise InputError(f"{where}: no PET slices")
+    first = headers[0]
+    corrected = [str(v).upper() for v in (first.get("CorrectedImage") or [])]
+    if corrected and "ATTN" not in corrected:
+        raise InputError(f"{where}: CorrectedImage (0028,0051) lacks ATTN: this PET is not attenuation-corrected, "
+                         "so it has no SUV; pick the attenuation-corrected series with --pet-series")
+    units = str(_value(first, "Units", "(0054,1001)", where)).strip().upper()
+    if units == "GML":
+        return SuvConversion(1.0, "Units GML: already SUVbw", "GML", {"Units": "GML"})
+    if units == "BQML":
+        factor, tags = _suvbw_per_bqml(headers, where)
+        return SuvConversion(factor, "SUVbw from Bq/mL (weight / decayed dose)", "BQML", tags)
+    if units == "CNTS":
+        scale = {_private(h, 0x7053, 0x00, PHILIPS_CREATOR) for h in headers}
+        if None not in scale:
+            values = {float(v) for v in scale}
+            if len(values) != 1:
+                raise InputError(f"{where}: Philips SUV scale factor (7053,1000) differs between slices")
+            factor = values.pop()
+            if not factor > 0:
+                raise InputError(f"{where}: Philips SUV scale factor (7053,1000) is {factor:g}, not positive")
+            return SuvConversion(factor, "Philips private SUV scale factor (7053,1000)", "CNTS",
+                                 {"Units": "CNTS", "PhilipsSUVScaleFactor_7053_1000": factor})
+        activity = _private(first, 0x7053, 0x09, PHILIPS_CREATOR)
+        if activity is None:
+            raise InputError(f"{where}: Units (0054,1001) is CNTS and the Philips SUV scale factor (7053,1000) is "
+                             f"missing; SUVbw cannot be computed ({OVERRIDE_HINT})")
+        bqml_factor, tags = _suvbw_per_bqml(headers, where)
+        tags.update({"Units": "CNTS", "PhilipsActivityConcentrationScaleFactor_7053_1009": float(activity)})
+        return SuvConversion(float(activity) * bqml_factor,
+                             "Philips activity concentration factor (7053,1009), then SUVbw from Bq/mL", "CNTS", tags)
+    raise InputError(f"{where}: Units (0054,1001) is {units!r}; SUVbw is computed from BQML, CNTS (Philips) or GML "
+                     f"({OVERRIDE_HINT})")

@@ -1,0 +1,161 @@
+"""Reading inputs with clear errors, and writing outputs atomically.
+
+Inputs are anything SimpleITK reads (NIfTI, NRRD, MHA, ...) or a folder holding one DICOM
+series. A user mistake becomes one :class:`InputError` line naming the file; a truncated or
+corrupt file is refused before SimpleITK reads it (SimpleITK reads a cut ``.nii.gz`` without
+complaint; see :mod:`HNTumorSegLib.imaging.input_integrity`). Outputs are written to a temporary file
+beside the target and renamed, so a failure never leaves a half-written file where a finished
+one is expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import SimpleITK as sitk
+
+from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.imaging.input_integrity import check_dicom_file, check_input_file, looks_like_dicom
+
+
+def _sitk_reason(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # SimpleITK's messages start with a C++ location; the reason is on the last line.
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as exc:
+        raise InputError(f"{folder}: cannot list DICOM series ({_sitk_reason(exc)})") from None
+    if not series:
+        raise InputError(f"{folder}: folder holds no DICOM series")
+    if len(series) > 1:
+        raise InputError(f"{folder}: folder holds {len(series)} DICOM series ({', '.join(series)}); "
+                         "point to a folder with one series")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    _check_dicom_folder_files(folder, files)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def _check_dicom_folder_files(folder: Path, series_files: tuple[str, ...]) -> None:
+    """Every slice of the series whole, with its pixel data; and no other DICOM file of the folder damaged.
+
+    The second part matters because GDCM leaves a file whose header it cannot parse out of the series:
+    an end slice cut short would otherwise silently make the volume one slice shorter.
+    """
+    for name in series_files:
+        check_dicom_file(name, require_pixel_data=True)
+    in_series = {Path(name).resolve() for name in series_files}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.resolve() not in in_series and looks_like_dicom(path):
+            check_dicom_file(path, require_pixel_data=False)
+
+
+def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
+    """Read a 3D scalar volume; ``role`` ("CT", "PET", "label") appears in error messages."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: {role} file not found")
+    if not path.is_dir():
+        check_input_file(path)
+    try:
+        image = _read_dicom_folder(path) if path.is_dir() else sitk.ReadImage(str(path))
+    except InputError:
+        raise
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot read the {role} image ({_sitk_reason(exc)})") from None
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    if image.GetDimension() != 3:
+        raise InputError(f"{path}: {role} image is {image.GetDimension()}D with size "
+                         f"{list(image.GetSize())}; a 3D volume is needed")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: {role} image has {image.GetNumberOfComponentsPerPixel()} components "
+                         "per voxel; a scalar volume is needed")
+    if 0 in image.GetSize():
+        raise InputError(f"{path}: {role} image has zero voxels (size {list(image.GetSize())})")
+    if min(image.GetSize()) < 2:
+        raise InputError(f"{path}: {role} image has size {list(image.GetSize())}; a 3D volume is needed")
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        bad = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
+        if bad:
+            raise InputError(f"{path}: {role} image has {bad} NaN or infinite voxels")
+    return image
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0o666 less the umask). mkstemp makes 0o600 files, and an
+    output only its writer can read is of no use to a planning system importing from a shared folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
+
+    The temporary name is ``.NAME.RANDOM`` plus ``suffix`` (default: the target's own suffixes,
+    which writers such as SimpleITK need to pick a file format).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix or "".join(target.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.fchmod(fd, new_file_mode())
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:  # on disk before the rename, so a crash cannot leave a torn file
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Atomically write raw bytes; a leftover from a killed process is named ``.NAME.*.tmp``."""
+    with atomic_path(path, suffix=".tmp") as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
+    return Path(path)
+
+
+def write_json(data: dict, path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    return Path(path)
+
+
+def write_npy(array: np.ndarray, path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+    return Path(path)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,173 @@
+"""One background segmentation, from inputs on disk to results on disk, cancellable.
+
+Why: this is everything the Slicer module's Segment / Cancel buttons do that is not MRML. The job
+owns a fresh temporary folder; the caller writes the CT and PET there (:meth:`SegmentationJob.write_inputs`),
+starts the worker (:mod:`HNTumorSegLib.slicer_support.worker`) as its own process tree, and polls it from a GUI
+timer, or calls :meth:`SegmentationJob.run_blocking` from scripts and tests. Cancel kills the
+tree and deletes the folder, so nothing of the run is left behind; a failure carries the
+worker's one-line message, or its exit status and last stderr lines when it died without one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+import SimpleITK as sitk
+
+from HNTumorSegLib.slicer_support import worker_protocol as protocol
+from HNTumorSegLib.slicer_support.worker_process import WorkerProcess
+
+RUNNING, SUCCEEDED, FAILED, CANCELLED, NOT_STARTED = "running", "succeeded", "failed", "cancelled", "not started"
+#: Folder holding HNTumorSegLib, put on the worker's PYTHONPATH (a source checkout or the
+#: extension's scripted-modules folder alike).
+LIBRARY_PARENT = str(Path(__file__).resolve().parents[2])
+
+
+class JobFailed(RuntimeError):
+    """The worker failed; the message is the one line to show the user."""
+
+    def __init__(self, message: str, kind: str = "internal"):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class JobResult:
+    label_path: Path
+    report: dict
+
+    def read_label(self) -> sitk.Image:
+        return sitk.ReadImage(str(self.label_path))
+
+
+def worker_command(python: Sequence[str], request_path: str | os.PathLike) -> list[str]:
+    """The command line: ``python`` may be one executable or a launcher and its arguments."""
+    return [*python, "-m", "HNTumorSegLib.slicer_support.worker", str(request_path)]
+
+
+def worker_environment(base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """The environment with HNTumorSegLib importable and stdout unbuffered."""
+    env = dict(os.environ if base is None else base)
+    paths = [LIBRARY_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != LIBRARY_PARENT]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class SegmentationJob:
+    """A worker run in its own temporary folder: inputs, request, outputs."""
+
+    def __init__(self, *, model: Optional[str] = None, device: str = "auto", tta: bool = False,
+                 python: Sequence[str] = (sys.executable,), work_parent: Optional[str] = None,
+                 ct_name: Optional[str] = None, pet_name: Optional[str] = None):
+        self.folder = Path(tempfile.mkdtemp(prefix="hntumorseg-", dir=work_parent))
+        self.ct_path = self.folder / "input" / "ct.nrrd"
+        self.pet_path = self.folder / "input" / "pet.nrrd"
+        self.output_dir = self.folder / "output"
+        self.request = protocol.Request(str(self.ct_path), str(self.pet_path), str(self.output_dir),
+                                        model, device, tta, ct_name, pet_name)
+        self.python = list(python)
+        self.process: Optional[WorkerProcess] = None
+        self.state = NOT_STARTED
+        self.stage: Optional[str] = None
+        self.percent = 0
+        self.status = "Not started"
+        self.worker_pid: Optional[int] = None
+        self.error: Optional[JobFailed] = None
+        self._done_event: Optional[dict] = None
+        self._error_event: Optional[dict] = None
+
+    # ---------------------------------------------------------------- running
+    def write_inputs(self, ct: sitk.Image, pet: sitk.Image) -> None:
+        """Write the CT and PET (already in world coordinates) where the worker will read them."""
+        self.ct_path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(ct, str(self.ct_path), False)
+        sitk.WriteImage(pet, str(self.pet_path), False)
+
+    def start(self) -> "SegmentationJob":
+        request_path = self.folder / "request.json"
+        request_path.write_text(self.request.to_json(), encoding="utf-8")
+        self.process = WorkerProcess(worker_command(self.python, request_path), env=worker_environment(),
+                                     cwd=str(self.folder)).start()
+        self.state, self.status = RUNNING, "Starting the worker"
+        return self
+
+    def poll(self) -> list[dict]:
+        """Take new events, update stage / percent / status / state; never blocks."""
+        if self.process is None or self.state != RUNNING:
+            return []
+        events = self.process.poll()
+        for event in events:
+            self._take(event)
+        if self.process.finished:
+            for event in self.process.poll():  # anything that arrived with the exit
+                events.append(event)
+                self._take(event)
+            self._conclude(self.process.returncode)
+        return events
+
+    def _take(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "started":
+            self.worker_pid = event.get("pid")
+        elif kind == "stage":
+            self.stage = event.get("stage")
+            self.percent, self.status = protocol.progress(self.stage)
+        elif kind == "done":
+            self._done_event = event
+        elif kind == "error":
+            self._error_event = event
+
+    def _conclude(self, returncode: int) -> None:
+        if returncode == protocol.EXIT_OK and self._done_event is not None:
+            self.state, self.percent, self.status = SUCCEEDED, 100, "Done"
+            return
+        if self._error_event is not None:
+            self.error = JobFailed(self._error_event.get("message", "the worker failed"),
+                                   self._error_event.get("kind", "internal"))
+        else:
+            tail = [line for line in self.process.stderr_tail() if line.strip()]
+            last = f": {tail[-1].strip()}" if tail else ""
+            self.error = JobFailed(f"the segmentation worker stopped with exit status {returncode} "
+                                   f"before finishing{last}")
+        self.state, self.status = FAILED, f"Failed: {self.error}"
+
+    def run_blocking(self, on_event: Optional[Callable[[dict], None]] = None) -> JobResult:
+        """Start (if needed), wait for the end, return the result or raise :class:`JobFailed`."""
+        if self.process is None:
+            self.start()
+        self.process.wait()
+        for event in self.poll():
+            if on_event:
+                on_event(event)
+        if self.state != SUCCEEDED:
+            raise self.error or JobFailed(f"the job ended in state {self.state}")
+        return self.result()
+
+    def result(self) -> JobResult:
+        if self.state != SUCCEEDED:
+            raise RuntimeError(f"no result: the job is {self.state}")
+        report_path = Path(self._done_event["report"])
+        return JobResult(Path(self._done_event["label"]), json.loads(report_path.read_text(encoding="utf-8")))
+
+    # ---------------------------------------------------------------- ending
+    def cancel(self) -> None:
+        """Kill the worker's whole process tree and delete everything the job wrote."""
+        if self.process is not None:
+            self.process.cancel()
+        self.state, self.status = CANCELLED, "Cancelled"
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Delete the job's folder (after its results have been read into the scene)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def stderr_tail(self, lines: int = 20) -> list[str]:
+        return self.process.stderr_tail(lines) if self.process else []

@@ -1,0 +1,142 @@
+"""The segmentation worker: ``python -m HNTumorSegLib.slicer_support.worker REQUEST.json``.
+
+Why a separate process: the network takes seconds on a GPU and minutes on a CPU. Run inside
+Slicer's GUI process it would freeze the application and could not be stopped; as its own
+process (tree) it runs while the user keeps working, and Cancel kills it with everything it
+started. It runs the very pipeline of ``hntumorseg segment`` (:class:`~HNTumorSegLib.pipeline.inference.Segmenter`)
+and speaks :mod:`~HNTumorSegLib.slicer_support.worker_protocol` on stdout.
+
+``python -m HNTumorSegLib.slicer_support.worker --probe`` prints one ``devices`` event: what torch sees and
+which model is bundled. It also proves, before the user presses Segment, that the worker's
+Python finds HNTumorSegLib and torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from HNTumorSegLib import __version__
+
+from HNTumorSegLib.slicer_support import worker_protocol as protocol
+from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.pipeline.model_info import model_summary
+
+Emit = Callable[[dict], None]
+
+
+def _model_summary(loaded) -> dict:
+    return model_summary(loaded.meta, loaded.paths.json)
+
+
+def run_request(request: protocol.Request, emit: Emit) -> dict:
+    """Segment one request; writes the label map, then the report, into ``request.output_dir``."""
+    from HNTumorSegLib.imaging.image_io import read_image, write_image, write_json
+    from HNTumorSegLib.pipeline.inference import Segmenter
+    from HNTumorSegLib.evaluation.metrics import structure_statistics
+    from HNTumorSegLib.slicer_support.scene_geometry import analysis_window_box
+
+    out = Path(request.output_dir)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    emit(protocol.stage("load_model"))
+    segmenter = Segmenter(request.model, device=request.device, tta=request.tta)
+    timings["load_model"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    emit(protocol.stage("read_inputs"))
+    ct = read_image(request.ct, "CT")
+    pet = read_image(request.pet, "PET")
+    timings["read_inputs"] = time.perf_counter() - t0
+
+    seg = segmenter.segment(ct, pet, ct_name=request.ct_name or request.ct, pet_name=request.pet_name or request.pet,
+                            progress=lambda name: emit(protocol.stage(name)))
+    timings.update(seg.timings)
+
+    t0 = time.perf_counter()
+    emit(protocol.stage("statistics"))
+    structures = structure_statistics(seg.label, pet)
+    timings["statistics"] = time.perf_counter() - t0
+
+    emit(protocol.stage("write"))
+    label_path = write_image(seg.label, out / protocol.LABEL_FILE)
+    box = analysis_window_box(seg.provenance)
+    report = {
+        "software": f"HNTumorSeg {__version__}",
+        "inputs": {"ct": request.ct_name or request.ct, "pet": request.pet_name or request.pet},
+        "label": str(label_path),
+        "model": _model_summary(segmenter.loaded),
+        "device": str(segmenter.device),
+        "tta": request.tta,
+        "structures": structures,
+        "analysis_window": {"center_ras": box.center_ras, "size_mm": box.size_mm, "axes_ras": box.axes_ras},
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "members": seg.members,  # one entry per network (an ensemble has several): name, window, seconds
+        "memory": seg.memory,
+        "provenance": seg.provenance,
+    }
+    report_path = write_json(report, out / protocol.REPORT_FILE)  # last: its presence means "complete"
+    emit(protocol.done(str(label_path), str(report_path)))
+    return report
+
+
+def probe() -> dict:
+    """What torch sees, and the bundled model (path and description, or why there is none)."""
+    from HNTumorSegLib.slicer_support.device_info import probe_devices
+    from HNTumorSegLib.errors import ModelFileError
+    from HNTumorSegLib.pipeline.inference import default_model_path
+    from HNTumorSegLib.pipeline.model_info import read_model_description
+
+    found = probe_devices()
+    try:
+        path = default_model_path()
+        found["bundled_model"] = {"path": str(path), "description": read_model_description(path)}
+    except ModelFileError as exc:
+        found["bundled_model"] = {"path": None, "description": str(exc)}
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    wire = sys.stdout
+    sys.stdout = sys.stderr  # stray prints from libraries must not corrupt the protocol
+
+    def emit(event: dict) -> None:
+        wire.write(protocol.encode(event) + "\n")
+        wire.flush()
+
+    emit(protocol.started(os.getpid()))
+    if argv == ["--probe"]:
+        emit({"event": "devices", **probe()})
+        return protocol.EXIT_OK
+    if len(argv) != 1 or argv[0].startswith("-"):
+        emit(protocol.error("usage: python -m HNTumorSegLib.slicer_support.worker REQUEST.json | --probe", "input"))
+        return protocol.EXIT_INPUT
+    try:
+        run_request(protocol.Request.read(argv[0]), emit)
+        return protocol.EXIT_OK
+    except InputError as exc:
+        emit(protocol.error(str(exc), "input"))
+        return protocol.EXIT_INPUT
+    except OSError as exc:  # unwritable output folder, full disk: the user's to fix
+        where = f"{exc.filename}: " if exc.filename else ""
+        emit(protocol.error(f"{where}{exc.strerror or exc}", "input"))
+        return protocol.EXIT_INPUT
+    except MemoryError:
+        emit(protocol.error("out of memory; close other programs or use the other device", "internal"))
+        return protocol.EXIT_FAILED
+    except Exception as exc:  # a bug or the machine: say what, keep the traceback on stderr
+        traceback.print_exc(file=sys.stderr)
+        message = f"{type(exc).__name__}: {exc}"
+        if "out of memory" in str(exc).lower():
+            message = f"{message.splitlines()[0]} (the GPU's memory is too small for this case: choose Device: CPU)"
+        emit(protocol.error(message, "internal"))
+        return protocol.EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

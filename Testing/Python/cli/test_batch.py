@@ -1,0 +1,142 @@
+"""``hntumorseg batch``: case discovery (HECKTOR layout and DICOM studies), resume, failures, shards.
+
+Most tests use a stand-in segmenter (PET above a threshold, on the CT grid) so that a batch of
+several cases runs in seconds; one CLI test runs a small random-weight model end to end.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import SimpleITK as sitk
+import torch
+
+from HNTumorSegLib.cli.batch import (FAILED, SKIPPED, DONE, BatchCase, BatchOptions, find_batch_cases, parse_shard,
+                                     run_batch, run_batch_parallel, shard)
+from HNTumorSegLib.cli import main
+from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.pipeline.inference import Segmentation, Segmenter
+from HNTumorSegLib.pipeline.model_file import save_model
+from HNTumorSegLib.network import NetworkConfig, build_network
+from HNTumorSegLib.phantom import make_phantom, write_case
+from HNTumorSegLib.phantom.dicom import DicomStudy, write_ct_series, write_dicom_case
+
+
+class ThresholdSegmenter(Segmenter):
+    """GTVp = PET above SUV 4 on the CT grid; counts its calls."""
+
+    def __init__(self):  # no model file
+        self.device, self.tta, self.calls = torch.device("cpu"), False, 0
+        self.loaded = SimpleNamespace(meta={"trained_on": "stand-in"}, paths=SimpleNamespace(json="stand-in.json"))
+
+    def segment(self, ct, pet, **kwargs):
+        self.calls += 1
+        on_ct = sitk.Resample(pet, ct, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        label = sitk.Cast(on_ct > 4.0, sitk.sitkUInt8)
+        label.CopyInformation(ct)
+        return Segmentation(label, {"stand_in": True}, {})
+
+
+def _case(seed, case_id):
+    return make_phantom(seed, "head", ct_matrix=64, n_nodes=1, case_id=case_id)
+
+
+@pytest.fixture
+def hecktor_root(tmp_path):
+    root = tmp_path / "hecktor"
+    for seed, case_id in ((1, "CHUM-001"), (2, "CHUM-002")):
+        write_case(_case(seed, case_id), root)
+    broken = root / "CHUP-003"
+    broken.mkdir()
+    shutil.copy(root / "CHUM-001" / "CHUM-001__CT.nii.gz", broken / "CHUP-003__CT.nii.gz")
+    (broken / "CHUP-003__PT.nii.gz").write_bytes(b"not an image")
+    return root
+
+
+def _summary(path):
+    with open(path, newline="") as fh:
+        return {row["case"]: row for row in csv.DictReader(fh)}
+
+
+def test_hecktor_batch_goes_on_after_a_failure_and_resumes(hecktor_root, tmp_path):
+    cases = find_batch_cases(hecktor_root)
+    assert [c.case_id for c in cases] == ["CHUM-001", "CHUM-002", "CHUP-003"]
+    options = BatchOptions(tmp_path / "out")
+    stand_in = ThresholdSegmenter()
+    rows = run_batch(cases, options, summary=tmp_path / "out" / "summary.csv", make_segmenter=lambda: stand_in,
+                     progress=False)
+    assert [r["status"] for r in rows] == [DONE, DONE, FAILED]
+    assert "CHUP-003__PT.nii.gz" in rows[2]["message"]
+    summary = _summary(tmp_path / "out" / "summary.csv")
+    assert set(summary) == {"CHUM-001", "CHUM-002", "CHUP-003"}
+    assert float(summary["CHUM-001"]["GTVp_volume_ml"]) > 0 and float(summary["CHUM-001"]["GTVp_suv_max"]) > 4
+    assert summary["CHUM-001"]["GTVn_volume_ml"] == "0.000" and summary["CHUM-001"]["GTVn_suv_max"] == ""
+    report = tmp_path / "out" / "CHUM-001" / "CHUM-001_seg.json"
+    stamp = report.stat().st_mtime_ns
+    rows = run_batch(cases, options, summary=tmp_path / "out" / "summary.csv", make_segmenter=lambda: stand_in,
+                     progress=False)
+    assert [r["status"] for r in rows] == [SKIPPED, SKIPPED, FAILED]
+    assert stand_in.calls == 2 and report.stat().st_mtime_ns == stamp
+    assert _summary(tmp_path / "out" / "summary.csv")["CHUM-002"]["GTVp_volume_ml"] == \
+        summary["CHUM-002"]["GTVp_volume_ml"]
+    # the parallel runner skips them as well (no worker is started) and still writes its summary
+    rows = run_batch_parallel(cases[:2], options, summary=tmp_path / "out" / "s2.csv", workers=2, progress=False)
+    assert [r["status"] for r in rows] == [SKIPPED, SKIPPED]
+    assert list(_summary(tmp_path / "out" / "s2.csv")) == ["CHUM-001", "CHUM-002"]
+
+
+def test_dicom_tree_studies_become_cases_with_rtstruct(tmp_path):
+    root = tmp_path / "archive"
+    for seed, name in ((3, "PAT-A"), (4, "PAT-B")):
+        write_dicom_case(_case(seed, name), root / name / "scan")
+    mixed = _case(5, "PAT-C")
+    study = write_dicom_case(mixed, root / "PAT-C")
+    write_ct_series(mixed.ct, root / "PAT-C", DicomStudy("PAT-C"), number=7, description="CT lung", tag="ct2")
+    cases = find_batch_cases(root)
+    assert [c.case_id.split("_")[0] for c in cases] == ["PAT-A", "PAT-B", "PAT-C"]
+    assert cases[2].problem and "2 CT and 1 PT series" in cases[2].problem and study.written["ct"] in cases[2].problem
+    options = BatchOptions(tmp_path / "out", rtstruct=True)
+    rows = run_batch(cases, options, summary=tmp_path / "out" / "summary.csv",
+                     make_segmenter=ThresholdSegmenter, progress=False)
+    assert [r["status"] for r in rows] == [DONE, DONE, FAILED]
+    assert all(r["source"] == "DICOM" for r in rows)
+    assert float(rows[0]["suv_factor"]) == pytest.approx(2.96075e-4, rel=1e-5)
+    assert (tmp_path / "out" / cases[0].case_id / f"{cases[0].case_id}_RTSTRUCT.dcm").exists()
+    # asking for a DICOM SEG later re-runs the cases that lack it
+    rows = run_batch(cases, BatchOptions(tmp_path / "out", rtstruct=True, dicom_seg=True),
+                     summary=tmp_path / "out" / "summary.csv", make_segmenter=ThresholdSegmenter, progress=False)
+    assert [r["status"] for r in rows] == [DONE, DONE, FAILED]
+
+
+def test_shards_partition_the_cohort():
+    cases = [BatchCase(f"C-{i:03d}", None, None) for i in range(11)]
+    parts = [shard(cases, i, 3) for i in (1, 2, 3)]
+    ids = [c.case_id for part in parts for c in part]
+    assert sorted(ids) == [c.case_id for c in cases] and len(set(ids)) == 11
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("0/3", "4/3", "2", "a/b"):
+        with pytest.raises(InputError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_empty_input_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "nothing").mkdir()
+    assert main(["batch", "--input", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")]) == 2
+    assert "no cases found" in capsys.readouterr().err
+
+
+def test_batch_command_runs_one_shard_with_a_model(hecktor_root, tmp_path, capsys):
+    torch.manual_seed(0)
+    small = NetworkConfig(channels=(4, 8, 16, 32, 64), psam_channels=(2, 4, 8))
+    save_model(build_network(small), small, tmp_path / "small", metadata={"trained_on": "nothing (tests)"})
+    out = tmp_path / "out"
+    code = main(["batch", "--input", str(hecktor_root), "--out", str(out), "--shard", "2/2",
+                 "--model", str(tmp_path / "small.json"), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err  # shard 2/2 holds CHUM-002 only; the broken case is in 1/2
+    summary = _summary(out / "summary_shard-2-of-2.csv")
+    assert list(summary) == ["CHUM-002"] and summary["CHUM-002"]["status"] == DONE
+    label = sitk.ReadImage(str(out / "CHUM-002" / "CHUM-002_seg.nii.gz"))
+    assert label.GetSize() == sitk.ReadImage(str(hecktor_root / "CHUM-002" / "CHUM-002__CT.nii.gz")).GetSize()

@@ -1,0 +1,153 @@
+"""The segment/demo commands and the Segmenter end to end, with small random-weight models.
+
+Random weights say nothing about accuracy; these tests check the plumbing: geometry of the output,
+the report, model checks, device choice and that failures leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from HNTumorSegLib.pipeline import inference
+from HNTumorSegLib.cli import main
+from HNTumorSegLib.errors import InputError, ModelFileError
+from HNTumorSegLib.imaging.geometry import Geometry
+from HNTumorSegLib.pipeline.inference import Segmenter, resolve_device
+from HNTumorSegLib.evaluation.metrics import structure_statistics
+
+from conftest import tiny_ct_pet
+
+
+
+
+def test_segment_writes_label_on_ct_grid_and_report(tiny_files, small_model, tmp_path, capsys):
+    out = tmp_path / "res" / "seg.nii.gz"
+    code = main(["segment", "--ct", str(tiny_files["ct"]), "--pet", str(tiny_files["pet"]), "--out", str(out),
+                 "--model", str(small_model), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    label = sitk.ReadImage(str(out))
+    ct = sitk.ReadImage(str(tiny_files["ct"]))
+    assert Geometry.of(label) == Geometry.of(ct)
+    assert label.GetPixelID() == sitk.sitkUInt8
+    report = json.loads((tmp_path / "res" / "seg.json").read_text())
+    assert set(report["structures"]) == {"GTVp", "GTVn"}
+    for s in report["structures"].values():
+        assert {"volume_ml", "suv_max", "suv_mean", "tlg"} <= set(s)
+    assert report["model"]["weights_sha256"] == json.loads(small_model.read_text())["weights_sha256"]
+    for stage in ("read_inputs", "preprocess", "network", "restore", "statistics", "write", "total"):
+        assert stage in report["timings_s"]
+    assert report["provenance"]["crop"]["x2"] - report["provenance"]["crop"]["x1"] == 256
+    assert sorted(p.name for p in out.parent.iterdir()) == ["seg.json", "seg.nii.gz"]
+
+
+def _tamper(src_json, tmp_path, how):
+    import shutil
+
+    dst = tmp_path / "tampered"
+    dst.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(src_json.with_suffix(suffix), dst / f"m{suffix}")
+    if how == "bytes":
+        w = dst / "m.safetensors"
+        data = bytearray(w.read_bytes())
+        data[-5] ^= 0xFF
+        w.write_bytes(bytes(data))
+    elif how == "config":
+        meta = json.loads((dst / "m.json").read_text())
+        meta["network"]["channels"] = [8, 16, 32, 64, 128]
+        (dst / "m.json").write_text(json.dumps(meta))
+    return dst / "m.json"
+
+
+@pytest.mark.parametrize("how,needle", [("bytes", "sha256"), ("config", "do not fit")])
+def test_segment_refuses_a_tampered_model(tiny_files, small_model, tmp_path, capsys, how, needle):
+    model = _tamper(small_model, tmp_path, how)
+    out = tmp_path / "out" / "seg.nii.gz"
+    code = main(["segment", "--ct", str(tiny_files["ct"]), "--pet", str(tiny_files["pet"]), "--out", str(out),
+                 "--model", str(model)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert needle in err and "m." in err
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_segmenter_refuses_other_preprocessing_version(small_model, tmp_path):
+    meta = json.loads(small_model.read_text())
+    meta["preprocessing_version"] = "0"
+    import shutil
+
+    shutil.copy(small_model.with_suffix(".safetensors"), tmp_path / "old.safetensors")
+    (tmp_path / "old.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="preprocessing version"):
+        Segmenter(tmp_path / "old.json", device="cpu")
+
+
+def test_device_choice():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_tta_averages_the_mirrored_prediction(small_model):
+    seg = Segmenter(small_model, device="cpu", tta=True)
+    x = np.random.default_rng(0).random((2, 32, 64, 64), dtype=np.float32)  # any size divisible by 16
+    got = seg.predict_window(x)
+    with torch.inference_mode():
+        t = torch.from_numpy(x)[None]
+        prob = torch.softmax(seg.model(t), 1) + torch.softmax(seg.model(t.flip(4)), 1).flip(4)
+    assert np.array_equal(got, prob.argmax(1)[0].numpy().astype(np.uint8))
+
+
+def test_demo_says_plainly_when_no_model_is_bundled(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(inference, "DEFAULT_MODEL_NAME", "no_such_model")
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "no trained model is bundled" in err and "Nothing was written" in err
+    assert not out.exists()
+
+
+def test_demo_with_a_given_model(small_model, tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--fov", "head", "--model", str(small_model), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    pngs = list(out.glob("*_overlay.png"))
+    assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads(next(out.glob("*_seg.json")).read_text())
+    assert set(report["reference"]["dice"]) == {"GTVp", "GTVn"}
+    assert all(0.0 <= v <= 1.0 for v in report["reference"]["dice"].values())
+
+
+def test_structure_statistics_on_a_linear_pet():
+    """A PET linear in x is interpolated exactly, so SUV figures can be computed by hand."""
+    ct, _ = tiny_ct_pet()
+    lab = np.zeros((40, 100, 100), np.uint8)
+    lab[10:14, 30:40, 40:50] = 1  # 400 voxels of 2 x 2 x 3 mm = 4.8 mL
+    label = sitk.GetImageFromArray(lab)
+    label.CopyInformation(ct)
+    pet_arr = np.zeros((30, 60, 60), np.float32)
+    xs = -110.0 + 4.0 * np.arange(60)  # physical x of PET columns
+    pet_arr[:] = (2.0 + 0.01 * xs)[None, None, :]
+    pet = sitk.GetImageFromArray(pet_arr)
+    pet.SetSpacing((4.0, 4.0, 4.0))
+    pet.SetOrigin((-110.0, -110.0, -70.0))
+    stats = structure_statistics(label, pet)
+    x_mm = -100.0 + 2.0 * np.arange(40, 50)  # CT columns 40..49
+    suv = 2.0 + 0.01 * x_mm
+    p = stats["GTVp"]
+    assert p["voxels"] == 400
+    assert p["volume_ml"] == pytest.approx(4.8)
+    assert p["suv_max"] == pytest.approx(suv.max(), abs=1e-5)
+    assert p["suv_mean"] == pytest.approx(suv.mean(), abs=1e-5)
+    assert p["tlg"] == pytest.approx(suv.mean() * 4.8, abs=1e-4)
+    assert stats["GTVn"] == {"label": 2, "voxels": 0, "volume_ml": 0.0, "suv_max": None, "suv_mean": None,
+                             "tlg": None}

@@ -1,0 +1,97 @@
+"""DICOM SEG output through highdicom, and ``segment`` from DICOM folders to RTSTRUCT + DICOM SEG.
+
+The segment run uses a small random-weight model: it checks the plumbing (inputs, SUV, outputs,
+report), not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+pydicom = pytest.importorskip("pydicom")
+hd = pytest.importorskip("highdicom")
+
+from HNTumorSegLib.cli import main
+from HNTumorSegLib.dicom.seg import write_dicom_seg
+from HNTumorSegLib.dicom.series import read_series
+from HNTumorSegLib.phantom import make_phantom
+from HNTumorSegLib.phantom.dicom import write_dicom_case
+from HNTumorSegLib.dicom.segment_terminology import GTVN, GTVP
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    case = make_phantom(31, "head", ct_matrix=128, n_nodes=2)
+    write_dicom_case(case, root / "dicom")
+    ct = read_series(root / "dicom", "CT")
+    label = sitk.Image(case.label)
+    label.CopyInformation(ct.image)  # DICOM positions carry 4 decimals
+    return {"root": root, "dicom": root / "dicom", "ct": ct, "label": label}
+
+
+@pytest.fixture(scope="module")
+def seg_file(study):
+    return write_dicom_seg(study["label"], study["ct"], study["root"] / "SEG.dcm")
+
+
+def test_segments_carry_the_slicer_module_codes(seg_file):
+    seg = hd.seg.segread(seg_file)
+    described = [(d.segment_label, d.segmented_property_category.value, d.segmented_property_type.value,
+                  d.segmented_property_type.scheme_designator) for d in seg.SegmentSequence]
+    assert described == [("GTVp", GTVP.category.value, "86049000", "SCT"),
+                         ("GTVn", GTVN.category.value, "14799000", "SCT")]
+    assert [d.segmented_property_type.meaning for d in seg.SegmentSequence] == ["Neoplasm, Primary",
+                                                                              "Neoplasm, Secondary"]
+
+
+def test_highdicom_reads_back_the_voxels_on_the_ct_slices(study, seg_file):
+    seg = hd.seg.segread(seg_file)
+    ct = study["ct"]
+    lab = sitk.GetArrayFromImage(study["label"])
+    got = seg.get_pixels_by_source_instance(source_sop_instance_uids=ct.sop_instance_uids,
+                                            combine_segments=True, skip_overlap_checks=True)
+    assert got.shape == lab.shape
+    assert np.array_equal(got, lab)
+    refs = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
+    assert refs == set(ct.sop_instance_uids)
+    assert seg.StudyInstanceUID == ct.headers[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == ct.frame_of_reference_uid
+
+
+def test_pydicom_reads_it_as_a_segmentation(seg_file):
+    ds = pydicom.dcmread(seg_file)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and ds.Modality == "SEG"
+    assert ds.SegmentationType == "BINARY" and int(ds.NumberOfFrames) > 0
+    dciodvfy = shutil.which("dciodvfy")
+    if dciodvfy:
+        out = subprocess.run([dciodvfy, str(seg_file)], capture_output=True, text=True)
+        assert not [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
+
+
+
+def test_segment_dicom_in_rtstruct_and_dicom_seg_out(study, small_model, tmp_path, capsys):
+    out = tmp_path / "res" / "seg.nii.gz"
+    rs, sg = tmp_path / "res" / "RS.dcm", tmp_path / "res" / "SEG.dcm"
+    code = main(["segment", "--ct", str(study["dicom"]), "--pet", str(study["dicom"]), "--out", str(out),
+                 "--model", str(small_model), "--device", "cpu", "--rtstruct", str(rs), "--dicom-seg", str(sg)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "res" / "seg.json").read_text())
+    assert report["suv"]["suv_factor"] == pytest.approx(2.96075e-4, rel=1e-5)
+    assert report["input_series"]["ct"]["series_instance_uid"] == study["ct"].series.uid
+    assert report["rtstruct"]["file"] == str(rs) and report["dicom_seg"]["file"] == str(sg)
+    assert report["rtstruct"]["referenced_ct_series"] == study["ct"].series.uid
+    label = sitk.ReadImage(str(out))
+    assert label.GetSize() == study["ct"].image.GetSize()
+    assert pydicom.dcmread(rs).Modality == "RTSTRUCT"
+    assert pydicom.dcmread(sg).Modality == "SEG"
+    voxels = {name: s["voxels"] for name, s in report["rtstruct"]["structures"].items()}
+    lab = sitk.GetArrayFromImage(label)
+    assert voxels == {"GTVp": int((lab == 1).sum()), "GTVn": int((lab == 2).sum())}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["RS.dcm", "SEG.dcm", "seg.json", "seg.nii.gz"]

@@ -1,0 +1,203 @@
+"""RTSTRUCT output: contours that enclose exactly the label's voxels, a structure set that references
+the CT, checked by readers we did not write (plastimatch, dciodvfy), and the commands that write it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+pydicom = pytest.importorskip("pydicom")
+
+from HNTumorSegLib.cli import main
+from HNTumorSegLib.dicom.contours import boundary_polygons, rasterise, slice_polygons
+from HNTumorSegLib.dicom.series import read_series
+from HNTumorSegLib.phantom import make_phantom
+from HNTumorSegLib.phantom.dicom import write_dicom_case
+from HNTumorSegLib.dicom.rtstruct import build_rtstruct
+from HNTumorSegLib.dicom.segment_terminology import GTVN, GTVP
+
+PLASTIMATCH_MISSING = "plastimatch (Debian package plastimatch) is not installed; .ci/run installs it"
+
+
+# ---------------------------------------------------------------------------------------- contours
+
+@pytest.mark.parametrize("seed", range(6))
+def test_contours_enclose_exactly_the_mask_by_union_and_by_even_odd(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        mask = rng.random((13, 17)) < rng.uniform(0.3, 0.9)
+        polygons = slice_polygons(mask)
+        assert not any(p.is_hole for p in polygons)
+        for rule in ("union", "even-odd"):
+            assert np.array_equal(rasterise(polygons, mask.shape, rule), mask), rule
+        assert sum(p.area for p in polygons) == pytest.approx(mask.sum())
+
+
+def test_ring_with_an_island_is_one_keyholed_polygon_and_the_island():
+    mask = np.zeros((11, 11), bool)
+    mask[1:10, 1:10] = True
+    mask[3:8, 3:8] = False
+    mask[5, 5] = True
+    plain = boundary_polygons(mask)
+    assert sorted((p.is_hole, p.area) for p in plain) == [(False, 1.0), (False, 81.0), (True, 25.0)]
+    polygons = slice_polygons(mask)
+    assert sorted(p.area for p in polygons) == [1.0, 56.0]
+    assert np.array_equal(rasterise(polygons, mask.shape, "union"), mask)
+    assert not np.array_equal(rasterise(plain, mask.shape, "union"), mask), "union fills a plain hole"
+
+
+def test_pixels_touching_at_a_corner_are_separate_polygons():
+    mask = np.array([[1, 0], [0, 1]], bool)
+    polygons = slice_polygons(mask)
+    assert [p.area for p in polygons] == [1.0, 1.0]
+
+
+# ---------------------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A DICOM phantom study and a label on its CT grid with a holed, islanded GTVn added."""
+    root = tmp_path_factory.mktemp("rt")
+    case = make_phantom(21, "head", ct_matrix=128, n_nodes=2)
+    write_dicom_case(case, root / "dicom")
+    ct = read_series(root / "dicom", "CT")
+    lab = sitk.GetArrayFromImage(case.label)
+    lab[30:34, 40:60, 30:50] = 2
+    lab[30:34, 44:56, 34:46] = 0   # a hole ...
+    lab[30:34, 49:51, 39:41] = 2   # ... with an island in it
+    lab[31, 70:74, 70:74] = 2      # a second island on one slice
+    label = sitk.GetImageFromArray(lab)
+    label.CopyInformation(ct.image)
+    sitk.WriteImage(label, str(root / "label.nii.gz"))
+    assert (lab == 1).any() and (lab == 2).any()
+    return {"root": root, "dicom": root / "dicom", "ct": ct, "label": label, "label_path": root / "label.nii.gz",
+            "case": case}
+
+
+@pytest.fixture(scope="module")
+def rtstruct_file(study):
+    out = study["root"] / "out" / "RS.dcm"
+    assert main(["rtstruct", "--ct", str(study["dicom"]), "--labels", str(study["label_path"]),
+                 "--out", str(out)]) == 0
+    return out
+
+
+# ------------------------------------------------------------------------------------- structure set
+
+def test_structure_set_references_the_ct(study, rtstruct_file):
+    ds = pydicom.dcmread(rtstruct_file)
+    ct = study["ct"]
+    first = ct.headers[0]
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.3" and ds.Modality == "RTSTRUCT"
+    assert ds.StudyInstanceUID == first.StudyInstanceUID and ds.PatientID == first.PatientID
+    frame = ds.ReferencedFrameOfReferenceSequence[0]
+    assert frame.FrameOfReferenceUID == first.FrameOfReferenceUID
+    study_ref = frame.RTReferencedStudySequence[0]
+    assert study_ref.ReferencedSOPInstanceUID == first.StudyInstanceUID
+    series_ref = study_ref.RTReferencedSeriesSequence[0]
+    assert series_ref.SeriesInstanceUID == ct.series.uid
+    assert [i.ReferencedSOPInstanceUID for i in series_ref.ContourImageSequence] == ct.sop_instance_uids
+
+
+def test_rois_have_names_colours_type_and_codes(rtstruct_file):
+    ds = pydicom.dcmread(rtstruct_file)
+    assert [r.ROIName for r in ds.StructureSetROISequence] == ["GTVp", "GTVn"]
+    assert [list(c.ROIDisplayColor) for c in ds.ROIContourSequence] == [list(GTVP.color_255), list(GTVN.color_255)]
+    obs = ds.RTROIObservationsSequence
+    assert [o.RTROIInterpretedType for o in obs] == ["GTV", "GTV"]
+    assert [o.RTROIIdentificationCodeSequence[0].CodeValue for o in obs] == ["86049000", "14799000"]
+    assert [r.ROIGenerationAlgorithm for r in ds.StructureSetROISequence] == ["SEMIAUTOMATIC"] * 2
+
+
+def test_contours_lie_on_their_ct_slice_in_patient_coordinates(study, rtstruct_file):
+    ds = pydicom.dcmread(rtstruct_file)
+    ct = study["ct"]
+    z_of = {h.SOPInstanceUID: float(h.ImagePositionPatient[2]) for h in ct.headers}
+    lab = sitk.GetArrayFromImage(study["label"])
+    for value, roi in ((1, ds.ROIContourSequence[0]), (2, ds.ROIContourSequence[1])):
+        slices = set()
+        for item in roi.ContourSequence:
+            assert item.ContourGeometricType == "CLOSED_PLANAR"
+            points = np.asarray(item.ContourData, float).reshape(-1, 3)
+            assert len(points) == item.NumberOfContourPoints
+            uid = item.ContourImageSequence[0].ReferencedSOPInstanceUID
+            assert np.allclose(points[:, 2], z_of[uid], atol=1e-3)
+            slices.add(uid)
+        expected = {ct.sop_instance_uids[k] for k in np.nonzero((lab == value).any(axis=(1, 2)))[0]}
+        assert slices == expected
+
+
+def _plastimatch_masks(rtstruct, dicom, out, xor: bool):
+    cmd = [shutil.which("plastimatch"), "convert", "--input", str(rtstruct), "--referenced-ct", str(dicom),
+           "--output-prefix", str(out), "--prefix-format", "nrrd"]
+    if xor:
+        cmd.insert(2, "--xor-contours")
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    return {name: sitk.ReadImage(str(out / f"{name}.nrrd")) for name in ("GTVp", "GTVn")}
+
+
+@pytest.mark.parametrize("xor", [False, True], ids=["union", "xor"])
+def test_plastimatch_reads_back_our_voxels(study, rtstruct_file, tmp_path, xor):
+    if shutil.which("plastimatch") is None:
+        pytest.skip(PLASTIMATCH_MISSING)
+    masks = _plastimatch_masks(rtstruct_file, study["dicom"], tmp_path / "pm", xor)
+    ours = sitk.GetArrayFromImage(study["label"])
+    for value, name in ((1, "GTVp"), (2, "GTVn")):
+        theirs = sitk.Resample(masks[name], study["label"], sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        a, b = sitk.GetArrayFromImage(theirs) > 0, ours == value
+        dice = 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+        assert dice >= 0.95, f"{name}: Dice {dice:.4f}"
+        assert dice == 1.0, f"{name}: voxel-edge contours should read back exactly (Dice {dice:.4f})"
+
+
+def test_dciodvfy_finds_no_errors(rtstruct_file):
+    dciodvfy = shutil.which("dciodvfy")
+    if dciodvfy is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed; .ci/run installs it")
+    out = subprocess.run([dciodvfy, str(rtstruct_file)], capture_output=True, text=True)
+    report = out.stdout + out.stderr
+    assert "RTStructureSet" in report
+    assert not [line for line in report.splitlines() if line.startswith("Error")], report
+
+
+def test_empty_structure_is_an_roi_without_contours(study):
+    label = sitk.Image(study["label"])
+    lab = sitk.GetArrayFromImage(label)
+    lab[lab == 2] = 0
+    empty = sitk.GetImageFromArray(lab)
+    empty.CopyInformation(label)
+    ds, summaries = build_rtstruct(empty, study["ct"])
+    assert [s.contours > 0 for s in summaries] == [True, False]
+    assert "ContourSequence" not in ds.ROIContourSequence[1]
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+def test_label_on_another_grid_is_a_clear_error(study, tmp_path, capsys):
+    other = sitk.Resample(study["label"], [64, 64, 40], sitk.Transform(), sitk.sitkNearestNeighbor,
+                          study["label"].GetOrigin(), [4.0, 4.0, 3.0], study["label"].GetDirection())
+    sitk.WriteImage(other, str(tmp_path / "other.nii.gz"))
+    code = main(["rtstruct", "--ct", str(study["dicom"]), "--labels", str(tmp_path / "other.nii.gz"),
+                 "--out", str(tmp_path / "RS.dcm")])
+    err = capsys.readouterr().err
+    assert code == 2 and "label is not on the CT grid" in err and err.count("\n") == 1
+    assert not (tmp_path / "RS.dcm").exists()
+
+
+def test_rtstruct_with_a_nifti_ct_says_so_plainly(study, tmp_path, capsys):
+    sitk.WriteImage(study["case"].ct, str(tmp_path / "ct.nii.gz"))
+    code = main(["rtstruct", "--ct", str(tmp_path / "ct.nii.gz"), "--labels", str(study["label_path"]),
+                 "--out", str(tmp_path / "RS.dcm")])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs the CT as a DICOM folder" in err and "NIfTI CT has none" in err
+    code = main(["segment", "--ct", str(tmp_path / "ct.nii.gz"), "--pet", str(tmp_path / "ct.nii.gz"),
+                 "--out", str(tmp_path / "seg.nii.gz"), "--rtstruct", str(tmp_path / "RS.dcm")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--rtstruct needs the CT as a DICOM folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]

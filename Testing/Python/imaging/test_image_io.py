@@ -1,0 +1,100 @@
+"""Reading inputs (files and DICOM series folders) and atomic writing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.imaging.geometry import Geometry
+from HNTumorSegLib.imaging.image_io import atomic_path, read_image, write_json
+
+from conftest import tiny_ct_pet
+
+
+def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str, modality: str = "CT",
+                       prefix: str = "slice") -> None:
+    """One CT Image file per slice with the position/orientation tags a series reader needs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    direction = image.GetDirection()
+    orientation = "\\".join(str(v) for v in (direction[0], direction[3], direction[6],
+                                               direction[1], direction[4], direction[7]))
+    for k in range(image.GetDepth()):
+        s = image[:, :, k]
+        for tag, value in (("0008|0060", modality), ("0020|000e", series_uid), ("0020|0037", orientation),
+                           ("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k)))),
+                           ("0020|0013", str(k + 1)), ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"),
+                           ("0008|0018", f"{series_uid}.{k + 1}"), ("0028|0030", "\\".join(str(v) for v in image.GetSpacing()[:2])),
+                           ("0018|0050", str(image.GetSpacing()[2]))):
+            s.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{prefix}{k:03d}.dcm"))
+        writer.Execute(s)
+
+
+def test_reads_a_dicom_series_folder(tmp_path):
+    ct, _ = tiny_ct_pet()
+    write_dicom_series(ct, tmp_path / "ct", "1.2.826.0.1.3680043.2.1125.1")
+    got = read_image(tmp_path / "ct", "CT")
+    g, want = Geometry.of(got), Geometry.of(ct)
+    assert g.size == want.size
+    assert np.allclose(g.spacing, want.spacing) and np.allclose(g.origin, want.origin)
+    assert np.array_equal(sitk.GetArrayViewFromImage(got), sitk.GetArrayViewFromImage(ct))
+
+
+def test_folder_with_two_series_is_a_clear_error(tmp_path):
+    ct, _ = tiny_ct_pet()
+    write_dicom_series(ct[:, :, :5], tmp_path / "mixed", "1.2.826.0.1.3680043.2.1125.1")
+    write_dicom_series(ct[:, :, 5:10], tmp_path / "mixed", "1.2.826.0.1.3680043.2.1125.2", prefix="other")
+    with pytest.raises(InputError, match="2 DICOM series"):
+        read_image(tmp_path / "mixed", "CT")
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no DICOM series"):
+        read_image(tmp_path / "empty", "CT")
+
+
+def test_vector_image_is_refused(tmp_path):
+    path = tmp_path / "rgb.mha"
+    sitk.WriteImage(sitk.Image([8, 8, 8], sitk.sitkVectorFloat32, 3), str(path))
+    with pytest.raises(InputError, match="3 components"):
+        read_image(path, "CT")
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out" / "report.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+    write_json({"a": np.float32(1.5), "b": np.arange(2)}, target)
+    assert target.read_text().strip().startswith("{") and list(target.parent.iterdir()) == [target]
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_outputs_get_the_mode_a_plain_open_would_give(tmp_path, umask, mode):
+    """Not mkstemp's 0600: a planning system importing from a shared folder must be able to read them."""
+    import os
+
+    from HNTumorSegLib.imaging.image_io import write_bytes, write_image
+    from HNTumorSegLib.pipeline.model_file import save_model
+    from HNTumorSegLib.network import NetworkConfig, build_network
+
+    before = os.umask(umask)
+    try:
+        ct, _ = tiny_ct_pet()
+        config = NetworkConfig(channels=(4, 8, 16, 32, 64), psam_channels=(2, 4, 8))
+        written = [write_bytes(b"x", tmp_path / "a.bin"), write_json({"a": 1}, tmp_path / "a.json"),
+                   write_image(ct, tmp_path / "ct.nii.gz"),
+                   *save_model(build_network(config), config, tmp_path / "m")]
+    finally:
+        os.umask(before)
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(mode)}

@@ -1,0 +1,150 @@
+"""Preprocessing and restoration on phantoms: the contract of paper section 2.2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from HNTumorSegLib.pipeline.crop import CropWindow, find_crop
+from HNTumorSegLib.imaging.geometry import Geometry, analysis_lattice, orient_lps, resample
+from HNTumorSegLib.pipeline.intensity import normalize_ct
+from HNTumorSegLib.evaluation.metrics import dice
+from HNTumorSegLib.phantom import make_phantom
+from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION, preprocess
+from HNTumorSegLib.pipeline.restore import restore
+
+
+@pytest.fixture(scope="module")
+def head_case():
+    return make_phantom(5, "head")
+
+
+@pytest.fixture(scope="module")
+def head_pre(head_case):
+    return preprocess(head_case.ct, head_case.pet, head_case.label)
+
+
+def test_output_shapes_types_and_ranges(head_pre):
+    assert head_pre.image.shape == (2, 112, 256, 256) and head_pre.image.dtype == np.float32
+    assert head_pre.label.shape == (112, 256, 256) and head_pre.label.dtype == np.uint8
+    assert 0.0 < head_pre.image.min() and head_pre.image.max() < 1.0
+    assert set(np.unique(head_pre.label)) <= {0, 1, 2}
+
+
+def test_provenance_is_complete_and_json(head_pre, head_case):
+    prov = json.loads(json.dumps(head_pre.provenance))
+    for key in ("crop", "anchor", "z_top", "z_peak", "centroid_xy", "resampled", "original_ct", "version"):
+        assert key in prov
+    assert set(prov["crop"]) == {"x1", "x2", "y1", "y2", "z1", "z2"}
+    c = prov["crop"]
+    assert (c["x2"] - c["x1"], c["y2"] - c["y1"], c["z2"] - c["z1"]) == (256, 256, 112)
+    assert prov["version"] == PREPROCESSING_VERSION
+    assert Geometry.from_dict(prov["original_ct"]) == Geometry.of(head_case.ct)
+    lattice = prov["resampled"]
+    assert lattice["spacing"] == [1.0, 1.0, 3.0]
+    ct_o = orient_lps(head_case.ct)
+    assert lattice["origin"] == list(ct_o.GetOrigin())
+    assert lattice["size"] == [int(round(n * s / t)) for n, s, t in
+                               zip(ct_o.GetSize(), ct_o.GetSpacing(), (1.0, 1.0, 3.0))]
+
+
+def test_crop_follows_the_equations_on_the_resampled_pet(head_case, head_pre):
+    """Recompute P independently with plain SimpleITK and check the recorded window."""
+    ct_o = sitk.DICOMOrient(head_case.ct, "LPS")
+    lattice = analysis_lattice(Geometry.of(ct_o))
+    P = sitk.GetArrayFromImage(resample(sitk.DICOMOrient(head_case.pet, "LPS"), lattice, sitk.sitkLinear, 0.0,
+                                        sitk.sitkFloat32))
+    d = find_crop(P)
+    assert d.window == CropWindow(**head_pre.provenance["crop"])
+    # The in-plane window holds the brain: the top 20 uptake slices lie inside it.
+    assert head_pre.provenance["anchor"] in ("top", "peak")
+
+
+def test_normalisation_and_padding_values():
+    case = make_phantom(8, "head", small_fov=True)
+    pre = preprocess(case.ct, case.pet)
+    w = CropWindow(**pre.provenance["crop"])
+    lattice = pre.provenance["resampled"]["size"]
+    real = w.clipped((lattice[2], lattice[1], lattice[0]))
+    assert real != w, "small field of view must need padding"
+    dz, dy, dx = real.z1 - w.z1, real.y1 - w.y1, real.x1 - w.x1
+    rz, ry, rx = real.z2 - real.z1, real.y2 - real.y1, real.x2 - real.x1
+    inside = np.zeros((112, 256, 256), bool)
+    inside[dz:dz + rz, dy:dy + ry, dx:dx + rx] = True
+    ct_n, pet_n = pre.image
+    # Padding: CT -1000 HU -> sigmoid(0) = 0.5; PET 0 -> sigmoid(-mu / sigma).
+    assert np.allclose(ct_n[~inside], 0.5)
+    mu, sigma = pre.provenance["pet_normalisation"]["mean"], pre.provenance["pet_normalisation"]["std"]
+    assert np.allclose(pet_n[~inside], 1 / (1 + np.exp(mu / sigma)), atol=1e-6)
+    # mu and sigma over the real voxels only: invert the sigmoid there and check the z-score.
+    z = np.log(pet_n[inside].astype(np.float64) / (1 - pet_n[inside]))
+    assert abs(z.mean()) < 1e-3 and abs(z.std() - 1) < 1e-3
+    assert normalize_ct(np.array([-5000.0, -1000.0, 0.0, 1000.0, 3000.0])) == pytest.approx(
+        1 / (1 + np.exp(-np.array([0.0, 0.0, 0.5, 1.0, 1.0]))))
+
+
+def test_window_path_equals_full_path(head_case, head_pre):
+    full = preprocess(head_case.ct, head_case.pet, head_case.label, ct_path="full")
+    assert full.provenance == head_pre.provenance
+    assert float(np.abs(full.image - head_pre.image).max()) <= 1e-4
+    assert np.array_equal(full.label, head_pre.label)
+
+
+def test_flipped_directions_give_the_same_input(head_pre):
+    flipped = make_phantom(5, "head", flip_xy=True)
+    assert np.allclose(np.asarray(flipped.ct.GetDirection()).reshape(3, 3), np.diag([-1, -1, 1]))
+    pre = preprocess(flipped.ct, flipped.pet, flipped.label)
+    assert pre.provenance["crop"] == head_pre.provenance["crop"]
+    assert float(np.abs(pre.image - head_pre.image).max()) <= 1e-4
+    assert np.array_equal(pre.label, head_pre.label)
+
+
+@pytest.mark.parametrize("kwargs", [dict(fov="head"), dict(fov="head", flip_xy=True),
+                                    dict(fov="head", small_fov=True), dict(fov="head_upper", brain_cut=True)])
+def test_restore_round_trip(kwargs):
+    fov = kwargs.pop("fov")
+    case = make_phantom(21, fov, n_nodes=2, **kwargs)
+    pre = preprocess(case.ct, case.pet, case.label)
+    restored = restore(pre.label, pre.provenance)
+    assert Geometry.of(restored) == Geometry.of(case.ct)
+    assert restored.GetPixelID() == sitk.sitkUInt8
+    got, truth = sitk.GetArrayViewFromImage(restored), sitk.GetArrayViewFromImage(case.label)
+    assert set(np.unique(got)) <= {0, 1, 2}
+    for value in (1, 2):
+        assert (truth == value).any()
+        assert dice(got, truth, value) >= 0.95, (kwargs, value)
+
+
+def test_anchor_by_field_of_view():
+    assert preprocess(*_ct_pet(make_phantom(2, "head_upper", brain_cut=True))).provenance["anchor"] == "top"
+    whole = preprocess(*_ct_pet(make_phantom(2, "whole_body")))
+    assert whole.provenance["anchor"] == "peak"
+    assert whole.provenance["crop"]["z1"] > 0
+
+
+def _ct_pet(case):
+    return case.ct, case.pet
+
+
+def test_restore_drops_padding_and_keeps_ct_grid():
+    """A window full of label 1 restores to exactly the lattice voxels inside the window."""
+    case = make_phantom(8, "head", small_fov=True)
+    pre = preprocess(case.ct, case.pet)
+    restored = restore(np.ones((112, 256, 256), np.uint8), pre.provenance)
+    assert Geometry.of(restored) == Geometry.of(case.ct)
+    arr = sitk.GetArrayViewFromImage(restored)
+    # Every CT voxel whose centre lies in the window's physical box is labelled, and no other.
+    win = Geometry.from_dict(pre.provenance["window"])
+    ct_geom = Geometry.of(case.ct)
+    idx = np.argwhere(np.ones(arr.shape, bool))[:: max(1, arr.size // 20000)]
+    pts = np.array([ct_geom.index_to_point(i[::-1]) for i in idx])
+    cont = np.array([win.point_to_index(p) for p in pts])
+    inside = np.all((cont > -0.5 + 1e-6) & (cont < np.array(win.size) - 0.5 - 1e-6), axis=1)
+    lattice = Geometry.from_dict(pre.provenance["resampled"])
+    lat_idx = np.array([lattice.point_to_index(p) for p in pts])
+    inside &= np.all((lat_idx > -0.5 + 1e-6) & (lat_idx < np.array(lattice.size) - 0.5 - 1e-6), axis=1)
+    values = arr[tuple(idx.T)]
+    assert np.array_equal(values.astype(bool), inside)

@@ -1,0 +1,125 @@
+"""``hntumorseg-train postprocess``: the exact Dice shortcut, the choice, and the run-to-export path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from HNTumorSegLib.imaging.geometry import LATTICE_SPACING
+from HNTumorSegLib.evaluation.metrics import dice
+from HNTumorSegLib.pipeline.model_file import load_model
+from HNTumorSegLib.pipeline.postprocess import ComponentFilter, StructureRule
+from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION
+from HNTumorSegTraining.cli import main
+from HNTumorSegTraining.evaluate import make_segmenter
+from HNTumorSegTraining.export import portable
+from HNTumorSegTraining.models import build_from_spec, make_spec
+from HNTumorSegTraining.phantom_cohort import write_cohort
+from HNTumorSegTraining.postprocess_search import CaseStructure, best_rule, candidate_rules, case_structures
+from HNTumorSegTraining.prepare import prepare
+from HNTumorSegTraining.weights import save_weights
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _random_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Blobby random prediction, probabilities and reference (reference may lack a structure)."""
+    shape = (12, 24, 24)
+    label = np.zeros(shape, np.uint8)
+    reference = np.zeros(shape, np.uint8)
+    for target in (label, reference):
+        for _ in range(rng.integers(0, 5)):
+            z, y, x = rng.integers(0, 10), rng.integers(0, 20), rng.integers(0, 20)
+            d = rng.integers(1, 4)
+            target[z:z + d, y:y + d + 1, x:x + d + 1] = rng.integers(1, 3)
+    prob = rng.dirichlet(np.ones(3), size=shape).transpose(3, 0, 1, 2).astype(np.float32)
+    return label, prob, reference
+
+
+def test_dice_from_component_sums_equals_dice_after_applying_the_rule():
+    rng = np.random.default_rng(4)
+    rules = candidate_rules()
+    for _ in range(12):
+        label, prob, reference = _random_case(rng)
+        per = case_structures(label, prob, reference)
+        for rule in rules[::7]:
+            for value, name in ((1, "GTVp"), (2, "GTVn")):
+                cleaned = ComponentFilter({name: rule}).apply(label, prob, LATTICE_SPACING)
+                expected = dice(cleaned, reference, value)
+                assert per[name].dice(rule) == pytest.approx(expected, abs=1e-12), (rule, name)
+
+
+def _item(components: list[tuple[int, float, int]], reference: int) -> CaseStructure:
+    sizes, peaks, hits = (np.array(v) for v in zip(*components)) if components else (np.zeros(0),) * 3
+    return CaseStructure(np.asarray(sizes, int), np.asarray(peaks, float), np.asarray(hits, int), reference)
+
+
+def test_the_choice_removes_islands_and_keeps_the_gentlest_rule_on_ties():
+    # a lesion with a faint 10-voxel island; a lesion-free case with a faint 30-voxel island
+    items = [_item([(1000, 0.97, 900), (10, 0.6, 0)], 1000), _item([(30, 0.65, 0)], 0)]
+    rule, before, after = best_rule(items)
+    assert before == pytest.approx((2 * 900 / 2010 + 0.0) / 2)
+    assert after == pytest.approx((2 * 900 / 2000 + 1.0) / 2)
+    assert rule.min_peak_probability > 0.65 or rule.min_volume_ml > 0.09 or rule.largest_only
+    clean = [_item([(1000, 0.97, 900)], 1000), _item([], 0)]
+    assert best_rule(clean)[0] == StructureRule()  # nothing to gain: no clean-up
+
+
+def _assembled_run(tmp_path: Path) -> Path:
+    """Three phantoms prepared into a cache (two train, one val) and a run with tiny psam weights
+    (whole-window inference: a sliding window would only make the test slower)."""
+    root, cache, run = tmp_path / "data", tmp_path / "cache", tmp_path / "run"
+    write_cohort(root, 3, seed=2, progress=False)
+    prepare(root, cache, progress=False, val_counts={"PHA": 1, "PHB": 0, "PHC": 0})
+    spec = make_spec("psam", channels=(4, 8, 16, 32, 64), psam_channels=[4, 4, 4])
+    torch.manual_seed(0)
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"cache": str(cache), "model_spec": spec, "device": "cpu"}))
+    save_weights(build_from_spec(spec), spec, run / "last",
+                 {"preprocessing_version": PREPROCESSING_VERSION, "training": {"epoch": 1}})
+    return run
+
+
+def test_cli_tunes_on_training_cases_then_evaluate_and_export_carry_the_rule(tmp_path, capsys):
+    run = _assembled_run(tmp_path)
+    assert main(["postprocess", "--run", str(run), "--weights", "last", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "[2/2]" in out and "GTVp: drop components" in out and "on 2 tuning cases" in out
+    entry = json.loads((run / "last.json").read_text())["postprocess"]
+    assert entry["chosen_on"]["split"] == "train" and entry["chosen_on"]["cases"] == 2
+    chosen = ComponentFilter.from_meta({"postprocess": entry})
+    assert set(chosen.rules) == {"GTVp", "GTVn"}
+    for name, scores in entry["chosen_on"]["window_grid_dice"].items():
+        assert scores["mean_dice_after"] >= scores["mean_dice_before"]
+
+    assert make_segmenter(run / "last.json", None, device="cpu").postprocess == chosen
+    assert make_segmenter(run / "last.json", None, device="cpu", postprocess=False).postprocess is None
+
+    # the validation cases of the run's own cache are refused (one line, nothing written)
+    before = (run / "last.json").read_text()
+    assert main(["postprocess", "--run", str(run), "--weights", "last", "--split", "val"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "validation cases" in err[0] and (run / "last.json").read_text() == before
+
+    # evaluate applies and records the rule; export carries it
+    assert main(["evaluate", "--run", str(run), "--weights", "last", "--device", "cpu", "--limit", "1",
+                 "--quiet"]) == 0
+    summary_path = run / "evaluation" / "val-last" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    assert summary["postprocess"] == {"rules": entry["rules"]}
+    assert main(["export", "--run", str(run), "--weights", "last", "--out", str(tmp_path / "m")]) == 0
+    meta = load_model(tmp_path / "m").meta
+    assert meta["postprocess"] == portable(entry) and meta["metrics"]["split"] == "val"
+    assert meta["postprocess"]["chosen_on"]["cache"] == "cache"  # the folder's name, not the machine's path
+
+    # an evaluation made with another clean-up (here: none) is stale for export
+    summary["postprocess"] = None
+    summary_path.write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--weights", "last", "--out", str(tmp_path / "m2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "evaluate again" in err[0] and not (tmp_path / "m2.json").exists()
