@@ -2,15 +2,14 @@
 
 A thin layer over HNTumorSegLib: everything that can be computed without Slicer (the worker
 process and its protocol, default inputs, SUV check, geometry, statistics, segment codes,
-export preconditions) lives there and is tested with pytest. This file only moves data between
-MRML nodes and those functions, and draws the panel.
+export preconditions) lives there and is tested with pytest. What the module does to the scene is
+HNTumorSegSceneLogic.py (no Qt; tested on Slicer's core libraries). This file holds the template's
+Module, Widget, Logic and Test classes: the panel, the parameter node and the PyTorch installer.
 """
 
-import importlib.util
 import logging
 import os
 import shutil
-import sys
 from typing import Optional
 
 import qt
@@ -23,36 +22,21 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-
-def _makeLibraryImportable():
-    """The extension installs HNTumorSegLib beside this file; a source checkout keeps it one level up."""
-    if importlib.util.find_spec("HNTumorSegLib") is not None:
-        return
-    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isdir(os.path.join(checkout, "HNTumorSegLib")):
-        sys.path.insert(0, checkout)
-
-
-_makeLibraryImportable()
+from HNTumorSegSceneLogic import HNTumorSegSceneLogic  # noqa: E402  (also puts HNTumorSegLib on sys.path)
 
 # None of these imports torch: the module loads (and offers to install torch) without it.
 from HNTumorSegLib.dicom.segment_terminology import SEGMENTS  # noqa: E402
 from HNTumorSegLib.errors import InputError  # noqa: E402
 from HNTumorSegLib.pipeline.model_info import read_model_description  # noqa: E402
-from HNTumorSegLib.slicer_support.default_inputs import VolumeCandidate, choose_default_inputs  # noqa: E402
 from HNTumorSegLib.slicer_support.device_info import device_choices, device_summary  # noqa: E402
-from HNTumorSegLib.slicer_support.edit_guard import ASK, CREATE, REPLACE, output_policy, segmentation_fingerprint  # noqa: E402
-from HNTumorSegLib.slicer_support.export_checks import ExportState, dicom_seg_availability, rtstruct_availability  # noqa: E402
+from HNTumorSegLib.slicer_support.edit_guard import ASK, REPLACE  # noqa: E402
+from HNTumorSegLib.slicer_support.export_checks import dicom_seg_availability, rtstruct_availability  # noqa: E402
 from HNTumorSegLib.slicer_support.module_requirements import TORCH_REQUIREMENT, find_missing  # noqa: E402
-from HNTumorSegLib.slicer_support.results_table import COLUMNS, summary_line, table_rows  # noqa: E402
-from HNTumorSegLib.slicer_support.scene_geometry import analysis_window_box, image_from_volume_array  # noqa: E402
-from HNTumorSegLib.slicer_support.segmentation_job import (FAILED, RUNNING, SUCCEEDED, JobFailed, JobResult,  # noqa: E402
-                                                           SegmentationJob, worker_environment)
-from HNTumorSegLib.slicer_support.suv_check import ERROR, WARNING, check_suv  # noqa: E402
+from HNTumorSegLib.slicer_support.results_table import summary_line  # noqa: E402
+from HNTumorSegLib.slicer_support.segmentation_job import FAILED, RUNNING, SUCCEEDED  # noqa: E402
+from HNTumorSegLib.slicer_support.suv_check import ERROR, WARNING  # noqa: E402
 from HNTumorSegLib.slicer_support.worker_process import WorkerProcess  # noqa: E402
 
-#: Node attribute holding the fingerprint of the segments a run wrote (see HNTumorSegLib.slicer_support.edit_guard).
-FINGERPRINT_ATTRIBUTE = "HNTumorSeg.Fingerprint"
 #: What to do when the output segmentation was edited since the module wrote it.
 WHEN_EDITED = ("ask", "new", "overwrite")
 POLL_INTERVAL_MS = 250
@@ -477,28 +461,15 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class HNTumorSegLogic(ScriptedLoadableModuleLogic):
-    """Everything the panel does, callable from scripts: segment(ct, pet, blocking=True) runs the whole job."""
+class HNTumorSegLogic(ScriptedLoadableModuleLogic, HNTumorSegSceneLogic):
+    """The template's logic: the scene logic plus the MRML parameter node and the PyTorch installer."""
 
-    def __init__(self) -> None:
+    def __init__(self, workerPython=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        HNTumorSegSceneLogic.__init__(self, workerPython)
 
     def getParameterNode(self):
-        return HNTumorSegParameterNode(super().getParameterNode())
-
-    # ------------------------------------------------------------------ environment
-    @staticmethod
-    def workerPython() -> list:
-        """Slicer's own Python (its launcher, which sets up the environment) runs the worker."""
-        name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-        found = shutil.which("PythonSlicer") or os.path.join(slicer.app.slicerHome, "bin", name)
-        if not os.path.isfile(found):
-            raise RuntimeError(f"Slicer's Python launcher (PythonSlicer) was not found in {slicer.app.slicerHome}")
-        return [found]
-
-    @staticmethod
-    def workerEnvironment() -> dict:
-        return worker_environment()
+        return HNTumorSegParameterNode(ScriptedLoadableModuleLogic.getParameterNode(self))
 
     def ensurePythonRequirements(self, askUser: bool = True, selfTest: bool = False) -> bool:
         """Install what the worker needs, after asking; never touches Slicer's numpy or SimpleITK."""
@@ -536,292 +507,6 @@ class HNTumorSegLogic(ScriptedLoadableModuleLogic):
         if not remaining.nothing:
             raise RuntimeError("Still missing after installation:\n" + remaining.describe())
         return True
-
-    # ------------------------------------------------------------------ inputs
-    def defaultInputs(self):
-        """The (CT, PET) nodes the scene's names and DICOM modalities point to."""
-        candidates, nodes = [], {}
-        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
-        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetHideFromEditors():
-                continue
-            item = sh.GetItemByDataNode(node)
-            study = sh.GetItemParent(item) if item else 0
-            candidates.append(VolumeCandidate(node.GetID(), node.GetName(), self.dicomModality(node),
-                                              str(study) if study else None))
-            nodes[node.GetID()] = node
-        ct, pet = choose_default_inputs(candidates)
-        return nodes.get(ct), nodes.get(pet)
-
-    @staticmethod
-    def dicomModality(node) -> Optional[str]:
-        uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
-        if not uids or not hasattr(slicer, "dicomDatabase") or slicer.dicomDatabase is None:
-            return None
-        try:
-            return slicer.dicomDatabase.fileValue(slicer.dicomDatabase.fileForInstance(uids[0]), "0008,0060") or None
-        except Exception:
-            return None
-
-    def inputProblems(self, ctNode, petNode) -> list:
-        """(level, message) pairs the user should see before a run: errors stop it, warnings ask."""
-        problems = []
-        if ctNode is None or petNode is None:
-            return problems
-        if ctNode is petNode:
-            return [(ERROR, "CT and PET are the same volume: select the PET in the PET selector.")]
-        for role, node in (("CT", ctNode), ("PET", petNode)):
-            transform = node.GetParentTransformNode()
-            if transform is None:
-                continue
-            if not transform.IsTransformToWorldLinear():
-                problems.append((ERROR, f"{role} '{node.GetName()}' is under the non-linear transform "
-                                        f"'{transform.GetName()}': harden it (Data module, right-click > Harden "
-                                        "transform) before segmenting."))
-            else:
-                problems.append(("info", f"{role} '{node.GetName()}' is under the transform "
-                                         f"'{transform.GetName()}': it is used where you see it (world coordinates)."))
-        check = check_suv(slicer.util.arrayFromVolume(petNode), name=f"PET '{petNode.GetName()}'")
-        if check.level != "ok":
-            problems.append((check.level, check.message))
-        return problems
-
-    @staticmethod
-    def worldImage(volumeNode, role: str):
-        """The volume as a SimpleITK image in world coordinates (parent transforms applied)."""
-        parentToWorld = None
-        transform = volumeNode.GetParentTransformNode()
-        if transform is not None:
-            if not transform.IsTransformToWorldLinear():
-                raise InputError(f"{role} '{volumeNode.GetName()}' is under a non-linear transform; harden it first")
-            matrix = vtk.vtkMatrix4x4()
-            transform.GetMatrixTransformToWorld(matrix)
-            parentToWorld = slicer.util.arrayFromVTKMatrix(matrix)
-        ijkToRas = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(ijkToRas)
-        return image_from_volume_array(slicer.util.arrayFromVolume(volumeNode), slicer.util.arrayFromVTKMatrix(ijkToRas),
-                                       parentToWorld, name=f"{role} '{volumeNode.GetName()}'")
-
-    # ------------------------------------------------------------------ running
-    def startJob(self, ctNode, petNode, model=None, device="auto", tta=False) -> SegmentationJob:
-        """Write the inputs and start the worker; poll the job, or call run_blocking() on it."""
-        if ctNode is None or petNode is None:
-            raise InputError("select a CT and a PET")
-        for level, message in self.inputProblems(ctNode, petNode):
-            if level == ERROR:
-                raise InputError(message)
-        job = SegmentationJob(model=model, device=device, tta=tta, python=self.workerPython(),
-                              ct_name=f"CT '{ctNode.GetName()}'", pet_name=f"PET '{petNode.GetName()}'")
-        try:
-            job.write_inputs(self.worldImage(ctNode, "CT"), self.worldImage(petNode, "PET"))
-            job.start()
-        except BaseException:
-            job.cleanup()
-            raise
-        return job
-
-    def segment(self, ctNode, petNode, outputNode=None, model=None, device="auto", tta=False,
-                whenEdited="new", parameterNode=None):
-        """Blocking run for scripts and tests; returns the segmentation node.
-
-        ``whenEdited``: "new" (default: keep an edited output, write a new one) or "overwrite".
-        """
-        if whenEdited not in ("new", "overwrite"):
-            raise ValueError(f"whenEdited must be 'new' or 'overwrite' in blocking mode, not {whenEdited!r}")
-        params = parameterNode or self.getParameterNode()
-        job = self.startJob(ctNode, petNode, model, device, tta)
-        try:
-            result = job.run_blocking(on_event=lambda e: logging.info(f"HNTumorSeg worker: {e}"))
-            return self.applyResult(result, ctNode, petNode, outputNode, whenEdited, params)
-        except JobFailed as exc:
-            raise RuntimeError(f"segmentation failed: {exc}") from None
-        finally:
-            job.cleanup()
-
-    # ------------------------------------------------------------------ output
-    @staticmethod
-    def segmentMasks(segmentationNode, ctNode) -> dict:
-        """Every segment of a segmentation as a boolean array on the CT grid, by segment name."""
-        segmentation = segmentationNode.GetSegmentation()
-        masks = {}
-        for index in range(segmentation.GetNumberOfSegments()):
-            segmentId = segmentation.GetNthSegmentID(index)
-            array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, ctNode)
-            masks[segmentation.GetSegment(segmentId).GetName()] = array != 0
-        return masks
-
-    def outputPolicy(self, segmentationNode, ctNode) -> str:
-        if segmentationNode is None:
-            return CREATE
-        stored = segmentationNode.GetAttribute(FINGERPRINT_ATTRIBUTE)
-        current = segmentation_fingerprint(self.segmentMasks(segmentationNode, ctNode)) if stored else None
-        return output_policy(True, stored, current)
-
-    def applyResult(self, result: JobResult, ctNode, petNode, outputNode, whenEdited, params):
-        """Put a finished run into the scene: segmentation, table, analysis-window ROI."""
-        import SimpleITK as sitk
-
-        label = sitk.GetArrayFromImage(result.read_label())
-        if label.shape != slicer.util.arrayFromVolume(ctNode).shape:
-            raise RuntimeError(f"the result's grid {label.shape} differs from the CT's; was the CT changed meanwhile?")
-        policy = self.outputPolicy(outputNode, ctNode)
-        if policy == CREATE or (policy == ASK and whenEdited != "overwrite"):
-            segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
-                                                                  slicer.mrmlScene.GenerateUniqueName(
-                                                                      f"{ctNode.GetName()} GTVp-GTVn"))
-            segmentationNode.CreateDefaultDisplayNodes()
-        else:
-            segmentationNode = outputNode
-        self.writeSegments(segmentationNode, label, ctNode)
-
-        structures = result.report["structures"]
-        segmentationNode.SetAttribute("HNTumorSeg.Summary", summary_line(structures))
-        segmentationNode.SetAttribute("HNTumorSeg.Model", str(result.report["model"]["file"]))
-        segmentationNode.SetAttribute("HNTumorSeg.Device", str(result.report["device"]))
-        params.outputSegmentation = segmentationNode
-        self.fillResultsTable(structures, params)
-        self.showAnalysisWindow(result.report["provenance"], params)
-        return segmentationNode
-
-    def writeSegments(self, segmentationNode, label, ctNode) -> None:
-        """GTVp and GTVn, named, coloured and coded, on the CT's grid and in the CT's study."""
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(ctNode)
-        segmentationNode.SetAndObserveTransformNodeID(ctNode.GetTransformNodeID())
-        segmentation = segmentationNode.GetSegmentation()
-        tagName = slicer.vtkSegment.GetTerminologyEntryTagName()
-        for definition in SEGMENTS:
-            segmentId = segmentation.GetSegmentIdBySegmentName(definition.name)
-            if not segmentId:
-                segmentId = segmentation.AddEmptySegment(definition.name, definition.name, definition.color)
-            segment = segmentation.GetSegment(segmentId)
-            segment.SetColor(*definition.color)
-            segment.SetTag(tagName, definition.terminology_entry())
-            slicer.util.updateSegmentBinaryLabelmapFromArray((label == definition.label).astype("uint8"),
-                                                             segmentationNode, segmentId, ctNode)
-        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
-        study = sh.GetItemParent(sh.GetItemByDataNode(ctNode))
-        if study:
-            sh.SetItemParent(sh.GetItemByDataNode(segmentationNode), study)
-        fingerprint = segmentation_fingerprint(self.segmentMasks(segmentationNode, ctNode))
-        segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, fingerprint)
-
-    def fillResultsTable(self, structures: dict, params) -> None:
-        table = params.resultsTable
-        if table is None:
-            table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "HNTumorSeg results")
-            params.resultsTable = table
-        with slicer.util.NodeModify(table):
-            table.RemoveAllColumns()
-            for name in COLUMNS:
-                table.AddColumn().SetName(name)
-            for row in table_rows(structures):
-                index = table.AddEmptyRow()
-                for column, text in enumerate(row):
-                    table.SetCellText(index, column, text)
-
-    def updateResultsTable(self, segmentationNode, ctNode, petNode, params) -> dict:
-        """Recompute the table from the segments as they are now (after editing)."""
-        import numpy as np
-        import SimpleITK as sitk
-
-        from HNTumorSegLib.evaluation.metrics import structure_statistics
-
-        if segmentationNode is None or ctNode is None or petNode is None:
-            raise InputError("needs the output segmentation, the CT and the PET")
-        masks = self.segmentMasks(segmentationNode, ctNode)
-        label = np.zeros(slicer.util.arrayFromVolume(ctNode).shape, np.uint8)
-        for definition in SEGMENTS:
-            if definition.name in masks:
-                label[masks[definition.name]] = definition.label
-        labelImage = sitk.GetImageFromArray(label)
-        labelImage.CopyInformation(self.worldImage(ctNode, "CT"))  # the segments lie on the CT's grid
-        structures = structure_statistics(labelImage, self.worldImage(petNode, "PET"))
-        self.fillResultsTable(structures, params)
-        segmentationNode.SetAttribute("HNTumorSeg.Summary", summary_line(structures))
-        return structures
-
-    def showAnalysisWindow(self, provenance: dict, params) -> None:
-        """The 256 x 256 x 112 window the network saw, as a locked markups ROI (world coordinates)."""
-        box = analysis_window_box(provenance)
-        roi = params.analysisWindowROI
-        if roi is None:
-            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "HNTumorSeg analysis window")
-            roi.CreateDefaultDisplayNodes()
-            params.analysisWindowROI = roi
-        with slicer.util.NodeModify(roi):
-            roi.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(box.object_to_world()))
-            roi.SetCenter(*box.center_ras)
-            roi.SetSize(*box.size_mm)
-            roi.SetLocked(True)
-        display = roi.GetDisplayNode()
-        if display is not None:
-            display.SetHandlesInteractive(False)
-            display.SetFillOpacity(0.0)
-        roi.SetDisplayVisibility(bool(params.showAnalysisWindow))
-
-    # ------------------------------------------------------------------ export
-    def exportState(self, ctNode, segmentationNode) -> ExportState:
-        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
-        plugins = frozenset(getattr(slicer.modules, "dicomPlugins", {}).keys())
-        ctStudy = segStudy = 0
-        if ctNode is not None:
-            ctStudy = sh.GetItemParent(sh.GetItemByDataNode(ctNode))
-            if ctStudy and sh.GetItemLevel(ctStudy) != slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy():
-                ctStudy = 0
-        hasContent = False
-        if segmentationNode is not None:
-            segStudy = sh.GetItemParent(sh.GetItemByDataNode(segmentationNode))
-            segmentation = segmentationNode.GetSegmentation()
-            for index in range(segmentation.GetNumberOfSegments()):
-                bounds = [1.0, -1.0, 1.0, -1.0, 1.0, -1.0]
-                segmentation.GetSegment(segmentation.GetNthSegmentID(index)).GetBounds(bounds)
-                hasContent = hasContent or bounds[0] <= bounds[1]
-        return ExportState(
-            has_segmentation=segmentationNode is not None, has_content=hasContent, ct_in_study=bool(ctStudy),
-            same_study=bool(ctStudy) and segStudy == ctStudy, plugins=plugins,
-            ct_from_dicom=bool(ctNode is not None and ctNode.GetAttribute("DICOM.instanceUIDs")))
-
-    @staticmethod
-    def _newFiles(folder: str, before: set) -> list:
-        after = {os.path.join(root, name) for root, _, names in os.walk(folder) for name in names}
-        return sorted(os.path.relpath(p, folder) for p in after - before)
-
-    def _checkedExport(self, ctNode, segmentationNode, availability):
-        enabled, reason = availability(self.exportState(ctNode, segmentationNode))
-        if not enabled:
-            raise RuntimeError(reason)
-
-    def exportRtstruct(self, segmentationNode, ctNode, folder: str) -> list:
-        """CT series and RT Structure Set (GTVp, GTVn) through SlicerRT; returns the new files."""
-        self._checkedExport(ctNode, segmentationNode, rtstruct_availability)
-        import DicomRtImportExportPlugin
-
-        return self._exportWith(DicomRtImportExportPlugin.DicomRtImportExportPluginClass(), [ctNode, segmentationNode],
-                                folder, "SlicerRT", "SlicerRT found nothing to export (are the CT and the "
-                                "segmentation in one study?)")
-
-    def exportDicomSeg(self, segmentationNode, ctNode, folder: str) -> list:
-        """A DICOM Segmentation object referencing the CT's slices; returns the new files."""
-        self._checkedExport(ctNode, segmentationNode, dicom_seg_availability)
-        import DICOMSegmentationPlugin
-
-        return self._exportWith(DICOMSegmentationPlugin.DICOMSegmentationPluginClass(), [segmentationNode],
-                                folder, "DICOM SEG", "the DICOM SEG exporter found nothing to export")
-
-    def _exportWith(self, exporter, nodes: list, folder: str, what: str, nothing: str) -> list:
-        """Run a DICOM plugin's exporter on ``nodes`` into ``folder``; the new files, or RuntimeError."""
-        os.makedirs(folder, exist_ok=True)
-        before = {os.path.join(r, n) for r, _, names in os.walk(folder) for n in names}
-        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
-        exportables = [e for node in nodes for e in exporter.examineForExport(sh.GetItemByDataNode(node))]
-        if not exportables:
-            raise RuntimeError(nothing)
-        for exportable in exportables:
-            exportable.directory = folder
-        message = exporter.export(exportables)
-        if message:
-            raise RuntimeError(f"{what}: {message}")
-        return self._newFiles(folder, before)
 
 
 #

@@ -31,7 +31,11 @@ ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 #: A coded value left empty in a terminology string.
 _EMPTY = "^^"
 
-MORPHOLOGICALLY_ABNORMAL_STRUCTURE = Code("SCT", "49755003", "Morphologically Abnormal Structure")
+# Meanings exactly as Slicer's terminology lists spell them (Modules/Loadable/Terminologies/Resources/
+# SegmentationCategoryTypeModifier-DICOM-Master.json and AnatomicRegionAndModifier-DICOM-Master.json, unchanged
+# since Slicer commit 5ae5564, 2020): its terminology selector matches an entry by these strings. The same
+# meanings are the DICOM standard's (CID 7150, 7159, 4031), so RTSTRUCT and DICOM SEG carry them too.
+MORPHOLOGICALLY_ALTERED_STRUCTURE = Code("SCT", "49755003", "Morphologically Altered Structure")
 NEOPLASM_PRIMARY = Code("SCT", "86049000", "Neoplasm, Primary")
 NEOPLASM_SECONDARY = Code("SCT", "14799000", "Neoplasm, Secondary")
 HEAD_AND_NECK = Code("SCT", "774007", "Head and Neck")
@@ -71,11 +75,11 @@ def _rgb(hex_colour: str) -> tuple[float, float, float]:
 
 GTVP = SegmentDefinition(
     label=1, name="GTVp", description="Primary tumour gross tumour volume",
-    color=_rgb("#e6194b"), category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE, type=NEOPLASM_PRIMARY,
+    color=_rgb("#e6194b"), category=MORPHOLOGICALLY_ALTERED_STRUCTURE, type=NEOPLASM_PRIMARY,
     region=HEAD_AND_NECK)
 GTVN = SegmentDefinition(
     label=2, name="GTVn", description="Metastatic lymph node gross tumour volume",
-    color=_rgb("#3cb44b"), category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE, type=NEOPLASM_SECONDARY,
+    color=_rgb("#3cb44b"), category=MORPHOLOGICALLY_ALTERED_STRUCTURE, type=NEOPLASM_SECONDARY,
     region=LYMPH_NODE)
 
 #: In label order; names and values are those of ``HNTumorSegLib.LABELS`` (a test holds them equal).

@@ -21,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 MODULE_DIR = ROOT / "HNTumorSeg"
 MODULE_PY = MODULE_DIR / "HNTumorSeg.py"
+SCENE_LOGIC_PY = MODULE_DIR / "HNTumorSegSceneLogic.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "HNTumorSeg.ui"
 ICON = MODULE_DIR / "Resources" / "Icons" / "HNTumorSeg.png"
 #: Members of the parameter node wrapper itself, not parameters.
@@ -34,6 +35,11 @@ BINDABLE = {"bool": {"QCheckBox", "QPushButton", "ctkCheckBox"}, "str": {"QLineE
 @pytest.fixture(scope="module")
 def source() -> str:
     return MODULE_PY.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def scene_source() -> str:
+    return SCENE_LOGIC_PY.read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +81,9 @@ def test_every_widget_the_code_uses_is_in_the_ui_file(source, ui):
     assert sorted(set(receivers) - set(classes)) == []
 
 
-def test_every_parameter_used_is_declared_and_every_declared_one_is_used(source, ui, parameters):
+def test_every_parameter_used_is_declared_and_every_declared_one_is_used(source, scene_source, ui, parameters):
     _, bindings, _ = ui
-    used = set(re.findall(r"(?:self\._parameterNode|\bparams)\.([A-Za-z_]\w*)", source)) - WRAPPER_API
+    used = set(re.findall(r"(?:self\._parameterNode|\bparams)\.([A-Za-z_]\w*)", source + scene_source)) - WRAPPER_API
     assert used, "the code reads no parameters: the pattern is stale"
     assert sorted(used - set(parameters)) == [], "parameters used in code but not declared"
     assert sorted(set(bindings.values()) - set(parameters)) == [], "SlicerParameterName bindings not declared"
@@ -117,8 +123,29 @@ def test_library_never_imports_slicer():
     assert offenders == []
 
 
-def test_module_loads_its_library_without_torch(source):
-    modules = sorted({n.module for n in ast.parse(source).body
+def test_scene_logic_records_only_declared_parameters(scene_source, parameters):
+    # Outside the application the scene logic records a run in SceneParameters; inside, the module's
+    # parameter node takes its place: every field must be a declared parameter.
+    tree = ast.parse(scene_source)
+    fields = {s.target.id for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SceneParameters"
+              for s in n.body if isinstance(s, ast.AnnAssign)}
+    assert fields and fields <= set(parameters), fields - set(parameters)
+
+
+def test_scene_logic_needs_neither_qt_nor_the_scripted_module_classes(scene_source):
+    imported = set()
+    for node in ast.parse(scene_source).body:
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported |= {node.module or ""} | {f"{node.module}.{a.name}" for a in node.names}
+    assert "slicer" in imported
+    assert not {m for m in imported if m.split(".")[0] in {"qt", "ctk", "PythonQt", "sitkUtils"}
+                or "ScriptedLoadableModule" in m or "parameterNodeWrapper" in m}
+
+
+def test_module_loads_its_library_without_torch(source, scene_source):
+    modules = sorted({n.module for n in ast.parse(source + "\n" + scene_source).body
                       if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("HNTumorSegLib")})
     assert len(modules) >= 5
     code = ("import sys\nfor m in ('torch', 'safetensors', 'scipy', 'matplotlib'): sys.modules[m] = None\n"
@@ -127,15 +154,20 @@ def test_module_loads_its_library_without_torch(source):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_module_finds_the_library_in_a_source_checkout(source):
-    # Loaded as an additional module path, HNTumorSeg.py must put the checkout root on sys.path.
-    assert "os.path.dirname(os.path.dirname(os.path.abspath(__file__)))" in source
+def test_module_finds_the_library_in_a_source_checkout(source, scene_source):
+    # Loaded as an additional module path, the module must put the checkout root on sys.path: the
+    # scene logic does it, and HNTumorSeg.py imports it before anything of HNTumorSegLib.
+    assert "os.path.dirname(os.path.dirname(os.path.abspath(__file__)))" in scene_source
+    imports = [n.module for n in ast.parse(source).body if isinstance(n, ast.ImportFrom)]
+    first_library = min(i for i, m in enumerate(imports) if (m or "").startswith("HNTumorSegLib"))
+    assert imports.index("HNTumorSegSceneLogic") < first_library
     assert (MODULE_DIR.parent / "HNTumorSegLib" / "__init__.py").is_file()
 
 
 def test_cmake_builds_the_module_and_packages_the_library():
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
     assert "slicerMacroBuildScriptedModule" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    assert "${MODULE_NAME}SceneLogic.py" in text and SCENE_LOGIC_PY.is_file()
     assert "ctkMacroCompilePythonScript" in text and "HNTumorSegLib/*.py" in text
     # The library is layered in subpackages: the glob must recurse, and each folder holding
     # Python must be a package (an __init__.py) for the compiled copy to import.

@@ -32,11 +32,11 @@ def test_segments_match_the_label_map():
 def test_terminology_strings_carry_the_dicom_codes():
     assert GTVP.terminology_entry() == (
         "Segmentation category and type - DICOM master list"
-        "~SCT^49755003^Morphologically Abnormal Structure~SCT^86049000^Neoplasm, Primary~^^"
+        "~SCT^49755003^Morphologically Altered Structure~SCT^86049000^Neoplasm, Primary~^^"
         "~Anatomic codes - DICOM master list~SCT^774007^Head and Neck~^^")
     assert GTVN.terminology_entry() == (
         "Segmentation category and type - DICOM master list"
-        "~SCT^49755003^Morphologically Abnormal Structure~SCT^14799000^Neoplasm, Secondary~^^"
+        "~SCT^49755003^Morphologically Altered Structure~SCT^14799000^Neoplasm, Secondary~^^"
         "~Anatomic codes - DICOM master list~SCT^59441001^Lymph node~^^")
     for s in SEGMENTS:  # seven fields, three parts per coded field
         fields = s.terminology_entry().split("~")

@@ -1,0 +1,265 @@
+"""The module's scene logic on Slicer's real libraries (slicer-core): what a clinician's Segment does.
+
+Volumes come in through Slicer's own reader (``AddArchetypeVolume``), the worker runs as its own
+process with the bundled model, and everything lands in real MRML nodes. The reference is the
+command line: ``hntumorseg segment`` on the same files must give the same label map, voxel for
+voxel, whatever the storage orientation or the parent transform the volumes sit under.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import vtk
+
+from headless_slicer import HeadlessSlicer, import_slicer_core, scene_logic_class
+
+from HNTumorSegLib.cli import main as cli_main
+from HNTumorSegLib.dicom.segment_terminology import SEGMENTS
+from HNTumorSegLib.phantom import make_phantom
+from HNTumorSegLib.slicer_support.edit_guard import ASK, CREATE, REPLACE
+from HNTumorSegLib.slicer_support.results_table import COLUMNS, table_rows
+from HNTumorSegLib.slicer_support.scene_geometry import analysis_window_box
+from HNTumorSegLib.slicer_support.segmentation_job import CANCELLED, JobResult
+
+slicer = import_slicer_core()
+
+PHANTOM_SEED = 9001
+#: A rigid parent transform in RAS (what a registration leaves): 12 degrees about S, then a shift.
+ANGLE = np.deg2rad(12.0)
+RAS_TRANSFORM = np.array([[np.cos(ANGLE), -np.sin(ANGLE), 0.0, 15.0],
+                          [np.sin(ANGLE), np.cos(ANGLE), 0.0, -20.0],
+                          [0.0, 0.0, 1.0, 30.0],
+                          [0.0, 0.0, 0.0, 1.0]])
+
+
+def harden(image: sitk.Image, ras_to_world: np.ndarray) -> sitk.Image:
+    """``image`` moved by a RAS transform, as Slicer's Harden Transform leaves it (voxels unchanged)."""
+    lps = np.diag([-1.0, -1.0, 1.0])
+    rotation = lps @ ras_to_world[:3, :3] @ lps
+    shift = lps @ ras_to_world[:3, 3]
+    out = sitk.Image(image)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    out.SetDirection(tuple((rotation @ direction).ravel()))
+    out.SetOrigin(tuple(rotation @ np.asarray(image.GetOrigin()) + shift))
+    return out
+
+
+class Case:
+    """A phantom written to disk in one storage orientation, with the CLI's result on it."""
+
+    def __init__(self, folder: Path, orientation: str):
+        phantom = make_phantom(PHANTOM_SEED, "head", n_nodes=2)
+        ct, pet = phantom.ct, phantom.pet
+        if orientation == "flipped":  # other voxel order (x and y flipped), same anatomy
+            ct, pet = sitk.Flip(ct, (True, True, False)), sitk.Flip(pet, (True, True, False))
+        folder.mkdir(parents=True, exist_ok=True)
+        self.ct_path, self.pet_path = folder / "ct.nrrd", folder / "pet.nrrd"
+        sitk.WriteImage(ct, str(self.ct_path))
+        sitk.WriteImage(pet, str(self.pet_path))
+        self.transformed = orientation == "transformed"
+        cli_ct, cli_pet = self.ct_path, self.pet_path
+        if self.transformed:  # the CLI sees the hardened images: the world the module segments in
+            cli_ct, cli_pet = folder / "ct_world.nrrd", folder / "pet_world.nrrd"
+            sitk.WriteImage(harden(ct, RAS_TRANSFORM), str(cli_ct))
+            sitk.WriteImage(harden(pet, RAS_TRANSFORM), str(cli_pet))
+        self.cli_label_path = folder / "cli_seg.nii.gz"
+        assert cli_main(["segment", "--ct", str(cli_ct), "--pet", str(cli_pet), "--out", str(self.cli_label_path),
+                         "--device", "cpu"]) == 0
+        self.cli_label = sitk.GetArrayFromImage(sitk.ReadImage(str(self.cli_label_path)))
+        self.cli_report = json.loads(self.cli_label_path.with_name("cli_seg.json").read_text())
+        self.truth = phantom.label if orientation != "flipped" else sitk.Flip(phantom.label, (True, True, False))
+
+    def load(self, app: HeadlessSlicer):
+        ct = app.load_volume(self.ct_path, "CT")
+        pet = app.load_volume(self.pet_path, "PET")
+        if self.transformed:
+            transform = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+            transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(RAS_TRANSFORM))
+            for node in (ct, pet):
+                node.SetAndObserveTransformNodeID(transform.GetID())
+        return ct, pet
+
+
+def labels_of(logic, segmentation_node, ct_node) -> np.ndarray:
+    masks = logic.segmentMasks(segmentation_node, ct_node)
+    label = np.zeros(slicer.util.arrayFromVolume(ct_node).shape, np.uint8)
+    for definition in SEGMENTS:
+        label[masks[definition.name]] = definition.label
+    return label
+
+
+@pytest.fixture
+def headless_slicer():
+    app = HeadlessSlicer()
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+@pytest.fixture(scope="module")
+def plain_case(tmp_path_factory) -> Case:
+    return Case(tmp_path_factory.mktemp("plain"), "plain")
+
+
+@pytest.fixture(scope="module")
+def segmented(plain_case):
+    """The plain case segmented once through the worker, in a study, kept for the checks below."""
+    app = HeadlessSlicer()
+    logic = scene_logic_class()(workerPython=[sys.executable])
+    ct, pet = plain_case.load(app)
+    sh = app.scene.GetSubjectHierarchyNode()
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "phantom patient"), "phantom study")
+    for node in (ct, pet):
+        sh.SetItemParent(sh.GetItemByDataNode(node), study)
+    params = logic.getParameterNode()
+    seg = logic.segment(ct, pet, device="cpu", parameterNode=params)
+    yield {"app": app, "logic": logic, "ct": ct, "pet": pet, "seg": seg, "params": params, "study": study}
+    app.close()
+
+
+def test_segment_in_the_scene_equals_the_command_line(segmented, plain_case):
+    label = labels_of(segmented["logic"], segmented["seg"], segmented["ct"])
+    assert label.shape == plain_case.cli_label.shape
+    assert np.count_nonzero(label == 1) > 1000 and np.count_nonzero(label == 2) > 100
+    np.testing.assert_array_equal(label, plain_case.cli_label)
+
+
+@pytest.mark.parametrize("orientation", ["flipped", "transformed"])
+def test_orientation_and_parent_transform_do_not_change_the_result(tmp_path, orientation):
+    case = Case(tmp_path, orientation)
+    app = HeadlessSlicer()
+    try:
+        logic = scene_logic_class()(workerPython=[sys.executable])
+        ct, pet = case.load(app)
+        if case.transformed:
+            assert [level for level, _ in logic.inputProblems(ct, pet)] == ["info", "info"]
+        seg = logic.segment(ct, pet, device="cpu")
+        label = labels_of(logic, seg, ct)
+        np.testing.assert_array_equal(label, case.cli_label)
+        # and it is the phantom's anatomy, not an artefact of the orientation
+        truth = sitk.GetArrayFromImage(case.truth)
+        assert 2 * np.count_nonzero((label == 1) & (truth == 1)) / (np.count_nonzero(label == 1)
+                                                                   + np.count_nonzero(truth == 1)) > 0.5
+    finally:
+        app.close()
+
+
+def test_segments_are_named_coloured_coded_and_placed_in_the_ct_study(segmented):
+    seg, ct = segmented["seg"], segmented["ct"]
+    segmentation = seg.GetSegmentation()
+    names = sorted(segmentation.GetSegment(segmentation.GetNthSegmentID(i)).GetName()
+                   for i in range(segmentation.GetNumberOfSegments()))
+    assert names == ["GTVn", "GTVp"]
+    tag_name = slicer.vtkSegment.GetTerminologyEntryTagName()
+    for definition in SEGMENTS:
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(definition.name))
+        np.testing.assert_allclose(segment.GetColor(), definition.color, atol=1e-6)
+        tag = vtk.reference("")
+        assert segment.GetTag(tag_name, tag)
+        assert str(tag) == definition.terminology_entry()
+    assert seg.GetNodeReferenceID(seg.GetReferenceImageGeometryReferenceRole()) == ct.GetID()
+    sh = segmented["app"].scene.GetSubjectHierarchyNode()
+    assert sh.GetItemParent(sh.GetItemByDataNode(seg)) == segmented["study"]
+
+
+def test_slicer_reads_the_terminology_tags_back_to_the_same_codes():
+    # Slicer's own parser: seven '~' fields, coded fields as scheme^value^meaning, the category not empty.
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    for definition in SEGMENTS:
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert logic.DeserializeTerminologyEntry(definition.terminology_entry(), entry)
+        assert entry.GetTerminologyContextName() == "Segmentation category and type - DICOM master list"
+        category, kind = entry.GetCategoryObject(), entry.GetTypeObject()
+        assert (category.GetCodeValue(), category.GetCodeMeaning()) == ("49755003", "Morphologically Altered Structure")
+        assert (kind.GetCodingSchemeDesignator(), kind.GetCodeValue()) == ("SCT", definition.type.value)
+        assert logic.SerializeTerminologyEntry(entry) == definition.terminology_entry()
+
+
+def test_results_table_matches_the_command_line_statistics(segmented, plain_case):
+    table = segmented["params"].resultsTable
+    assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == list(COLUMNS)
+    rows = [[table.GetCellText(r, c) for c in range(table.GetNumberOfColumns())] for r in range(table.GetNumberOfRows())]
+    assert rows == [list(row) for row in table_rows(plain_case.cli_report["structures"])]
+
+
+def test_analysis_window_roi_is_the_window_the_command_line_used(segmented, plain_case):
+    roi = segmented["params"].analysisWindowROI
+    box = analysis_window_box(plain_case.cli_report["provenance"])
+    np.testing.assert_allclose(roi.GetSize(), box.size_mm, atol=1e-6)
+    np.testing.assert_allclose(roi.GetCenter(), box.center_ras, atol=1e-6)
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(roi.GetObjectToNodeMatrix()), box.object_to_world(),
+                               atol=1e-9)
+    assert roi.GetLocked()
+
+
+def test_edit_guard_replaces_an_unedited_run_and_keeps_an_edited_one(segmented, plain_case):
+    logic, ct, pet, params = segmented["logic"], segmented["ct"], segmented["pet"], segmented["params"]
+    scene = segmented["app"].scene
+    result = JobResult(label_path=plain_case.cli_label_path, report=plain_case.cli_report)
+    first = logic.applyResult(result, ct, pet, None, "new", params)
+    assert logic.outputPolicy(None, ct) == CREATE and logic.outputPolicy(first, ct) == REPLACE
+    again = logic.applyResult(result, ct, pet, first, "new", params)
+    assert again.GetID() == first.GetID()  # unedited: replaced in place
+
+    edited = logic.segmentMasks(first, ct)["GTVp"].astype(np.uint8)
+    edited[:, :, : edited.shape[2] // 2] = 0
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edited, first, first.GetSegmentation().GetSegmentIdBySegmentName(
+        "GTVp"), ct)
+    before = logic.segmentMasks(first, ct)
+    assert logic.outputPolicy(first, ct) == ASK
+    count = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    kept = logic.applyResult(result, ct, pet, first, "new", params)
+    assert kept.GetID() != first.GetID() and scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == count + 1
+    after = logic.segmentMasks(first, ct)
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name])
+    overwritten = logic.applyResult(result, ct, pet, first, "overwrite", params)
+    assert overwritten.GetID() == first.GetID()
+    np.testing.assert_array_equal(labels_of(logic, first, ct), plain_case.cli_label)
+
+
+def test_scene_saved_and_read_back_keeps_the_segments(segmented, tmp_path):
+    app, logic, ct, seg = segmented["app"], segmented["logic"], segmented["ct"], segmented["seg"]
+    expected = labels_of(logic, seg, ct)
+    for node in (ct, seg, segmented["params"].resultsTable):
+        if node.GetStorageNode() is None:
+            node.AddDefaultStorageNode()
+        storage = node.GetStorageNode()
+        storage.SetFileName(str(tmp_path / f"{node.GetID()}.{storage.GetDefaultWriteFileExtension()}"))
+        assert storage.WriteData(node)
+    assert seg.GetStorageNode().GetFileName().endswith(".seg.nrrd")
+    app.scene.SetRootDirectory(str(tmp_path))
+    app.scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert app.scene.Commit()
+
+    reread = slicer.vtkMRMLScene()
+    reread.SetURL(str(tmp_path / "scene.mrml"))
+    assert reread.Import()
+    seg2 = reread.GetNodeByID(seg.GetID())
+    ct2 = reread.GetNodeByID(ct.GetID())
+    assert seg2.GetAttribute("HNTumorSeg.Fingerprint") == seg.GetAttribute("HNTumorSeg.Fingerprint")
+    np.testing.assert_array_equal(labels_of(logic, seg2, ct2), expected)
+    reread.Clear(1)
+
+
+def test_cancel_leaves_the_scene_unchanged(headless_slicer, plain_case):
+    logic = scene_logic_class()(workerPython=[sys.executable])
+    ct = headless_slicer.load_volume(plain_case.ct_path, "CT")
+    pet = headless_slicer.load_volume(plain_case.pet_path, "PET")
+    scene = headless_slicer.scene
+    before = sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes()))
+    job = logic.startJob(ct, pet, device="cpu")
+    try:
+        job.cancel()
+        assert job.state == CANCELLED
+    finally:
+        job.cleanup()
+    assert not job.folder.exists()
+    assert sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())) == before
