@@ -36,6 +36,7 @@ _makeLibraryImportable()
 from HNTumorSegLib.dicom.segment_terminology import SEGMENTS  # noqa: E402
 from HNTumorSegLib.errors import InputError  # noqa: E402
 from HNTumorSegLib.slicer_support.default_inputs import VolumeCandidate, choose_default_inputs  # noqa: E402
+from HNTumorSegLib.slicer_support.dicom_pet import DicomPetSuv, dicom_pet_suv, looks_like_activity  # noqa: E402
 from HNTumorSegLib.slicer_support.edit_guard import ASK, CREATE, output_policy, segmentation_fingerprint  # noqa: E402
 from HNTumorSegLib.slicer_support.export_checks import (ExportState, dicom_seg_availability,  # noqa: E402
                                                         rtstruct_availability)
@@ -133,10 +134,52 @@ class HNTumorSegSceneLogic:
             else:
                 problems.append(("info", f"{role} '{node.GetName()}' is under the transform "
                                          f"'{transform.GetName()}': it is used where you see it (world coordinates)."))
-        check = check_suv(slicer.util.arrayFromVolume(petNode), name=f"PET '{petNode.GetName()}'")
+        values = slicer.util.arrayFromVolume(petNode)
+        try:
+            suv = self.petSuv(petNode)
+        except InputError as exc:  # tags that give no SUV matter only when the values are not SUV already
+            if looks_like_activity(values):
+                return problems + [(ERROR, str(exc))]
+            suv = None
+        if suv is not None:
+            problems.append(("info", suv.describe(f"PET '{petNode.GetName()}'")))
+            values = values * suv.factor
+        check = check_suv(values, name=f"PET '{petNode.GetName()}'")
         if check.level != "ok":
             problems.append((check.level, check.message))
         return problems
+
+    @staticmethod
+    def dicomFiles(node) -> tuple:
+        """(files of the node's DICOM instances in Slicer's DICOM database, how many UIDs had no file)."""
+        uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None:
+            return [], len(uids)
+        files = [database.fileForInstance(uid) for uid in uids]
+        found = [f for f in files if f]
+        return found, len(files) - len(found)
+
+    def petSuv(self, petNode) -> Optional[DicomPetSuv]:
+        """The SUVbw conversion of a PET loaded with the DICOM module (None for a PET from a file).
+
+        The factor comes from the series' tags through the same code as ``hntumorseg segment --pet STUDY/``;
+        InputError names a missing or implausible tag.
+        """
+        if not petNode.GetAttribute("DICOM.instanceUIDs") or getattr(slicer, "dicomDatabase", None) is None:
+            return None
+        files, missing = self.dicomFiles(petNode)
+        return dicom_pet_suv(files, missing, slicer.util.arrayFromVolume(petNode), f"PET '{petNode.GetName()}'")
+
+    def petImage(self, petNode):
+        """The PET in world coordinates and in SUV: converted from its DICOM tags when it came in Bq/mL."""
+        import SimpleITK as sitk
+
+        image = self.worldImage(petNode, "PET")
+        suv = self.petSuv(petNode)
+        if suv is not None and suv.factor != 1.0:
+            image = sitk.Cast(image, sitk.sitkFloat32) * float(suv.factor)  # as the command line does
+        return image
 
     @staticmethod
     def worldImage(volumeNode, role: str):
@@ -165,7 +208,7 @@ class HNTumorSegSceneLogic:
         job = SegmentationJob(model=model, device=device, tta=tta, python=self.workerPython(),
                               ct_name=f"CT '{ctNode.GetName()}'", pet_name=f"PET '{petNode.GetName()}'")
         try:
-            job.write_inputs(self.worldImage(ctNode, "CT"), self.worldImage(petNode, "PET"))
+            job.write_inputs(self.worldImage(ctNode, "CT"), self.petImage(petNode))
             job.start()
         except BaseException:
             job.cleanup()
@@ -287,7 +330,7 @@ class HNTumorSegSceneLogic:
                 label[masks[definition.name]] = definition.label
         labelImage = sitk.GetImageFromArray(label)
         labelImage.CopyInformation(self.worldImage(ctNode, "CT"))  # the segments lie on the CT's grid
-        structures = structure_statistics(labelImage, self.worldImage(petNode, "PET"))
+        structures = structure_statistics(labelImage, self.petImage(petNode))
         self.fillResultsTable(structures, params)
         segmentationNode.SetAttribute("HNTumorSeg.Summary", summary_line(structures))
         return structures

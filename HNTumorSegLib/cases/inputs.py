@@ -26,7 +26,7 @@ PET_UNITS = ("auto", "suv")
 class CaseInputs:
     ct: sitk.Image
     pet: sitk.Image
-    ct_dicom: object = None   # dicom_series.DicomVolume when the CT came from DICOM
+    ct_dicom: object = None   # dicom.series.DicomVolume when the CT came from DICOM
     pet_dicom: object = None
     suv: dict | None = None   # SuvConversion.to_dict() of a DICOM PET
     series: dict = field(default_factory=dict)  # {"ct": SeriesInfo.to_dict(), "pet": ...} for DICOM inputs

@@ -58,15 +58,16 @@ def _value(ds, keyword: str, tag: str, where: str, hint: str = OVERRIDE_HINT):
     return value
 
 
-def _number(ds, keyword: str, tag: str, where: str, lo: float, hi: float, unit: str) -> float:
-    raw = _value(ds, keyword, tag, where)
+def _number(ds, keyword: str, tag: str, where: str, lo: float, hi: float, unit: str,
+            hint: str = OVERRIDE_HINT) -> float:
+    raw = _value(ds, keyword, tag, where, hint)
     try:
         value = float(raw)
     except (TypeError, ValueError):
         raise InputError(f"{where}: {keyword} {tag} is {raw!r}, not a number") from None
     if not lo <= value <= hi:
         raise InputError(f"{where}: {keyword} {tag} is {value:g} {unit}, implausible "
-                         f"(expected {lo:g} to {hi:g} {unit}); check the tag ({OVERRIDE_HINT})")
+                         f"(expected {lo:g} to {hi:g} {unit}); check the tag ({hint})")
     return value
 
 
@@ -85,11 +86,11 @@ def _private(ds, group: int, element: int, creator: str):
         return None
 
 
-def _scan_time(headers: Sequence, where: str) -> tuple[_dt.datetime, str]:
+def _scan_time(headers: Sequence, where: str, hint: str = OVERRIDE_HINT) -> tuple[_dt.datetime, str]:
     """Start of the scan: the series date/time unless it lies after the first acquisition."""
     first = headers[0]
-    series = _datetime(_value(first, "SeriesDate", "(0008,0021)", where),
-                       _value(first, "SeriesTime", "(0008,0031)", where))
+    series = _datetime(_value(first, "SeriesDate", "(0008,0021)", where, hint),
+                       _value(first, "SeriesTime", "(0008,0031)", where, hint))
     acquisitions = [_datetime(h.AcquisitionDate, h.AcquisitionTime) for h in headers
                     if str(h.get("AcquisitionDate", "") or "").strip() and str(h.get("AcquisitionTime", "") or "").strip()]
     if not acquisitions or series <= min(acquisitions):
@@ -102,34 +103,34 @@ def _scan_time(headers: Sequence, where: str) -> tuple[_dt.datetime, str]:
     return min(acquisitions), "earliest AcquisitionDate/AcquisitionTime (0008,0022)/(0008,0032) (series time is later)"
 
 
-def _injection_time(drug, first, where: str) -> tuple[_dt.datetime, str, bool]:
+def _injection_time(drug, first, where: str, hint: str = OVERRIDE_HINT) -> tuple[_dt.datetime, str, bool]:
     """(time, source, from a time of day only): the radiopharmaceutical start."""
     start_dt = str(drug.get("RadiopharmaceuticalStartDateTime", "") or "").strip()
     if start_dt:
         return _datetime(start_dt, ""), "RadiopharmaceuticalStartDateTime (0018,1078)", False
-    start = _value(drug, "RadiopharmaceuticalStartTime", "(0018,1072)", where)
-    date = _value(first, "SeriesDate", "(0008,0021)", where)
+    start = _value(drug, "RadiopharmaceuticalStartTime", "(0018,1072)", where, hint)
+    date = _value(first, "SeriesDate", "(0008,0021)", where, hint)
     return _datetime(date, start), "SeriesDate (0008,0021) + RadiopharmaceuticalStartTime (0018,1072)", True
 
 
-def _suvbw_per_bqml(headers: Sequence, where: str) -> tuple[float, dict]:
+def _suvbw_per_bqml(headers: Sequence, where: str, hint: str = OVERRIDE_HINT) -> tuple[float, dict]:
     first = headers[0]
-    weight = _number(first, "PatientWeight", "(0010,1030)", where, *WEIGHT_KG, "kg")
+    weight = _number(first, "PatientWeight", "(0010,1030)", where, *WEIGHT_KG, "kg", hint)
     info = first.get("RadiopharmaceuticalInformationSequence")
     if not info:
         raise InputError(f"{where}: RadiopharmaceuticalInformationSequence (0054,0016) is missing; SUVbw cannot be "
-                         f"computed ({OVERRIDE_HINT})")
+                         f"computed ({hint})")
     drug = info[0]
-    dose = _number(drug, "RadionuclideTotalDose", "(0018,1074)", where, *DOSE_BQ, "Bq")
-    half_life = _number(drug, "RadionuclideHalfLife", "(0018,1075)", where, *HALF_LIFE_S, "s")
-    correction = str(_value(first, "DecayCorrection", "(0054,1102)", where)).strip().upper()
+    dose = _number(drug, "RadionuclideTotalDose", "(0018,1074)", where, *DOSE_BQ, "Bq", hint)
+    half_life = _number(drug, "RadionuclideHalfLife", "(0018,1075)", where, *HALF_LIFE_S, "s", hint)
+    correction = str(_value(first, "DecayCorrection", "(0054,1102)", where, hint)).strip().upper()
     tags = {"Units": "BQML", "PatientWeight_kg": weight, "RadionuclideTotalDose_Bq": dose,
             "RadionuclideHalfLife_s": half_life, "DecayCorrection": correction}
     if correction == "ADMIN":
         decayed = dose
     elif correction == "START":
-        injection, injection_source, time_only = _injection_time(drug, first, where)
-        scan, scan_source = _scan_time(headers, where)
+        injection, injection_source, time_only = _injection_time(drug, first, where, hint)
+        scan, scan_source = _scan_time(headers, where, hint)
         uptake = (scan - injection).total_seconds()
         if uptake < 0 and time_only and uptake + 86400 >= 0:
             injection -= _dt.timedelta(days=1)  # injected before midnight, scanned after
@@ -145,14 +146,18 @@ def _suvbw_per_bqml(headers: Sequence, where: str) -> tuple[float, dict]:
                      "decay_factor": decayed / dose})
     else:
         raise InputError(f"{where}: DecayCorrection (0054,1102) is {correction!r}; SUVbw is computed for START or "
-                         f"ADMIN only ({OVERRIDE_HINT})")
+                         f"ADMIN only ({hint})")
     factor = weight * 1000.0 / decayed
     tags["decayed_dose_Bq"] = decayed
     return factor, tags
 
 
-def suv_conversion(headers: Sequence, where: str) -> SuvConversion:
-    """The SUVbw factor of a PET series from its slice headers (any order)."""
+def suv_conversion(headers: Sequence, where: str, hint: str = OVERRIDE_HINT) -> SuvConversion:
+    """The SUVbw factor of a PET series from its slice headers (any order).
+
+    ``hint``: what the user can do instead, ending each error (the CLI's ``--pet-units suv``; the Slicer
+    module says its own).
+    """
     if not headers:
         raise InputError(f"{where}: no PET slices")
     first = headers[0]
@@ -160,11 +165,11 @@ def suv_conversion(headers: Sequence, where: str) -> SuvConversion:
     if corrected and "ATTN" not in corrected:
         raise InputError(f"{where}: CorrectedImage (0028,0051) lacks ATTN: this PET is not attenuation-corrected, "
                          "so it has no SUV; pick the attenuation-corrected series with --pet-series")
-    units = str(_value(first, "Units", "(0054,1001)", where)).strip().upper()
+    units = str(_value(first, "Units", "(0054,1001)", where, hint)).strip().upper()
     if units == "GML":
         return SuvConversion(1.0, "Units GML: already SUVbw", "GML", {"Units": "GML"})
     if units == "BQML":
-        factor, tags = _suvbw_per_bqml(headers, where)
+        factor, tags = _suvbw_per_bqml(headers, where, hint)
         return SuvConversion(factor, "SUVbw from Bq/mL (weight / decayed dose)", "BQML", tags)
     if units == "CNTS":
         scale = {_private(h, 0x7053, 0x00, PHILIPS_CREATOR) for h in headers}
@@ -180,10 +185,10 @@ def suv_conversion(headers: Sequence, where: str) -> SuvConversion:
         activity = _private(first, 0x7053, 0x09, PHILIPS_CREATOR)
         if activity is None:
             raise InputError(f"{where}: Units (0054,1001) is CNTS and the Philips SUV scale factor (7053,1000) is "
-                             f"missing; SUVbw cannot be computed ({OVERRIDE_HINT})")
-        bqml_factor, tags = _suvbw_per_bqml(headers, where)
+                             f"missing; SUVbw cannot be computed ({hint})")
+        bqml_factor, tags = _suvbw_per_bqml(headers, where, hint)
         tags.update({"Units": "CNTS", "PhilipsActivityConcentrationScaleFactor_7053_1009": float(activity)})
         return SuvConversion(float(activity) * bqml_factor,
                              "Philips activity concentration factor (7053,1009), then SUVbw from Bq/mL", "CNTS", tags)
     raise InputError(f"{where}: Units (0054,1001) is {units!r}; SUVbw is computed from BQML, CNTS (Philips) or GML "
-                     f"({OVERRIDE_HINT})")
+                     f"({hint})")

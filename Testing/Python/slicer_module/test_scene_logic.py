@@ -19,9 +19,12 @@ import vtk
 
 from headless_slicer import HeadlessSlicer, import_slicer_core, scene_logic_class
 
+from HNTumorSegLib.cases.inputs import read_ct
 from HNTumorSegLib.cli import main as cli_main
+from HNTumorSegLib.dicom.series import read_series
 from HNTumorSegLib.dicom.segment_terminology import SEGMENTS
 from HNTumorSegLib.phantom import make_phantom
+from HNTumorSegLib.phantom.dicom import write_dicom_case
 from HNTumorSegLib.slicer_support.edit_guard import ASK, CREATE, REPLACE
 from HNTumorSegLib.slicer_support.results_table import COLUMNS, table_rows
 from HNTumorSegLib.slicer_support.scene_geometry import analysis_window_box
@@ -84,6 +87,22 @@ class Case:
             for node in (ct, pet):
                 node.SetAndObserveTransformNodeID(transform.GetID())
         return ct, pet
+
+
+def assert_close(actual, expected, rel: float = 1e-9) -> None:
+    """Equal JSON-like structures, numbers to ``rel`` (Slicer's IJK-to-RAS matrix carries ~1e-16 noise)."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and sorted(actual) == sorted(expected)
+        for key in expected:
+            assert_close(actual[key], expected[key], rel)
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            assert_close(a, e, rel)
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=rel, abs=1e-12)
+    else:
+        assert actual == expected
 
 
 def labels_of(logic, segmentation_node, ct_node) -> np.ndarray:
@@ -263,3 +282,68 @@ def test_cancel_leaves_the_scene_unchanged(headless_slicer, plain_case):
         job.cleanup()
     assert not job.folder.exists()
     assert sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())) == before
+
+
+class DicomDatabase:
+    """Slicer's DICOM database as the scene logic uses it (instance UID -> file): the one part of a DICOM
+    load that needs the application. Everything after the look-up is the real code."""
+
+    def __init__(self, folder: Path):
+        import pydicom
+
+        self.files = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): str(p)
+                      for p in folder.iterdir() if p.is_file()}
+
+    def fileForInstance(self, uid: str) -> str:
+        return self.files.get(uid, "")
+
+    def fileValue(self, path: str, tag: str) -> str:
+        import pydicom
+
+        return str(pydicom.dcmread(path, stop_before_pixels=True)[int(tag.replace(",", ""), 16)].value)
+
+
+def test_pet_loaded_from_dicom_in_bq_per_ml_is_converted_as_the_command_line_does(tmp_path, monkeypatch):
+    phantom = make_phantom(PHANTOM_SEED, "head", n_nodes=2)
+    study = tmp_path / "study"
+    write_dicom_case(phantom, study)
+    cli_out = tmp_path / "cli.nii.gz"
+    assert cli_main(["segment", "--ct", str(study), "--pet", str(study), "--out", str(cli_out), "--device", "cpu"]) == 0
+    cli_report = json.loads(cli_out.with_name("cli.json").read_text())
+    # What the DICOM module puts in the scene: the series' values (Bq/mL) and the instance UIDs.
+    ct_image, _ = read_ct(study)
+    pet_volume = read_series(study, "PT")
+    sitk.WriteImage(ct_image, str(tmp_path / "ct.nrrd"))
+    sitk.WriteImage(pet_volume.image, str(tmp_path / "pet_bqml.nrrd"))
+    app = HeadlessSlicer()
+    try:
+        logic = scene_logic_class()(workerPython=[sys.executable])
+        ct = app.load_volume(tmp_path / "ct.nrrd", "CT")
+        pet = app.load_volume(tmp_path / "pet_bqml.nrrd", "PET")
+        # Without its DICOM origin, a PET in Bq/mL is refused before anything runs ...
+        assert [level for level, _ in logic.inputProblems(ct, pet)] == ["error"]
+        monkeypatch.setattr(slicer, "dicomDatabase", DicomDatabase(study), raising=False)
+        pet.SetAttribute("DICOM.instanceUIDs", " ".join(pet_volume.sop_instance_uids))
+        assert logic.dicomModality(pet) == "PT"
+        # ... from DICOM, the panel shows the factor and the tags, and the run goes ahead.
+        problems = logic.inputProblems(ct, pet)
+        assert [level for level, _ in problems] == ["info"]
+        assert f"factor {cli_report['suv']['suv_factor']:.6g}" in problems[0][1], problems
+        seg = logic.segment(ct, pet, device="cpu")
+        np.testing.assert_array_equal(labels_of(logic, seg, ct), sitk.GetArrayFromImage(sitk.ReadImage(str(cli_out))))
+        params = logic.getParameterNode()
+        structures = json.loads(json.dumps(logic.updateResultsTable(seg, ct, pet, params), default=float))
+        assert_close(structures, cli_report["structures"])  # the CT spacing read back from MRML carries ~1e-16 noise
+        # A tag that gives no SUV is named, and nothing runs.
+        for path in DicomDatabase(study).files.values():
+            import pydicom
+
+            ds = pydicom.dcmread(path)
+            if ds.Modality == "PT":
+                del ds.RadiopharmaceuticalInformationSequence
+                ds.save_as(path)
+        problems = logic.inputProblems(ct, pet)
+        assert [level for level, _ in problems] == ["error"]
+        assert "RadiopharmaceuticalInformationSequence (0054,0016) is missing" in problems[0][1]
+    finally:
+        app.close()

@@ -1,0 +1,101 @@
+"""SUVbw for a PET that Slicer's DICOM module loaded, from the same tags and code as ``hntumorseg segment``.
+
+Why: clinicians load PET/CT with the DICOM module, which gives the PET in the scanner's units (Bq/mL),
+and the network needs SUV (body weight). Refusing that PET and sending the user to another extension
+loses them; converting it differently from the command line would give two answers for one study. So
+the module looks the node's instance UIDs up in Slicer's DICOM database (the one step that needs the
+application), and everything from the files on is here: the headers are read with pydicom and the
+factor comes from :func:`HNTumorSegLib.dicom.suv.suv_conversion`, exactly as for ``--pet STUDY/``.
+
+When is the factor applied? Only when the volume's values look like activity concentration (the 99th
+percentile of its positive voxels above any plausible SUV). A volume derived from the DICOM series
+that is already in SUV (a normalised copy that kept the ``DICOM.instanceUIDs`` attribute) is left as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from HNTumorSegLib.dicom.suv import SuvConversion, suv_conversion
+from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.pipeline.preprocess import MAX_PLAUSIBLE_SUV_P99
+
+#: What the user can do when the tags do not give SUVbw (ends each error, as --pet-units suv does on the CLI).
+SLICER_HINT = ("or convert the PET to SUV first, e.g. with the PET-DICOM extension's SUV normalisation, and "
+               "select that volume")
+
+
+@dataclass(frozen=True)
+class DicomPetSuv:
+    """The SUVbw conversion of a PET volume loaded from DICOM, and whether its values need it."""
+
+    conversion: SuvConversion
+    series_uid: str
+    files: int
+    applies: bool
+
+    @property
+    def factor(self) -> float:
+        """What multiplies the volume's values: the conversion's factor, or 1 for a volume already in SUV."""
+        return self.conversion.factor if self.applies else 1.0
+
+    def describe(self, name: str) -> str:
+        """One line for the panel: the factor and the tags it came from."""
+        if not self.applies:
+            return f"{name}: values already look like SUV; used as they are (no conversion from the DICOM tags)"
+        tags = self.conversion.tags
+        parts = []
+        for key, label, unit in (("PatientWeight_kg", "weight", " kg"), ("RadionuclideTotalDose_Bq", "dose", " Bq"),
+                                 ("RadionuclideHalfLife_s", "half-life", " s"), ("DecayCorrection", "decay correction", ""),
+                                 ("uptake_s", "uptake", " s")):
+            if key in tags:
+                value = tags[key]
+                parts.append(f"{label} {value:.6g}{unit}" if isinstance(value, float) else f"{label} {value}{unit}")
+        source = f" from {', '.join(parts)}" if parts else ""
+        return (f"{name}: converted to SUVbw with factor {self.conversion.factor:.6g} per "
+                f"{_unit_word(self.conversion.units)} ({self.conversion.method}){source}")
+
+
+def _unit_word(units: str) -> str:
+    return {"BQML": "Bq/mL", "CNTS": "count unit", "GML": "g/mL"}.get(units, units)
+
+
+def looks_like_activity(values: np.ndarray) -> bool:
+    """True when a PET's values are activity concentration rather than SUV (the test preprocessing refuses on)."""
+    values = np.asarray(values)
+    positive = values[np.isfinite(values) & (values > 0)]
+    return bool(positive.size) and float(np.percentile(positive, 99)) > MAX_PLAUSIBLE_SUV_P99
+
+
+def dicom_pet_suv(files: Sequence[str | os.PathLike], missing: int, values: np.ndarray, name: str) -> DicomPetSuv:
+    """The SUVbw conversion of a PET volume from the DICOM files of its instances.
+
+    ``files``: the files Slicer's DICOM database holds for the volume's ``DICOM.instanceUIDs``;
+    ``missing``: how many of those UIDs had no file; ``values``: the volume's voxels (to decide whether
+    the factor applies); ``name``: how the user knows the volume, for messages.
+    """
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    if missing or not files:
+        raise InputError(f"{name}: {missing} of {missing + len(files)} of its DICOM instances are not in the DICOM "
+                         f"database, so its SUV cannot be computed from the tags; re-import the study, {SLICER_HINT}")
+    headers = []
+    for path in files:
+        try:
+            headers.append(dcmread(os.fspath(path), stop_before_pixels=True))
+        except (OSError, InvalidDicomError, ValueError) as exc:
+            raise InputError(f"{name}: cannot read its DICOM file {path}: {exc}") from None
+    modalities = {str(h.get("Modality", "")) for h in headers}
+    if modalities != {"PT"}:
+        raise InputError(f"{name}: its DICOM files are of modality {', '.join(sorted(modalities))}, not PT (PET)")
+    series = {str(h.get("SeriesInstanceUID", "")) for h in headers}
+    if len(series) != 1:
+        raise InputError(f"{name}: its DICOM files belong to {len(series)} series; select a single PET series")
+    uid = series.pop()
+    conversion = suv_conversion(headers, f"{name} (DICOM series {uid})", hint=SLICER_HINT)
+    return DicomPetSuv(conversion, uid, len(headers), looks_like_activity(values))

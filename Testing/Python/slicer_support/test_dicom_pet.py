@@ -1,0 +1,85 @@
+"""SUVbw for a PET loaded with Slicer's DICOM module: the same factor, from the same tags, as the CLI.
+
+The module hands over the files its DICOM database holds for the volume's instance UIDs; from there
+on it is this library code. The fixtures are phantom PET series written in Bq/mL (and Philips counts)
+with known acquisition tags.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+pydicom = pytest.importorskip("pydicom")
+
+from HNTumorSegLib.cases.inputs import read_pet
+from HNTumorSegLib.dicom.series import read_series
+from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.phantom import make_phantom
+from HNTumorSegLib.phantom.dicom import DicomStudy, PetAcquisition, write_pet_series
+from HNTumorSegLib.slicer_support.dicom_pet import SLICER_HINT, dicom_pet_suv, looks_like_activity
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(11, "head", ct_matrix=128, n_nodes=1)
+
+
+def pet_series(phantom, folder, acquisition=PetAcquisition()):
+    write_pet_series(phantom.pet, folder, DicomStudy(phantom.case_id), acquisition)
+    files = sorted(folder.iterdir())
+    activity = sitk.GetArrayFromImage(read_series(folder, "PT").image)
+    return files, activity
+
+
+@pytest.mark.parametrize("units", ["BQML", "CNTS"])
+def test_factor_equals_the_command_line_and_the_acquisition(phantom, tmp_path, units):
+    acquisition = PetAcquisition(units=units)
+    files, activity = pet_series(phantom, tmp_path, acquisition)
+    suv = dicom_pet_suv(files, 0, activity, "PET 'pt'")
+    _, _, cli = read_pet(tmp_path)
+    assert suv.applies and suv.factor == cli["suv_factor"] and suv.series_uid and suv.files == len(files)
+    if units == "BQML":
+        assert suv.factor == pytest.approx(acquisition.suv_factor(), rel=1e-9)
+    converted = activity * suv.factor
+    np.testing.assert_allclose(converted.max(), sitk.GetArrayFromImage(phantom.pet).max(), rtol=1e-3)
+    line = suv.describe("PET 'pt'")
+    assert "factor" in line and "\n" not in line
+    if units == "BQML":
+        assert "weight 75 kg" in line and "decay correction START" in line
+
+
+def test_values_already_in_suv_are_left_alone(phantom, tmp_path):
+    files, _ = pet_series(phantom, tmp_path)
+    suv = dicom_pet_suv(files, 0, sitk.GetArrayFromImage(phantom.pet), "PET 'normalised'")
+    assert not suv.applies and suv.factor == 1.0 and "already" in suv.describe("PET 'normalised'")
+    assert not looks_like_activity(sitk.GetArrayFromImage(phantom.pet))
+    assert looks_like_activity(sitk.GetArrayFromImage(phantom.pet) / PetAcquisition().suv_factor())
+
+
+def test_a_missing_tag_is_named_with_what_to_do_in_slicer(phantom, tmp_path):
+    files, activity = pet_series(phantom, tmp_path)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        del ds.PatientWeight
+        ds.save_as(path)
+    with pytest.raises(InputError) as err:
+        dicom_pet_suv(files, 0, activity, "PET 'pt'")
+    message = str(err.value)
+    assert "PatientWeight (0010,1030) is missing" in message and SLICER_HINT in message
+    assert "--pet-units" not in message and "\n" not in message
+
+
+def test_instances_missing_from_the_database_and_foreign_files_are_refused(phantom, tmp_path):
+    files, activity = pet_series(phantom, tmp_path)
+    with pytest.raises(InputError, match=r"3 of \d+ of its DICOM instances are not in the DICOM database"):
+        dicom_pet_suv(files[3:], 3, activity, "PET 'pt'")
+    ct_like = pydicom.dcmread(files[0])
+    ct_like.Modality = "CT"
+    ct_like.save_as(files[0])
+    with pytest.raises(InputError, match="modality CT, PT, not PT"):
+        dicom_pet_suv(files, 0, activity, "PET 'pt'")
+    (tmp_path / "junk.dcm").write_bytes(b"not dicom at all")
+    with pytest.raises(InputError, match="cannot read its DICOM file .*junk.dcm"):
+        dicom_pet_suv([tmp_path / "junk.dcm"], 0, activity, "PET 'pt'")
