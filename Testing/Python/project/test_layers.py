@@ -49,7 +49,7 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     """Modules of ``known`` (and any other HNTumorSeg* package) that ``name`` imports, wherever the statement is."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -152,7 +152,7 @@ def test_every_subpackage_has_a_layer_and_says_what_it_may_import():
     for folder in folders:
         init = folder / "__init__.py"
         assert init.is_file(), f"{folder} holds Python but is not a package"
-        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
         assert "import" in doc.lower(), f"{init}: the docstring must say what the subpackage may import"
 
 

@@ -75,7 +75,7 @@ class Case:
         assert cli_main(["segment", "--ct", str(cli_ct), "--pet", str(cli_pet), "--out", str(self.cli_label_path),
                          "--device", "cpu"]) == 0
         self.cli_label = sitk.GetArrayFromImage(sitk.ReadImage(str(self.cli_label_path)))
-        self.cli_report = json.loads(self.cli_label_path.with_name("cli_seg.json").read_text())
+        self.cli_report = json.loads(self.cli_label_path.with_name("cli_seg.json").read_text(encoding="utf-8"))
         self.truth = phantom.label if orientation != "flipped" else sitk.Flip(phantom.label, (True, True, False))
 
     def load(self, app: HeadlessSlicer):
@@ -309,7 +309,7 @@ def test_pet_loaded_from_dicom_in_bq_per_ml_is_converted_as_the_command_line_doe
     write_dicom_case(phantom, study)
     cli_out = tmp_path / "cli.nii.gz"
     assert cli_main(["segment", "--ct", str(study), "--pet", str(study), "--out", str(cli_out), "--device", "cpu"]) == 0
-    cli_report = json.loads(cli_out.with_name("cli.json").read_text())
+    cli_report = json.loads(cli_out.with_name("cli.json").read_text(encoding="utf-8"))
     # What the DICOM module puts in the scene: the series' values (Bq/mL) and the instance UIDs.
     ct_image, _ = read_ct(study)
     pet_volume = read_series(study, "PT")
