@@ -36,7 +36,7 @@ _makeLibraryImportable()
 from HNTumorSegLib.dicom.segment_terminology import SEGMENTS  # noqa: E402
 from HNTumorSegLib.errors import InputError  # noqa: E402
 from HNTumorSegLib.slicer_support.default_inputs import VolumeCandidate, choose_default_inputs  # noqa: E402
-from HNTumorSegLib.slicer_support.dicom_pet import DicomPetSuv, dicom_pet_suv, looks_like_activity  # noqa: E402
+from HNTumorSegLib.slicer_support.dicom_pet import DicomPetSuv, dicom_pet_suv  # noqa: E402
 from HNTumorSegLib.slicer_support.edit_guard import ASK, CREATE, output_policy, segmentation_fingerprint  # noqa: E402
 from HNTumorSegLib.slicer_support.export_checks import (ExportState, dicom_seg_availability,  # noqa: E402
                                                         rtstruct_availability)
@@ -44,7 +44,7 @@ from HNTumorSegLib.slicer_support.results_table import COLUMNS, summary_line, ta
 from HNTumorSegLib.slicer_support.scene_geometry import analysis_window_box, image_from_volume_array  # noqa: E402
 from HNTumorSegLib.slicer_support.segmentation_job import (JobFailed, JobResult, SegmentationJob,  # noqa: E402
                                                            worker_environment)
-from HNTumorSegLib.slicer_support.suv_check import ERROR, check_suv  # noqa: E402
+from HNTumorSegLib.slicer_support.suv_check import ERROR, check_suv, looks_like_activity  # noqa: E402
 
 #: Node attribute holding the fingerprint of the segments a run wrote (see HNTumorSegLib.slicer_support.edit_guard).
 FINGERPRINT_ATTRIBUTE = "HNTumorSeg.Fingerprint"
@@ -107,12 +107,18 @@ class HNTumorSegSceneLogic:
         return nodes.get(ct), nodes.get(pet)
 
     @staticmethod
-    def dicomModality(node) -> Optional[str]:
-        uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
-        if not uids or not hasattr(slicer, "dicomDatabase") or slicer.dicomDatabase is None:
+    def dicomInstanceUIDs(node) -> list:
+        """The SOP instance UIDs Slicer's DICOM module recorded on a node it loaded (empty for other nodes)."""
+        return (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+
+    @classmethod
+    def dicomModality(cls, node) -> Optional[str]:
+        uids = cls.dicomInstanceUIDs(node)
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None:
             return None
         try:
-            return slicer.dicomDatabase.fileValue(slicer.dicomDatabase.fileForInstance(uids[0]), "0008,0060") or None
+            return database.fileValue(database.fileForInstance(uids[0]), "0008,0060") or None
         except Exception:
             return None
 
@@ -149,13 +155,14 @@ class HNTumorSegSceneLogic:
             problems.append((check.level, check.message))
         return problems
 
-    @staticmethod
-    def dicomFiles(node) -> tuple:
-        """(files of the node's DICOM instances in Slicer's DICOM database, how many UIDs had no file)."""
-        uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+    @classmethod
+    def dicomFiles(cls, node) -> Optional[tuple]:
+        """(files of the node's DICOM instances in Slicer's DICOM database, how many UIDs had no file);
+        None for a node that did not come from the DICOM module, or without a DICOM database."""
+        uids = cls.dicomInstanceUIDs(node)
         database = getattr(slicer, "dicomDatabase", None)
         if not uids or database is None:
-            return [], len(uids)
+            return None
         files = [database.fileForInstance(uid) for uid in uids]
         found = [f for f in files if f]
         return found, len(files) - len(found)
@@ -166,9 +173,10 @@ class HNTumorSegSceneLogic:
         The factor comes from the series' tags through the same code as ``hntumorseg segment --pet STUDY/``;
         InputError names a missing or implausible tag.
         """
-        if not petNode.GetAttribute("DICOM.instanceUIDs") or getattr(slicer, "dicomDatabase", None) is None:
+        found = self.dicomFiles(petNode)
+        if found is None:
             return None
-        files, missing = self.dicomFiles(petNode)
+        files, missing = found
         return dicom_pet_suv(files, missing, slicer.util.arrayFromVolume(petNode), f"PET '{petNode.GetName()}'")
 
     def petImage(self, petNode):
@@ -245,6 +253,18 @@ class HNTumorSegSceneLogic:
             masks[segmentation.GetSegment(segmentId).GetName()] = array != 0
         return masks
 
+    @classmethod
+    def segmentLabels(cls, segmentationNode, ctNode):
+        """The GTVp/GTVn segments as one label map on the CT grid (1 = GTVp, 2 = GTVn, as the CLI writes it)."""
+        import numpy as np
+
+        masks = cls.segmentMasks(segmentationNode, ctNode)
+        label = np.zeros(slicer.util.arrayFromVolume(ctNode).shape, np.uint8)
+        for definition in SEGMENTS:
+            if definition.name in masks:
+                label[masks[definition.name]] = definition.label
+        return label
+
     def outputPolicy(self, segmentationNode, ctNode) -> str:
         if segmentationNode is None:
             return CREATE
@@ -316,19 +336,13 @@ class HNTumorSegSceneLogic:
 
     def updateResultsTable(self, segmentationNode, ctNode, petNode, params) -> dict:
         """Recompute the table from the segments as they are now (after editing)."""
-        import numpy as np
         import SimpleITK as sitk
 
         from HNTumorSegLib.evaluation.metrics import structure_statistics
 
         if segmentationNode is None or ctNode is None or petNode is None:
             raise InputError("needs the output segmentation, the CT and the PET")
-        masks = self.segmentMasks(segmentationNode, ctNode)
-        label = np.zeros(slicer.util.arrayFromVolume(ctNode).shape, np.uint8)
-        for definition in SEGMENTS:
-            if definition.name in masks:
-                label[masks[definition.name]] = definition.label
-        labelImage = sitk.GetImageFromArray(label)
+        labelImage = sitk.GetImageFromArray(self.segmentLabels(segmentationNode, ctNode))
         labelImage.CopyInformation(self.worldImage(ctNode, "CT"))  # the segments lie on the CT's grid
         structures = structure_statistics(labelImage, self.petImage(petNode))
         self.fillResultsTable(structures, params)
@@ -374,7 +388,7 @@ class HNTumorSegSceneLogic:
         return ExportState(
             has_segmentation=segmentationNode is not None, has_content=hasContent, ct_in_study=bool(ctStudy),
             same_study=bool(ctStudy) and segStudy == ctStudy, plugins=plugins,
-            ct_from_dicom=bool(ctNode is not None and ctNode.GetAttribute("DICOM.instanceUIDs")))
+            ct_from_dicom=bool(ctNode is not None and self.dicomInstanceUIDs(ctNode)))
 
     @staticmethod
     def _newFiles(folder: str, before: set) -> list:

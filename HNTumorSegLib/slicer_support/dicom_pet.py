@@ -7,13 +7,15 @@ the module looks the node's instance UIDs up in Slicer's DICOM database (the one
 application), and everything from the files on is here: the headers are read with pydicom and the
 factor comes from :func:`HNTumorSegLib.dicom.suv.suv_conversion`, exactly as for ``--pet STUDY/``.
 
-When is the factor applied? Only when the volume's values look like activity concentration (the 99th
-percentile of its positive voxels above any plausible SUV). A volume derived from the DICOM series
-that is already in SUV (a normalised copy that kept the ``DICOM.instanceUIDs`` attribute) is left as it is.
+When is the factor applied? Only when the volume's values look like activity concentration
+(:func:`~HNTumorSegLib.slicer_support.suv_check.looks_like_activity`, the test the SUV check refuses on).
+A volume derived from the DICOM series that is already in SUV (a normalised copy that kept the
+``DICOM.instanceUIDs`` attribute) is left as it is.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -22,7 +24,7 @@ import numpy as np
 
 from HNTumorSegLib.dicom.suv import SuvConversion, suv_conversion
 from HNTumorSegLib.errors import InputError
-from HNTumorSegLib.pipeline.preprocess import MAX_PLAUSIBLE_SUV_P99
+from HNTumorSegLib.slicer_support.suv_check import looks_like_activity
 
 #: What the user can do when the tags do not give SUVbw (ends each error, as --pet-units suv does on the CLI).
 SLICER_HINT = ("or convert the PET to SUV first, e.g. with the PET-DICOM extension's SUV normalisation, and "
@@ -64,13 +66,6 @@ def _unit_word(units: str) -> str:
     return {"BQML": "Bq/mL", "CNTS": "count unit", "GML": "g/mL"}.get(units, units)
 
 
-def looks_like_activity(values: np.ndarray) -> bool:
-    """True when a PET's values are activity concentration rather than SUV (the test preprocessing refuses on)."""
-    values = np.asarray(values)
-    positive = values[np.isfinite(values) & (values > 0)]
-    return bool(positive.size) and float(np.percentile(positive, 99)) > MAX_PLAUSIBLE_SUV_P99
-
-
 def dicom_pet_suv(files: Sequence[str | os.PathLike], missing: int, values: np.ndarray, name: str) -> DicomPetSuv:
     """The SUVbw conversion of a PET volume from the DICOM files of its instances.
 
@@ -78,16 +73,34 @@ def dicom_pet_suv(files: Sequence[str | os.PathLike], missing: int, values: np.n
     ``missing``: how many of those UIDs had no file; ``values``: the volume's voxels (to decide whether
     the factor applies); ``name``: how the user knows the volume, for messages.
     """
-    from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
-
     if missing or not files:
         raise InputError(f"{name}: {missing} of {missing + len(files)} of its DICOM instances are not in the DICOM "
                          f"database, so its SUV cannot be computed from the tags; re-import the study, {SLICER_HINT}")
-    headers = []
+    keys = []
     for path in files:
         try:
-            headers.append(dcmread(os.fspath(path), stop_before_pixels=True))
+            stat = os.stat(path)
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read its DICOM file {path}: {exc}") from None
+        keys.append((os.fspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    conversion, uid = _conversion_from_files(tuple(keys), name)
+    return DicomPetSuv(conversion, uid, len(files), looks_like_activity(values))
+
+
+@functools.lru_cache(maxsize=8)
+def _conversion_from_files(files: tuple, name: str) -> tuple[SuvConversion, str]:
+    """(conversion, series UID) from the headers of ``files``: (path, inode, size, mtime) tuples.
+
+    Cached because the panel checks its inputs again on every change and a PET series is hundreds of
+    files; a file that was rewritten has another size or modification time, so it is read again.
+    """
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    headers = []
+    for path, *_ in files:
+        try:
+            headers.append(dcmread(path, stop_before_pixels=True))
         except (OSError, InvalidDicomError, ValueError) as exc:
             raise InputError(f"{name}: cannot read its DICOM file {path}: {exc}") from None
     modalities = {str(h.get("Modality", "")) for h in headers}
@@ -97,5 +110,4 @@ def dicom_pet_suv(files: Sequence[str | os.PathLike], missing: int, values: np.n
     if len(series) != 1:
         raise InputError(f"{name}: its DICOM files belong to {len(series)} series; select a single PET series")
     uid = series.pop()
-    conversion = suv_conversion(headers, f"{name} (DICOM series {uid})", hint=SLICER_HINT)
-    return DicomPetSuv(conversion, uid, len(headers), looks_like_activity(values))
+    return suv_conversion(headers, f"{name} (DICOM series {uid})", hint=SLICER_HINT), uid

@@ -37,6 +37,14 @@ class SuvCheck:
     message: str = ""
 
 
+def looks_like_activity(values: np.ndarray) -> bool:
+    """True when a PET's values are activity concentration rather than SUV: the 99th percentile of its
+    positive finite voxels lies above any plausible SUV (the bound preprocessing refuses on)."""
+    values = np.asarray(values)
+    positive = values[np.isfinite(values) & (values > 0)]
+    return bool(positive.size) and float(np.percentile(positive, 99)) > MAX_PLAUSIBLE_SUV_P99
+
+
 def check_suv(pet: np.ndarray, name: str = "PET") -> SuvCheck:
     """Judge the voxel values of a PET volume (any shape) as SUV."""
     values = np.asarray(pet)
@@ -46,8 +54,7 @@ def check_suv(pet: np.ndarray, name: str = "PET") -> SuvCheck:
     if not finite.all():
         return SuvCheck(ERROR, f"{name}: PET has {int((~finite).sum())} NaN or infinite voxels")
     vmax, vmin = float(values.max()), float(values.min())
-    positive = values[values > 0]
-    if positive.size and float(np.percentile(positive, 99)) > MAX_PLAUSIBLE_SUV_P99:
+    if looks_like_activity(values):
         return SuvCheck(ERROR, f"{name}: PET values up to {vmax:.0f} look like Bq/mL, not SUV; {CONVERSION_HINT}")
     if vmax <= TAU:
         return SuvCheck(ERROR, f"{name}: no PET value above SUV {TAU} (maximum {vmax:.3g}); the PET is not "

@@ -105,14 +105,6 @@ def assert_close(actual, expected, rel: float = 1e-9) -> None:
         assert actual == expected
 
 
-def labels_of(logic, segmentation_node, ct_node) -> np.ndarray:
-    masks = logic.segmentMasks(segmentation_node, ct_node)
-    label = np.zeros(slicer.util.arrayFromVolume(ct_node).shape, np.uint8)
-    for definition in SEGMENTS:
-        label[masks[definition.name]] = definition.label
-    return label
-
-
 @pytest.fixture
 def headless_slicer():
     app = HeadlessSlicer()
@@ -144,7 +136,7 @@ def segmented(plain_case):
 
 
 def test_segment_in_the_scene_equals_the_command_line(segmented, plain_case):
-    label = labels_of(segmented["logic"], segmented["seg"], segmented["ct"])
+    label = segmented["logic"].segmentLabels(segmented["seg"], segmented["ct"])
     assert label.shape == plain_case.cli_label.shape
     assert np.count_nonzero(label == 1) > 1000 and np.count_nonzero(label == 2) > 100
     np.testing.assert_array_equal(label, plain_case.cli_label)
@@ -160,7 +152,7 @@ def test_orientation_and_parent_transform_do_not_change_the_result(tmp_path, ori
         if case.transformed:
             assert [level for level, _ in logic.inputProblems(ct, pet)] == ["info", "info"]
         seg = logic.segment(ct, pet, device="cpu")
-        label = labels_of(logic, seg, ct)
+        label = logic.segmentLabels(seg, ct)
         np.testing.assert_array_equal(label, case.cli_label)
         # and it is the phantom's anatomy, not an artefact of the orientation
         truth = sitk.GetArrayFromImage(case.truth)
@@ -241,12 +233,12 @@ def test_edit_guard_replaces_an_unedited_run_and_keeps_an_edited_one(segmented, 
         np.testing.assert_array_equal(before[name], after[name])
     overwritten = logic.applyResult(result, ct, pet, first, "overwrite", params)
     assert overwritten.GetID() == first.GetID()
-    np.testing.assert_array_equal(labels_of(logic, first, ct), plain_case.cli_label)
+    np.testing.assert_array_equal(logic.segmentLabels(first, ct), plain_case.cli_label)
 
 
 def test_scene_saved_and_read_back_keeps_the_segments(segmented, tmp_path):
     app, logic, ct, seg = segmented["app"], segmented["logic"], segmented["ct"], segmented["seg"]
-    expected = labels_of(logic, seg, ct)
+    expected = logic.segmentLabels(seg, ct)
     for node in (ct, seg, segmented["params"].resultsTable):
         if node.GetStorageNode() is None:
             node.AddDefaultStorageNode()
@@ -264,7 +256,7 @@ def test_scene_saved_and_read_back_keeps_the_segments(segmented, tmp_path):
     seg2 = reread.GetNodeByID(seg.GetID())
     ct2 = reread.GetNodeByID(ct.GetID())
     assert seg2.GetAttribute("HNTumorSeg.Fingerprint") == seg.GetAttribute("HNTumorSeg.Fingerprint")
-    np.testing.assert_array_equal(labels_of(logic, seg2, ct2), expected)
+    np.testing.assert_array_equal(logic.segmentLabels(seg2, ct2), expected)
     reread.Clear(1)
 
 
@@ -330,7 +322,7 @@ def test_pet_loaded_from_dicom_in_bq_per_ml_is_converted_as_the_command_line_doe
         assert [level for level, _ in problems] == ["info"]
         assert f"factor {cli_report['suv']['suv_factor']:.6g}" in problems[0][1], problems
         seg = logic.segment(ct, pet, device="cpu")
-        np.testing.assert_array_equal(labels_of(logic, seg, ct), sitk.GetArrayFromImage(sitk.ReadImage(str(cli_out))))
+        np.testing.assert_array_equal(logic.segmentLabels(seg, ct), sitk.GetArrayFromImage(sitk.ReadImage(str(cli_out))))
         params = logic.getParameterNode()
         structures = json.loads(json.dumps(logic.updateResultsTable(seg, ct, pet, params), default=float))
         assert_close(structures, cli_report["structures"])  # the CT spacing read back from MRML carries ~1e-16 noise

@@ -18,7 +18,8 @@ from HNTumorSegLib.dicom.series import read_series
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.phantom import make_phantom
 from HNTumorSegLib.phantom.dicom import DicomStudy, PetAcquisition, write_pet_series
-from HNTumorSegLib.slicer_support.dicom_pet import SLICER_HINT, dicom_pet_suv, looks_like_activity
+from HNTumorSegLib.slicer_support.dicom_pet import SLICER_HINT, dicom_pet_suv
+from HNTumorSegLib.slicer_support.suv_check import looks_like_activity
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,19 @@ def test_values_already_in_suv_are_left_alone(phantom, tmp_path):
     assert not suv.applies and suv.factor == 1.0 and "already" in suv.describe("PET 'normalised'")
     assert not looks_like_activity(sitk.GetArrayFromImage(phantom.pet))
     assert looks_like_activity(sitk.GetArrayFromImage(phantom.pet) / PetAcquisition().suv_factor())
+
+
+def test_a_rewritten_file_is_read_again(phantom, tmp_path):
+    # The headers are cached (the panel checks its inputs on every change): an edited series must not
+    # keep its old factor.
+    files, activity = pet_series(phantom, tmp_path)
+    before = dicom_pet_suv(files, 0, activity, "PET 'pt'").factor
+    assert dicom_pet_suv(files, 0, activity, "PET 'pt'").factor == before
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.PatientWeight = "150"
+        ds.save_as(path)
+    assert dicom_pet_suv(files, 0, activity, "PET 'pt'").factor == pytest.approx(2 * before, rel=1e-9)
 
 
 def test_a_missing_tag_is_named_with_what_to_do_in_slicer(phantom, tmp_path):
