@@ -366,6 +366,10 @@ class HNTumorSegSceneLogic:
         if display is not None:
             display.SetHandlesInteractive(False)
             display.SetFillOpacity(0.0)
+            # The box alone: its name and centre glyph would sit on the tumour (the window is centred near it).
+            display.SetPropertiesLabelVisibility(False)
+            display.SetPointLabelsVisibility(False)
+            display.SetGlyphType(display.GlyphTypeInvalid)
         roi.SetDisplayVisibility(bool(params.showAnalysisWindow))
 
     # ------------------------------------------------------------------ export
