@@ -133,6 +133,7 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.updateStatisticsButton.connect("clicked(bool)", self.onUpdateStatistics)
         self.ui.editButton.connect("clicked(bool)", self.onEditButton)
+        self.ui.resultsTableView.connect("doubleClicked(QModelIndex)", self.onResultsRowDoubleClicked)
         self.ui.exportRtstructButton.connect("clicked(bool)", self.onExportRtstruct)
         self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.ui.exportDirectoryButton.directory = qt.QDir.homePath()
@@ -434,6 +435,12 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.ui.resultsTableView.setMRMLTableNode(params.resultsTable)
         self.ui.statusLabel.text = "Table updated: " + summary_line(structures)
+
+    def onResultsRowDoubleClicked(self, index) -> None:
+        """A lesion's row centres every slice view on that lesion; a segment's row does nothing."""
+        lesion = self.logic.lesionAtRow(self._parameterNode, index.row())
+        if lesion is not None:
+            self.logic.centreViewsOn(lesion)
 
     def onEditButton(self) -> None:
         params = self._parameterNode

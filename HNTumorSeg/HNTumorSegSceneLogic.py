@@ -70,6 +70,8 @@ class HNTumorSegSceneLogic:
 
     def __init__(self, workerPython: Optional[Sequence[str]] = None) -> None:
         self._workerPython = list(workerPython) if workerPython else None
+        #: The lesions of the results table's rows (the last run's, or recomputed by updateResultsTable).
+        self.lesions: list = []
 
     def getParameterNode(self):
         """Where a run records its outputs; the module's logic returns its MRML parameter node instead."""
@@ -290,11 +292,12 @@ class HNTumorSegSceneLogic:
         self.writeSegments(segmentationNode, label, ctNode)
 
         structures = result.report["structures"]
+        self.lesions = list(result.report.get("lesions", []))
         segmentationNode.SetAttribute("HNTumorSeg.Summary", summary_line(structures))
         segmentationNode.SetAttribute("HNTumorSeg.Model", str(result.report["model"]["file"]))
         segmentationNode.SetAttribute("HNTumorSeg.Device", str(result.report["device"]))
         params.outputSegmentation = segmentationNode
-        self.fillResultsTable(structures, params)
+        self.fillResultsTable(structures, params, self.lesions)
         self.showAnalysisWindow(result.report["provenance"], params)
         return segmentationNode
 
@@ -320,7 +323,8 @@ class HNTumorSegSceneLogic:
         fingerprint = segmentation_fingerprint(self.segmentMasks(segmentationNode, ctNode))
         segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, fingerprint)
 
-    def fillResultsTable(self, structures: dict, params) -> None:
+    def fillResultsTable(self, structures: dict, params, lesions: Sequence[dict] = ()) -> None:
+        """Each segment's row, then its lesions' rows (``lesionAtRow`` maps a row back to its lesion)."""
         table = params.resultsTable
         if table is None:
             table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "HNTumorSeg results")
@@ -329,7 +333,7 @@ class HNTumorSegSceneLogic:
             table.RemoveAllColumns()
             for name in COLUMNS:
                 table.AddColumn().SetName(name)
-            for row in table_rows(structures):
+            for row in table_rows(structures, lesions):
                 index = table.AddEmptyRow()
                 for column, text in enumerate(row):
                     table.SetCellText(index, column, text)
@@ -338,16 +342,39 @@ class HNTumorSegSceneLogic:
         """Recompute the table from the segments as they are now (after editing)."""
         import SimpleITK as sitk
 
-        from HNTumorSegLib.evaluation.metrics import structure_statistics
+        from HNTumorSegLib.evaluation.lesions import measurements
 
         if segmentationNode is None or ctNode is None or petNode is None:
             raise InputError("needs the output segmentation, the CT and the PET")
         labelImage = sitk.GetImageFromArray(self.segmentLabels(segmentationNode, ctNode))
         labelImage.CopyInformation(self.worldImage(ctNode, "CT"))  # the segments lie on the CT's grid
-        structures = structure_statistics(labelImage, self.petImage(petNode))
-        self.fillResultsTable(structures, params)
+        # Edited contours have no network probabilities: their lesions are listed without a confidence.
+        measured = measurements(labelImage, self.petImage(petNode), self.worldImage(ctNode, "CT"))
+        structures, self.lesions = measured["structures"], measured["lesions"]
+        self.fillResultsTable(structures, params, self.lesions)
         segmentationNode.SetAttribute("HNTumorSeg.Summary", summary_line(structures))
         return structures
+
+    def lesionAtRow(self, params, row: int) -> Optional[dict]:
+        """The lesion shown in the results table's ``row`` (None for a segment's row or no table)."""
+        table = params.resultsTable
+        if table is None or not 0 <= row < table.GetNumberOfRows():
+            return None
+        lesionId = table.GetCellText(row, 0)
+        return next((lesion for lesion in self.lesions if lesion["id"] == lesionId), None)
+
+    @staticmethod
+    def centreViewsOn(lesion: dict) -> list:
+        """Every slice view centred on the lesion's centroid (a double-click on its row); returns the RAS point.
+
+        The centroid is in patient LPS millimetres (the library's and DICOM's convention); the world
+        of the scene is RAS. The CT's parent transform, if any, was applied before segmenting, so the
+        centroid is already in world coordinates.
+        """
+        x, y, z = lesion["centroid_mm"]
+        ras = [-x, -y, z]
+        slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, *ras, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+        return ras
 
     def showAnalysisWindow(self, provenance: dict, params) -> None:
         """The 256 x 256 x 112 window the network saw, as a locked markups ROI (world coordinates)."""

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 DONE, SKIPPED, FAILED = "done", "done earlier", "failed"
 SUMMARY_COLUMNS = ("case", "status", "seconds", "GTVp_volume_ml", "GTVp_suv_max", "GTVp_tlg",
                    "GTVn_volume_ml", "GTVn_suv_max", "GTVn_tlg", "suv_factor", "source", "message")
+#: One row per lesion of every finished case (see HNTumorSegLib.evaluation.lesions); centroid in LPS mm.
+LESION_COLUMNS = ("case", "lesion", "structure", "volume_ml", "suv_max", "suv_mean", "tlg", "centroid_x_mm",
+                  "centroid_y_mm", "centroid_z_mm", "side", "confidence_mean", "confidence_max", "review")
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,26 @@ def _row(case: BatchCase, status: str, seconds: float, report: Optional[dict] = 
             row[f"{name}_{column}"] = "" if value is None else f"{value:.3f}"
     factor = (report or {}).get("suv", {}).get("suv_factor")
     row["suv_factor"] = "" if factor is None else f"{factor:.6g}"
+    row["lesions"] = list((report or {}).get("lesions", []))  # for the lesion table, not a summary column
     return row
+
+
+def _lesion_rows(row: dict) -> list[dict]:
+    """The lesion-table rows of one case's summary row."""
+    def number(value, digits=3):
+        return "" if value is None else f"{value:.{digits}f}"
+
+    out = []
+    for lesion in row.get("lesions", []):
+        x, y, z = lesion["centroid_mm"]
+        out.append({"case": row["case"], "lesion": lesion["id"], "structure": lesion["structure"],
+                    "volume_ml": number(lesion["volume_ml"]), "suv_max": number(lesion["suv_max"]),
+                    "suv_mean": number(lesion["suv_mean"]), "tlg": number(lesion["tlg"]),
+                    "centroid_x_mm": number(x, 1), "centroid_y_mm": number(y, 1), "centroid_z_mm": number(z, 1),
+                    "side": lesion.get("side") or "", "confidence_mean": number(lesion.get("confidence_mean")),
+                    "confidence_max": number(lesion.get("confidence_max")),
+                    "review": "" if lesion.get("review") is None else ("yes" if lesion["review"] else "no")})
+    return out
 
 
 def run_case(case: BatchCase, options: BatchOptions, segmenter) -> dict:
@@ -206,14 +228,25 @@ def summary_path(out: Path, shard_spec: Optional[tuple[int, int]]) -> Path:
     return out / ("summary.csv" if shard_spec is None else f"summary_shard-{shard_spec[0]}-of-{shard_spec[1]}.csv")
 
 
-def write_summary(rows: Sequence[dict], path: Path) -> Path:
+def lesions_path(summary: Path) -> Path:
+    """summary.csv -> lesions.csv, summary_shard-1-of-4.csv -> lesions_shard-1-of-4.csv (beside it)."""
+    return summary.with_name("lesions" + summary.name[len("summary"):])
+
+
+def _write_csv(rows: Sequence[dict], columns: Sequence[str], path: Path) -> Path:
     from HNTumorSegLib.imaging.image_io import write_bytes
 
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return write_bytes(buffer.getvalue().encode("utf-8"), path)
+
+
+def write_summary(rows: Sequence[dict], path: Path) -> Path:
+    """The summary (a row per case) at ``path`` and the lesion table (a row per lesion) beside it."""
+    _write_csv([lesion for row in rows for lesion in _lesion_rows(row)], LESION_COLUMNS, lesions_path(path))
+    return _write_csv(rows, SUMMARY_COLUMNS, path)
 
 
 def _earlier_row(case: BatchCase, options: BatchOptions) -> Optional[dict]:

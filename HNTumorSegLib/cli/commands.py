@@ -38,11 +38,17 @@ def _print_resources(report: dict) -> None:
         print(f"  peak memory: {', '.join(parts)}")
 
 
-def _print_structures(structures: dict) -> None:
+def _print_structures(structures: dict, lesions: list | None = None) -> None:
+    """Each structure's totals, then each of its lesions on a line of its own."""
+    from HNTumorSegLib.evaluation.lesions import describe_lesion
+
     for name, s in structures.items():
         if s["voxels"]:
             print(f"  {name}: {s['volume_ml']:.1f} mL, SUVmax {s['suv_max']:.1f}, SUVmean {s['suv_mean']:.1f}, "
                   f"TLG {s['tlg']:.1f}")
+            for row in lesions or []:
+                if row["structure"] == name:
+                    print(f"    {describe_lesion(row)}")
         else:
             print(f"  {name}: none found")
 
@@ -88,7 +94,7 @@ def cmd_segment(args) -> int:
         if key in report:
             print(f"wrote {report[key]['file']}")
     _print_resources(report)
-    _print_structures(report["structures"])
+    _print_structures(report["structures"], report.get("lesions"))
     return 0
 
 
@@ -142,7 +148,7 @@ def cmd_demo(args) -> int:
     print(f"phantom case {case.case_id} ({args.fov}) segmented in {report['timings_s']['total']:.1f} s "
           f"on {report['device']}")
     _print_resources(report)
-    _print_structures(report["structures"])
+    _print_structures(report["structures"], report.get("lesions"))
     print(f"  Dice against the phantom truth: GTVp {scores['GTVp']:.3f}, GTVn {scores['GTVn']:.3f}")
     print(f"wrote {seg_path}, {report_path}, {png}")
     return 0

@@ -44,7 +44,7 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     from HNTumorSegLib.cases.inputs import read_case
     from HNTumorSegLib.imaging.image_io import write_image, write_json
     from HNTumorSegLib.pipeline.inference import Segmenter
-    from HNTumorSegLib.evaluation.metrics import structure_statistics
+    from HNTumorSegLib.evaluation.lesions import measurements
 
     report_path = sidecar_path(out)
     t_start = time.perf_counter()
@@ -60,7 +60,7 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
                             progress=(lambda stage: print(f"  {stage} ...", flush=True)) if verbose else None)
     timings.update(seg.timings)
     t0 = time.perf_counter()
-    structures = structure_statistics(seg.label, pet)
+    measured = measurements(seg.label, pet, ct, seg.probability_images())
     timings["statistics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     write_image(seg.label, out)
@@ -76,7 +76,7 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
         "device": str(segmenter.device),
         "tta": tta,
         "postprocess_applied": segmenter.postprocess is not None,
-        "structures": structures,
+        **measured,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "members": seg.members,
         "memory": seg.memory,

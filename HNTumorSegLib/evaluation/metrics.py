@@ -26,33 +26,38 @@ def dice(prediction: np.ndarray, reference: np.ndarray, label: int) -> float:
     return 2.0 * int(np.logical_and(p, r).sum()) / total
 
 
+def label_box(label: sitk.Image) -> tuple[list[int], list[int], Geometry] | None:
+    """The bounding box of a label image's labelled voxels: (z, y, x) start, end, and its grid; None if empty."""
+    present = np.nonzero(sitk.GetArrayViewFromImage(label))
+    if not present[0].size:
+        return None
+    lo = [int(a.min()) for a in present]  # (z, y, x)
+    hi = [int(a.max()) + 1 for a in present]
+    start_xyz, size_xyz = lo[::-1], [h - l for l, h in zip(lo, hi)][::-1]
+    return lo, hi, Geometry.of(label).subgrid(start_xyz, size_xyz)
+
+
+def values_in_box(image: sitk.Image, box: Geometry) -> np.ndarray:
+    """``image`` (any grid covering the box, e.g. PET in SUV) linearly resampled onto ``box``; 0 outside it."""
+    floats = image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(resample_in_window(floats, box, sitk.sitkLinear, 0.0, sitk.sitkFloat32, margin=2))
+
+
 def structure_statistics(label: sitk.Image, pet: sitk.Image) -> dict[str, dict]:
     """Volume (mL), SUVmax, SUVmean and TLG (SUVmean x volume) of each labelled structure.
 
     ``label`` is on the CT grid; ``pet`` in SUV on any grid that covers it. Empty structures
     report volume 0 and null SUV figures.
     """
-    lab = sitk.GetArrayViewFromImage(label)
-    geom = Geometry.of(label)
-    voxel_ml = voxel_volume_ml(geom.spacing)
+    voxel_ml = voxel_volume_ml(label.GetSpacing())
     stats: dict[str, dict] = {}
-    present = np.nonzero(lab)
-    pet_box = None
-    if present[0].size:
-        lo = [int(a.min()) for a in present]  # (z, y, x)
-        hi = [int(a.max()) + 1 for a in present]
-        start_xyz, size_xyz = lo[::-1], [h - l for l, h in zip(lo, hi)][::-1]
-        box_geom = geom.subgrid(start_xyz, size_xyz)
-        pet_f = pet if pet.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(pet, sitk.sitkFloat32)
-        pet_box = sitk.GetArrayFromImage(resample_in_window(pet_f, box_geom, sitk.sitkLinear, 0.0,
-                                                            sitk.sitkFloat32, margin=2))
-        lab_box = lab[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    box = label_box(label)
+    if box is not None:
+        lo, hi, box_geometry = box
+        pet_box = values_in_box(pet, box_geometry)
+        lab_box = sitk.GetArrayViewFromImage(label)[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     for value, name in LABELS.items():
-        if pet_box is None:
-            n = 0
-        else:
-            sel = lab_box == value
-            n = int(sel.sum())
+        n = 0 if box is None else int((sel := lab_box == value).sum())
         if n == 0:
             stats[name] = {"label": value, "voxels": 0, "volume_ml": 0.0, "suv_max": None,
                            "suv_mean": None, "tlg": None}

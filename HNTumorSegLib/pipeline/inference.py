@@ -26,8 +26,9 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
+from HNTumorSegLib import LABELS
 from HNTumorSegLib.errors import InputError, ModelFileError
-from HNTumorSegLib.imaging.geometry import LATTICE_SPACING
+from HNTumorSegLib.imaging.geometry import LATTICE_SPACING, Geometry
 from HNTumorSegLib.pipeline.model_file import LoadedModel, load_model
 from HNTumorSegLib.pipeline.model_info import describe_network
 from HNTumorSegLib.pipeline.postprocess import ComponentFilter
@@ -152,6 +153,20 @@ class Segmentation:
     window_mask: np.ndarray | None = None
     members: list = field(default_factory=list)
     memory: dict = field(default_factory=dict)
+    #: (3, 112, 256, 256) float32 class probabilities on the window (background, GTVp, GTVn); None
+    #: where a caller built the result without the network.
+    probabilities: np.ndarray | None = None
+
+    def probability_images(self) -> dict[str, sitk.Image]:
+        """Each structure's probability as an image on the analysis window's grid (empty without probabilities).
+
+        Resampled (linearly) onto any other grid, 0 outside the window: the network never saw there.
+        """
+        if self.probabilities is None or "window" not in self.provenance:
+            return {}
+        window = Geometry.from_dict(self.provenance["window"])
+        return {name: window.apply(sitk.GetImageFromArray(np.ascontiguousarray(self.probabilities[value])))
+                for value, name in LABELS.items()}
 
 
 class Segmenter:
@@ -255,7 +270,10 @@ class Segmenter:
 
     def predict_window(self, image: np.ndarray) -> np.ndarray:
         """(2, 112, 256, 256) normalised input to the (112, 256, 256) uint8 label mask."""
-        prob = self.probabilities(image)
+        return self.label_from_probabilities(self.probabilities(image))
+
+    def label_from_probabilities(self, prob: np.ndarray) -> np.ndarray:
+        """The argmax of (3, Z, Y, X) probabilities, cleaned up by the model's component filter if it has one."""
         label = prob.argmax(axis=0).astype(np.uint8)
         if self.postprocess is not None:
             label = self.postprocess.apply(label, prob, LATTICE_SPACING)
@@ -284,7 +302,8 @@ class Segmenter:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
-        mask = self.predict_window(pre.image)
+        prob = self.probabilities(pre.image)
+        mask = self.label_from_probabilities(prob)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         timings["network"] = time.perf_counter() - t0
@@ -293,4 +312,4 @@ class Segmenter:
         t0 = time.perf_counter()
         label = restore(mask, pre.provenance)
         timings["restore"] = time.perf_counter() - t0
-        return Segmentation(label, pre.provenance, timings, pre, mask, self.member_summaries(), memory)
+        return Segmentation(label, pre.provenance, timings, pre, mask, self.member_summaries(), memory, prob)

@@ -1,15 +1,19 @@
-"""The per-segment results table: volume (mL), SUVmax, SUVmean, TLG, as a clinician reads them.
+"""The results table: each segment's volume (mL), SUVmax, SUVmean, TLG, then each of its lesions.
 
-Why: the figures come from :func:`HNTumorSegLib.evaluation.metrics.structure_statistics` (the same numbers
-the command line writes to its JSON report); this module only decides the columns, their order
-and how each value is shown, so the Slicer table and any text report agree.
+Why: the figures come from :func:`HNTumorSegLib.evaluation.metrics.structure_statistics` and
+:func:`HNTumorSegLib.evaluation.lesions.lesion_table` (the same numbers the command line writes to
+its JSON report); this module only decides the columns, their order and how each value is shown,
+so the Slicer table and any text report agree. A lesion's row (``GTVn_2``) follows its segment's
+and adds its side and the network's confidence, marked "review" when low.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
-COLUMNS = ("Segment", "Volume (mL)", "SUVmax", "SUVmean", "TLG (mL x SUV)")
+COLUMNS = ("Segment", "Volume (mL)", "SUVmax", "SUVmean", "TLG (mL x SUV)", "Side", "Confidence")
+#: Appended to the confidence of a lesion flagged for review.
+REVIEW = "review"
 #: Shown for a segment with no voxels.
 NONE_FOUND = "none found"
 
@@ -18,15 +22,27 @@ def _fmt(value: Optional[float], digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def table_rows(structures: Mapping[str, Mapping]) -> list[list[str]]:
-    """One row of strings per structure, in the order given, matching :data:`COLUMNS`."""
+def _confidence(lesion: Mapping) -> str:
+    value = lesion.get("confidence_mean")
+    if value is None:
+        return ""
+    return f"{value:.2f}" + (f" ({REVIEW})" if lesion.get("review") else "")
+
+
+def table_rows(structures: Mapping[str, Mapping], lesions: Sequence[Mapping] = ()) -> list[list[str]]:
+    """A row of strings per structure, in the order given, each followed by its lesions' rows (:data:`COLUMNS`)."""
     rows = []
     for name, s in structures.items():
         if not s.get("voxels"):
-            rows.append([name, "0.00", NONE_FOUND, "", ""])
+            rows.append([name, "0.00", NONE_FOUND, "", "", "", ""])
             continue
         rows.append([name, _fmt(s["volume_ml"], 2), _fmt(s["suv_max"], 2), _fmt(s["suv_mean"], 2),
-                     _fmt(s["tlg"], 1)])
+                     _fmt(s["tlg"], 1), "", ""])
+        for lesion in lesions:
+            if lesion["structure"] == name:
+                rows.append([lesion["id"], _fmt(lesion["volume_ml"], 2), _fmt(lesion["suv_max"], 2),
+                             _fmt(lesion["suv_mean"], 2), _fmt(lesion["tlg"], 1), lesion.get("side") or "",
+                             _confidence(lesion)])
     return rows
 
 

@@ -37,7 +37,7 @@ def run_request(request: protocol.Request, emit: Emit) -> dict:
     """Segment one request; writes the label map, then the report, into ``request.output_dir``."""
     from HNTumorSegLib.imaging.image_io import read_image, write_image, write_json
     from HNTumorSegLib.pipeline.inference import Segmenter
-    from HNTumorSegLib.evaluation.metrics import structure_statistics
+    from HNTumorSegLib.evaluation.lesions import measurements
     from HNTumorSegLib.slicer_support.scene_geometry import analysis_window_box
 
     out = Path(request.output_dir)
@@ -59,7 +59,7 @@ def run_request(request: protocol.Request, emit: Emit) -> dict:
 
     t0 = time.perf_counter()
     emit(protocol.stage("statistics"))
-    structures = structure_statistics(seg.label, pet)
+    measured = measurements(seg.label, pet, ct, seg.probability_images())
     timings["statistics"] = time.perf_counter() - t0
 
     emit(protocol.stage("write"))
@@ -72,7 +72,7 @@ def run_request(request: protocol.Request, emit: Emit) -> dict:
         "model": _model_summary(segmenter.loaded),
         "device": str(segmenter.device),
         "tta": request.tta,
-        "structures": structures,
+        **measured,
         "analysis_window": {"center_ras": box.center_ras, "size_mm": box.size_mm, "axes_ras": box.axes_ras},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "members": seg.members,  # one entry per network (an ensemble has several): name, window, seconds

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from HNTumorSegLib.cli.batch import (FAILED, SKIPPED, DONE, BatchCase, BatchOptions, find_batch_cases, parse_shard,
+from HNTumorSegLib.cli.batch import (FAILED, SKIPPED, DONE, LESION_COLUMNS, BatchCase, BatchOptions, find_batch_cases, parse_shard,
                                      run_batch, run_batch_parallel, shard)
 from HNTumorSegLib.cli import main
 from HNTumorSegLib.errors import InputError
@@ -74,6 +74,19 @@ def test_hecktor_batch_goes_on_after_a_failure_and_resumes(hecktor_root, tmp_pat
     assert set(summary) == {"CHUM-001", "CHUM-002", "CHUP-003"}
     assert float(summary["CHUM-001"]["GTVp_volume_ml"]) > 0 and float(summary["CHUM-001"]["GTVp_suv_max"]) > 4
     assert summary["CHUM-001"]["GTVn_volume_ml"] == "0.000" and summary["CHUM-001"]["GTVn_suv_max"] == ""
+    # beside it, a row per lesion: the case's GTVp lesions add up to its summary volume
+    with open(tmp_path / "out" / "lesions.csv", newline="") as fh:
+        lesions = list(csv.DictReader(fh))
+    assert list(lesions[0]) == list(LESION_COLUMNS)
+    for case in ("CHUM-001", "CHUM-002"):
+        own = [row for row in lesions if row["case"] == case]
+        assert own and own[0]["lesion"] == "GTVp_1" and all(row["structure"] == "GTVp" for row in own)
+        assert sum(float(row["volume_ml"]) for row in own) == pytest.approx(float(summary[case]["GTVp_volume_ml"]),
+                                                                              abs=1e-3 * len(own))
+        assert all(row["side"] in ("left", "right", "midline") for row in own)
+        assert all(row["confidence_mean"] == "" for row in own)  # a stand-in without probabilities: no figure
+    assert not any(row["case"] == "CHUP-003" for row in lesions)
+    before = (tmp_path / "out" / "lesions.csv").read_text()
     report = tmp_path / "out" / "CHUM-001" / "CHUM-001_seg.json"
     stamp = report.stat().st_mtime_ns
     rows = run_batch(cases, options, summary=tmp_path / "out" / "summary.csv", make_segmenter=lambda: stand_in,
@@ -82,6 +95,7 @@ def test_hecktor_batch_goes_on_after_a_failure_and_resumes(hecktor_root, tmp_pat
     assert stand_in.calls == 2 and report.stat().st_mtime_ns == stamp
     assert _summary(tmp_path / "out" / "summary.csv")["CHUM-002"]["GTVp_volume_ml"] == \
         summary["CHUM-002"]["GTVp_volume_ml"]
+    assert (tmp_path / "out" / "lesions.csv").read_text() == before  # resumed cases keep their lesions
     # the parallel runner skips them as well (no worker is started) and still writes its summary
     rows = run_batch_parallel(cases[:2], options, summary=tmp_path / "out" / "s2.csv", workers=2, progress=False)
     assert [r["status"] for r in rows] == [SKIPPED, SKIPPED]
@@ -138,5 +152,6 @@ def test_batch_command_runs_one_shard_with_a_model(hecktor_root, tmp_path, capsy
     assert code == 0, capsys.readouterr().err  # shard 2/2 holds CHUM-002 only; the broken case is in 1/2
     summary = _summary(out / "summary_shard-2-of-2.csv")
     assert list(summary) == ["CHUM-002"] and summary["CHUM-002"]["status"] == DONE
+    assert (out / "lesions_shard-2-of-2.csv").exists()
     label = sitk.ReadImage(str(out / "CHUM-002" / "CHUM-002_seg.nii.gz"))
     assert label.GetSize() == sitk.ReadImage(str(hecktor_root / "CHUM-002" / "CHUM-002__CT.nii.gz")).GetSize()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -94,3 +95,19 @@ def test_demo_runs_end_to_end_with_the_bundled_model(tmp_path, capsys):
     # measured 0.732 / 0.780 with this model (the previous, classic-only model did better on this classic case)
     assert report["reference"]["dice"]["GTVp"] >= 0.70 and report["reference"]["dice"]["GTVn"] >= 0.75
     assert (out / next(out.glob("*_overlay.png")).name).stat().st_size > 0
+    # every lesion on its own: they add up to the structures, with the network's confidence and a side
+    lesions = report["lesions"]
+    for name, total in report["structures"].items():
+        rows = [row for row in lesions if row["structure"] == name]
+        assert [row["id"] for row in rows] == [f"{name}_{k}" for k in range(1, len(rows) + 1)]
+        assert sum(row["volume_ml"] for row in rows) == pytest.approx(total["volume_ml"])
+        assert all(0.0 < row["confidence_mean"] <= row["confidence_max"] <= 1.0 for row in rows)
+    truth = report["reference"]["phantom"]
+    largest_node = max(truth["nodes"], key=lambda n: np.prod(n["semi_axes_mm"]))
+    found = min((row for row in lesions if row["structure"] == "GTVn"),
+                key=lambda row: np.linalg.norm(np.subtract(row["centroid_mm"], largest_node["centre_mm"])))
+    assert np.linalg.norm(np.subtract(found["centroid_mm"], largest_node["centre_mm"])) < 5.0
+    assert found["side"] == {"L": "left", "R": "right"}[largest_node["side"]]
+    assert found["confidence_mean"] > 0.7 and not found["review"]
+    printed = capsys.readouterr().out
+    assert f"    {found['id']}: " in printed

@@ -197,7 +197,32 @@ def test_results_table_matches_the_command_line_statistics(segmented, plain_case
     table = segmented["params"].resultsTable
     assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == list(COLUMNS)
     rows = [[table.GetCellText(r, c) for c in range(table.GetNumberOfColumns())] for r in range(table.GetNumberOfRows())]
-    assert rows == [list(row) for row in table_rows(plain_case.cli_report["structures"])]
+    assert rows == [list(row) for row in table_rows(plain_case.cli_report["structures"],
+                                                    plain_case.cli_report["lesions"])]
+    assert any(row[0] == "GTVn_1" for row in rows)
+
+
+def test_a_lesion_row_centres_the_slice_views_on_that_lesion(segmented, plain_case):
+    from headless_views import SliceView
+
+    logic, params, app = segmented["logic"], segmented["params"], segmented["app"]
+    table = params.resultsTable
+    row = next(r for r in range(table.GetNumberOfRows()) if table.GetCellText(r, 0) == "GTVn_1")
+    lesion = logic.lesionAtRow(params, row)
+    assert_close(lesion, next(item for item in plain_case.cli_report["lesions"] if item["id"] == "GTVn_1"))
+    assert logic.lesionAtRow(params, 0) is None  # GTVp's segment row: not a lesion
+    views = [SliceView(app, name, orientation, (64, 64)) for name, orientation in (("Red", "Axial"), ("Green", "Coronal"))]
+    try:
+        ras = logic.centreViewsOn(lesion)
+        for view in views:
+            slice_to_ras = view.node.GetSliceToRAS()
+            np.testing.assert_allclose([slice_to_ras.GetElement(i, 3) for i in range(3)], ras, atol=1e-6)
+    finally:
+        for view in views:
+            view.close()
+    # the point is inside the lesion: the label under it is GTVn
+    ijk = sitk.ReadImage(str(plain_case.cli_label_path)).TransformPhysicalPointToIndex([-ras[0], -ras[1], ras[2]])
+    assert plain_case.cli_label[ijk[2], ijk[1], ijk[0]] == 2
 
 
 def test_analysis_window_roi_is_the_window_the_command_line_used(segmented, plain_case):

@@ -140,12 +140,31 @@ def test_results_table_rows_from_structure_statistics():
         img.SetSpacing((2.0, 2.0, 3.0))
     structures = structure_statistics(lab_img, pet_img)
     rows = table_rows(structures)
-    assert len(COLUMNS) == 5
+    assert len(COLUMNS) == 7 and all(len(row) == len(COLUMNS) for row in rows)
     assert rows[0][0] == "GTVp" and rows[0][1] == "0.60" and rows[0][2] == "9.00"
     assert float(rows[0][3]) == pytest.approx((49 * 4 + 9) / 50, abs=0.01)
     assert float(rows[0][4]) == pytest.approx(0.6 * (49 * 4 + 9) / 50, abs=0.05)
-    assert rows[1] == ["GTVn", "0.00", NONE_FOUND, "", ""]
+    assert rows[1] == ["GTVn", "0.00", NONE_FOUND, "", "", "", ""]
     assert summary_line(structures) == "GTVp 0.6 mL (SUVmax 9.0); GTVn none found"
+
+
+def test_results_table_lists_each_lesion_under_its_segment():
+    structures = {"GTVp": {"voxels": 10, "volume_ml": 1.5, "suv_max": 9.0, "suv_mean": 5.0, "tlg": 7.5},
+                  "GTVn": {"voxels": 5, "volume_ml": 0.9, "suv_max": 4.0, "suv_mean": 3.0, "tlg": 2.7}}
+    lesions = [
+        {"id": "GTVp_1", "structure": "GTVp", "volume_ml": 1.5, "suv_max": 9.0, "suv_mean": 5.0, "tlg": 7.5,
+         "side": "midline", "confidence_mean": 0.912, "review": False},
+        {"id": "GTVn_1", "structure": "GTVn", "volume_ml": 0.6, "suv_max": 4.0, "suv_mean": 3.1, "tlg": 1.86,
+         "side": "left", "confidence_mean": 0.55, "review": True},
+        {"id": "GTVn_2", "structure": "GTVn", "volume_ml": 0.3, "suv_max": 2.5, "suv_mean": 2.0, "tlg": 0.6,
+         "side": "right", "confidence_mean": None, "review": None},  # an edited lesion: no network confidence
+    ]
+    rows = table_rows(structures, lesions)
+    assert [row[0] for row in rows] == ["GTVp", "GTVp_1", "GTVn", "GTVn_1", "GTVn_2"]
+    assert rows[1][5:] == ["midline", "0.91"]
+    assert rows[3][5:] == ["left", "0.55 (review)"]
+    assert rows[4][5:] == ["right", ""]
+    assert rows[2][5:] == ["", ""]
 
 
 # ------------------------------------------------------------------ edit guard
