@@ -1,4 +1,4 @@
-"""The ``hntumorseg`` command: preprocess, segment and demo.
+"""The ``hntumorseg`` command: segment, batch, rtstruct, edit, preprocess and demo.
 
 User mistakes print one line, ``hntumorseg: error: ...``, and exit with status 2; outputs are
 written atomically, so a failed run leaves no half-written file behind.
@@ -12,6 +12,8 @@ from pathlib import Path
 
 from HNTumorSegLib import LABELS, __version__
 from HNTumorSegLib.cli.guard import run_guarded
+from HNTumorSegLib.cli.edit import add_parser as add_edit_parser, join_click_values
+from HNTumorSegLib.cli.case_inputs import dicom_input_options, print_measurements, read_dicom_aware_inputs
 from HNTumorSegLib.cli.segment_case import run_segmentation
 from HNTumorSegLib.errors import InputError
 
@@ -37,20 +39,6 @@ def _print_resources(report: dict) -> None:
     if parts:
         print(f"  peak memory: {', '.join(parts)}")
 
-
-def _print_structures(structures: dict, lesions: list | None = None) -> None:
-    """Each structure's totals, then each of its lesions on a line of its own."""
-    from HNTumorSegLib.evaluation.lesions import describe_lesion
-
-    for name, s in structures.items():
-        if s["voxels"]:
-            print(f"  {name}: {s['volume_ml']:.1f} mL, SUVmax {s['suv_max']:.1f}, SUVmean {s['suv_mean']:.1f}, "
-                  f"TLG {s['tlg']:.1f}")
-            for row in lesions or []:
-                if row["structure"] == name:
-                    print(f"    {describe_lesion(row)}")
-        else:
-            print(f"  {name}: none found")
 
 
 def cmd_preprocess(args) -> int:
@@ -94,7 +82,7 @@ def cmd_segment(args) -> int:
         if key in report:
             print(f"wrote {report[key]['file']}")
     _print_resources(report)
-    _print_structures(report["structures"], report.get("lesions"))
+    print_measurements(report["structures"], report.get("lesions"))
     return 0
 
 
@@ -148,27 +136,12 @@ def cmd_demo(args) -> int:
     print(f"phantom case {case.case_id} ({args.fov}) segmented in {report['timings_s']['total']:.1f} s "
           f"on {report['device']}")
     _print_resources(report)
-    _print_structures(report["structures"], report.get("lesions"))
+    print_measurements(report["structures"], report.get("lesions"))
     print(f"  Dice against the phantom truth: GTVp {scores['GTVp']:.3f}, GTVn {scores['GTVn']:.3f}")
     print(f"wrote {seg_path}, {report_path}, {png}")
     return 0
 
 
-def dicom_input_options(sp) -> None:
-    """Options for CT/PET given as DICOM folders: which series, and the PET's units."""
-    sp.add_argument("--ct-series", metavar="UID", help="SeriesInstanceUID of the CT when the folder holds several")
-    sp.add_argument("--pet-series", metavar="UID", help="SeriesInstanceUID of the PET when the folder holds several")
-    sp.add_argument("--pet-units", default="auto", choices=["auto", "suv"],
-                    help="auto: a DICOM PET is converted to SUVbw from its tags (a PET file is taken as SUV); "
-                         "suv: the PET values are SUV already")
-
-
-def read_dicom_aware_inputs(args):
-    """CT and PET of ``args`` (files or DICOM folders), the PET in SUV."""
-    from HNTumorSegLib.cases.inputs import read_case
-
-    return read_case(args.ct, args.pet, ct_series=args.ct_series, pet_series=args.pet_series,
-                     pet_units=args.pet_units)
 
 
 def cmd_batch(args) -> int:
@@ -256,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     runtime(sp)
     sp.set_defaults(func=cmd_batch)
 
+    add_edit_parser(sub)
+
     sp = sub.add_parser("demo", help="segment a synthetic phantom with the bundled model and score it")
     sp.add_argument("--out", required=True, type=Path, help="output folder")
     sp.add_argument("--seed", type=int, default=DEMO_SEED,
@@ -269,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(join_click_values(argv))
     return run_guarded("hntumorseg", args.func, args)
 
 

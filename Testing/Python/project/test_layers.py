@@ -27,7 +27,7 @@ LAYERS = {
     "imaging": 1, "network": 1,
     "pipeline": 2,
     "dicom": 3, "evaluation": 3,
-    "cases": 4, "phantom": 4,
+    "cases": 4, "editing": 4, "phantom": 4,
     "slicer_support": 5,
     "cli": 6,
 }

@@ -1,0 +1,135 @@
+"""``hntumorseg edit``: correct a label map with clicks, in the order given on the command line.
+
+    hntumorseg edit --labels SEG.nii.gz --ct CT --pet PET --add X,Y,Z:GTVn --remove X,Y,Z
+                    --relabel X,Y,Z[:GTVp] --out SEG2.nii.gz
+
+Points are patient coordinates in mm, LPS (as DICOM and SimpleITK; a viewer showing RAS shows x and
+y negated). The corrected label map is written atomically, then ``SEG2.json``: each click and what
+it did, and the structures and lesions measured on the result (as ``segment`` reports them).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from HNTumorSegLib.errors import InputError
+
+CLICK_OPTIONS = ("--add", "--remove", "--relabel")
+
+
+def join_click_values(argv: list[str]) -> list[str]:
+    """``--remove -35,-10,-12`` as ``--remove=-35,-10,-12``: argparse takes a leading "-" for an option.
+
+    Why: patient coordinates are often negative, and a user should not have to know to write "=".
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in CLICK_OPTIONS and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            out.append(f"{token}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+class _Click(argparse.Action):
+    """Collects --add/--remove/--relabel into one list, in command-line order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        clicks = list(getattr(namespace, "clicks", None) or [])
+        clicks.append((self.dest, values))
+        namespace.clicks = clicks
+
+
+def parse_click(action: str, text: str) -> tuple[tuple[float, float, float], str | None]:
+    """"X,Y,Z" or "X,Y,Z:GTVn" to a point (mm) and a structure name (None when not given)."""
+    where, _, structure = text.partition(":")
+    try:
+        point = tuple(float(v) for v in where.split(","))
+    except ValueError:
+        point = ()
+    if len(point) != 3:
+        raise InputError(f"--{action} {text}: expected X,Y,Z in mm (LPS){':STRUCTURE' if action != 'remove' else ''}")
+    if action == "add" and not structure:
+        raise InputError(f"--add {text}: name the structure to add to, e.g. {where}:GTVn")
+    if action == "remove" and structure:
+        raise InputError(f"--remove {text}: takes a point only (X,Y,Z)")
+    if structure:
+        from HNTumorSegLib.editing.clicks import structure_value
+
+        try:
+            structure_value(structure)
+        except InputError as exc:
+            raise InputError(f"--{action} {text}: {exc}") from None
+    return point, structure or None
+
+
+def add_parser(sub) -> None:
+    """The ``edit`` sub-command's options."""
+    from HNTumorSegLib.cli.case_inputs import dicom_input_options
+    from HNTumorSegLib.editing.clicks import DEFAULT_FRACTION, DEFAULT_RADIUS_MM
+
+    sp = sub.add_parser("edit", help="correct a label map: add, remove or relabel the lesion at a point (mm, LPS)")
+    sp.add_argument("--labels", required=True, type=Path, help="label map on the CT's grid (1 GTVp, 2 GTVn)")
+    sp.add_argument("--ct", required=True, type=Path, help="the CT the labels lie on (file or DICOM folder)")
+    sp.add_argument("--pet", required=True, type=Path, help="the PET (file or DICOM folder), in SUV or DICOM Bq/mL")
+    dicom_input_options(sp)
+    for action, helptext in (
+            ("add", "X,Y,Z:GTVp|GTVn: add the PET-avid region at the point to that structure"),
+            ("remove", "X,Y,Z: remove the lesion at the point"),
+            ("relabel", "X,Y,Z[:GTVp|GTVn]: switch the lesion at the point to the other (or the named) structure")):
+        sp.add_argument(f"--{action}", dest=action, action=_Click, metavar="X,Y,Z" + (":S" if action != "remove" else ""),
+                        help=helptext + " (repeatable; clicks apply in the order given)")
+    sp.add_argument("--fraction", type=float, default=DEFAULT_FRACTION,
+                    help=f"--add: fraction of the local SUVmax that bounds the region (default {DEFAULT_FRACTION})")
+    sp.add_argument("--radius-mm", type=float, default=DEFAULT_RADIUS_MM,
+                    help=f"--add: the region stays within this distance of its peak (default {DEFAULT_RADIUS_MM:g})")
+    sp.add_argument("--out", required=True, type=Path, help="corrected label map to write (may be --labels itself)")
+    sp.set_defaults(func=cmd_edit, clicks=[])
+
+
+def cmd_edit(args) -> int:
+    from HNTumorSegLib import __version__
+    from HNTumorSegLib.cli.case_inputs import print_measurements, read_dicom_aware_inputs
+    from HNTumorSegLib.cli.segment_case import sidecar_path
+    from HNTumorSegLib.editing.clicks import add_lesion, relabel_lesion, remove_lesion
+    from HNTumorSegLib.evaluation.lesions import measurements
+    from HNTumorSegLib.imaging.image_io import read_image, write_image, write_json
+    from HNTumorSegLib.imaging.label_checks import label_grid_problem, label_values_problem
+
+    if not args.clicks:
+        raise InputError("nothing to do: give at least one --add, --remove or --relabel")
+    clicks = [(action, *parse_click(action, text)) for action, text in args.clicks]
+    report_path = sidecar_path(args.out)
+    inputs = read_dicom_aware_inputs(args)
+    label = read_image(args.labels, "label")
+    problem = label_values_problem(label, str(args.labels)) or label_grid_problem(label, inputs.ct, str(args.labels))
+    if problem:
+        raise InputError(problem)
+    done = []
+    for number, (action, point, structure) in enumerate(clicks, 1):
+        try:
+            if action == "add":
+                edit = add_lesion(label, inputs.pet, point, structure, args.fraction, args.radius_mm)
+            elif action == "remove":
+                edit = remove_lesion(label, point)
+            else:
+                edit = relabel_lesion(label, point, structure)
+        except InputError as exc:
+            raise InputError(f"click {number} (--{action}): {exc}; nothing was written") from None
+        label = edit.label
+        print(f"  {number}. {edit.message}")
+        done.append({"action": edit.action, "point_mm": list(edit.point_mm), "structure": edit.structure,
+                     "voxels": edit.voxels, "message": edit.message})
+    write_image(label, args.out)
+    measured = measurements(label, inputs.pet, inputs.ct)
+    write_json({"software": f"HNTumorSeg {__version__}",
+                "inputs": {"labels": str(args.labels), "ct": str(args.ct), "pet": str(args.pet)},
+                "output": str(args.out), "edits": done, **measured, **inputs.report()}, report_path)
+    print(f"wrote {args.out} and {report_path}")
+    print_measurements(measured["structures"], measured["lesions"])
+    return 0

@@ -1,0 +1,190 @@
+"""One click, one correction: add the lesion at a point, remove it, or switch it between GTVp and GTVn.
+
+Why: the errors a model makes on PET/CT are of a few kinds (a missed node, a false positive on
+physiological uptake, a primary labelled as a node or the reverse), and each is one lesion. A
+radiation oncologist fixes each with one click where a voxel-painting tool takes dozens of strokes.
+
+- **add**: the region around the click above ``fraction`` of the local SUVmax (41 %, the clinical
+  fixed-threshold default), grown from the hottest voxel within :data:`SEEK_MM` of the click, kept
+  within ``radius_mm`` of it, 26-connected to it; added to the chosen structure. Voxels of other
+  lesions are left as they are (the other structure is never overwritten).
+- **remove**: the lesion (26-connected component, as HECKTOR counts them) under the click goes.
+- **relabel**: the lesion under the click switches GTVp <-> GTVn (or to the structure named).
+
+A click that lands just beside a lesion (within :data:`TOLERANCE_MM`) takes the nearest lesion. Points
+are patient coordinates in mm, LPS as in DICOM and SimpleITK. Every function returns a new label
+image on the same grid and says what it did; a click that cannot act is an :class:`InputError`
+naming the point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from HNTumorSegLib import LABELS
+from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.evaluation.metrics import values_in_box
+from HNTumorSegLib.imaging.components import lesion_ids
+from HNTumorSegLib.imaging.geometry import Geometry
+
+#: Fraction of the local SUVmax that bounds an added lesion (the clinical 41 % fixed threshold).
+DEFAULT_FRACTION = 0.41
+#: An added lesion stays within this distance (mm) of its hottest voxel.
+DEFAULT_RADIUS_MM = 25.0
+#: The hottest voxel is sought within this distance (mm) of the click: clicks land near, not on, the peak.
+SEEK_MM = 6.0
+#: A remove/relabel click within this distance (mm) of a lesion takes that lesion.
+TOLERANCE_MM = 5.0
+STRUCTURES = {name: value for value, name in LABELS.items()}
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A corrected label image and what the click did."""
+
+    label: sitk.Image
+    action: str  # "add", "remove" or "relabel"
+    structure: str  # the structure the lesion belongs to after the edit ("" after a removal)
+    voxels: int  # voxels changed
+    point_mm: tuple[float, float, float]
+    message: str
+
+
+def structure_value(name: str | int) -> int:
+    """"GTVp"/"gtvn"/1/2 to the label value; anything else is an InputError."""
+    if isinstance(name, int) or str(name).isdigit():
+        value = int(name)
+        if value in LABELS:
+            return value
+    else:
+        for key, value in STRUCTURES.items():
+            if key.lower() == str(name).lower():
+                return value
+    raise InputError(f"unknown structure {name!r}: use {' or '.join(STRUCTURES)}")
+
+
+def _index_of(label: sitk.Image, point_mm: Sequence[float]) -> np.ndarray:
+    """(z, y, x) voxel index of a patient point; an InputError when it lies outside the label's grid."""
+    index = np.rint(Geometry.of(label).point_to_index(point_mm)).astype(int)[::-1]
+    if np.any(index < 0) or np.any(index >= np.array(label.GetSize()[::-1])):
+        raise InputError(f"point {_fmt(point_mm)} mm lies outside the label map's grid")
+    return index
+
+
+def _fmt(point: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.1f}" for v in point) + ")"
+
+
+def _ball(shape: Sequence[int], centre: Sequence[float], spacing_zyx: Sequence[float], radius_mm: float) -> np.ndarray:
+    """Voxels of a (z, y, x) grid whose centres lie within ``radius_mm`` of ``centre`` (an index)."""
+    axes = [(np.arange(n) - c) * s for n, c, s in zip(shape, centre, spacing_zyx)]
+    z, y, x = np.meshgrid(*axes, indexing="ij", sparse=True)
+    return z * z + y * y + x * x <= radius_mm * radius_mm
+
+
+def _box_around(label: sitk.Image, index_zyx: np.ndarray, radius_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (z, y, x) of the voxels within ``radius_mm`` of ``index_zyx`` along each axis, clipped."""
+    spacing_zyx = np.array(label.GetSpacing()[::-1])
+    reach = np.ceil(radius_mm / spacing_zyx).astype(int)
+    lo = np.maximum(index_zyx - reach, 0)
+    hi = np.minimum(index_zyx + reach + 1, np.array(label.GetSize()[::-1]))
+    return lo, hi
+
+
+def _replaced(label: sitk.Image, array: np.ndarray) -> sitk.Image:
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(label)
+    return out
+
+
+def add_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], structure: str | int,
+               fraction: float = DEFAULT_FRACTION, radius_mm: float = DEFAULT_RADIUS_MM) -> Edit:
+    """Add the PET-avid region at ``point_mm`` to ``structure`` (see the module's description).
+
+    ``pet`` in SUV on any grid covering the point (resampled linearly onto the label's grid).
+    """
+    value = structure_value(structure)
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"threshold fraction {fraction} must lie between 0 and 1 (0.41 is the clinical default)")
+    click = _index_of(label, point_mm)
+    spacing_zyx = np.array(label.GetSpacing()[::-1])
+    lo, hi = _box_around(label, click, radius_mm + SEEK_MM)
+    box = Geometry.of(label).subgrid(lo[::-1].tolist(), (hi - lo)[::-1].tolist())
+    suv = values_in_box(pet, box)
+    near = _ball(suv.shape, click - lo, spacing_zyx, SEEK_MM)
+    peak = np.array(np.unravel_index(np.argmax(np.where(near, suv, -np.inf)), suv.shape))
+    peak_suv = float(suv[tuple(peak)])
+    if not peak_suv > 0.0:
+        raise InputError(f"no PET uptake near {_fmt(point_mm)} mm (SUVmax {peak_suv:.2f} within {SEEK_MM:g} mm): "
+                         "nothing to add")
+    region = (suv >= fraction * peak_suv) & _ball(suv.shape, peak, spacing_zyx, radius_mm)
+    ids, _ = lesion_ids(region)
+    region = ids == ids[tuple(peak)]
+    array = sitk.GetArrayFromImage(label)
+    window = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    grow = region & (window == 0)  # other lesions, of either structure, stay as they are
+    window[grow] = value
+    name = LABELS[value]
+    voxels = int(grow.sum())
+    ml = voxels * float(np.prod(spacing_zyx)) / 1000.0
+    message = (f"added {ml:.2f} mL to {name} at {_fmt(point_mm)} mm: voxels >= {fraction:.0%} of SUVmax "
+               f"{peak_suv:.2f} within {radius_mm:g} mm")
+    if voxels == 0:
+        raise InputError(f"nothing to add at {_fmt(point_mm)} mm: the region above {fraction:.0%} of SUVmax "
+                         f"{peak_suv:.2f} is already segmented")
+    return Edit(_replaced(label, array), "add", name, voxels, tuple(float(v) for v in point_mm), message)
+
+
+def _lesion_at(array: np.ndarray, label: sitk.Image, point_mm: Sequence[float],
+               tolerance_mm: float) -> tuple[np.ndarray, int]:
+    """The mask of the lesion under (or within ``tolerance_mm`` of) the point, and its structure's value."""
+    click = _index_of(label, point_mm)
+    lo, hi = _box_around(label, click, tolerance_mm)
+    window = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    spacing_zyx = np.array(label.GetSpacing()[::-1])
+    candidates = np.argwhere((window > 0) & _ball(window.shape, click - lo, spacing_zyx, tolerance_mm))
+    if candidates.size == 0:
+        raise InputError(f"no lesion at {_fmt(point_mm)} mm (none within {tolerance_mm:g} mm)")
+    distances = np.linalg.norm((candidates - (click - lo)) * spacing_zyx, axis=1)
+    hit = candidates[np.argmin(distances)] + lo
+    value = int(array[tuple(hit)])
+    same = array == value
+    # components within the structure's bounding box only (a whole CT grid takes far longer)
+    present = np.nonzero(same)
+    start = [int(a.min()) for a in present]
+    end = [int(a.max()) + 1 for a in present]
+    ids, _ = lesion_ids(same[start[0]:end[0], start[1]:end[1], start[2]:end[2]])
+    lesion = np.zeros_like(same)
+    local = tuple(int(h - s) for h, s in zip(hit, start))
+    lesion[start[0]:end[0], start[1]:end[1], start[2]:end[2]] = ids == ids[local]
+    return lesion, value
+
+
+def remove_lesion(label: sitk.Image, point_mm: Sequence[float], tolerance_mm: float = TOLERANCE_MM) -> Edit:
+    """Remove the lesion at ``point_mm``."""
+    array = sitk.GetArrayFromImage(label)
+    lesion, value = _lesion_at(array, label, point_mm, tolerance_mm)
+    array[lesion] = 0
+    voxels = int(lesion.sum())
+    ml = voxels * float(np.prod(label.GetSpacing())) / 1000.0
+    return Edit(_replaced(label, array), "remove", "", voxels, tuple(float(v) for v in point_mm),
+                f"removed a {ml:.2f} mL {LABELS[value]} lesion at {_fmt(point_mm)} mm")
+
+
+def relabel_lesion(label: sitk.Image, point_mm: Sequence[float], structure: str | int | None = None,
+                   tolerance_mm: float = TOLERANCE_MM) -> Edit:
+    """Switch the lesion at ``point_mm`` to ``structure`` (None: to the other one of GTVp/GTVn)."""
+    array = sitk.GetArrayFromImage(label)
+    lesion, value = _lesion_at(array, label, point_mm, tolerance_mm)
+    target = structure_value(structure) if structure is not None else next(v for v in LABELS if v != value)
+    if target == value:
+        raise InputError(f"the lesion at {_fmt(point_mm)} mm is {LABELS[value]} already")
+    array[lesion] = target
+    voxels = int(lesion.sum())
+    ml = voxels * float(np.prod(label.GetSpacing())) / 1000.0
+    return Edit(_replaced(label, array), "relabel", LABELS[target], voxels, tuple(float(v) for v in point_mm),
+                f"relabelled a {ml:.2f} mL lesion at {_fmt(point_mm)} mm from {LABELS[value]} to {LABELS[target]}")

@@ -1,0 +1,102 @@
+"""``hntumorseg edit``: clicks from the command line, applied in order, written atomically with a report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from HNTumorSegLib.cli import main
+
+SPACING, ORIGIN, SHAPE = (1.0, 1.0, 2.0), (-60.0, -50.0, -40.0), (30, 80, 100)
+PRIMARY, NODE, MISSED, FALSE = (15, 40, 35), (15, 40, 70), (15, 15, 75), (8, 65, 25)
+
+
+def image(array):
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(SPACING)
+    img.SetOrigin(ORIGIN)
+    return img
+
+
+def sphere(centre, radius):
+    z, y, x = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(SHAPE, centre, SPACING[::-1])], indexing="ij")
+    return z * z + y * y + x * x <= radius ** 2
+
+
+def point(index_zyx) -> str:
+    z, y, x = index_zyx
+    return f"{ORIGIN[0] + x * SPACING[0]},{ORIGIN[1] + y * SPACING[1]},{ORIGIN[2] + z * SPACING[2]}"
+
+
+@pytest.fixture
+def files(tmp_path):
+    ct = np.full(SHAPE, -1000, np.int16)
+    ct[:, 5:75, 10:90] = 40
+    pet = np.full(SHAPE, 1.0, np.float32)
+    label = np.zeros(SHAPE, np.uint8)
+    for centre, radius, suv, value in ((PRIMARY, 9, 12.0, 1), (NODE, 6, 6.0, 2), (MISSED, 6, 8.0, 0)):
+        pet[sphere(centre, radius)] = suv
+        label[sphere(centre, radius)] = value
+    label[sphere(FALSE, 4)] = 2
+    paths = {"ct": tmp_path / "ct.nii.gz", "pet": tmp_path / "pet.nii.gz", "labels": tmp_path / "seg.nii.gz"}
+    sitk.WriteImage(image(ct), str(paths["ct"]))
+    sitk.WriteImage(sitk.SmoothingRecursiveGaussian(image(pet), 2.0), str(paths["pet"]))
+    sitk.WriteImage(image(label), str(paths["labels"]))
+    return paths
+
+
+def run(files, *clicks, out=None):
+    out = out or files["labels"].with_name("edited.nii.gz")
+    args = ["edit", "--labels", str(files["labels"]), "--ct", str(files["ct"]), "--pet", str(files["pet"]),
+            *clicks, "--out", str(out)]
+    return main(args), out
+
+
+def test_three_clicks_fix_three_errors_in_order(files, capsys):
+    code, out = run(files, "--add", point(MISSED) + ":GTVn", "--remove", point(FALSE), "--relabel", point(NODE) + ":GTVp")
+    assert code == 0, capsys.readouterr().err
+    after = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    before = sitk.GetArrayFromImage(sitk.ReadImage(str(files["labels"])))
+    assert (after[sphere(MISSED, 5)] == 2).all() and (after[sphere(FALSE, 4)] == 0).all()
+    assert (after[sphere(NODE, 6)] == 1).all() and (after[sphere(PRIMARY, 9)] == 1).all()
+    assert (before[sphere(NODE, 6)] == 2).all()  # the input is left as it was
+    report = json.loads(out.with_name("edited.json").read_text())
+    assert [e["action"] for e in report["edits"]] == ["add", "remove", "relabel"]
+    assert [e["structure"] for e in report["edits"]] == ["GTVn", "", "GTVp"]
+    assert [r["id"] for r in report["lesions"]] == ["GTVp_1", "GTVp_2", "GTVn_1"]
+    assert report["structures"]["GTVn"]["voxels"] == int((after == 2).sum())
+    printed = capsys.readouterr().out
+    assert "1. added" in printed and "2. removed" in printed and "3. relabelled" in printed and "GTVn_1:" in printed
+
+
+def test_click_order_matters(files, capsys):
+    # relabel then remove the same point: the lesion is relabelled, then removed
+    code, out = run(files, "--relabel", point(NODE), "--remove", point(NODE))
+    assert code == 0, capsys.readouterr().err
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(out)))[sphere(NODE, 6)] == 0).all()
+
+
+@pytest.mark.parametrize("clicks,needle", [
+    (("--add", "1,2,3"), "name the structure to add to"),
+    (("--remove", "1,2:GTVn"), "expected X,Y,Z"),
+    (("--remove", "1,2,3:GTVn"), "takes a point only"),
+    (("--relabel", "0,0,0:GTVx"), "unknown structure 'GTVx'"),
+    (("--remove", "500,0,0"), "click 1 (--remove): point (500.0, 0.0, 0.0) mm lies outside"),
+    ((), "give at least one --add"),
+])
+def test_bad_clicks_are_one_line_errors_and_write_nothing(files, capsys, clicks, needle):
+    code, out = run(files, *clicks)
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not out.with_name("edited.json").exists()
+
+
+def test_a_label_off_the_ct_grid_is_refused(files, capsys):
+    label = sitk.ReadImage(str(files["labels"]))
+    label.SetOrigin((0.0, 0.0, 0.0))
+    sitk.WriteImage(label, str(files["labels"]))
+    code, _ = run(files, "--remove", point(FALSE))
+    assert code == 2 and "not on the CT grid" in capsys.readouterr().err

@@ -1,0 +1,138 @@
+"""One-click corrections on a constructed case whose every lesion is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from HNTumorSegLib.editing.clicks import (DEFAULT_FRACTION, TOLERANCE_MM, add_lesion, relabel_lesion, remove_lesion,
+                                          structure_value)
+from HNTumorSegLib.errors import InputError
+
+SPACING = (1.0, 1.0, 2.0)
+ORIGIN = (-60.0, -50.0, -40.0)
+SHAPE = (40, 100, 120)  # z, y, x
+
+
+def image(array, spacing=SPACING, origin=ORIGIN):
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    return img
+
+
+def point_of(index_zyx):
+    z, y, x = index_zyx
+    return (ORIGIN[0] + x * SPACING[0], ORIGIN[1] + y * SPACING[1], ORIGIN[2] + z * SPACING[2])
+
+
+def sphere(centre_zyx, radius_mm):
+    z, y, x = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(SHAPE, centre_zyx, SPACING[::-1])],
+                          indexing="ij")
+    return z * z + y * y + x * x <= radius_mm ** 2
+
+
+PRIMARY, NODE, MISSED, FALSE = (20, 50, 40), (20, 50, 80), (20, 20, 90), (10, 80, 30)
+
+
+@pytest.fixture
+def case():
+    """PET: a primary (SUV 12), a node (6) and a missed node (8); label: the primary, the node and a false positive."""
+    pet = np.full(SHAPE, 1.0, np.float32)
+    truth = np.zeros(SHAPE, np.uint8)
+    for centre, radius, suv, value in ((PRIMARY, 10, 12.0, 1), (NODE, 6, 6.0, 2), (MISSED, 7, 8.0, 2)):
+        ball = sphere(centre, radius)
+        pet[ball] = suv
+        truth[ball] = value
+    pet = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image(pet), 2.0))  # a PET's blur
+    label = truth.copy()
+    label[sphere(MISSED, 7)] = 0  # the model missed it
+    label[sphere(FALSE, 4)] = 2  # and drew a node on nothing
+    return image(label), image(pet), truth
+
+
+def dice(a, b):
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def test_add_grows_the_missed_node_from_a_click_beside_its_peak(case):
+    label, pet, truth = case
+    click = point_of((MISSED[0], MISSED[1] + 3, MISSED[2] - 3))  # a few mm off the hottest voxel
+    edit = add_lesion(label, pet, click, "GTVn")
+    after = sitk.GetArrayFromImage(edit.label)
+    added = (after != sitk.GetArrayFromImage(label))
+    assert edit.action == "add" and edit.structure == "GTVn" and edit.voxels == added.sum()
+    assert dice(added, sphere(MISSED, 7)) > 0.8
+    assert (after[added] == 2).all()
+    # nothing else moved
+    np.testing.assert_array_equal(after[~added], sitk.GetArrayFromImage(label)[~added])
+    assert edit.label.GetSpacing() == label.GetSpacing() and edit.label.GetOrigin() == label.GetOrigin()
+    assert "41%" in edit.message and "GTVn" in edit.message
+
+
+def test_add_never_overwrites_the_other_structure_and_follows_the_threshold(case):
+    label, pet, truth = case
+    # a click on the primary asking for GTVn: every primary voxel stays GTVp (at most the PET's blur halo is added)
+    edit = add_lesion(label, pet, point_of(PRIMARY), "GTVn")
+    after = sitk.GetArrayFromImage(edit.label)
+    assert (after[sphere(PRIMARY, 10)] == 1).all() and edit.voxels < 0.3 * sphere(PRIMARY, 10).sum()
+    # once the whole region is segmented, there is nothing to add
+    with pytest.raises(InputError, match="already segmented"):
+        add_lesion(edit.label, pet, point_of(PRIMARY), "GTVn")
+    # a higher threshold draws a smaller region
+    wide = add_lesion(label, pet, point_of(MISSED), 2, fraction=0.3).voxels
+    tight = add_lesion(label, pet, point_of(MISSED), 2, fraction=0.7).voxels
+    assert tight < wide
+    with pytest.raises(InputError, match="between 0 and 1"):
+        add_lesion(label, pet, point_of(MISSED), 2, fraction=41)
+
+
+def test_add_is_bounded_by_the_radius(case):
+    label, pet, _ = case
+    edit = add_lesion(label, pet, point_of(MISSED), "GTVn", fraction=0.05, radius_mm=5.0)
+    added = np.argwhere(sitk.GetArrayFromImage(edit.label) != sitk.GetArrayFromImage(label))
+    reach = np.abs((added - np.array(MISSED)) * np.array(SPACING[::-1]))
+    assert np.sqrt((reach ** 2).sum(axis=1)).max() <= 5.0 + 1e-9
+
+
+def test_remove_takes_the_lesion_under_or_beside_the_click(case):
+    label, _, _ = case
+    before = sitk.GetArrayFromImage(label)
+    edit = remove_lesion(label, point_of((FALSE[0], FALSE[1], FALSE[2] + 4 + 3)))  # 3 mm beside its edge
+    after = sitk.GetArrayFromImage(edit.label)
+    np.testing.assert_array_equal(after != before, sphere(FALSE, 4))
+    assert (after[sphere(FALSE, 4)] == 0).all() and edit.voxels == sphere(FALSE, 4).sum()
+    with pytest.raises(InputError, match=r"no lesion at .* within 5 mm"):
+        remove_lesion(label, point_of((FALSE[0], FALSE[1], FALSE[2] + 4 + TOLERANCE_MM + 2)))
+
+
+def test_relabel_switches_one_lesion_only(case):
+    label, _, _ = case
+    before = sitk.GetArrayFromImage(label)
+    edit = relabel_lesion(label, point_of(NODE))
+    after = sitk.GetArrayFromImage(edit.label)
+    assert (after[sphere(NODE, 6)] == 1).all() and edit.structure == "GTVp"
+    np.testing.assert_array_equal(after[~sphere(NODE, 6)], before[~sphere(NODE, 6)])
+    assert (sitk.GetArrayFromImage(relabel_lesion(label, point_of(PRIMARY), "GTVn").label)[sphere(PRIMARY, 10)] == 2).all()
+    with pytest.raises(InputError, match="GTVp already"):
+        relabel_lesion(label, point_of(PRIMARY), "gtvp")
+
+
+def test_points_are_patient_coordinates_whatever_the_voxel_order(case):
+    label, pet, _ = case
+    flip = (True, True, False)
+    flipped = add_lesion(sitk.Flip(label, flip), sitk.Flip(pet, flip), point_of(MISSED), "GTVn")
+    plain = add_lesion(label, pet, point_of(MISSED), "GTVn")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.Flip(flipped.label, flip)),
+                                  sitk.GetArrayFromImage(plain.label))
+
+
+def test_bad_clicks_are_one_line_errors(case):
+    label, pet, _ = case
+    with pytest.raises(InputError, match=r"outside the label map's grid"):
+        remove_lesion(label, (500.0, 0.0, 0.0))
+    with pytest.raises(InputError, match="unknown structure 'GTVx'"):
+        add_lesion(label, pet, point_of(MISSED), "GTVx")
+    assert structure_value("gtvn") == 2 and structure_value(1) == 1 and structure_value("2") == 2
+    assert DEFAULT_FRACTION == 0.41
