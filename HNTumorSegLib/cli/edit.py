@@ -1,7 +1,7 @@
 """``hntumorseg edit``: correct a label map with clicks, in the order given on the command line.
 
     hntumorseg edit --labels SEG.nii.gz --ct CT --pet PET --add X,Y,Z:GTVn --remove X,Y,Z
-                    --relabel X,Y,Z[:GTVp] --out SEG2.nii.gz
+                    --relabel X,Y,Z[:GTVp] --redraw X,Y,Z --out SEG2.nii.gz
 
 Points are patient coordinates in mm, LPS (as DICOM and SimpleITK; a viewer showing RAS shows x and
 y negated). The corrected label map is written atomically, then ``SEG2.json``: each click and what
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from HNTumorSegLib.errors import InputError
 
-CLICK_OPTIONS = ("--add", "--remove", "--relabel")
+CLICK_OPTIONS = ("--add", "--remove", "--relabel", "--redraw")
 
 
 def join_click_values(argv: list[str]) -> list[str]:
@@ -37,7 +37,7 @@ def join_click_values(argv: list[str]) -> list[str]:
 
 
 class _Click(argparse.Action):
-    """Collects --add/--remove/--relabel into one list, in command-line order."""
+    """Collects --add/--remove/--relabel/--redraw into one list, in command-line order."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         clicks = list(getattr(namespace, "clicks", None) or [])
@@ -53,11 +53,11 @@ def parse_click(action: str, text: str) -> tuple[tuple[float, float, float], str
     except ValueError:
         point = ()
     if len(point) != 3:
-        raise InputError(f"--{action} {text}: expected X,Y,Z in mm (LPS){':STRUCTURE' if action != 'remove' else ''}")
+        raise InputError(f"--{action} {text}: expected X,Y,Z in mm (LPS){':STRUCTURE' if action in ('add', 'relabel') else ''}")
     if action == "add" and not structure:
         raise InputError(f"--add {text}: name the structure to add to, e.g. {where}:GTVn")
-    if action == "remove" and structure:
-        raise InputError(f"--remove {text}: takes a point only (X,Y,Z)")
+    if action in ("remove", "redraw") and structure:
+        raise InputError(f"--{action} {text}: takes a point only (X,Y,Z)")
     if structure:
         from HNTumorSegLib.editing.clicks import structure_value
 
@@ -81,13 +81,15 @@ def add_parser(sub) -> None:
     for action, helptext in (
             ("add", "X,Y,Z:GTVp|GTVn: add the PET-avid region at the point to that structure"),
             ("remove", "X,Y,Z: remove the lesion at the point"),
-            ("relabel", "X,Y,Z[:GTVp|GTVn]: switch the lesion at the point to the other (or the named) structure")):
-        sp.add_argument(f"--{action}", dest=action, action=_Click, metavar="X,Y,Z" + (":S" if action != "remove" else ""),
+            ("relabel", "X,Y,Z[:GTVp|GTVn]: switch the lesion at the point to the other (or the named) structure"),
+            ("redraw", "X,Y,Z: replace the lesion at the point by the PET-avid region there (a wrong boundary)")):
+        sp.add_argument(f"--{action}", dest=action, action=_Click,
+                        metavar="X,Y,Z" + (":S" if action in ("add", "relabel") else ""),
                         help=helptext + " (repeatable; clicks apply in the order given)")
     sp.add_argument("--fraction", type=float, default=DEFAULT_FRACTION,
-                    help=f"--add: fraction of the local SUVmax that bounds the region (default {DEFAULT_FRACTION})")
+                    help=f"--add/--redraw: fraction of the local SUVmax that bounds the region (default {DEFAULT_FRACTION})")
     sp.add_argument("--radius-mm", type=float, default=DEFAULT_RADIUS_MM,
-                    help=f"--add: the region stays within this distance of its peak (default {DEFAULT_RADIUS_MM:g})")
+                    help=f"--add/--redraw: the region stays within this distance of its peak (default {DEFAULT_RADIUS_MM:g})")
     sp.add_argument("--out", required=True, type=Path, help="corrected label map to write (may be --labels itself)")
     sp.set_defaults(func=cmd_edit, clicks=[])
 
@@ -96,13 +98,13 @@ def cmd_edit(args) -> int:
     from HNTumorSegLib import __version__
     from HNTumorSegLib.cli.case_inputs import print_measurements, read_dicom_aware_inputs
     from HNTumorSegLib.cli.segment_case import sidecar_path
-    from HNTumorSegLib.editing.clicks import add_lesion, relabel_lesion, remove_lesion
+    from HNTumorSegLib.editing.clicks import add_lesion, redraw_lesion, relabel_lesion, remove_lesion
     from HNTumorSegLib.evaluation.lesions import measurements
     from HNTumorSegLib.imaging.image_io import read_image, write_image, write_json
     from HNTumorSegLib.imaging.label_checks import label_grid_problem, label_values_problem
 
     if not args.clicks:
-        raise InputError("nothing to do: give at least one --add, --remove or --relabel")
+        raise InputError("nothing to do: give at least one --add, --remove, --relabel or --redraw")
     clicks = [(action, *parse_click(action, text)) for action, text in args.clicks]
     report_path = sidecar_path(args.out)
     inputs = read_dicom_aware_inputs(args)
@@ -117,6 +119,8 @@ def cmd_edit(args) -> int:
                 edit = add_lesion(label, inputs.pet, point, structure, args.fraction, args.radius_mm)
             elif action == "remove":
                 edit = remove_lesion(label, point)
+            elif action == "redraw":
+                edit = redraw_lesion(label, inputs.pet, point, args.fraction, args.radius_mm)
             else:
                 edit = relabel_lesion(label, point, structure)
         except InputError as exc:

@@ -9,7 +9,9 @@ radiation oncologist fixes each with one click where a voxel-painting tool takes
   within ``radius_mm`` of it, 26-connected to it; added to the chosen structure. Voxels of other
   lesions are left as they are (the other structure is never overwritten).
 - **remove**: the lesion (26-connected component, as HECKTOR counts them) under the click goes.
-- **relabel**: the lesion under the click switches GTVp <-> GTVn (or to the structure named).
+- **relabel**: the lesion under the click switches GTVp <-> GTVn (or to the structure named);
+- **redraw**: the lesion under the click is replaced by the PET-avid region there (as *add* draws
+  it): a boundary too tight or too wide, in one click.
 
 A click that lands just beside a lesion (within :data:`TOLERANCE_MM`) takes the nearest lesion. Points
 are patient coordinates in mm, LPS as in DICOM and SimpleITK. Every function returns a new label
@@ -47,7 +49,7 @@ class Edit:
     """A corrected label image and what the click did."""
 
     label: sitk.Image
-    action: str  # "add", "remove" or "relabel"
+    action: str  # "add", "remove", "relabel" or "redraw"
     structure: str  # the structure the lesion belongs to after the edit ("" after a removal)
     voxels: int  # voxels changed
     point_mm: tuple[float, float, float]
@@ -101,13 +103,14 @@ def _replaced(label: sitk.Image, array: np.ndarray) -> sitk.Image:
     return out
 
 
-def add_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], structure: str | int,
-               fraction: float = DEFAULT_FRACTION, radius_mm: float = DEFAULT_RADIUS_MM) -> Edit:
-    """Add the PET-avid region at ``point_mm`` to ``structure`` (see the module's description).
+def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], fraction: float = DEFAULT_FRACTION,
+                radius_mm: float = DEFAULT_RADIUS_MM) -> tuple[np.ndarray, float]:
+    """The PET-avid region at a click, as a mask on the label's grid, and the SUVmax it was grown from.
 
-    ``pet`` in SUV on any grid covering the point (resampled linearly onto the label's grid).
+    From the hottest voxel within :data:`SEEK_MM` of the click: the voxels at or above ``fraction``
+    of that SUV, within ``radius_mm`` of it, 26-connected to it. ``pet`` in SUV on any grid
+    covering the point (resampled linearly onto the label's grid).
     """
-    value = structure_value(structure)
     if not 0.0 < fraction < 1.0:
         raise InputError(f"threshold fraction {fraction} must lie between 0 and 1 (0.41 is the clinical default)")
     click = _index_of(label, point_mm)
@@ -119,24 +122,47 @@ def add_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], st
     peak = np.array(np.unravel_index(np.argmax(np.where(near, suv, -np.inf)), suv.shape))
     peak_suv = float(suv[tuple(peak)])
     if not peak_suv > 0.0:
-        raise InputError(f"no PET uptake near {_fmt(point_mm)} mm (SUVmax {peak_suv:.2f} within {SEEK_MM:g} mm): "
-                         "nothing to add")
+        raise InputError(f"no PET uptake near {_fmt(point_mm)} mm (SUVmax {peak_suv:.2f} within {SEEK_MM:g} mm)")
     region = (suv >= fraction * peak_suv) & _ball(suv.shape, peak, spacing_zyx, radius_mm)
     ids, _ = lesion_ids(region)
-    region = ids == ids[tuple(peak)]
+    mask = np.zeros(label.GetSize()[::-1], bool)
+    mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = ids == ids[tuple(peak)]
+    return mask, peak_suv
+
+
+def add_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], structure: str | int,
+               fraction: float = DEFAULT_FRACTION, radius_mm: float = DEFAULT_RADIUS_MM) -> Edit:
+    """Add the PET-avid region at ``point_mm`` (:func:`avid_region`) to ``structure``; other lesions stay."""
+    value = structure_value(structure)
+    region, peak_suv = avid_region(label, pet, point_mm, fraction, radius_mm)
     array = sitk.GetArrayFromImage(label)
-    window = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    grow = region & (window == 0)  # other lesions, of either structure, stay as they are
-    window[grow] = value
-    name = LABELS[value]
+    grow = region & (array == 0)  # other lesions, of either structure, stay as they are
     voxels = int(grow.sum())
-    ml = voxels * float(np.prod(spacing_zyx)) / 1000.0
-    message = (f"added {ml:.2f} mL to {name} at {_fmt(point_mm)} mm: voxels >= {fraction:.0%} of SUVmax "
-               f"{peak_suv:.2f} within {radius_mm:g} mm")
     if voxels == 0:
         raise InputError(f"nothing to add at {_fmt(point_mm)} mm: the region above {fraction:.0%} of SUVmax "
                          f"{peak_suv:.2f} is already segmented")
-    return Edit(_replaced(label, array), "add", name, voxels, tuple(float(v) for v in point_mm), message)
+    array[grow] = value
+    ml = voxels * float(np.prod(label.GetSpacing())) / 1000.0
+    return Edit(_replaced(label, array), "add", LABELS[value], voxels, tuple(float(v) for v in point_mm),
+                f"added {ml:.2f} mL to {LABELS[value]} at {_fmt(point_mm)} mm: voxels >= {fraction:.0%} of SUVmax "
+                f"{peak_suv:.2f} within {radius_mm:g} mm")
+
+
+def redraw_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], fraction: float = DEFAULT_FRACTION,
+                  radius_mm: float = DEFAULT_RADIUS_MM, tolerance_mm: float = TOLERANCE_MM) -> Edit:
+    """Replace the lesion at ``point_mm`` by the PET-avid region there (:func:`avid_region`): a boundary too
+    tight or too wide, fixed in one click. The lesion keeps its structure; the other structure is untouched."""
+    array = sitk.GetArrayFromImage(label)
+    lesion, value = _lesion_at(array, label, point_mm, tolerance_mm)
+    region, peak_suv = avid_region(label, pet, point_mm, fraction, radius_mm)
+    before = array.copy()
+    array[lesion] = 0
+    array[region & (array == 0)] = value
+    voxels = int(np.count_nonzero(array != before))
+    ml = float(np.count_nonzero(array[region] == value)) * float(np.prod(label.GetSpacing())) / 1000.0
+    return Edit(_replaced(label, array), "redraw", LABELS[value], voxels, tuple(float(v) for v in point_mm),
+                f"redrew the {LABELS[value]} lesion at {_fmt(point_mm)} mm as {ml:.2f} mL: voxels >= {fraction:.0%} "
+                f"of SUVmax {peak_suv:.2f} within {radius_mm:g} mm")
 
 
 def _lesion_at(array: np.ndarray, label: sitk.Image, point_mm: Sequence[float],

@@ -72,6 +72,21 @@ def test_three_clicks_fix_three_errors_in_order(files, capsys):
     assert "1. added" in printed and "2. removed" in printed and "3. relabelled" in printed and "GTVn_1:" in printed
 
 
+def test_redraw_fixes_a_boundary(files, capsys):
+    label = sitk.ReadImage(str(files["labels"]))
+    array = sitk.GetArrayFromImage(label)
+    array[sphere(NODE, 6)] = 0
+    array[sphere(NODE, 3)] = 2  # too tight
+    tight = image(array)
+    sitk.WriteImage(tight, str(files["labels"]))
+    code, out = run(files, "--redraw", point(NODE))
+    assert code == 0, capsys.readouterr().err
+    after = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    node = (after == 2) & sphere(NODE, 12)
+    assert 2 * np.count_nonzero(node & sphere(NODE, 6)) / (node.sum() + sphere(NODE, 6).sum()) > 0.8
+    assert "redrew the GTVn lesion" in capsys.readouterr().out
+
+
 def test_click_order_matters(files, capsys):
     # relabel then remove the same point: the lesion is relabelled, then removed
     code, out = run(files, "--relabel", point(NODE), "--remove", point(NODE))
@@ -83,6 +98,7 @@ def test_click_order_matters(files, capsys):
     (("--add", "1,2,3"), "name the structure to add to"),
     (("--remove", "1,2:GTVn"), "expected X,Y,Z"),
     (("--remove", "1,2,3:GTVn"), "takes a point only"),
+    (("--redraw", "1,2,3:GTVn"), "takes a point only"),
     (("--relabel", "0,0,0:GTVx"), "unknown structure 'GTVx'"),
     (("--remove", "500,0,0"), "click 1 (--remove): point (500.0, 0.0, 0.0) mm lies outside"),
     ((), "give at least one --add"),

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HNTumorSegLib.editing.clicks import (DEFAULT_FRACTION, TOLERANCE_MM, add_lesion, relabel_lesion, remove_lesion,
-                                          structure_value)
+from HNTumorSegLib.editing.clicks import (DEFAULT_FRACTION, TOLERANCE_MM, add_lesion, redraw_lesion, relabel_lesion,
+                                          remove_lesion, structure_value)
 from HNTumorSegLib.errors import InputError
 
 SPACING = (1.0, 1.0, 2.0)
@@ -136,3 +136,18 @@ def test_bad_clicks_are_one_line_errors(case):
         add_lesion(label, pet, point_of(MISSED), "GTVx")
     assert structure_value("gtvn") == 2 and structure_value(1) == 1 and structure_value("2") == 2
     assert DEFAULT_FRACTION == 0.41
+
+
+def test_redraw_replaces_the_lesion_with_the_avid_region_and_keeps_its_structure(case):
+    label, pet, truth = case
+    array = sitk.GetArrayFromImage(label)
+    array[sphere(NODE, 6)] = 0
+    array[sphere(NODE, 3)] = 2  # drawn too tight
+    edit = redraw_lesion(image(array), pet, point_of(NODE))
+    after = sitk.GetArrayFromImage(edit.label)
+    assert edit.action == "redraw" and edit.structure == "GTVn"
+    node_now = (after == 2) & sphere(NODE, 12)
+    assert dice(node_now, sphere(NODE, 6)) > 0.8 > dice(sphere(NODE, 3), sphere(NODE, 6))
+    np.testing.assert_array_equal(after[~sphere(NODE, 12)], array[~sphere(NODE, 12)])  # nothing else moved
+    with pytest.raises(InputError, match="no lesion at"):
+        redraw_lesion(label, pet, point_of(MISSED))  # nothing drawn there to redraw: that is an add

@@ -1,0 +1,57 @@
+"""The simulated editor finds each kind of error, worst first, and its clicks fix them."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from HNTumorSegLib.editing.simulated_user import apply_click, candidate_clicks
+
+from test_clicks import FALSE, MISSED, NODE, PRIMARY, SHAPE, image, sphere
+
+
+def dice(a, b):
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def test_each_error_is_one_click_and_three_clicks_fix_three_errors():
+    pet = np.full(SHAPE, 1.0, np.float32)
+    truth = np.zeros(SHAPE, np.uint8)
+    for centre, radius, suv, value in ((PRIMARY, 10, 12.0, 1), (NODE, 6, 6.0, 2), (MISSED, 7, 8.0, 2)):
+        pet[sphere(centre, radius)] = suv
+        truth[sphere(centre, radius)] = value
+    pet_image = sitk.SmoothingRecursiveGaussian(image(pet), 2.0)
+    predicted = truth.copy()
+    predicted[sphere(MISSED, 7)] = 0  # missed node: 1,4xx voxels at stake
+    predicted[sphere(NODE, 6)] = 1  # node called primary: ~450 voxels
+    predicted[sphere(FALSE, 4)] = 2  # false positive: ~130 voxels
+    label, reference = image(predicted), image(truth)
+    clicks = candidate_clicks(label, reference, pet_image)
+    assert [(c.action, c.structure) for c in clicks] == [("add", "GTVn"), ("relabel", "GTVp"), ("remove", "GTVn")]
+    assert clicks[0].voxels_at_stake == sphere(MISSED, 7).sum()
+    # the add click lands on the missed node's hottest voxel, in patient coordinates
+    index = label.TransformPhysicalPointToIndex(clicks[0].point_mm)[::-1]
+    assert sphere(MISSED, 7)[index]
+    scores = [dice(predicted == 2, truth == 2)]
+    for _ in range(3):
+        label = apply_click(label, pet_image, candidate_clicks(label, reference, pet_image)[0]).label
+        scores.append(dice(sitk.GetArrayFromImage(label) == 2, truth == 2))
+    assert scores == sorted(scores) and scores[-1] > 0.85 and scores[0] < 0.5
+    assert candidate_clicks(label, reference, pet_image) == []  # nothing left that a click fixes
+    after = sitk.GetArrayFromImage(label)
+    assert dice(after == 1, truth == 1) == 1.0
+
+
+def test_a_badly_drawn_lesion_gets_a_redraw_click_that_follows_the_pet():
+    pet = np.full(SHAPE, 1.0, np.float32)
+    truth = np.zeros(SHAPE, np.uint8)
+    pet[sphere(PRIMARY, 10)] = 12.0
+    truth[sphere(PRIMARY, 10)] = 1
+    pet_image = sitk.SmoothingRecursiveGaussian(image(pet), 2.0)
+    predicted = np.zeros(SHAPE, np.uint8)
+    predicted[sphere(PRIMARY, 6)] = 1  # far too tight: Dice ~0.36
+    clicks = candidate_clicks(image(predicted), image(truth), pet_image)
+    assert [(c.action, c.structure) for c in clicks] == [("redraw", "GTVp")]
+    assert clicks[0].voxels_at_stake == np.count_nonzero(sphere(PRIMARY, 10) ^ sphere(PRIMARY, 6))
+    after = sitk.GetArrayFromImage(apply_click(image(predicted), pet_image, clicks[0]).label)
+    assert dice(after == 1, truth == 1) > 0.85 > dice(predicted == 1, truth == 1)
