@@ -40,6 +40,10 @@ from HNTumorSegLib.slicer_support.worker_process import WorkerProcess  # noqa: E
 #: What to do when the output segmentation was edited since the module wrote it.
 WHEN_EDITED = ("ask", "new", "overwrite")
 POLL_INTERVAL_MS = 250
+#: The one-click buttons: widget name, the click's action, the structure it adds to (None: the lesion's own).
+CLICK_BUTTONS = (("addGtvpButton", "add", "GTVp"), ("addGtvnButton", "add", "GTVn"),
+                 ("removeLesionButton", "remove", None), ("relabelLesionButton", "relabel", None),
+                 ("redrawLesionButton", "redraw", None))
 
 
 #
@@ -106,6 +110,8 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.probe = None
         self.probeResult = None
         self.enabledDevices = set()
+        self.pendingClick = None
+        self._clickPoints = None
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(POLL_INTERVAL_MS)
         self.pollTimer.connect("timeout()", self.onPoll)
@@ -134,6 +140,9 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.updateStatisticsButton.connect("clicked(bool)", self.onUpdateStatistics)
         self.ui.editButton.connect("clicked(bool)", self.onEditButton)
         self.ui.resultsTableView.connect("doubleClicked(QModelIndex)", self.onResultsRowDoubleClicked)
+        for button, action, structure in CLICK_BUTTONS:
+            getattr(self.ui, button).connect("clicked(bool)", lambda _=False, a=action, s=structure: self.armClick(a, s))
+        self.ui.undoClickButton.connect("clicked(bool)", self.onUndoClick)
         self.ui.exportRtstructButton.connect("clicked(bool)", self.onExportRtstruct)
         self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.ui.exportDirectoryButton.directory = qt.QDir.homePath()
@@ -312,6 +321,10 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentation = params.outputSegmentation if params else None
         for widget in (self.ui.updateStatisticsButton, self.ui.editButton):
             widget.enabled = bool(segmentation) and not running
+        canClick = bool(segmentation and params.inputCT and params.inputPET) and not running
+        for button, _, _ in CLICK_BUTTONS:
+            getattr(self.ui, button).enabled = canClick
+        self.ui.undoClickButton.enabled = canClick and self.logic.canUndo(segmentation)
         state = self.logic.exportState(params.inputCT if params else None, segmentation)
         for button, availability in ((self.ui.exportRtstructButton, rtstruct_availability),
                                      (self.ui.exportDicomSegButton, dicom_seg_availability)):
@@ -441,6 +454,52 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         lesion = self.logic.lesionAtRow(self._parameterNode, index.row())
         if lesion is not None:
             self.logic.centreViewsOn(lesion)
+
+    # ------------------------------------------------------------------ one-click corrections
+    def armClick(self, action: str, structure) -> None:
+        """The next point placed in a view is where ``action`` acts (Markups place mode, one point)."""
+        points = self.clickPointsNode()
+        points.RemoveAllControlPoints()
+        self.pendingClick = (action, structure)
+        slicer.modules.markups.logic().SetActiveList(points)
+        slicer.modules.markups.logic().StartPlaceMode(False)
+        self.ui.statusLabel.text = f"Click on the lesion in a slice view ({action}{' ' + structure if structure else ''})."
+
+    def clickPointsNode(self):
+        """A hidden-from-the-data-tree point list that takes the clicks, observed once."""
+        if self._clickPoints is None or self._clickPoints.GetScene() is None:
+            points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "HNTumorSeg click")
+            points.SetHideFromEditors(True)
+            points.SetSaveWithScene(False)
+            self.addObserver(points, points.PointPositionDefinedEvent, self.onClickPlaced)
+            self._clickPoints = points
+        return self._clickPoints
+
+    def onClickPlaced(self, caller, event) -> None:
+        if caller.GetNumberOfControlPoints() == 0 or self.pendingClick is None:
+            return
+        pointRas = [0.0, 0.0, 0.0]
+        caller.GetNthControlPointPositionWorld(caller.GetNumberOfControlPoints() - 1, pointRas)
+        caller.RemoveAllControlPoints()
+        action, structure = self.pendingClick
+        self.pendingClick = None
+        params = self._parameterNode
+        try:
+            message = self.logic.editAt(params.outputSegmentation, params.inputCT, params.inputPET, pointRas, action,
+                                        structure, params=params)
+        except InputError as exc:
+            self.ui.statusLabel.text = f"Nothing changed: {exc}"
+            return
+        self.ui.resultsTableView.setMRMLTableNode(params.resultsTable)
+        self.ui.statusLabel.text = message[0].upper() + message[1:]
+        self.updateButtons()
+
+    def onUndoClick(self) -> None:
+        params = self._parameterNode
+        if self.logic.undoEdit(params.outputSegmentation, params.inputCT, params.inputPET, params):
+            self.ui.resultsTableView.setMRMLTableNode(params.resultsTable)
+            self.ui.statusLabel.text = "Last click undone."
+        self.updateButtons()
 
     def onEditButton(self) -> None:
         params = self._parameterNode

@@ -34,6 +34,7 @@ _makeLibraryImportable()
 
 # None of these imports torch: the module loads (and offers to install torch) without it.
 from HNTumorSegLib.dicom.segment_terminology import SEGMENTS  # noqa: E402
+from HNTumorSegLib.editing.clicks import DEFAULT_FRACTION  # noqa: E402
 from HNTumorSegLib.errors import InputError  # noqa: E402
 from HNTumorSegLib.slicer_support.default_inputs import VolumeCandidate, choose_default_inputs  # noqa: E402
 from HNTumorSegLib.slicer_support.dicom_pet import DicomPetSuv, dicom_pet_suv  # noqa: E402
@@ -72,6 +73,8 @@ class HNTumorSegSceneLogic:
         self._workerPython = list(workerPython) if workerPython else None
         #: The lesions of the results table's rows (the last run's, or recomputed by updateResultsTable).
         self.lesions: list = []
+        #: Per segmentation node ID, the label maps before each click (the last one on top).
+        self._undo: dict = {}
 
     def getParameterNode(self):
         """Where a run records its outputs; the module's logic returns its MRML parameter node instead."""
@@ -302,7 +305,21 @@ class HNTumorSegSceneLogic:
         return segmentationNode
 
     def writeSegments(self, segmentationNode, label, ctNode) -> None:
-        """GTVp and GTVn, named, coloured and coded, on the CT's grid and in the CT's study."""
+        """A run's GTVp and GTVn, named, coloured and coded, on the CT's grid and in the CT's study.
+
+        The fingerprint of what was written marks the segmentation as unedited (the edit guard).
+        """
+        self._writeLabel(segmentationNode, label, ctNode)
+        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
+        study = sh.GetItemParent(sh.GetItemByDataNode(ctNode))
+        if study:
+            sh.SetItemParent(sh.GetItemByDataNode(segmentationNode), study)
+        fingerprint = segmentation_fingerprint(self.segmentMasks(segmentationNode, ctNode))
+        segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, fingerprint)
+
+    @staticmethod
+    def _writeLabel(segmentationNode, label, ctNode) -> None:
+        """A label map on the CT's grid into the GTVp and GTVn segments (created, named, coloured, coded as needed)."""
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(ctNode)
         segmentationNode.SetAndObserveTransformNodeID(ctNode.GetTransformNodeID())
         segmentation = segmentationNode.GetSegmentation()
@@ -316,12 +333,55 @@ class HNTumorSegSceneLogic:
             segment.SetTag(tagName, definition.terminology_entry())
             slicer.util.updateSegmentBinaryLabelmapFromArray((label == definition.label).astype("uint8"),
                                                              segmentationNode, segmentId, ctNode)
-        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
-        study = sh.GetItemParent(sh.GetItemByDataNode(ctNode))
-        if study:
-            sh.SetItemParent(sh.GetItemByDataNode(segmentationNode), study)
-        fingerprint = segmentation_fingerprint(self.segmentMasks(segmentationNode, ctNode))
-        segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, fingerprint)
+
+    # ------------------------------------------------------------------ one-click corrections
+    def editAt(self, segmentationNode, ctNode, petNode, pointRas: Sequence[float], action: str,
+               structure: Optional[str] = None, params=None, fraction: float = DEFAULT_FRACTION) -> str:
+        """One click's correction at a world RAS point: "add" (to ``structure``), "remove", "relabel", "redraw".
+
+        The library's functions do the work (HNTumorSegLib.editing.clicks, as ``hntumorseg edit``);
+        the segments are rewritten without a new fingerprint, so the edit guard sees an edited
+        result. The previous segments go on an undo stack; with ``params`` the table is updated.
+        Returns the status line; a click that cannot act raises InputError and changes nothing.
+        """
+        import SimpleITK as sitk
+
+        from HNTumorSegLib.editing import clicks
+
+        if segmentationNode is None or ctNode is None or petNode is None:
+            raise InputError("needs the output segmentation, the CT and the PET")
+        before = self.segmentLabels(segmentationNode, ctNode)
+        labelImage = sitk.GetImageFromArray(before)
+        labelImage.CopyInformation(self.worldImage(ctNode, "CT"))  # the segments lie on the CT's grid
+        r, a, s = (float(v) for v in pointRas)
+        pointLps = (-r, -a, s)  # the library works in patient LPS, the scene in RAS
+        if action == "add":
+            edit = clicks.add_lesion(labelImage, self.petImage(petNode), pointLps, structure, fraction)
+        elif action == "redraw":
+            edit = clicks.redraw_lesion(labelImage, self.petImage(petNode), pointLps, fraction)
+        elif action == "remove":
+            edit = clicks.remove_lesion(labelImage, pointLps)
+        elif action == "relabel":
+            edit = clicks.relabel_lesion(labelImage, pointLps, structure)
+        else:
+            raise ValueError(f"unknown click action {action!r}")
+        self._undo.setdefault(segmentationNode.GetID(), []).append(before)
+        self._writeLabel(segmentationNode, sitk.GetArrayFromImage(edit.label), ctNode)
+        if params is not None:
+            self.updateResultsTable(segmentationNode, ctNode, petNode, params)
+        return edit.message
+
+    def canUndo(self, segmentationNode) -> bool:
+        return segmentationNode is not None and bool(self._undo.get(segmentationNode.GetID()))
+
+    def undoEdit(self, segmentationNode, ctNode, petNode=None, params=None) -> bool:
+        """Put back the segments as they were before the last click; False when there is nothing to undo."""
+        if not self.canUndo(segmentationNode):
+            return False
+        self._writeLabel(segmentationNode, self._undo[segmentationNode.GetID()].pop(), ctNode)
+        if params is not None and petNode is not None:
+            self.updateResultsTable(segmentationNode, ctNode, petNode, params)
+        return True
 
     def fillResultsTable(self, structures: dict, params, lesions: Sequence[dict] = ()) -> None:
         """Each segment's row, then its lesions' rows (``lesionAtRow`` maps a row back to its lesion)."""

@@ -1,0 +1,90 @@
+"""One-click corrections in the scene (slicer-core): the library's clicks on real segments, undo, guard, table."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import vtk
+
+from headless_slicer import HeadlessSlicer, import_slicer_core, scene_logic_class
+
+from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.imaging.components import lesion_ids
+from HNTumorSegLib.phantom import make_phantom, write_case
+from HNTumorSegLib.slicer_support.edit_guard import ASK, REPLACE
+
+slicer = import_slicer_core()
+
+
+@pytest.fixture
+def scene(tmp_path):
+    """A phantom whose "result" is its truth with the largest node missed and a false positive drawn."""
+    case = make_phantom(900_014, "head")
+    paths = write_case(case, tmp_path)
+    app = HeadlessSlicer()
+    logic = scene_logic_class()(workerPython=[sys.executable])
+    ct, pet = app.load_volume(paths["ct"], "CT"), app.load_volume(paths["pet"], "PET")
+    truth = sitk.GetArrayFromImage(case.label)
+    nodes, _ = lesion_ids(truth == 2)
+    result = truth.copy()
+    result[nodes == 1] = 0  # the largest node missed
+    body = np.argwhere(sitk.GetArrayFromImage(case.ct) > 0)
+    fp = tuple(body[len(body) // 3])
+    result[fp[0], fp[1] - 2:fp[1] + 3, fp[2] - 2:fp[2] + 3] = 2  # a node drawn where there is none
+    seg = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "result")
+    seg.CreateDefaultDisplayNodes()
+    logic.writeSegments(seg, result, ct)  # as a run leaves it: fingerprinted, unedited
+    params = logic.getParameterNode()
+
+    def ras_of(index_zyx):
+        x, y, z = case.label.TransformIndexToPhysicalPoint(tuple(int(i) for i in index_zyx[::-1]))
+        return [-x, -y, z]
+
+    pet_array = sitk.GetArrayFromImage(case.pet)
+    hottest_node = np.unravel_index(np.argmax(np.where(nodes == 1, sitk.GetArrayFromImage(
+        sitk.Resample(case.pet, case.label, sitk.Transform(), sitk.sitkLinear)), -np.inf)), nodes.shape)
+    yield {"app": app, "logic": logic, "ct": ct, "pet": pet, "seg": seg, "params": params, "truth": truth,
+           "result": result, "missed": nodes == 1, "fp_ras": ras_of(fp), "add_ras": ras_of(hottest_node),
+           "pet_array": pet_array}
+    app.close()
+
+
+def dice(a, b):
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def test_clicks_correct_the_segments_update_the_table_and_undo(scene):
+    logic, seg, ct, pet, params = (scene[k] for k in ("logic", "seg", "ct", "pet", "params"))
+    assert logic.outputPolicy(seg, ct) == REPLACE and not logic.canUndo(seg)
+    message = logic.editAt(seg, ct, pet, scene["add_ras"], "add", "GTVn", params=params)
+    after = logic.segmentLabels(seg, ct)
+    assert "added" in message and dice(after == 2, scene["truth"] == 2) > dice(scene["result"] == 2, scene["truth"] == 2)
+    assert dice((after == 2) & scene["missed"], scene["missed"]) > 0.6
+    assert logic.outputPolicy(seg, ct) == ASK  # the guard sees an edited result
+    table = params.resultsTable
+    names = [table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())]
+    assert "GTVn_1" in names and names.count("GTVp") == 1
+    logic.editAt(seg, ct, pet, scene["fp_ras"], "remove", params=params)
+    assert (logic.segmentLabels(seg, ct)[scene["result"] != scene["truth"]] == 0).sum() >= 25
+    # undo twice: back to the run's result, which the guard recognises again
+    assert logic.undoEdit(seg, ct, pet, params) and logic.undoEdit(seg, ct, pet, params)
+    np.testing.assert_array_equal(logic.segmentLabels(seg, ct), scene["result"])
+    assert logic.outputPolicy(seg, ct) == REPLACE and not logic.undoEdit(seg, ct)
+
+
+def test_relabel_and_a_click_on_nothing(scene):
+    logic, seg, ct, pet = (scene[k] for k in ("logic", "seg", "ct", "pet"))
+    logic.editAt(seg, ct, pet, scene["fp_ras"], "relabel")
+    assert np.count_nonzero(logic.segmentLabels(seg, ct) == 1) == np.count_nonzero(scene["result"] == 1) + 25
+    before = logic.segmentLabels(seg, ct)
+    corner = vtk.vtkMatrix4x4()
+    ct.GetIJKToRASMatrix(corner)  # voxel (0, 0, 0): air in a corner of the field of view
+    with pytest.raises(InputError, match="no lesion at"):
+        logic.editAt(seg, ct, pet, [corner.GetElement(i, 3) for i in range(3)], "remove")
+    with pytest.raises(InputError, match="outside the label map's grid"):
+        logic.editAt(seg, ct, pet, [4000.0, 0.0, 0.0], "remove")
+    np.testing.assert_array_equal(logic.segmentLabels(seg, ct), before)
+    assert logic.undoEdit(seg, ct) and not logic.canUndo(seg)  # the failed click left no undo step
