@@ -79,7 +79,8 @@ class HNTumorSegParameterNode:
     inputCT, inputPET: the volumes to segment. outputSegmentation: where GTVp/GTVn go (None: a new
     segmentation on Segment). modelPath: empty for the bundled model. device: auto / cuda / cpu.
     useTTA: left-right flip test-time augmentation. showAnalysisWindow: show the network's window.
-    resultsTable, analysisWindowROI: what the last run produced.
+    showUncertainty: the network's uncertainty as a colour overlay on the slice views.
+    resultsTable, analysisWindowROI, uncertaintyVolume: what the last run produced.
     """
 
     inputCT: vtkMRMLScalarVolumeNode
@@ -91,6 +92,8 @@ class HNTumorSegParameterNode:
     showAnalysisWindow: bool = True
     resultsTable: vtkMRMLTableNode
     analysisWindowROI: vtkMRMLMarkupsROINode
+    uncertaintyVolume: vtkMRMLScalarVolumeNode
+    showUncertainty: bool = False
 
 
 #
@@ -136,6 +139,7 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.ctSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateInputWarnings)
         self.ui.outputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
         self.ui.showWindowCheckBox.connect("toggled(bool)", self.onShowWindowToggled)
+        self.ui.showUncertaintyCheckBox.connect("toggled(bool)", self.onShowUncertaintyToggled)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.updateStatisticsButton.connect("clicked(bool)", self.onUpdateStatistics)
         self.ui.editButton.connect("clicked(bool)", self.onEditButton)
@@ -437,6 +441,11 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         roi = self._parameterNode.analysisWindowROI if self._parameterNode else None
         if roi is not None:
             roi.SetDisplayVisibility(bool(checked))
+
+    def onShowUncertaintyToggled(self, checked: bool) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.showUncertainty = bool(checked)
+            self.logic.showUncertainty(self._parameterNode)
 
     def onUpdateStatistics(self) -> None:
         params = self._parameterNode

@@ -47,6 +47,12 @@ from HNTumorSegLib.slicer_support.segmentation_job import (JobFailed, JobResult,
                                                            worker_environment)
 from HNTumorSegLib.slicer_support.suv_check import ERROR, check_suv, looks_like_activity  # noqa: E402
 
+#: Colour table of the uncertainty overlay, and its opacity over the CT.
+UNCERTAINTY_COLORS = "vtkMRMLColorTableNodeIron"
+UNCERTAINTY_OPACITY = 0.5
+#: Uncertainty (%) below this is not drawn, so the overlay marks only where to look.
+UNCERTAINTY_SHOWN_FROM = 10.0
+
 #: Node attribute holding the fingerprint of the segments a run wrote (see HNTumorSegLib.slicer_support.edit_guard).
 FINGERPRINT_ATTRIBUTE = "HNTumorSeg.Fingerprint"
 
@@ -59,6 +65,8 @@ class SceneParameters:
     resultsTable: Any = None
     analysisWindowROI: Any = None
     showAnalysisWindow: bool = True
+    uncertaintyVolume: Any = None
+    showUncertainty: bool = False
 
 
 class HNTumorSegSceneLogic:
@@ -300,6 +308,7 @@ class HNTumorSegSceneLogic:
         segmentationNode.SetAttribute("HNTumorSeg.Model", str(result.report["model"]["file"]))
         segmentationNode.SetAttribute("HNTumorSeg.Device", str(result.report["device"]))
         params.outputSegmentation = segmentationNode
+        self.loadUncertainty(result, ctNode, params)
         self.fillResultsTable(structures, params, self.lesions)
         self.showAnalysisWindow(result.report["provenance"], params)
         return segmentationNode
@@ -435,6 +444,48 @@ class HNTumorSegSceneLogic:
         ras = [-x, -y, z]
         slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, *ras, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
         return ras
+
+    def loadUncertainty(self, result: JobResult, ctNode, params) -> None:
+        """The run's uncertainty map (percent, on the CT grid) into a volume beside the CT, shown if asked for."""
+        import SimpleITK as sitk
+
+        info = result.report.get("uncertainty")
+        if not info:
+            return
+        values = sitk.GetArrayFromImage(sitk.ReadImage(info["file"]))
+        volume = params.uncertaintyVolume
+        if volume is None:
+            volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
+                                                        slicer.mrmlScene.GenerateUniqueName(f"{ctNode.GetName()} uncertainty"))
+            params.uncertaintyVolume = volume
+        ijkToRas = vtk.vtkMatrix4x4()
+        ctNode.GetIJKToRASMatrix(ijkToRas)
+        volume.SetIJKToRASMatrix(ijkToRas)
+        volume.SetAndObserveTransformNodeID(ctNode.GetTransformNodeID())
+        slicer.util.updateVolumeFromArray(volume, values)
+        volume.SetAttribute("HNTumorSeg.UncertaintyMeasure", f"{info['measure']} ({info.get('unit', '')})")
+        if volume.GetDisplayNode() is None:
+            volume.CreateDefaultDisplayNodes()
+        display = volume.GetDisplayNode()
+        display.SetAndObserveColorNodeID(UNCERTAINTY_COLORS)
+        display.SetAutoWindowLevel(0)
+        display.SetWindowLevelMinMax(0.0, 100.0)
+        display.SetApplyThreshold(1)
+        display.SetLowerThreshold(UNCERTAINTY_SHOWN_FROM)  # certain voxels stay clear: the CT shows through
+        self.showUncertainty(params)
+
+    @staticmethod
+    def showUncertainty(params) -> None:
+        """The uncertainty as a colour overlay on every slice view (foreground layer), or not, per the parameter."""
+        volume = params.uncertaintyVolume
+        if volume is None:
+            return
+        for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
+            if params.showUncertainty:
+                composite.SetForegroundVolumeID(volume.GetID())
+                composite.SetForegroundOpacity(UNCERTAINTY_OPACITY)
+            elif composite.GetForegroundVolumeID() == volume.GetID():
+                composite.SetForegroundVolumeID(None)
 
     def showAnalysisWindow(self, provenance: dict, params) -> None:
         """The 256 x 256 x 112 window the network saw, as a locked markups ROI (world coordinates)."""

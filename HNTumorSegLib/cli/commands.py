@@ -76,11 +76,15 @@ def cmd_segment(args) -> int:
 
     report, _, report_path = run_segmentation(Path(args.ct), Path(args.pet), out, args.model, args.device,
                                               args.tta, inputs=inputs, after_label=exports,
-                                              postprocess=not args.no_postprocess)
+                                              postprocess=not args.no_postprocess, probabilities=args.probabilities)
     print(f"wrote {out} and {report_path} in {report['timings_s']['total']:.1f} s on {report['device']}")
     for key in ("rtstruct", "dicom_seg"):
         if key in report:
             print(f"wrote {report[key]['file']}")
+    if "probabilities" in report:
+        written = report["probabilities"]
+        print(f"wrote {written['file']} (GTVp, GTVn probabilities) and {written['uncertainty']['file']} "
+              f"({written['uncertainty']['measure']})")
     _print_resources(report)
     print_measurements(report["structures"], report.get("lesions"))
     return 0
@@ -202,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write an RT Structure Set on the CT series (needs a DICOM CT)")
     sp.add_argument("--dicom-seg", type=Path, metavar="OUT.dcm",
                     help="also write a DICOM Segmentation on the CT series (needs a DICOM CT)")
+    sp.add_argument("--probabilities", type=Path, metavar="P.nii.gz",
+                    help="also write the GTVp/GTVn probabilities on the CT grid (2 components) and an uncertainty "
+                         "map P_uncertainty.nii.gz (entropy; the passes' disagreement with --tta or an ensemble)")
     runtime(sp)
     sp.set_defaults(func=cmd_segment)
 

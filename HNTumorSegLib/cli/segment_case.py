@@ -16,13 +16,45 @@ from HNTumorSegLib.pipeline.model_info import model_summary
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
-def sidecar_path(out: Path) -> Path:
-    """SEG.nii.gz -> SEG.json (the report beside the label map)."""
+def _split_image_name(out: Path) -> tuple[str, str]:
     name = out.name
     for suffix in IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):
-            return out.with_name(name[: -len(suffix)] + ".json")
+            return name[: -len(suffix)], name[-len(suffix):]
     raise InputError(f"{out}: output must end in one of {', '.join(IMAGE_SUFFIXES)}")
+
+
+def sidecar_path(out: Path) -> Path:
+    """SEG.nii.gz -> SEG.json (the report beside the label map)."""
+    return out.with_name(_split_image_name(out)[0] + ".json")
+
+
+def uncertainty_path(probabilities: Path) -> Path:
+    """P.nii.gz -> P_uncertainty.nii.gz (the uncertainty map beside the probabilities)."""
+    stem, suffix = _split_image_name(probabilities)
+    return probabilities.with_name(f"{stem}_uncertainty{suffix}")
+
+
+def write_probabilities(seg, path: Path) -> dict:
+    """The GTVp and GTVn probabilities on the CT grid (a 2-component float image) and the uncertainty map beside it.
+
+    Both come from the window the network saw (0 outside it), resampled linearly onto the CT grid.
+    """
+    import SimpleITK as sitk
+
+    from HNTumorSegLib.imaging.image_io import write_image
+    from HNTumorSegLib.pipeline.restore import restore_values
+
+    images = seg.probability_images()
+    uncertainty = seg.uncertainty()
+    if not images or uncertainty is None:
+        raise InputError(f"{path}: this model run kept no probabilities to write")
+    on_ct = [restore_values(images[name], seg.provenance) for name in LABELS.values()]
+    write_image(sitk.Compose(*on_ct), path)
+    values, measure = uncertainty
+    uncertainty_file = write_image(restore_values(seg.window_image(values), seg.provenance), uncertainty_path(path))
+    return {"file": str(path), "components": list(LABELS.values()),
+            "uncertainty": {"file": str(uncertainty_file), "measure": measure}}
 
 
 def _model_summary(loaded) -> dict:
@@ -31,7 +63,7 @@ def _model_summary(loaded) -> dict:
 
 def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None, device: str, tta: bool,
                      reference=None, extra: dict | None = None, inputs=None, after_label=None,
-                     verbose: bool = True, postprocess: bool = True):
+                     verbose: bool = True, postprocess: bool = True, probabilities: Path | None = None):
     """Shared by ``segment`` and ``demo``: read, segment, measure, write label map + JSON report.
 
     ``inputs``: a :class:`~HNTumorSegLib.cases.inputs.CaseInputs` already read (DICOM series chosen,
@@ -39,7 +71,8 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     (label image, inputs) -> dict writes further outputs after the label map and before the report
     (written last: its presence means the run is complete); its dict goes into the report.
     ``model`` may be a loaded :class:`~HNTumorSegLib.pipeline.inference.Segmenter` (``batch`` loads it once);
-    ``verbose`` prints the stages.
+    ``verbose`` prints the stages; ``probabilities``: also write the class probabilities and the
+    uncertainty map there (:func:`write_probabilities`).
     """
     from HNTumorSegLib.cases.inputs import read_case
     from HNTumorSegLib.imaging.image_io import write_image, write_json
@@ -47,6 +80,8 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     from HNTumorSegLib.evaluation.lesions import measurements
 
     report_path = sidecar_path(out)
+    if probabilities is not None:
+        uncertainty_path(probabilities)  # a bad name fails before the model runs
     t_start = time.perf_counter()
     t0 = time.perf_counter()
     segmenter = model if isinstance(model, Segmenter) else Segmenter(model, device=device, tta=tta,
@@ -65,6 +100,8 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     t0 = time.perf_counter()
     write_image(seg.label, out)
     more = after_label(seg.label, inputs) if after_label else {}
+    if probabilities is not None:
+        more["probabilities"] = write_probabilities(seg, probabilities)
     timings["write"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start + read_before
     report = {

@@ -156,6 +156,27 @@ class Segmentation:
     #: (3, 112, 256, 256) float32 class probabilities on the window (background, GTVp, GTVn); None
     #: where a caller built the result without the network.
     probabilities: np.ndarray | None = None
+    #: (112, 256, 256) spread between the passes (see :meth:`Segmenter.probabilities`); None for one pass.
+    disagreement: np.ndarray | None = None
+
+    def uncertainty(self) -> tuple[np.ndarray, str] | None:
+        """Per-voxel uncertainty on the window in [0, 1] and what it measures; None without probabilities.
+
+        Several passes (ensemble members, TTA flips): their disagreement (the spread, doubled, as a
+        standard deviation of probabilities is at most 0.5). One pass: the entropy of the class
+        probabilities divided by its maximum, log 3.
+        """
+        if self.disagreement is not None:
+            return np.clip(2.0 * self.disagreement, 0.0, 1.0).astype(np.float32), "disagreement of the passes"
+        if self.probabilities is None:
+            return None
+        p = np.clip(self.probabilities, 1e-7, 1.0)
+        entropy = -(p * np.log(p)).sum(axis=0) / np.log(p.shape[0])
+        return np.clip(entropy, 0.0, 1.0).astype(np.float32), "normalised entropy"
+
+    def window_image(self, array: np.ndarray) -> sitk.Image:
+        """A (112, 256, 256) array as an image on the analysis window's grid."""
+        return Geometry.from_dict(self.provenance["window"]).apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
 
     def probability_images(self) -> dict[str, sitk.Image]:
         """Each structure's probability as an image on the analysis window's grid (empty without probabilities).
@@ -164,9 +185,7 @@ class Segmentation:
         """
         if self.probabilities is None or "window" not in self.provenance:
             return {}
-        window = Geometry.from_dict(self.provenance["window"])
-        return {name: window.apply(sitk.GetImageFromArray(np.ascontiguousarray(self.probabilities[value])))
-                for value, name in LABELS.items()}
+        return {name: self.window_image(self.probabilities[value]) for value, name in LABELS.items()}
 
 
 class Segmenter:
@@ -201,6 +220,7 @@ class Segmenter:
             raise ModelFileError(str(exc)) from None
         self.tta = tta
         self.member_seconds = []
+        self.disagreement: np.ndarray | None = None
         if self.device.type == "cpu":
             torch.set_num_threads(available_cpus())
 
@@ -232,29 +252,48 @@ class Segmenter:
             return network.model(x)
         return sliding_window_logits(network.model, x, network.window)
 
-    def _network_probabilities(self, network: Network, x: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities (B, 3, Z, Y, X) float32 of one network, averaged over the TTA flips."""
+    def _network_probabilities(self, network: Network, x: torch.Tensor,
+                               squares: torch.Tensor | None = None) -> torch.Tensor:
+        """Softmax probabilities (B, 3, Z, Y, X) float32 of one network, averaged over the TTA flips.
+
+        ``squares``: when given, each pass's squared probabilities are added to it (for the spread
+        between passes: :attr:`Segmenter.disagreement`).
+        """
         prob = torch.softmax(self.logits(x, network).float(), dim=1)
+        if squares is not None:
+            squares += prob * prob
         if self.tta:
             for dims in TTA_FLIP_DIMS:
-                prob += torch.softmax(self.logits(x.flip(dims), network).float(), dim=1).flip(dims)
+                flipped = torch.softmax(self.logits(x.flip(dims), network).float(), dim=1).flip(dims)
+                if squares is not None:
+                    squares += flipped * flipped
+                prob += flipped
+                del flipped
             prob /= 1 + len(TTA_FLIP_DIMS)
         return prob
+
+    @property
+    def passes(self) -> int:
+        """Network evaluations per case: members times (1 + TTA flips)."""
+        return len(self.networks) * (1 + (len(TTA_FLIP_DIMS) if self.tta else 0))
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """(2, 112, 256, 256) normalised input to (3, 112, 256, 256) float32 class probabilities.
 
         An ensemble's members run one after the other; their probabilities are summed into one
-        array and divided by their number (a single network's are returned as they are).
+        array and divided by their number (a single network's are returned as they are). With
+        several passes (members, TTA flips), :attr:`disagreement` is set to their spread: per
+        voxel, the mean over the classes of the standard deviation of the passes' probabilities.
         """
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(self.device)
         cuda = self.device.type == "cuda"
         self.member_seconds = []
         total: torch.Tensor | None = None
+        squares = torch.zeros((1, 3, *x.shape[2:]), dtype=torch.float32, device=self.device) if self.passes > 1 else None
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             for network in self.networks:
                 t0 = time.perf_counter()
-                prob = self._network_probabilities(network, x)
+                prob = self._network_probabilities(network, x, squares)
                 if total is None:
                     total = prob
                 else:
@@ -266,6 +305,11 @@ class Segmenter:
             assert total is not None, "a Segmenter without networks"
             if len(self.networks) > 1:
                 total /= len(self.networks)
+            self.disagreement = None
+            if squares is not None:  # mean over the classes of the standard deviation between the passes
+                variance = (squares / self.passes - total * total).clamp_(min=0.0)
+                self.disagreement = variance.sqrt_().mean(dim=1)[0].cpu().numpy()
+                del squares, variance
             return total[0].cpu().numpy()
 
     def predict_window(self, image: np.ndarray) -> np.ndarray:
@@ -312,4 +356,5 @@ class Segmenter:
         t0 = time.perf_counter()
         label = restore(mask, pre.provenance)
         timings["restore"] = time.perf_counter() - t0
-        return Segmentation(label, pre.provenance, timings, pre, mask, self.member_summaries(), memory, prob)
+        return Segmentation(label, pre.provenance, timings, pre, mask, self.member_summaries(), memory, prob,
+                            self.disagreement)

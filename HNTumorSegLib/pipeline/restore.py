@@ -35,3 +35,13 @@ def restore(mask: np.ndarray, provenance: dict) -> sitk.Image:
     # returned with the CT's exact geometry.
     original = Geometry.from_dict(provenance["original_ct"])
     return original.apply(resample(part, original.snapped(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+
+
+def restore_values(image: sitk.Image, provenance: dict) -> sitk.Image:
+    """A float image on the analysis window (probabilities, uncertainty) linearly resampled onto the CT grid.
+
+    0 outside the window: the network never looked there. Sampled on the snapped CT grid, returned
+    with the CT's exact geometry, as :func:`restore` does for the label.
+    """
+    original = Geometry.from_dict(provenance["original_ct"])
+    return original.apply(resample(image, original.snapped(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))

@@ -33,6 +33,22 @@ def _model_summary(loaded) -> dict:
     return model_summary(loaded.meta, loaded.paths.json)
 
 
+def write_uncertainty(seg, path: Path) -> dict | None:
+    """The uncertainty map on the CT grid in percent (uint8: small and fast to write; it is for display)."""
+    import SimpleITK as sitk
+
+    from HNTumorSegLib.imaging.image_io import write_image
+    from HNTumorSegLib.pipeline.restore import restore_values
+
+    uncertainty = seg.uncertainty()
+    if uncertainty is None:
+        return None
+    values, measure = uncertainty
+    on_ct = restore_values(seg.window_image(values), seg.provenance)
+    percent = sitk.Cast(sitk.Round(sitk.Clamp(on_ct, sitk.sitkFloat32, 0.0, 1.0) * 100.0), sitk.sitkUInt8)
+    return {"file": str(write_image(percent, path)), "measure": measure, "unit": "%"}
+
+
 def run_request(request: protocol.Request, emit: Emit) -> dict:
     """Segment one request; writes the label map, then the report, into ``request.output_dir``."""
     from HNTumorSegLib.imaging.image_io import read_image, write_image, write_json
@@ -64,6 +80,7 @@ def run_request(request: protocol.Request, emit: Emit) -> dict:
 
     emit(protocol.stage("write"))
     label_path = write_image(seg.label, out / protocol.LABEL_FILE)
+    uncertainty = write_uncertainty(seg, out / protocol.UNCERTAINTY_FILE)
     box = analysis_window_box(seg.provenance)
     report = {
         "software": f"HNTumorSeg {__version__}",
@@ -73,6 +90,7 @@ def run_request(request: protocol.Request, emit: Emit) -> dict:
         "device": str(segmenter.device),
         "tta": request.tta,
         **measured,
+        **({"uncertainty": uncertainty} if uncertainty else {}),
         "analysis_window": {"center_ras": box.center_ras, "size_mm": box.size_mm, "axes_ras": box.axes_ras},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "members": seg.members,  # one entry per network (an ensemble has several): name, window, seconds

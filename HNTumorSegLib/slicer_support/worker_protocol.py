@@ -43,6 +43,7 @@ STAGE_TEXT = {
 }
 #: Result files in the request's output folder.
 LABEL_FILE = "label.nrrd"
+UNCERTAINTY_FILE = "uncertainty.nrrd"
 REPORT_FILE = "result.json"
 DEVICES = ("auto", "cuda", "cpu")
 

@@ -151,3 +151,51 @@ def test_structure_statistics_on_a_linear_pet():
     assert p["tlg"] == pytest.approx(suv.mean() * 4.8, abs=1e-4)
     assert stats["GTVn"] == {"label": 2, "voxels": 0, "volume_ml": 0.0, "suv_max": None, "suv_mean": None,
                              "tlg": None}
+
+
+@pytest.mark.parametrize("tta,measure", [(False, "normalised entropy"), (True, "disagreement of the passes")])
+def test_segment_writes_probabilities_and_uncertainty_on_the_ct_grid(tiny_files, small_model, tmp_path, capsys,
+                                                                     tta, measure):
+    out, probabilities = tmp_path / "seg.nii.gz", tmp_path / "P.nii.gz"
+    code = main(["segment", "--ct", str(tiny_files["ct"]), "--pet", str(tiny_files["pet"]), "--out", str(out),
+                 "--model", str(small_model), "--device", "cpu", "--probabilities", str(probabilities)]
+                + (["--tta"] if tta else []))
+    assert code == 0, capsys.readouterr().err
+    ct = sitk.ReadImage(str(tiny_files["ct"]))
+    p = sitk.ReadImage(str(probabilities))
+    u = sitk.ReadImage(str(tmp_path / "P_uncertainty.nii.gz"))
+    assert p.GetNumberOfComponentsPerPixel() == 2 and u.GetNumberOfComponentsPerPixel() == 1
+    for image in (p, u):
+        assert Geometry.of(image) == Geometry.of(ct)
+    pa, ua = sitk.GetArrayFromImage(p), sitk.GetArrayFromImage(u)
+    assert pa.min() >= 0 and pa.sum(axis=-1).max() <= 1 + 1e-5 and 0 <= ua.min() and ua.max() <= 1
+    assert ua.max() > 0.01  # random weights are unsure somewhere
+    report = json.loads((tmp_path / "seg.json").read_text())
+    assert report["probabilities"]["components"] == ["GTVp", "GTVn"]
+    assert report["probabilities"]["uncertainty"]["measure"] == measure
+    assert "P_uncertainty.nii.gz" in capsys.readouterr().out
+
+
+def test_uncertainty_is_entropy_for_one_pass_and_spread_for_several():
+    from HNTumorSegLib.pipeline.inference import Segmentation
+
+    prob = np.zeros((3, 2, 2, 2), np.float32)
+    prob[0] = 1.0  # certain background
+    prob[:, 1] = 1 / 3  # one slice of complete doubt
+    seg = Segmentation(None, {}, probabilities=prob)
+    values, measure = seg.uncertainty()
+    assert measure == "normalised entropy"
+    np.testing.assert_allclose(values[0], 0.0, atol=1e-5)
+    np.testing.assert_allclose(values[1], 1.0, atol=1e-5)
+    spread = np.full((2, 2, 2), 0.25, np.float32)
+    values, measure = Segmentation(None, {}, probabilities=prob, disagreement=spread).uncertainty()
+    assert measure == "disagreement of the passes" and np.allclose(values, 0.5)
+    assert Segmentation(None, {}).uncertainty() is None
+
+
+def test_a_bad_probabilities_name_writes_nothing(tiny_files, small_model, tmp_path, capsys):
+    out = tmp_path / "seg.nii.gz"
+    code = main(["segment", "--ct", str(tiny_files["ct"]), "--pet", str(tiny_files["pet"]), "--out", str(out),
+                 "--model", str(small_model), "--device", "cpu", "--probabilities", str(tmp_path / "P.txt")])
+    assert code == 2 and "P.txt: output must end in one of" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "seg.json").exists()

@@ -364,3 +364,34 @@ def test_pet_loaded_from_dicom_in_bq_per_ml_is_converted_as_the_command_line_doe
         assert "RadiopharmaceuticalInformationSequence (0054,0016) is missing" in problems[0][1]
     finally:
         app.close()
+
+
+def test_the_uncertainty_overlay_lies_on_the_ct_and_marks_the_lesion_edges(segmented, plain_case):
+    from headless_views import SliceView
+
+    params, ct, app = segmented["params"], segmented["ct"], segmented["app"]
+    volume = params.uncertaintyVolume
+    assert volume is not None and "entropy" in volume.GetAttribute("HNTumorSeg.UncertaintyMeasure")
+    values = slicer.util.arrayFromVolume(volume)
+    assert values.shape == slicer.util.arrayFromVolume(ct).shape and values.min() >= 0 and values.max() <= 100
+    a, b = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    ct.GetIJKToRASMatrix(a)
+    volume.GetIJKToRASMatrix(b)
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(a), slicer.util.arrayFromVTKMatrix(b))
+    # the network is least sure at the edges of what it found, and sure far from it
+    from scipy import ndimage
+    label = plain_case.cli_label > 0
+    edge = ndimage.binary_dilation(label, iterations=1) & ~ndimage.binary_erosion(label, iterations=1)
+    far = ~ndimage.binary_dilation(label, iterations=10) & (values > 0)  # inside the analysis window
+    assert values[edge].mean() > 20 > values[far].mean()
+    view = SliceView(app, "Red", "Axial", (32, 32))
+    try:
+        composite = view.logic.GetSliceCompositeNode()
+        params.showUncertainty = True
+        segmented["logic"].showUncertainty(params)
+        assert composite.GetForegroundVolumeID() == volume.GetID() and composite.GetForegroundOpacity() > 0
+        params.showUncertainty = False
+        segmented["logic"].showUncertainty(params)
+        assert composite.GetForegroundVolumeID() is None
+    finally:
+        view.close()
