@@ -79,7 +79,8 @@ class HNTumorSegParameterNode:
     inputCT, inputPET: the volumes to segment. outputSegmentation: where GTVp/GTVn go (None: a new
     segmentation on Segment). modelPath: empty for the bundled model. device: auto / cuda / cpu.
     useTTA: left-right flip test-time augmentation. showAnalysisWindow: show the network's window.
-    showUncertainty: the network's uncertainty as a colour overlay on the slice views.
+    showUncertainty: the network's uncertainty as a colour overlay on the slice views. splitLesions:
+    GTVn written node by node (segments GTVn_1 .. GTVn_k).
     resultsTable, analysisWindowROI, uncertaintyVolume: what the last run produced.
     """
 
@@ -94,6 +95,7 @@ class HNTumorSegParameterNode:
     analysisWindowROI: vtkMRMLMarkupsROINode
     uncertaintyVolume: vtkMRMLScalarVolumeNode
     showUncertainty: bool = False
+    splitLesions: bool = False
 
 
 #

@@ -12,6 +12,7 @@ This file imports ``slicer``, ``vtk`` and HNTumorSegLib only; ``HNTumorSeg.py`` 
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ def _makeLibraryImportable():
 _makeLibraryImportable()
 
 # None of these imports torch: the module loads (and offers to install torch) without it.
-from HNTumorSegLib.dicom.segment_terminology import SEGMENTS  # noqa: E402
+from HNTumorSegLib.dicom.segment_terminology import SEGMENTS, segment_by_name, split_nodes  # noqa: E402
 from HNTumorSegLib.editing.clicks import DEFAULT_FRACTION  # noqa: E402
 from HNTumorSegLib.errors import InputError  # noqa: E402
 from HNTumorSegLib.slicer_support.default_inputs import VolumeCandidate, choose_default_inputs  # noqa: E402
@@ -53,6 +54,9 @@ UNCERTAINTY_OPACITY = 0.5
 #: Uncertainty (%) below this is not drawn, so the overlay marks only where to look.
 UNCERTAINTY_SHOWN_FROM = 10.0
 
+#: Segment names of GTVn written node by node.
+NODE_SEGMENT = re.compile(r"GTVn_[0-9]+")
+
 #: Node attribute holding the fingerprint of the segments a run wrote (see HNTumorSegLib.slicer_support.edit_guard).
 FINGERPRINT_ATTRIBUTE = "HNTumorSeg.Fingerprint"
 
@@ -67,6 +71,7 @@ class SceneParameters:
     showAnalysisWindow: bool = True
     uncertaintyVolume: Any = None
     showUncertainty: bool = False
+    splitLesions: bool = False
 
 
 class HNTumorSegSceneLogic:
@@ -276,6 +281,9 @@ class HNTumorSegSceneLogic:
         for definition in SEGMENTS:
             if definition.name in masks:
                 label[masks[definition.name]] = definition.label
+        for name, mask in masks.items():  # GTVn written node by node
+            if NODE_SEGMENT.fullmatch(name):
+                label[mask] = segment_by_name("GTVn").label
         return label
 
     def outputPolicy(self, segmentationNode, ctNode) -> str:
@@ -300,7 +308,7 @@ class HNTumorSegSceneLogic:
             segmentationNode.CreateDefaultDisplayNodes()
         else:
             segmentationNode = outputNode
-        self.writeSegments(segmentationNode, label, ctNode)
+        self.writeSegments(segmentationNode, label, ctNode, split=bool(params.splitLesions))
 
         structures = result.report["structures"]
         self.lesions = list(result.report.get("lesions", []))
@@ -313,12 +321,13 @@ class HNTumorSegSceneLogic:
         self.showAnalysisWindow(result.report["provenance"], params)
         return segmentationNode
 
-    def writeSegments(self, segmentationNode, label, ctNode) -> None:
+    def writeSegments(self, segmentationNode, label, ctNode, split: bool = False) -> None:
         """A run's GTVp and GTVn, named, coloured and coded, on the CT's grid and in the CT's study.
 
         The fingerprint of what was written marks the segmentation as unedited (the edit guard).
+        ``split``: GTVn node by node (GTVn_1 .. GTVn_k).
         """
-        self._writeLabel(segmentationNode, label, ctNode)
+        self._writeLabel(segmentationNode, label, ctNode, split)
         sh = slicer.mrmlScene.GetSubjectHierarchyNode()
         study = sh.GetItemParent(sh.GetItemByDataNode(ctNode))
         if study:
@@ -327,20 +336,37 @@ class HNTumorSegSceneLogic:
         segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, fingerprint)
 
     @staticmethod
-    def _writeLabel(segmentationNode, label, ctNode) -> None:
-        """A label map on the CT's grid into the GTVp and GTVn segments (created, named, coloured, coded as needed)."""
+    def isSplit(segmentationNode) -> bool:
+        """True when the nodes are written one segment each (GTVn_1 .. GTVn_k)."""
+        segmentation = segmentationNode.GetSegmentation()
+        return any(NODE_SEGMENT.fullmatch(segmentation.GetNthSegment(i).GetName())
+                   for i in range(segmentation.GetNumberOfSegments()))
+
+    @staticmethod
+    def _writeLabel(segmentationNode, label, ctNode, split: bool = False) -> None:
+        """A label map on the CT's grid into the GTVp and GTVn segments (created, named, coloured, coded as needed).
+
+        ``split``: GTVn as one segment per node, GTVn_1 (the largest) .. GTVn_k; node segments of an
+        earlier write that no longer exist (or GTVn when splitting, and the reverse) are removed.
+        """
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(ctNode)
         segmentationNode.SetAndObserveTransformNodeID(ctNode.GetTransformNodeID())
         segmentation = segmentationNode.GetSegmentation()
+        values, definitions = split_nodes(label) if split else (label, SEGMENTS)
+        wanted = {definition.name for definition in definitions}
+        for index in reversed(range(segmentation.GetNumberOfSegments())):
+            name = segmentation.GetNthSegment(index).GetName()
+            if (name == "GTVn" or NODE_SEGMENT.fullmatch(name)) and name not in wanted:
+                segmentation.RemoveSegment(segmentation.GetNthSegmentID(index))
         tagName = slicer.vtkSegment.GetTerminologyEntryTagName()
-        for definition in SEGMENTS:
+        for definition in definitions:
             segmentId = segmentation.GetSegmentIdBySegmentName(definition.name)
             if not segmentId:
                 segmentId = segmentation.AddEmptySegment(definition.name, definition.name, definition.color)
             segment = segmentation.GetSegment(segmentId)
             segment.SetColor(*definition.color)
             segment.SetTag(tagName, definition.terminology_entry())
-            slicer.util.updateSegmentBinaryLabelmapFromArray((label == definition.label).astype("uint8"),
+            slicer.util.updateSegmentBinaryLabelmapFromArray((values == definition.label).astype("uint8"),
                                                              segmentationNode, segmentId, ctNode)
 
     # ------------------------------------------------------------------ one-click corrections
@@ -375,7 +401,7 @@ class HNTumorSegSceneLogic:
         else:
             raise ValueError(f"unknown click action {action!r}")
         self._undo.setdefault(segmentationNode.GetID(), []).append(before)
-        self._writeLabel(segmentationNode, sitk.GetArrayFromImage(edit.label), ctNode)
+        self._writeLabel(segmentationNode, sitk.GetArrayFromImage(edit.label), ctNode, self.isSplit(segmentationNode))
         if params is not None:
             self.updateResultsTable(segmentationNode, ctNode, petNode, params)
         return edit.message
@@ -387,7 +413,8 @@ class HNTumorSegSceneLogic:
         """Put back the segments as they were before the last click; False when there is nothing to undo."""
         if not self.canUndo(segmentationNode):
             return False
-        self._writeLabel(segmentationNode, self._undo[segmentationNode.GetID()].pop(), ctNode)
+        self._writeLabel(segmentationNode, self._undo[segmentationNode.GetID()].pop(), ctNode,
+                         self.isSplit(segmentationNode))
         if params is not None and petNode is not None:
             self.updateResultsTable(segmentationNode, ctNode, petNode, params)
         return True

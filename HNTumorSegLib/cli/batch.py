@@ -142,6 +142,7 @@ class BatchOptions:
     rtstruct: bool = False
     dicom_seg: bool = False
     postprocess: bool = True
+    split_lesions: bool = False
 
     def segmenter(self) -> Segmenter:
         from HNTumorSegLib.pipeline.inference import Segmenter  # torch loads only when a case is segmented
@@ -206,7 +207,8 @@ def run_case(case: BatchCase, options: BatchOptions, segmenter) -> dict:
         dicom_seg = paths["dicom_seg"] if options.dicom_seg and case.dicom else None
 
         def exports(label, case_inputs):
-            return write_dicom_outputs(label, case_inputs.ct_dicom, rtstruct, dicom_seg, label_name=str(paths["label"]))
+            return write_dicom_outputs(label, case_inputs.ct_dicom, rtstruct, dicom_seg, label_name=str(paths["label"]),
+                                       split_lesions=options.split_lesions)
 
         report, _, _ = run_segmentation(case.ct, case.pet, paths["label"], segmenter, options.device, options.tta,
                                         inputs=inputs, after_label=exports, extra={"case": case.case_id},

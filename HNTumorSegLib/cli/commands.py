@@ -72,7 +72,8 @@ def cmd_segment(args) -> int:
     inputs = read_dicom_aware_inputs(args)
 
     def exports(label, case):
-        return write_dicom_outputs(label, case.ct_dicom, args.rtstruct, args.dicom_seg, label_name=str(out))
+        return write_dicom_outputs(label, case.ct_dicom, args.rtstruct, args.dicom_seg, label_name=str(out),
+                                   split_lesions=args.split_lesions)
 
     report, _, report_path = run_segmentation(Path(args.ct), Path(args.pet), out, args.model, args.device,
                                               args.tta, inputs=inputs, after_label=exports,
@@ -101,7 +102,7 @@ def cmd_rtstruct(args) -> int:
     _, ct_dicom = read_ct(args.ct, args.ct_series)
     label = read_image(args.labels, "label")
     summaries = write_rtstruct(label, ct_dicom, args.out, label_name=str(args.labels),
-                               roi_generation=args.roi_generation)
+                               roi_generation=args.roi_generation, split_lesions=args.split_lesions)
     print(f"wrote {args.out} (CT series {ct_dicom.series.uid}): {summary_line(summaries)}")
     return 0
 
@@ -160,7 +161,7 @@ def cmd_batch(args) -> int:
     if spec:
         cases = shard(cases, *spec)
     options = BatchOptions(Path(args.out), args.model, args.device, args.tta, args.pet_units, args.rtstruct,
-                           args.dicom_seg, postprocess=not args.no_postprocess)
+                           args.dicom_seg, postprocess=not args.no_postprocess, split_lesions=args.split_lesions)
     summary = summary_path(options.out, spec)
     print(f"{len(cases)} cases{f' (shard {spec[0]}/{spec[1]})' if spec else ''} -> {options.out}", flush=True)
     if args.workers == 1:
@@ -206,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write an RT Structure Set on the CT series (needs a DICOM CT)")
     sp.add_argument("--dicom-seg", type=Path, metavar="OUT.dcm",
                     help="also write a DICOM Segmentation on the CT series (needs a DICOM CT)")
+    sp.add_argument("--split-lesions", action="store_true",
+                    help="in RTSTRUCT and DICOM SEG, write GTVn node by node: GTVn_1 (the largest) .. GTVn_k")
     sp.add_argument("--probabilities", type=Path, metavar="P.nii.gz",
                     help="also write the GTVp/GTVn probabilities on the CT grid (2 components) and an uncertainty "
                          "map P_uncertainty.nii.gz (entropy; the passes' disagreement with --tta or an ensemble)")
@@ -220,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, type=Path, help="RTSTRUCT file to write, e.g. RS.dcm")
     sp.add_argument("--roi-generation", default="SEMIAUTOMATIC", choices=["AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"],
                     help="ROI Generation Algorithm recorded per ROI (default SEMIAUTOMATIC: an edited result)")
+    sp.add_argument("--split-lesions", action="store_true",
+                    help="in RTSTRUCT and DICOM SEG, write GTVn node by node: GTVn_1 (the largest) .. GTVn_k")
     sp.set_defaults(func=cmd_rtstruct)
 
     sp = sub.add_parser("batch", help="segment every case of a HECKTOR-layout folder or DICOM tree (resumable)")
@@ -233,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto: DICOM PET converted to SUVbw from its tags; suv: PET values are SUV already")
     sp.add_argument("--rtstruct", action="store_true", help="also write an RTSTRUCT for each DICOM study")
     sp.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG for each DICOM study")
+    sp.add_argument("--split-lesions", action="store_true",
+                    help="in RTSTRUCT and DICOM SEG, write GTVn node by node: GTVn_1 (the largest) .. GTVn_k")
     runtime(sp)
     sp.set_defaults(func=cmd_batch)
 

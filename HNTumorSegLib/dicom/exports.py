@@ -26,8 +26,12 @@ def check_dicom_ct(ct_path: str | os.PathLike, option: str) -> None:
 
 
 def write_dicom_outputs(label, ct_dicom, rtstruct: Optional[str | os.PathLike] = None,
-                        dicom_seg: Optional[str | os.PathLike] = None, label_name: str = "label") -> dict:
-    """Write the requested outputs; returns what the JSON report records about them."""
+                        dicom_seg: Optional[str | os.PathLike] = None, label_name: str = "label",
+                        split_lesions: bool = False) -> dict:
+    """Write the requested outputs; returns what the JSON report records about them.
+
+    ``split_lesions``: GTVn as GTVn_1 .. GTVn_k, one ROI / segment per node.
+    """
     from HNTumorSegLib.errors import InputError
 
     if (rtstruct or dicom_seg) and ct_dicom is None:
@@ -36,13 +40,13 @@ def write_dicom_outputs(label, ct_dicom, rtstruct: Optional[str | os.PathLike] =
     if rtstruct:
         from HNTumorSegLib.dicom.rtstruct import write_rtstruct
 
-        summaries = write_rtstruct(label, ct_dicom, rtstruct, label_name=label_name)
+        summaries = write_rtstruct(label, ct_dicom, rtstruct, label_name=label_name, split_lesions=split_lesions)
         report["rtstruct"] = {"file": str(rtstruct), "referenced_ct_series": ct_dicom.series.uid,
                               "structures": {s.name: {"contours": s.contours, "slices": s.slices, "voxels": s.voxels}
                                              for s in summaries}}
     if dicom_seg:
         from HNTumorSegLib.dicom.seg import write_dicom_seg
 
-        write_dicom_seg(label, ct_dicom, dicom_seg, label_name=label_name)
+        write_dicom_seg(label, ct_dicom, dicom_seg, label_name=label_name, split_lesions=split_lesions)
         report["dicom_seg"] = {"file": str(dicom_seg), "referenced_ct_series": ct_dicom.series.uid}
     return report

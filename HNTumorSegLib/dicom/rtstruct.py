@@ -24,7 +24,7 @@ from HNTumorSegLib.dicom.contours import slice_polygons
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.imaging.geometry import Geometry
 from HNTumorSegLib.imaging.label_checks import label_grid_problem, label_values_problem
-from HNTumorSegLib.dicom.segment_terminology import SEGMENTS, SegmentDefinition
+from HNTumorSegLib.dicom.segment_terminology import SEGMENTS, SegmentDefinition, split_nodes
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 #: Referenced SOP class of RT Referenced Study Sequence items, as planning systems write it.
@@ -88,10 +88,11 @@ def _image_ref(sop_class: str, sop_uid: str):
 
 def build_rtstruct(label: sitk.Image, ct, *, segments: Sequence[SegmentDefinition] = SEGMENTS,
                    label_name: str = "label", roi_generation: str = "AUTOMATIC",
-                   series_description: str = "HNTumorSeg GTVp/GTVn"):
+                   series_description: str = "HNTumorSeg GTVp/GTVn", split_lesions: bool = False):
     """The RT Structure Set dataset of ``label`` on the DICOM CT ``ct`` (a :class:`DicomVolume`).
 
     Returns (dataset, [StructureSummary]). Every structure gets an ROI; an empty one has no contours.
+    ``split_lesions``: GTVn as one ROI per node, GTVn_1 .. GTVn_k (see :func:`split_nodes`).
     """
     from pydicom.dataset import Dataset
 
@@ -102,6 +103,8 @@ def build_rtstruct(label: sitk.Image, ct, *, segments: Sequence[SegmentDefinitio
     check_label_for_ct(label, ct.image, label_name)
     geom = Geometry.of(ct.image)
     array = sitk.GetArrayViewFromImage(label)
+    if split_lesions:
+        array, segments = split_nodes(np.asarray(array))
     sop_uids, sop_class = ct.sop_instance_uids, ct.sop_class_uid
     first = ct.headers[0]
     frame = ct.frame_of_reference_uid

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from HNTumorSegLib import __version__
 from HNTumorSegLib.dicom.rtstruct import check_label_for_ct
-from HNTumorSegLib.dicom.segment_terminology import SEGMENTS, Code, SegmentDefinition
+from HNTumorSegLib.dicom.segment_terminology import SEGMENTS, Code, SegmentDefinition, split_nodes
 
 
 def _code(code: Code):
@@ -49,12 +49,17 @@ def _descriptions(segments: Sequence[SegmentDefinition]):
 
 
 def build_dicom_seg(label: sitk.Image, ct, *, segments: Sequence[SegmentDefinition] = SEGMENTS,
-                    label_name: str = "label"):
-    """The Segmentation dataset of ``label`` (values = segment labels) on the DICOM CT ``ct``."""
+                    label_name: str = "label", split_lesions: bool = False):
+    """The Segmentation dataset of ``label`` (values = segment labels) on the DICOM CT ``ct``.
+
+    ``split_lesions``: GTVn as one segment per node, GTVn_1 .. GTVn_k (see :func:`split_nodes`).
+    """
     import highdicom as hd
 
     check_label_for_ct(label, ct.image, label_name)
     array = sitk.GetArrayFromImage(label).astype(np.uint8)
+    if split_lesions:
+        array, segments = split_nodes(array)
     mapped = np.zeros_like(array)
     for number, segment in enumerate(segments, start=1):
         mapped[array == segment.label] = number

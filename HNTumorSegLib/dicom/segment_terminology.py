@@ -8,7 +8,9 @@ exporters read) and the command-line exporters, so the codes cannot drift apart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,23 @@ GTVN = SegmentDefinition(
 
 #: In label order; names and values are those of ``HNTumorSegLib.LABELS`` (a test holds them equal).
 SEGMENTS: tuple[SegmentDefinition, ...] = (GTVP, GTVN)
+
+
+def split_nodes(array: np.ndarray) -> tuple[np.ndarray, tuple[SegmentDefinition, ...]]:
+    """GTVn written node by node: ``GTVn_1`` .. ``GTVn_k`` (26-connected, the largest first), for departments
+    that contour nodes one by one.
+
+    Returns a label array where GTVp keeps 1 and node i gets 1 + i, and the segment definitions of
+    those values: GTVp, then each node with GTVn's colour and codes and its own name.
+    """
+    from HNTumorSegLib.imaging.components import lesion_ids
+
+    ids, count = lesion_ids(array == GTVN.label)
+    out = np.where(array == GTVP.label, GTVP.label, 0).astype(np.uint16 if count > 250 else np.uint8)
+    out[ids > 0] = ids[ids > 0] + GTVP.label
+    nodes = tuple(replace(GTVN, label=GTVP.label + i, name=f"{GTVN.name}_{i}",
+                          description=f"{GTVN.description}, node {i} (by volume)") for i in range(1, count + 1))
+    return out, (GTVP, *nodes)
 
 
 def segment_by_name(name: str) -> SegmentDefinition:

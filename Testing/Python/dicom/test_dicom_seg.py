@@ -95,3 +95,22 @@ def test_segment_dicom_in_rtstruct_and_dicom_seg_out(study, small_model, tmp_pat
     lab = sitk.GetArrayFromImage(label)
     assert voxels == {"GTVp": int((lab == 1).sum()), "GTVn": int((lab == 2).sum())}
     assert sorted(p.name for p in out.parent.iterdir()) == ["RS.dcm", "SEG.dcm", "seg.json", "seg.nii.gz"]
+
+
+def test_split_lesions_writes_each_node_as_its_own_segment(study):
+    from HNTumorSegLib.imaging.components import lesion_ids
+
+    lab = sitk.GetArrayFromImage(study["label"])
+    nodes, count = lesion_ids(lab == 2)
+    assert count >= 2
+    path = write_dicom_seg(study["label"], study["ct"], study["root"] / "SEG_split.dcm", split_lesions=True)
+    seg = hd.seg.segread(path)
+    assert [d.segment_label for d in seg.SegmentSequence] == ["GTVp"] + [f"GTVn_{i}" for i in range(1, count + 1)]
+    assert {d.segmented_property_type.value for d in seg.SegmentSequence[1:]} == {"14799000"}
+    got = seg.get_pixels_by_source_instance(source_sop_instance_uids=study["ct"].sop_instance_uids,
+                                            combine_segments=True, skip_overlap_checks=True)
+    assert np.array_equal(got == 1, lab == 1)
+    for i in range(1, count + 1):  # segment 1 + i is node i, the largest first
+        assert np.array_equal(got == 1 + i, nodes == i)
+    sizes = [int((nodes == i).sum()) for i in range(1, count + 1)]
+    assert sizes == sorted(sizes, reverse=True)

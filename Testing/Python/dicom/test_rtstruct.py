@@ -201,3 +201,28 @@ def test_rtstruct_with_a_nifti_ct_says_so_plainly(study, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--rtstruct needs the CT as a DICOM folder" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]
+
+
+def test_split_lesions_gives_one_roi_per_node_that_plastimatch_reads_back(study, tmp_path):
+    from HNTumorSegLib.imaging.components import lesion_ids
+
+    out = tmp_path / "RS_split.dcm"
+    assert main(["rtstruct", "--ct", str(study["dicom"]), "--labels", str(study["label_path"]), "--out", str(out),
+                 "--split-lesions"]) == 0
+    ds = pydicom.dcmread(out)
+    lab = sitk.GetArrayFromImage(study["label"])
+    nodes, count = lesion_ids(lab == 2)
+    names = [roi.ROIName for roi in ds.StructureSetROISequence]
+    assert names == ["GTVp"] + [f"GTVn_{i}" for i in range(1, count + 1)] and count >= 2
+    assert [obs.RTROIIdentificationCodeSequence[0].CodeValue for obs in ds.RTROIObservationsSequence[1:]] == \
+        ["14799000"] * count
+    if shutil.which("plastimatch") is None:
+        pytest.skip(PLASTIMATCH_MISSING)
+    cmd = [shutil.which("plastimatch"), "convert", "--input", str(out), "--referenced-ct", str(study["dicom"]),
+           "--output-prefix", str(tmp_path / "pm"), "--prefix-format", "nrrd"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for i in range(1, count + 1):
+        theirs = sitk.Resample(sitk.ReadImage(str(tmp_path / "pm" / f"GTVn_{i}.nrrd")), study["label"],
+                               sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        assert np.array_equal(sitk.GetArrayFromImage(theirs) > 0, nodes == i), f"GTVn_{i}"

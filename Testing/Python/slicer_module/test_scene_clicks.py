@@ -88,3 +88,31 @@ def test_relabel_and_a_click_on_nothing(scene):
         logic.editAt(seg, ct, pet, [4000.0, 0.0, 0.0], "remove")
     np.testing.assert_array_equal(logic.segmentLabels(seg, ct), before)
     assert logic.undoEdit(seg, ct) and not logic.canUndo(seg)  # the failed click left no undo step
+
+
+def test_nodes_one_by_one_are_segments_that_clicks_and_the_label_map_understand(scene):
+    logic, seg, ct, pet = (scene[k] for k in ("logic", "seg", "ct", "pet"))
+    result = scene["result"]
+    nodes, count = lesion_ids(result == 2)
+    logic.writeSegments(seg, result, ct, split=True)
+    segmentation = seg.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert sorted(names) == sorted(["GTVp"] + [f"GTVn_{i}" for i in range(1, count + 1)]) and count >= 2
+    assert logic.isSplit(seg)
+    np.testing.assert_array_equal(logic.segmentLabels(seg, ct), result)  # the same label map either way
+    for i in range(1, count + 1):
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentation.GetSegmentIdBySegmentName(f"GTVn_{i}"), ct)
+        np.testing.assert_array_equal(mask > 0, nodes == i)
+    # after a click the nodes are still one segment each, renumbered by size
+    logic.editAt(seg, ct, pet, scene["add_ras"], "add", "GTVn")
+    edited = logic.segmentLabels(seg, ct)
+    assert np.count_nonzero(edited == 2) > np.count_nonzero(result == 2)
+    nodes_now, count_now = lesion_ids(edited == 2)
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert sorted(names) == sorted(["GTVp"] + [f"GTVn_{i}" for i in range(1, count_now + 1)])
+    mask = slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentation.GetSegmentIdBySegmentName("GTVn_1"), ct)
+    np.testing.assert_array_equal(mask > 0, nodes_now == 1)
+    # written whole again: one GTVn segment, no stale node segments
+    logic.writeSegments(seg, result, ct)
+    assert sorted(segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())) == \
+        ["GTVn", "GTVp"]
