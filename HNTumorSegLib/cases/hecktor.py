@@ -11,6 +11,10 @@ Two layouts are accepted, also mixed under one root:
 a training set that silently loses cases (a PET under a slightly different name, a missing
 label) gives a model trained on less than the user thinks, so every image file that does not
 become part of a complete case is reported as a :class:`CaseProblem`.
+
+Segmenting needs no centre: with ``any_folder_name`` (``hntumorseg batch``), a folder of any name
+(a patient or accession number) is a case too, its id the folder's name, when it holds one CT and
+one PET named ``*__CT`` / ``*__PT`` (any prefix) or ``CT`` / ``PT`` or ``PET``; its centre is "".
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 #: File-name role suffixes of HECKTOR 2025: ``CASE__CT``, ``CASE__PT``; the label is ``CASE``.
 ROLE_SUFFIXES = {"__CT": "ct", "__PT": "pet"}
 FLAT_IMAGES, FLAT_LABELS = "imagesTr", "labelsTr"
+#: File stems (any case) of a CT and a PET in a folder that is not named by a case id.
+PLAIN_STEMS = {"CT": "ct", "PT": "pet", "PET": "pet"}
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,15 @@ class _Collector:
             self.files.setdefault(case_id, {}).setdefault(role, []).append(path)
 
 
-def _collect(root: Path) -> _Collector:
+def _plain_role(stem: str) -> str | None:
+    """"ct"/"pet" of a file in a folder of any name (``*__CT``, ``*__PT``, ``CT``, ``PT``, ``PET``), else None."""
+    for suffix, role in ROLE_SUFFIXES.items():
+        if stem.endswith(suffix):
+            return role
+    return PLAIN_STEMS.get(stem.upper())
+
+
+def _collect(root: Path, any_folder_name: bool = False) -> _Collector:
     col = _Collector()
     for path in _nifti_files(root):
         col.problems.append(CaseProblem(path.name, f"{path}: image file directly under the data root; "
@@ -121,7 +135,15 @@ def _collect(root: Path) -> _Collector:
             continue
         files = _nifti_files(folder)
         if CASE_ID_RE.match(folder.name) is None:
-            if files:
+            if files and any_folder_name:
+                for path in files:
+                    role = _plain_role(_nifti_stem(path) or "")
+                    if role is not None:  # other files (masks, notes) are not the case's business here
+                        col.files.setdefault(folder.name, {}).setdefault(role, []).append(path)
+                if folder.name not in col.files:
+                    col.problems.append(CaseProblem(folder.name, f"{folder}: no CT or PET file (name them *__CT / "
+                                                    "*__PT, or CT / PT / PET, .nii or .nii.gz)"))
+            elif files:
                 col.problems.append(CaseProblem(folder.name, f"{folder}: folder with image files whose name "
                                                 "is not a case id (CENTRE-NNN or CENTRE_NNN)"))
             continue
@@ -130,18 +152,20 @@ def _collect(root: Path) -> _Collector:
     return col
 
 
-def find_cases(root: str | Path, require_label: bool = True) -> tuple[list[Case], list[CaseProblem]]:
+def find_cases(root: str | Path, require_label: bool = True,
+               any_folder_name: bool = False) -> tuple[list[Case], list[CaseProblem]]:
     """Complete cases under ``root`` and problems with everything else, both sorted by case id.
 
     A case needs exactly one CT and one PET file, and with ``require_label`` one label file; a
     case lacking one of them, or holding two (``.nii`` beside ``.nii.gz``, or the same case in
     both layouts), is a problem, not a case. Without ``require_label`` a label-less case is a
-    case with ``label=None``.
+    case with ``label=None``. ``any_folder_name``: folders not named by a case id are cases too
+    (see the module's description).
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: data root is not a folder")
-    col = _collect(root)
+    col = _collect(root, any_folder_name)
     cases: list[Case] = []
     problems = list(col.problems)
     for case_id, roles in col.files.items():
@@ -157,7 +181,8 @@ def find_cases(root: str | Path, require_label: bool = True) -> tuple[list[Case]
             problems.append(CaseProblem(case_id, "; ".join(reasons)))
             continue
         label = roles.get("label", [None])[0]
-        cases.append(Case(case_id, parse_case_id(case_id), roles["ct"][0], roles["pet"][0], label))
+        centre = parse_case_id(case_id) if CASE_ID_RE.match(case_id) else ""
+        cases.append(Case(case_id, centre, roles["ct"][0], roles["pet"][0], label))
     cases.sort(key=lambda c: case_sort_key(c.case_id))
     problems.sort(key=lambda p: (case_sort_key(p.case_id), p.reason))
     return cases, problems

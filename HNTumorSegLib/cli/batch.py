@@ -71,8 +71,8 @@ def _safe(text: str) -> str:
 def _hecktor_cases(root: Path) -> list[BatchCase]:
     from HNTumorSegLib.cases.hecktor import find_cases
 
-    cases, problems = find_cases(root, require_label=False)
-    out = [BatchCase(c.case_id, c.ct, c.pet) for c in cases]
+    cases, problems = find_cases(root, require_label=False, any_folder_name=True)
+    out = [BatchCase(_safe(c.case_id), c.ct, c.pet) for c in cases]
     out += [BatchCase(_safe(p.case_id), root, root, problem=p.reason) for p in problems]
     return out
 
@@ -123,8 +123,9 @@ def find_batch_cases(root: str | Path) -> list[BatchCase]:
         raise InputError(f"{root}: not a folder")
     cases = _hecktor_cases(root) + _dicom_cases(root)
     if not cases:
-        raise InputError(f"{root}: no cases found (neither HECKTOR-layout CASE/CASE__CT.nii.gz + CASE__PT.nii.gz "
-                         "nor DICOM studies with a CT and a PET series)")
+        raise InputError(f"{root}: no cases found (neither folders holding a CT and a PET, e.g. CASE/CASE__CT.nii.gz + "
+                         "CASE__PT.nii.gz or PATIENT/CT.nii.gz + PATIENT/PET.nii.gz, nor DICOM studies with a CT and "
+                         "a PET series)")
     ids = [c.case_id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

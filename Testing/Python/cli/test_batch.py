@@ -155,3 +155,28 @@ def test_batch_command_runs_one_shard_with_a_model(hecktor_root, tmp_path, capsy
     assert (out / "lesions_shard-2-of-2.csv").exists()
     label = sitk.ReadImage(str(out / "CHUM-002" / "CHUM-002_seg.nii.gz"))
     assert label.GetSize() == sitk.ReadImage(str(hecktor_root / "CHUM-002" / "CHUM-002__CT.nii.gz")).GetSize()
+
+
+def test_department_folders_of_any_name_are_cases(tmp_path):
+    root = tmp_path / "archive"
+    case = _case(5, "CHUM-005")
+    write_case(case, root)  # a HECKTOR-named case beside department folders
+    for folder, ct_name, pet_name in (("12345678", "CT.nii.gz", "PET.nii.gz"),
+                                      ("Smith John 2021-03", "scan__CT.nii.gz", "scan__PT.nii.gz"),
+                                      ("acc.998", "ct.nii", "pt.nii")):
+        (root / folder).mkdir(parents=True)
+        sitk.WriteImage(case.ct, str(root / folder / ct_name))
+        sitk.WriteImage(case.pet, str(root / folder / pet_name))
+    sitk.WriteImage(case.label, str(root / "12345678" / "mask.nii.gz"))  # other files are not the case's business
+    (root / "notes").mkdir()
+    sitk.WriteImage(case.label, str(root / "notes" / "something.nii.gz"))
+    cases = {c.case_id: c for c in find_batch_cases(root)}
+    assert sorted(cases) == ["12345678", "CHUM-005", "Smith_John_2021-03", "acc.998", "notes"]
+    assert cases["12345678"].ct.name == "CT.nii.gz" and cases["12345678"].pet.name == "PET.nii.gz"
+    assert cases["acc.998"].pet.name == "pt.nii" and cases["12345678"].problem is None
+    assert "no CT or PET file" in cases["notes"].problem
+    # and they run: the stand-in segments the department folder like the HECKTOR one
+    rows = run_batch([cases["12345678"], cases["CHUM-005"]], BatchOptions(tmp_path / "out"),
+                     summary=tmp_path / "out" / "summary.csv", make_segmenter=ThresholdSegmenter, progress=False)
+    assert [r["status"] for r in rows] == [DONE, DONE]
+    assert (tmp_path / "out" / "12345678" / "12345678_seg.nii.gz").exists()
