@@ -57,7 +57,14 @@ def test_job_segments_in_a_worker_and_reports_every_stage(small_model, tmp_path)
     assert report["model"]["file"] == str(small_model)
     assert report["provenance"]["crop"]["x2"] - report["provenance"]["crop"]["x1"] == 256
     assert report["analysis_window"]["size_mm"] == [256.0, 256.0, 336.0]
-    assert sorted(p.name for p in job.output_dir.iterdir()) == [protocol.LABEL_FILE, protocol.REPORT_FILE]
+    assert sorted(p.name for p in job.output_dir.iterdir()) == sorted([protocol.LABEL_FILE, protocol.REPORT_FILE,
+                                                                       protocol.UNCERTAINTY_FILE])
+    # the uncertainty for the module's overlay: percent on the CT grid, as the report says
+    assert report["uncertainty"]["measure"] == "normalised entropy" and report["uncertainty"]["unit"] == "%"
+    uncertainty = sitk.ReadImage(report["uncertainty"]["file"])
+    assert Geometry.of(uncertainty) == Geometry.of(ct) and uncertainty.GetPixelID() == sitk.sitkUInt8
+    assert 0 < sitk.GetArrayViewFromImage(uncertainty).max() <= 100
+    assert {row["structure"] for row in report["lesions"]} <= {"GTVp", "GTVn"}
     job.cleanup()
     assert not job.folder.exists()
 
