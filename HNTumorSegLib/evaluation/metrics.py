@@ -126,6 +126,16 @@ def _check_pair(prediction: np.ndarray, reference: np.ndarray) -> None:
         raise ValueError(f"prediction and reference differ in shape: {prediction.shape} vs {reference.shape}")
 
 
+def _check_label_values(prediction: np.ndarray, reference: np.ndarray) -> None:
+    """Label maps hold 0, 1 and 2 only: a 3 (or a 255 from another tool) must not score as background."""
+    for what, array in (("prediction", prediction), ("reference", reference)):
+        bad = ~np.isin(array, (0, *LABELS))
+        if bad.any():
+            shown = ", ".join(f"{v:g}" for v in np.unique(array[bad])[:5].tolist())
+            raise ValueError(f"{what} holds label values {shown} outside {{0, 1, 2}} ({int(bad.sum())} voxels); "
+                             "map them to 0 (background), 1 (GTVp) or 2 (GTVn) first")
+
+
 def surface_distances(prediction_mask: np.ndarray, reference_mask: np.ndarray,
                       spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Directed surface distances (mm): (each prediction surface voxel -> reference surface,
@@ -246,6 +256,7 @@ def score_case(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[
     """
     prediction, reference = np.asarray(prediction), np.asarray(reference)
     _check_pair(prediction, reference)
+    _check_label_values(prediction, reference)
     sampling = _array_spacing(spacing, prediction.ndim)
     voxel_ml = voxel_volume_ml(sampling)
     scores: dict = {}
@@ -262,6 +273,21 @@ def score_case(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[
         scores[name] = entry
     scores["mean_dice"] = (scores["GTVp"]["dice"] + scores["GTVn"]["dice"]) / 2.0
     return scores  # type: ignore[return-value]
+
+
+def score_images(prediction: sitk.Image, reference: sitk.Image, name: str = "prediction") -> CaseScores:
+    """:func:`score_case` of two label images, refused unless they lie on the same grid.
+
+    Why: equal array shapes do not mean the same voxels (a flipped, shifted or resampled label map
+    has the same shape); HECKTOR's 2022 evaluator refused such pairs, and so do we.
+    """
+    from HNTumorSegLib.imaging.label_checks import label_grid_problem
+
+    problem = label_grid_problem(prediction, reference, name, other="reference")
+    if problem:
+        raise ValueError(problem)
+    return score_case(sitk.GetArrayViewFromImage(prediction), sitk.GetArrayViewFromImage(reference),
+                      reference.GetSpacing())
 
 
 def aggregated_dice(cases: Iterable[CaseScores], structure: str) -> float:

@@ -28,16 +28,19 @@ def label_values_problem(label: sitk.Image, name: str) -> str | None:
     return f"{name}: label values {shown} outside {{0, 1, 2}} ({int((~ok).sum())} voxels)"
 
 
-def label_grid_problem(label: sitk.Image, ct: sitk.Image, name: str) -> str | None:
-    """A message when the label is not on the CT grid (size, spacing, origin, direction), else None."""
+def label_grid_problem(label: sitk.Image, ct: sitk.Image, name: str, other: str = "CT") -> str | None:
+    """A message when the label is not on the grid of ``ct`` (size, spacing, origin, direction), else None.
+
+    ``other`` names that image in the message (the CT; or the reference, when scoring).
+    """
     lg, cg = Geometry.of(label), Geometry.of(ct)
     diffs = []
     if lg.size != cg.size:
-        diffs.append(f"size {list(lg.size)} vs CT {list(cg.size)}")
+        diffs.append(f"size {list(lg.size)} vs {other} {list(cg.size)}")
     if not np.allclose(lg.spacing, cg.spacing, rtol=0, atol=SPACING_ATOL):
-        diffs.append(f"spacing {[round(v, 5) for v in lg.spacing]} vs CT {[round(v, 5) for v in cg.spacing]}")
+        diffs.append(f"spacing {[round(v, 5) for v in lg.spacing]} vs {other} {[round(v, 5) for v in cg.spacing]}")
     if not np.allclose(lg.origin, cg.origin, rtol=0, atol=ORIGIN_ATOL):
-        diffs.append(f"origin {[round(v, 3) for v in lg.origin]} vs CT {[round(v, 3) for v in cg.origin]}")
+        diffs.append(f"origin {[round(v, 3) for v in lg.origin]} vs {other} {[round(v, 3) for v in cg.origin]}")
     if not np.allclose(lg.direction, cg.direction, rtol=0, atol=DIRECTION_ATOL):
-        diffs.append("direction differs from the CT's")
-    return f"{name}: label is not on the CT grid ({'; '.join(diffs)})" if diffs else None
+        diffs.append(f"direction differs from the {other}'s")
+    return f"{name}: label is not on the {other} grid ({'; '.join(diffs)})" if diffs else None

@@ -57,7 +57,7 @@ from HNTumorSegLib.imaging.geometry import voxel_volume_ml
 from HNTumorSegLib.imaging.image_io import read_image, write_bytes, write_json
 from HNTumorSegLib.pipeline.inference import Network, Segmenter, resolve_device
 from HNTumorSegLib.imaging.label_checks import label_grid_problem, label_values_problem
-from HNTumorSegLib.evaluation.metrics import CaseScores, aggregated_dice, aggregated_f1, score_case
+from HNTumorSegLib.evaluation.metrics import CaseScores, aggregated_dice, aggregated_f1, score_images
 from HNTumorSegLib.pipeline.model_file import model_paths, tensors_sha256
 from HNTumorSegLib.pipeline.postprocess import ComponentFilter
 from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION
@@ -222,7 +222,7 @@ def evaluate_case(segmenter: Segmenter, case: Case) -> CaseResult:
     segmentation = segmenter.segment(ct, pet, ct_name=str(case.ct), pet_name=str(case.pet))
     seconds = time.perf_counter() - t0
     pred, ref = sitk.GetArrayViewFromImage(segmentation.label), sitk.GetArrayViewFromImage(reference)
-    scores = score_case(pred, ref, ct.GetSpacing())
+    scores = score_images(segmentation.label, reference, f"{case.case_id} prediction")
     return CaseResult(case.case_id, case.centre, scores, seconds, confusion_of(pred, ref, ct.GetSpacing()))
 
 

@@ -337,3 +337,31 @@ def test_iou_threshold_is_strict():
     cases_above = [score_case(np.where(above, 2, 0).astype(np.uint8), lab_ref, (1, 1, 3))]
     assert aggregated_f1(cases_at) == 0.0
     assert aggregated_f1(cases_above) == 1.0
+
+
+def test_scoring_refuses_labels_outside_0_1_2():
+    ref = np.zeros((4, 5, 5), np.uint8)
+    ref[1, 1:3, 1:3] = 1
+    pred = ref.copy()
+    pred[2, 2, 2] = 3  # a third class from another tool must not score as background
+    with pytest.raises(ValueError, match=r"prediction holds label values 3 outside \{0, 1, 2\} \(1 voxels\)"):
+        score_case(pred, ref, (1, 1, 1))
+    with pytest.raises(ValueError, match="reference holds label values 255"):
+        score_case(ref, np.where(ref == 1, 255, 0).astype(np.uint8), (1, 1, 1))
+
+
+def test_scoring_images_refuses_a_pair_on_different_grids():
+    import SimpleITK as sitk
+
+    from HNTumorSegLib.evaluation.metrics import score_images
+
+    ref = np.zeros((4, 5, 5), np.uint8)
+    ref[1, 1:3, 1:3] = 1
+    a, b = sitk.GetImageFromArray(ref), sitk.GetImageFromArray(ref)
+    assert score_images(a, b)["GTVp"]["dice"] == 1.0
+    b.SetOrigin((0.0, 0.0, 3.0))  # same shape, other voxels
+    with pytest.raises(ValueError, match=r"case7: label is not on the reference grid \(origin .* vs reference"):
+        score_images(a, b, "case7")
+    flipped = sitk.Flip(a, (True, False, False))  # same array shape, stored the other way
+    with pytest.raises(ValueError, match="direction differs from the reference's"):
+        score_images(flipped, sitk.GetImageFromArray(ref), "flipped")
