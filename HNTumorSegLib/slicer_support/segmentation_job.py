@@ -52,12 +52,20 @@ def worker_command(python: Sequence[str], request_path: str | os.PathLike) -> li
     return [*python, "-m", "HNTumorSegLib.slicer_support.worker", str(request_path)]
 
 
+#: OpenMP threads that wait for work sleep instead of spinning. Why: the worker always shares the CPU
+#: with Slicer itself. Measured on a 2-core CPU with one other busy process (whole-body phantom, the
+#: module path from segment() to segments in the scene): 183 s spinning, 40 s passive; idle it costs
+#: 19.5 -> 26.4 s (Testing/benchmarks/slicer_path.py). A value the user set is kept.
+WORKER_WAIT_POLICY = "PASSIVE"
+
+
 def worker_environment(base: Optional[Mapping[str, str]] = None) -> dict[str, str]:
-    """The environment with HNTumorSegLib importable and stdout unbuffered."""
+    """The environment with HNTumorSegLib importable, stdout unbuffered and OpenMP waiting passively."""
     env = dict(os.environ if base is None else base)
     paths = [LIBRARY_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != LIBRARY_PARENT]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OMP_WAIT_POLICY", WORKER_WAIT_POLICY)
     return env
 
 

@@ -167,6 +167,9 @@ def test_request_round_trip_and_worker_command():
     first, second = env["PYTHONPATH"].split(os.pathsep)[:2]
     assert second == "/elsewhere"
     assert (Path(first) / "HNTumorSegLib" / "slicer_support" / "worker.py").is_file()
+    # the worker shares the CPU with Slicer: OpenMP threads sleep while they wait, unless the user chose otherwise
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert worker_environment({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_decode_ignores_lines_that_are_not_events():
