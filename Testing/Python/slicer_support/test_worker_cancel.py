@@ -46,6 +46,19 @@ def is_alive(pid: int) -> bool:
     return True
 
 
+#: The longest a test waits for a worker to reach a point (a hang fails the test, it does not stall CI).
+REACH_WITHIN_S = 300.0
+
+
+def wait_for(reached, what: str, limit: float = REACH_WITHIN_S) -> None:
+    """Poll ``reached()`` until it is true; fail the test after ``limit`` seconds."""
+    end = time.monotonic() + limit
+    while not reached():
+        if time.monotonic() > end:
+            pytest.fail(f"waited {limit:g} s for {what}")
+        time.sleep(0.02)
+
+
 def wait_until_gone(pids, limit=GONE_WITHIN_S):
     end = time.monotonic() + limit
     while time.monotonic() < end and any(is_alive(p) for p in pids):
@@ -61,11 +74,14 @@ def test_cancel_kills_a_process_and_the_child_it_started(tmp_path):
               "time.sleep(3600)\n")
     proc = WorkerProcess([sys.executable, "-c", script]).start()
     events = []
-    while not events:
-        events = proc.poll()
-        if proc.returncode is not None:
+
+    def reported():
+        events.extend(proc.poll())
+        if proc.returncode is not None and not events:
             pytest.fail(f"stand-in exited early: {proc.stderr_tail()}")
-        time.sleep(0.02)
+        return bool(events)
+
+    wait_for(reported, "the stand-in's pids")
     pids = [events[0]["parent"], events[0]["child"]]
     assert all(is_alive(p) for p in pids)
     proc.cancel()
@@ -90,11 +106,13 @@ def test_cancelling_a_real_worker_under_a_launcher_leaves_nothing(small_model, t
     job.start()
     launcher_pid = job.process.pid
     # Wait until the worker (the launcher's child) is inside the network stage, then cancel.
-    while job.stage != "network":
+    def in_network():
         job.poll()
         if job.state != "running":
             pytest.fail(f"worker ended before the network stage: {job.state} {job.error}")
-        time.sleep(0.01)
+        return job.stage == "network"
+
+    wait_for(in_network, "the worker's network stage")
     worker_pid = job.worker_pid
     assert worker_pid not in (None, launcher_pid)
     assert is_alive(worker_pid) and is_alive(launcher_pid)
