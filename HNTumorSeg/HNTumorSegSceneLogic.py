@@ -386,24 +386,16 @@ class HNTumorSegSceneLogic:
         if segmentationNode is None or ctNode is None or petNode is None:
             raise InputError("needs the output segmentation, the CT and the PET")
         before = self.segmentLabels(segmentationNode, ctNode)
+        ctImage, petImage = self.worldImage(ctNode, "CT"), self.petImage(petNode)
         labelImage = sitk.GetImageFromArray(before)
-        labelImage.CopyInformation(self.worldImage(ctNode, "CT"))  # the segments lie on the CT's grid
+        labelImage.CopyInformation(ctImage)  # the segments lie on the CT's grid
         r, a, s = (float(v) for v in pointRas)
         pointLps = (-r, -a, s)  # the library works in patient LPS, the scene in RAS
-        if action == "add":
-            edit = clicks.add_lesion(labelImage, self.petImage(petNode), pointLps, structure, fraction)
-        elif action == "redraw":
-            edit = clicks.redraw_lesion(labelImage, self.petImage(petNode), pointLps, fraction)
-        elif action == "remove":
-            edit = clicks.remove_lesion(labelImage, pointLps)
-        elif action == "relabel":
-            edit = clicks.relabel_lesion(labelImage, pointLps, structure)
-        else:
-            raise ValueError(f"unknown click action {action!r}")
+        edit = clicks.edit_at(labelImage, petImage, action, pointLps, structure, fraction)
         self._undo.setdefault(segmentationNode.GetID(), []).append(before)
         self._writeLabel(segmentationNode, sitk.GetArrayFromImage(edit.label), ctNode, self.isSplit(segmentationNode))
         if params is not None:
-            self.updateResultsTable(segmentationNode, ctNode, petNode, params)
+            self._measureIntoTable(edit.label, ctImage, petImage, segmentationNode, params)
         return edit.message
 
     def canUndo(self, segmentationNode) -> bool:
@@ -438,14 +430,21 @@ class HNTumorSegSceneLogic:
         """Recompute the table from the segments as they are now (after editing)."""
         import SimpleITK as sitk
 
-        from HNTumorSegLib.evaluation.lesions import measurements
-
         if segmentationNode is None or ctNode is None or petNode is None:
             raise InputError("needs the output segmentation, the CT and the PET")
+        ctImage = self.worldImage(ctNode, "CT")
         labelImage = sitk.GetImageFromArray(self.segmentLabels(segmentationNode, ctNode))
-        labelImage.CopyInformation(self.worldImage(ctNode, "CT"))  # the segments lie on the CT's grid
-        # Edited contours have no network probabilities: their lesions are listed without a confidence.
-        measured = measurements(labelImage, self.petImage(petNode), self.worldImage(ctNode, "CT"))
+        labelImage.CopyInformation(ctImage)  # the segments lie on the CT's grid
+        return self._measureIntoTable(labelImage, ctImage, self.petImage(petNode), segmentationNode, params)
+
+    def _measureIntoTable(self, labelImage, ctImage, petImage, segmentationNode, params) -> dict:
+        """Structures and lesions of a label image (world geometry) into the table and the summary attribute.
+
+        Edited contours have no network probabilities: their lesions are listed without a confidence.
+        """
+        from HNTumorSegLib.evaluation.lesions import measurements
+
+        measured = measurements(labelImage, petImage, ctImage)
         structures, self.lesions = measured["structures"], measured["lesions"]
         self.fillResultsTable(structures, params, self.lesions)
         segmentationNode.SetAttribute("HNTumorSeg.Summary", summary_line(structures))

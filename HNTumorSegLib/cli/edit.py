@@ -98,7 +98,7 @@ def cmd_edit(args) -> int:
     from HNTumorSegLib import __version__
     from HNTumorSegLib.cli.case_inputs import print_measurements, read_dicom_aware_inputs
     from HNTumorSegLib.cli.segment_case import sidecar_path
-    from HNTumorSegLib.editing.clicks import add_lesion, redraw_lesion, relabel_lesion, remove_lesion
+    from HNTumorSegLib.editing.clicks import edit_at
     from HNTumorSegLib.evaluation.lesions import measurements
     from HNTumorSegLib.imaging.image_io import read_image, write_image, write_json
     from HNTumorSegLib.imaging.label_checks import label_grid_problem, label_values_problem
@@ -115,14 +115,7 @@ def cmd_edit(args) -> int:
     done = []
     for number, (action, point, structure) in enumerate(clicks, 1):
         try:
-            if action == "add":
-                edit = add_lesion(label, inputs.pet, point, structure, args.fraction, args.radius_mm)
-            elif action == "remove":
-                edit = remove_lesion(label, point)
-            elif action == "redraw":
-                edit = redraw_lesion(label, inputs.pet, point, args.fraction, args.radius_mm)
-            else:
-                edit = relabel_lesion(label, point, structure)
+            edit = edit_at(label, inputs.pet, action, point, structure, args.fraction, args.radius_mm)
         except InputError as exc:
             raise InputError(f"click {number} (--{action}): {exc}; nothing was written") from None
         label = edit.label

@@ -214,3 +214,26 @@ def relabel_lesion(label: sitk.Image, point_mm: Sequence[float], structure: str 
     ml = voxels * float(np.prod(label.GetSpacing())) / 1000.0
     return Edit(_replaced(label, array), "relabel", LABELS[target], voxels, tuple(float(v) for v in point_mm),
                 f"relabelled a {ml:.2f} mL lesion at {_fmt(point_mm)} mm from {LABELS[value]} to {LABELS[target]}")
+
+
+#: The clicks :func:`edit_at` knows.
+ACTIONS = ("add", "remove", "relabel", "redraw")
+
+
+def edit_at(label: sitk.Image, pet: sitk.Image, action: str, point_mm: Sequence[float],
+            structure: str | int | None = None, fraction: float = DEFAULT_FRACTION,
+            radius_mm: float = DEFAULT_RADIUS_MM) -> Edit:
+    """One click by name, as the command line, the module and the simulated editor make it.
+
+    ``structure``: the structure to add to ("add"), the one to switch to ("relabel"; None: the other);
+    ignored by "remove" and "redraw". ``fraction`` and ``radius_mm`` bound "add" and "redraw".
+    """
+    if action == "add":
+        return add_lesion(label, pet, point_mm, structure, fraction, radius_mm)
+    if action == "remove":
+        return remove_lesion(label, point_mm)
+    if action == "relabel":
+        return relabel_lesion(label, point_mm, structure)
+    if action == "redraw":
+        return redraw_lesion(label, pet, point_mm, fraction, radius_mm)
+    raise ValueError(f"unknown click action {action!r}; known: {', '.join(ACTIONS)}")

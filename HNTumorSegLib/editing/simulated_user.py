@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from HNTumorSegLib import LABELS
-from HNTumorSegLib.editing.clicks import Edit, add_lesion, redraw_lesion, relabel_lesion, remove_lesion
+from HNTumorSegLib.editing.clicks import Edit, edit_at
 from HNTumorSegLib.evaluation.metrics import values_in_box
 from HNTumorSegLib.imaging.components import lesion_ids
 from HNTumorSegLib.imaging.geometry import Geometry
@@ -86,10 +86,4 @@ def candidate_clicks(prediction: sitk.Image, reference: sitk.Image, pet: sitk.Im
 
 def apply_click(label: sitk.Image, pet: sitk.Image, click: Click) -> Edit:
     """What the editor's button does for ``click`` (HNTumorSegLib.editing.clicks, default settings)."""
-    if click.action == "add":
-        return add_lesion(label, pet, click.point_mm, click.structure)
-    if click.action == "remove":
-        return remove_lesion(label, click.point_mm)
-    if click.action == "redraw":
-        return redraw_lesion(label, pet, click.point_mm)
-    return relabel_lesion(label, click.point_mm)
+    return edit_at(label, pet, click.action, click.point_mm, click.structure if click.action == "add" else None)
