@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from HNTumorSegLib import LABELS
-from HNTumorSegLib.evaluation.metrics import label_box, structure_statistics, values_in_box
+from HNTumorSegLib.evaluation.metrics import box_statistics, label_box, labels_in_box, values_in_box
 from HNTumorSegLib.imaging.components import lesion_ids
 from HNTumorSegLib.imaging.geometry import voxel_volume_ml
 
@@ -79,9 +79,14 @@ def lesion_table(label: sitk.Image, pet: sitk.Image, ct: sitk.Image | None = Non
     box = label_box(label)
     if box is None:
         return []
-    lo, hi, box_geometry = box
-    lab = np.asarray(sitk.GetArrayViewFromImage(label)[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
-    suv = values_in_box(pet, box_geometry)
+    return _lesion_rows(label, box, values_in_box(pet, box[2]), ct, probabilities)
+
+
+def _lesion_rows(label: sitk.Image, box: tuple, suv: np.ndarray, ct: sitk.Image | None,
+                 probabilities: Mapping[str, sitk.Image] | None) -> list[dict]:
+    """:func:`lesion_table` in the label box, ``suv`` resampled onto it."""
+    lo, _, box_geometry = box
+    lab = labels_in_box(label, box)
     voxel_ml = voxel_volume_ml(label.GetSpacing())
     rows = []
     for value, name in LABELS.items():
@@ -131,5 +136,14 @@ def describe_lesion(row: Mapping) -> str:
 
 def measurements(label: sitk.Image, pet: sitk.Image, ct: sitk.Image | None = None,
                  probabilities: Mapping[str, sitk.Image] | None = None) -> dict:
-    """What every report holds (``segment``, ``batch``, the Slicer worker): per-structure totals and the lesion table."""
-    return {"structures": structure_statistics(label, pet), "lesions": lesion_table(label, pet, ct, probabilities)}
+    """What every report holds (``segment``, ``batch``, the Slicer worker): per-structure totals and the lesion table.
+
+    The PET is resampled onto the labelled voxels' box once, for both.
+    """
+    voxel_ml = voxel_volume_ml(label.GetSpacing())
+    box = label_box(label)
+    if box is None:
+        return {"structures": box_statistics(None, None, voxel_ml), "lesions": []}
+    suv = values_in_box(pet, box[2])
+    return {"structures": box_statistics(labels_in_box(label, box), suv, voxel_ml),
+            "lesions": _lesion_rows(label, box, suv, ct, probabilities)}

@@ -43,6 +43,29 @@ def values_in_box(image: sitk.Image, box: Geometry) -> np.ndarray:
     return sitk.GetArrayFromImage(resample_in_window(floats, box, sitk.sitkLinear, 0.0, sitk.sitkFloat32, margin=2))
 
 
+def labels_in_box(label: sitk.Image, box: tuple[list[int], list[int], Geometry]) -> np.ndarray:
+    """The label values inside a :func:`label_box`, (z, y, x)."""
+    lo, hi, _ = box
+    return np.asarray(sitk.GetArrayViewFromImage(label)[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+
+
+def box_statistics(labels: np.ndarray | None, suv: np.ndarray | None, voxel_ml: float) -> dict[str, dict]:
+    """:func:`structure_statistics` from the labels and the SUV inside the label box (None, None: no labels)."""
+    stats: dict[str, dict] = {}
+    for value, name in LABELS.items():
+        n = 0 if labels is None else int((sel := labels == value).sum())
+        if n == 0:
+            stats[name] = {"label": value, "voxels": 0, "volume_ml": 0.0, "suv_max": None,
+                           "suv_mean": None, "tlg": None}
+            continue
+        values = suv[sel]
+        volume = n * voxel_ml
+        mean = float(values.mean(dtype=np.float64))
+        stats[name] = {"label": value, "voxels": n, "volume_ml": volume, "suv_max": float(values.max()),
+                       "suv_mean": mean, "tlg": mean * volume}
+    return stats
+
+
 def structure_statistics(label: sitk.Image, pet: sitk.Image) -> dict[str, dict]:
     """Volume (mL), SUVmax, SUVmean and TLG (SUVmean x volume) of each labelled structure.
 
@@ -50,24 +73,10 @@ def structure_statistics(label: sitk.Image, pet: sitk.Image) -> dict[str, dict]:
     report volume 0 and null SUV figures.
     """
     voxel_ml = voxel_volume_ml(label.GetSpacing())
-    stats: dict[str, dict] = {}
     box = label_box(label)
-    if box is not None:
-        lo, hi, box_geometry = box
-        pet_box = values_in_box(pet, box_geometry)
-        lab_box = sitk.GetArrayViewFromImage(label)[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    for value, name in LABELS.items():
-        n = 0 if box is None else int((sel := lab_box == value).sum())
-        if n == 0:
-            stats[name] = {"label": value, "voxels": 0, "volume_ml": 0.0, "suv_max": None,
-                           "suv_mean": None, "tlg": None}
-            continue
-        suv = pet_box[sel]
-        volume = n * voxel_ml
-        mean = float(suv.mean(dtype=np.float64))
-        stats[name] = {"label": value, "voxels": n, "volume_ml": volume, "suv_max": float(suv.max()),
-                       "suv_mean": mean, "tlg": mean * volume}
-    return stats
+    if box is None:
+        return box_statistics(None, None, voxel_ml)
+    return box_statistics(labels_in_box(label, box), values_in_box(pet, box[2]), voxel_ml)
 
 
 # ---------------------------------------------------------------------------------------------
