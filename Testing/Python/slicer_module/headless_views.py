@@ -27,7 +27,10 @@ THREED_MANAGERS = ("vtkMRMLCameraDisplayableManager", "vtkMRMLViewDisplayableMan
 
 
 class OffscreenView:
-    """One render window with a displayable-manager group, as a Slicer view widget holds."""
+    """One render window with a displayable-manager group, as a Slicer view widget holds.
+
+    A subclass attaches its view logic (:meth:`_attach`) and sets ``node``, the view node it shows.
+    """
 
     def __init__(self, app, factory_class, managers: Sequence[str], size: tuple = (600, 600)):
         self.app = app
@@ -79,6 +82,19 @@ class OffscreenView:
     def close(self) -> None:
         self.managers.SetMRMLDisplayableNode(None)
         self.window.Finalize()
+        # Detached from the scene, so that a later view of the same name starts afresh (as a new layout does).
+        self._logics.RemoveItem(self.logic)
+        self.logic.SetMRMLScene(None)
+        self.app.scene.RemoveNode(self.node)
+
+    def _attach(self, logic, get_logics, set_logics) -> None:
+        """The view's logic on the application logic's collection of such logics (the layout creates it) and the scene."""
+        if get_logics() is None:
+            set_logics(vtk.vtkCollection())
+        self.logic, self._logics = logic, get_logics()
+        logic.SetMRMLApplicationLogic(self.app.app)
+        self._logics.AddItem(logic)
+        logic.SetMRMLScene(self.app.scene)
 
 
 class SliceView(OffscreenView):
@@ -88,12 +104,7 @@ class SliceView(OffscreenView):
         slicer = app.slicer
         super().__init__(app, slicer.vtkMRMLSliceViewDisplayableManagerFactory, SLICE_MANAGERS, size)
         self.renderer.GetActiveCamera().ParallelProjectionOn()
-        if app.app.GetSliceLogics() is None:  # the application creates this collection with its layout
-            app.app.SetSliceLogics(vtk.vtkCollection())
-        self.logic = slicer.vtkMRMLSliceLogic()
-        self.logic.SetMRMLApplicationLogic(app.app)
-        app.app.GetSliceLogics().AddItem(self.logic)
-        self.logic.SetMRMLScene(app.scene)
+        self._attach(slicer.vtkMRMLSliceLogic(), app.app.GetSliceLogics, app.app.SetSliceLogics)
         self.node = self.logic.AddSliceNode(name)
         self.node.SetOrientation(orientation)
         self.managers.SetMRMLDisplayableNode(self.node)
@@ -106,13 +117,6 @@ class SliceView(OffscreenView):
         self._image.GetProperty().SetDisplayLocationToBackground()
         self.renderer.AddViewProp(self._image)
         self.logic.ResizeSliceNode(*self.size)
-
-    def close(self) -> None:
-        """Detach from the scene, so that a later view of the same name starts afresh (as a new layout does)."""
-        super().close()
-        self.app.app.GetSliceLogics().RemoveItem(self.logic)
-        self.logic.SetMRMLScene(None)
-        self.app.scene.RemoveNode(self.node)
 
     def show(self, background, center_ras: Sequence[float], field_of_view_mm: float,
              foreground=None, foreground_opacity: float = 0.0) -> None:
@@ -143,20 +147,9 @@ class ThreeDView(OffscreenView):
         slicer = app.slicer
         super().__init__(app, slicer.vtkMRMLThreeDViewDisplayableManagerFactory, THREED_MANAGERS, size)
         self.renderer.SetUseDepthPeeling(True)
-        if app.app.GetViewLogics() is None:
-            app.app.SetViewLogics(vtk.vtkCollection())
-        self.logic = slicer.vtkMRMLViewLogic()
-        self.logic.SetMRMLApplicationLogic(app.app)
-        app.app.GetViewLogics().AddItem(self.logic)
-        self.logic.SetMRMLScene(app.scene)
+        self._attach(slicer.vtkMRMLViewLogic(), app.app.GetViewLogics, app.app.SetViewLogics)
         self.node = self.logic.AddViewNode(name)
         self.managers.SetMRMLDisplayableNode(self.node)
-
-    def close(self) -> None:
-        super().close()
-        self.app.app.GetViewLogics().RemoveItem(self.logic)
-        self.logic.SetMRMLScene(None)
-        self.app.scene.RemoveNode(self.node)
 
     def look_from(self, direction: str, elevation_deg: float = 0.0, frame: Sequence[float] | None = None) -> None:
         """Camera on the patient's ``direction`` side ("Anterior", "Left", ...), raised by ``elevation_deg``.
