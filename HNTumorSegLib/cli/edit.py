@@ -87,7 +87,11 @@ def add_parser(sub) -> None:
                         metavar="X,Y,Z" + (":S" if action in ("add", "relabel") else ""),
                         help=helptext + " (repeatable; clicks apply in the order given)")
     sp.add_argument("--fraction", type=float, default=DEFAULT_FRACTION,
-                    help=f"--add/--redraw: fraction of the local SUVmax that bounds the region (default {DEFAULT_FRACTION})")
+                    help=f"--add/--redraw: the region is the voxels above background + FRACTION x (SUVmax - background) "
+                         f"(default {DEFAULT_FRACTION})")
+    sp.add_argument("--no-background", dest="background", action="store_false",
+                    help="--add/--redraw: threshold at FRACTION x SUVmax, without subtracting the local background "
+                         "(the median SUV just beyond --radius-mm)")
     sp.add_argument("--radius-mm", type=float, default=DEFAULT_RADIUS_MM,
                     help=f"--add/--redraw: the region stays within this distance of its peak (default {DEFAULT_RADIUS_MM:g})")
     sp.add_argument("--out", required=True, type=Path, help="corrected label map to write (may be --labels itself)")
@@ -115,7 +119,7 @@ def cmd_edit(args) -> int:
     done = []
     for number, (action, point, structure) in enumerate(clicks, 1):
         try:
-            edit = edit_at(label, inputs.pet, action, point, structure, args.fraction, args.radius_mm)
+            edit = edit_at(label, inputs.pet, action, point, structure, args.fraction, args.radius_mm, args.background)
         except InputError as exc:
             raise InputError(f"click {number} (--{action}): {exc}; nothing was written") from None
         label = edit.label
@@ -126,7 +130,9 @@ def cmd_edit(args) -> int:
     measured = measurements(label, inputs.pet, inputs.ct)
     write_json({"software": f"HNTumorSeg {__version__}",
                 "inputs": {"labels": str(args.labels), "ct": str(args.ct), "pet": str(args.pet)},
-                "output": str(args.out), "edits": done, **measured, **inputs.report()}, report_path)
+                "output": str(args.out), "edits": done,
+                "settings": {"fraction": args.fraction, "radius_mm": args.radius_mm,
+                             "background_corrected": args.background}, **measured, **inputs.report()}, report_path)
     print(f"wrote {args.out} and {report_path}")
     print_measurements(measured["structures"], measured["lesions"])
     return 0

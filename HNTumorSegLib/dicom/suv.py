@@ -14,6 +14,7 @@ wrong SUV shifts the crop and every SUV figure of the report.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -24,6 +25,9 @@ WEIGHT_KG = (1.0, 500.0)
 DOSE_BQ = (1e6, 5e10)          # 1 MBq .. 50 GBq (a dose written in MBq fails here)
 HALF_LIFE_S = (60.0, 1e7)      # 1 min .. ~116 days
 MAX_UPTAKE_S = 24 * 3600.0     # injection to scan
+#: With times of day only, an injection time after the scan time is taken as the evening before (a scan just
+#: after midnight) only if that makes the uptake at most this long; later, the times contradict each other.
+MIDNIGHT_UPTAKE_S = 6 * 3600.0
 PHILIPS_CREATOR = "Philips PET Private Group"
 GE_CREATOR = "GEMS_PETD_01"
 OVERRIDE_HINT = "pass --pet-units suv if the PET is already in SUV"
@@ -71,12 +75,30 @@ def _number(ds, keyword: str, tag: str, where: str, lo: float, hi: float, unit: 
     return value
 
 
-def _datetime(date: str, time: str) -> _dt.datetime:
+#: A DICOM date and time run together (DT: YYYYMMDD[HH[MM[SS[.F]]]] with an optional UTC offset).
+_DT_TEXT = re.compile(r"\d{8}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?([+-]\d{4})?")
+
+
+def _datetime(date: str, time: str, where: str, what: str) -> _dt.datetime:
+    """A date and a time of day (or a DT in ``date`` alone), strictly: a malformed value is an InputError.
+
+    Why strict: pydicom's parser is lenient (a time "10:15" read as 10:00), and a wrong time gives a wrong
+    decay factor without a word. The ACR-NEMA forms that the standard still allows on reading (YYYY.MM.DD,
+    HH:MM:SS) are accepted by dropping their separators.
+    """
     from pydicom.valuerep import DT
 
-    text = f"{str(date).strip()}{str(time).strip()}"
-    value = DT(text)
-    return value.replace(tzinfo=None)
+    day = str(date).strip()
+    if re.fullmatch(r"\d{4}\.\d{2}\.\d{2}", day[:10]):
+        day = day[:10].replace(".", "") + day[10:]
+    clock = str(time).strip()
+    if re.fullmatch(r"\d{2}(:\d{2}(:\d{2}(\.\d{1,6})?)?)?", clock):
+        clock = clock.replace(":", "")
+    text = f"{day}{clock}"
+    if not _DT_TEXT.fullmatch(text):
+        shown = f"{str(date).strip()!r}" + (f" and {str(time).strip()!r}" if str(time).strip() else "")
+        raise InputError(f"{where}: {what} is {shown}, not a DICOM date and time (YYYYMMDD and HHMMSS); check the tags")
+    return DT(text).replace(tzinfo=None)
 
 
 def _private(ds, group: int, element: int, creator: str):
@@ -90,16 +112,19 @@ def _scan_time(headers: Sequence, where: str, hint: str = OVERRIDE_HINT) -> tupl
     """Start of the scan: the series date/time unless it lies after the first acquisition."""
     first = headers[0]
     series = _datetime(_value(first, "SeriesDate", "(0008,0021)", where, hint),
-                       _value(first, "SeriesTime", "(0008,0031)", where, hint))
-    acquisitions = [_datetime(h.AcquisitionDate, h.AcquisitionTime) for h in headers
+                       _value(first, "SeriesTime", "(0008,0031)", where, hint), where,
+                       "SeriesDate/SeriesTime (0008,0021)/(0008,0031)")
+    acquisitions = [_datetime(h.AcquisitionDate, h.AcquisitionTime, where,
+                              "AcquisitionDate/AcquisitionTime (0008,0022)/(0008,0032)") for h in headers
                     if str(h.get("AcquisitionDate", "") or "").strip() and str(h.get("AcquisitionTime", "") or "").strip()]
     if not acquisitions or series <= min(acquisitions):
         return series, "SeriesDate/SeriesTime (0008,0021)/(0008,0031)"
     ge = _private(first, 0x0009, 0x0D, GE_CREATOR)
     if ge:  # a date and time (DT); older exports hold a time of day only
         text = str(ge).strip()
-        scan = _datetime(text, "") if len(text) >= 14 else _datetime(first.SeriesDate, text)
-        return scan, "GE private scan date/time (0009,100D)"
+        what = "GE private scan date/time (0009,100D)"
+        scan = _datetime(text, "", where, what) if len(text) >= 14 else _datetime(first.SeriesDate, text, where, what)
+        return scan, what
     return min(acquisitions), "earliest AcquisitionDate/AcquisitionTime (0008,0022)/(0008,0032) (series time is later)"
 
 
@@ -107,10 +132,12 @@ def _injection_time(drug, first, where: str, hint: str = OVERRIDE_HINT) -> tuple
     """(time, source, from a time of day only): the radiopharmaceutical start."""
     start_dt = str(drug.get("RadiopharmaceuticalStartDateTime", "") or "").strip()
     if start_dt:
-        return _datetime(start_dt, ""), "RadiopharmaceuticalStartDateTime (0018,1078)", False
+        source = "RadiopharmaceuticalStartDateTime (0018,1078)"
+        return _datetime(start_dt, "", where, source), source, False
     start = _value(drug, "RadiopharmaceuticalStartTime", "(0018,1072)", where, hint)
     date = _value(first, "SeriesDate", "(0008,0021)", where, hint)
-    return _datetime(date, start), "SeriesDate (0008,0021) + RadiopharmaceuticalStartTime (0018,1072)", True
+    source = "SeriesDate (0008,0021) + RadiopharmaceuticalStartTime (0018,1072)"
+    return _datetime(date, start, where, source), source, True
 
 
 def _suvbw_per_bqml(headers: Sequence, where: str, hint: str = OVERRIDE_HINT) -> tuple[float, dict]:
@@ -132,7 +159,7 @@ def _suvbw_per_bqml(headers: Sequence, where: str, hint: str = OVERRIDE_HINT) ->
         injection, injection_source, time_only = _injection_time(drug, first, where, hint)
         scan, scan_source = _scan_time(headers, where, hint)
         uptake = (scan - injection).total_seconds()
-        if uptake < 0 and time_only and uptake + 86400 >= 0:
+        if uptake < 0 and time_only and uptake + 86400 <= MIDNIGHT_UPTAKE_S:
             injection -= _dt.timedelta(days=1)  # injected before midnight, scanned after
             injection_source += " (the day before the series date)"
             uptake += 86400

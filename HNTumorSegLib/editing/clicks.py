@@ -4,10 +4,19 @@ Why: the errors a model makes on PET/CT are of a few kinds (a missed node, a fal
 physiological uptake, a primary labelled as a node or the reverse), and each is one lesion. A
 radiation oncologist fixes each with one click where a voxel-painting tool takes dozens of strokes.
 
-- **add**: the region around the click above ``fraction`` of the local SUVmax (41 %, the clinical
-  fixed-threshold default), grown from the hottest voxel within :data:`SEEK_MM` of the click, kept
-  within ``radius_mm`` of it, 26-connected to it; added to the chosen structure. Voxels of other
-  lesions are left as they are (the other structure is never overwritten).
+- **add**: the region around the click above ``fraction`` of the local SUVmax over the local
+  background (41 %, the clinical threshold, background-corrected), grown from the hottest voxel
+  within :data:`SEEK_MM` of the click, kept within ``radius_mm`` of it, 26-connected to it, its
+  enclosed holes filled; added to the chosen structure. Voxels of other lesions are left as they
+  are (the other structure is never overwritten).
+
+  Why background-corrected: a weak node (SUVmax 2-4 over a background near 0.6-0.8) has 41 % of
+  its SUVmax below or close to the background, so the plain fixed threshold runs into the tissue
+  around it. The threshold ``background + fraction * (SUVmax - background)`` (the
+  source-to-background form of the fixed threshold) is the same rule where the background is
+  negligible and holds on weak nodes: per lesion, from the SUVmax voxel, on 8 unseen phantoms of
+  four styles, node Dice rose from 0.68 to 0.76 (median 0.83 to 0.92) and primaries held (0.92 to
+  0.93). Why filled: a necrotic (cold) core is part of the GTV, as the contouring guidelines draw it.
 - **remove**: the lesion (26-connected component, as HECKTOR counts them) under the click goes.
 - **relabel**: the lesion under the click switches GTVp <-> GTVn (or to the structure named);
 - **redraw**: the lesion under the click is replaced by the PET-avid region there (as *add* draws
@@ -26,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from HNTumorSegLib import LABELS
 from HNTumorSegLib.errors import InputError
@@ -39,6 +49,8 @@ DEFAULT_FRACTION = 0.41
 DEFAULT_RADIUS_MM = 25.0
 #: The hottest voxel is sought within this distance (mm) of the click: clicks land near, not on, the peak.
 SEEK_MM = 6.0
+#: The local background is the median SUV in a shell this thick (mm) just beyond ``radius_mm`` of the peak.
+BACKGROUND_SHELL_MM = 10.0
 #: A remove/relabel click within this distance (mm) of a lesion takes that lesion.
 TOLERANCE_MM = 5.0
 STRUCTURES = {name: value for value, name in LABELS.items()}
@@ -104,65 +116,81 @@ def _replaced(label: sitk.Image, array: np.ndarray) -> sitk.Image:
 
 
 def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], fraction: float = DEFAULT_FRACTION,
-                radius_mm: float = DEFAULT_RADIUS_MM) -> tuple[np.ndarray, float]:
-    """The PET-avid region at a click, as a mask on the label's grid, and the SUVmax it was grown from.
+                radius_mm: float = DEFAULT_RADIUS_MM, background: bool = True) -> tuple[np.ndarray, float, float]:
+    """The PET-avid region at a click, as a mask on the label's grid, the SUVmax it was grown from and
+    the background SUV under its threshold.
 
-    From the hottest voxel within :data:`SEEK_MM` of the click: the voxels at or above ``fraction``
-    of that SUV, within ``radius_mm`` of it, 26-connected to it. ``pet`` in SUV on any grid
-    covering the point (resampled linearly onto the label's grid).
+    From the hottest voxel within :data:`SEEK_MM` of the click: the voxels at or above
+    ``background + fraction * (SUVmax - background)``, within ``radius_mm`` of it, 26-connected to
+    it, with enclosed holes filled. ``background``: the median SUV in a :data:`BACKGROUND_SHELL_MM`
+    shell beyond ``radius_mm`` of the peak; ``background=False`` takes 0 (the plain fraction of
+    SUVmax). ``pet`` in SUV on any grid covering the point (resampled linearly onto the label's grid).
     """
     if not 0.0 < fraction < 1.0:
         raise InputError(f"threshold fraction {fraction} must lie between 0 and 1 (0.41 is the clinical default)")
     click = _index_of(label, point_mm)
     spacing_zyx = np.array(label.GetSpacing()[::-1])
-    lo, hi = _box_around(label, click, radius_mm + SEEK_MM)
+    lo, hi = _box_around(label, click, radius_mm + SEEK_MM + (BACKGROUND_SHELL_MM if background else 0.0))
     box = Geometry.of(label).subgrid(lo[::-1].tolist(), (hi - lo)[::-1].tolist())
     suv = values_in_box(pet, box)
     near = _ball(suv.shape, click - lo, spacing_zyx, SEEK_MM)
     peak = np.array(np.unravel_index(np.argmax(np.where(near, suv, -np.inf)), suv.shape))
     peak_suv = float(suv[tuple(peak)])
-    if not peak_suv > 0.0:
-        raise InputError(f"no PET uptake near {_fmt(point_mm)} mm (SUVmax {peak_suv:.2f} within {SEEK_MM:g} mm)")
-    region = (suv >= fraction * peak_suv) & _ball(suv.shape, peak, spacing_zyx, radius_mm)
-    ids, _ = lesion_ids(region)
+    reach = _ball(suv.shape, peak, spacing_zyx, radius_mm)
+    floor = 0.0
+    if background:
+        shell = _ball(suv.shape, peak, spacing_zyx, radius_mm + BACKGROUND_SHELL_MM) & ~reach
+        floor = float(np.median(suv[shell])) if shell.any() else 0.0
+    if not peak_suv > floor:
+        raise InputError(f"no PET uptake above the background near {_fmt(point_mm)} mm (SUVmax {peak_suv:.2f} "
+                         f"within {SEEK_MM:g} mm, background {floor:.2f})")
+    ids, _ = lesion_ids((suv >= floor + fraction * (peak_suv - floor)) & reach)
+    region = ndimage.binary_fill_holes(ids == ids[tuple(peak)])
     mask = np.zeros(label.GetSize()[::-1], bool)
-    mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = ids == ids[tuple(peak)]
-    return mask, peak_suv
+    mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = region
+    return mask, peak_suv, floor
+
+
+def _threshold_words(fraction: float, peak_suv: float, floor: float, radius_mm: float) -> str:
+    over = f" over background {floor:.2f}" if floor else ""
+    return f"voxels >= {fraction:.0%} of SUVmax {peak_suv:.2f}{over} within {radius_mm:g} mm"
 
 
 def add_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], structure: str | int,
-               fraction: float = DEFAULT_FRACTION, radius_mm: float = DEFAULT_RADIUS_MM) -> Edit:
+               fraction: float = DEFAULT_FRACTION, radius_mm: float = DEFAULT_RADIUS_MM,
+               background: bool = True) -> Edit:
     """Add the PET-avid region at ``point_mm`` (:func:`avid_region`) to ``structure``; other lesions stay."""
     value = structure_value(structure)
-    region, peak_suv = avid_region(label, pet, point_mm, fraction, radius_mm)
+    region, peak_suv, floor = avid_region(label, pet, point_mm, fraction, radius_mm, background)
     array = sitk.GetArrayFromImage(label)
     grow = region & (array == 0)  # other lesions, of either structure, stay as they are
     voxels = int(grow.sum())
     if voxels == 0:
-        raise InputError(f"nothing to add at {_fmt(point_mm)} mm: the region above {fraction:.0%} of SUVmax "
-                         f"{peak_suv:.2f} is already segmented")
+        raise InputError(f"nothing to add at {_fmt(point_mm)} mm: the region "
+                         f"({_threshold_words(fraction, peak_suv, floor, radius_mm)}) is already segmented")
     array[grow] = value
     ml = voxels * float(np.prod(label.GetSpacing())) / 1000.0
     return Edit(_replaced(label, array), "add", LABELS[value], voxels, tuple(float(v) for v in point_mm),
-                f"added {ml:.2f} mL to {LABELS[value]} at {_fmt(point_mm)} mm: voxels >= {fraction:.0%} of SUVmax "
-                f"{peak_suv:.2f} within {radius_mm:g} mm")
+                f"added {ml:.2f} mL to {LABELS[value]} at {_fmt(point_mm)} mm: "
+                f"{_threshold_words(fraction, peak_suv, floor, radius_mm)}")
 
 
 def redraw_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], fraction: float = DEFAULT_FRACTION,
-                  radius_mm: float = DEFAULT_RADIUS_MM, tolerance_mm: float = TOLERANCE_MM) -> Edit:
+                  radius_mm: float = DEFAULT_RADIUS_MM, tolerance_mm: float = TOLERANCE_MM,
+                  background: bool = True) -> Edit:
     """Replace the lesion at ``point_mm`` by the PET-avid region there (:func:`avid_region`): a boundary too
     tight or too wide, fixed in one click. The lesion keeps its structure; the other structure is untouched."""
     array = sitk.GetArrayFromImage(label)
     lesion, value = _lesion_at(array, label, point_mm, tolerance_mm)
-    region, peak_suv = avid_region(label, pet, point_mm, fraction, radius_mm)
+    region, peak_suv, floor = avid_region(label, pet, point_mm, fraction, radius_mm, background)
     before = array.copy()
     array[lesion] = 0
     array[region & (array == 0)] = value
     voxels = int(np.count_nonzero(array != before))
     ml = float(np.count_nonzero(array[region] == value)) * float(np.prod(label.GetSpacing())) / 1000.0
     return Edit(_replaced(label, array), "redraw", LABELS[value], voxels, tuple(float(v) for v in point_mm),
-                f"redrew the {LABELS[value]} lesion at {_fmt(point_mm)} mm as {ml:.2f} mL: voxels >= {fraction:.0%} "
-                f"of SUVmax {peak_suv:.2f} within {radius_mm:g} mm")
+                f"redrew the {LABELS[value]} lesion at {_fmt(point_mm)} mm as {ml:.2f} mL: "
+                f"{_threshold_words(fraction, peak_suv, floor, radius_mm)}")
 
 
 def _lesion_at(array: np.ndarray, label: sitk.Image, point_mm: Sequence[float],
@@ -222,18 +250,19 @@ ACTIONS = ("add", "remove", "relabel", "redraw")
 
 def edit_at(label: sitk.Image, pet: sitk.Image, action: str, point_mm: Sequence[float],
             structure: str | int | None = None, fraction: float = DEFAULT_FRACTION,
-            radius_mm: float = DEFAULT_RADIUS_MM) -> Edit:
+            radius_mm: float = DEFAULT_RADIUS_MM, background: bool = True) -> Edit:
     """One click by name, as the command line, the module and the simulated editor make it.
 
     ``structure``: the structure to add to ("add"), the one to switch to ("relabel"; None: the other);
-    ignored by "remove" and "redraw". ``fraction`` and ``radius_mm`` bound "add" and "redraw".
+    ignored by "remove" and "redraw". ``fraction``, ``radius_mm`` and ``background`` bound "add" and
+    "redraw" (:func:`avid_region`).
     """
     if action == "add":
-        return add_lesion(label, pet, point_mm, structure, fraction, radius_mm)
+        return add_lesion(label, pet, point_mm, structure, fraction, radius_mm, background)
     if action == "remove":
         return remove_lesion(label, point_mm)
     if action == "relabel":
         return relabel_lesion(label, point_mm, structure)
     if action == "redraw":
-        return redraw_lesion(label, pet, point_mm, fraction, radius_mm)
+        return redraw_lesion(label, pet, point_mm, fraction, radius_mm, background=background)
     raise ValueError(f"unknown click action {action!r}; known: {', '.join(ACTIONS)}")

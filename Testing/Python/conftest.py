@@ -14,6 +14,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+#: In CI (CI=true) a skip is a failure (no_skips_in_ci.py).
+pytest_plugins = ["no_skips_in_ci"]
+
 #: A narrow PSAM U-Net: fast enough for end-to-end command tests on the CPU.
 SMALL_NETWORK_CHANNELS = (4, 8, 16, 32, 64)
 

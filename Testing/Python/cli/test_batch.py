@@ -180,3 +180,27 @@ def test_department_folders_of_any_name_are_cases(tmp_path):
                      summary=tmp_path / "out" / "summary.csv", make_segmenter=ThresholdSegmenter, progress=False)
     assert [r["status"] for r in rows] == [DONE, DONE]
     assert (tmp_path / "out" / "12345678" / "12345678_seg.nii.gz").exists()
+
+
+def test_two_workers_segment_what_one_does_and_a_failed_case_gives_status_1(hecktor_root, small_model, tmp_path,
+                                                                           capsys):
+    """``--workers 2`` runs the model in two processes: the same label maps and rows as one process, the broken
+    case reported, and exit status 1 because a case failed."""
+    outs = {}
+    for workers in (1, 2):
+        outs[workers] = tmp_path / f"out{workers}"
+        code = main(["batch", "--input", str(hecktor_root), "--out", str(outs[workers]), "--workers", str(workers),
+                     "--model", str(small_model), "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert code == 1, err
+        summary = _summary(outs[workers] / "summary.csv")
+        assert [summary[c]["status"] for c in ("CHUM-001", "CHUM-002", "CHUP-003")] == [DONE, DONE, FAILED]
+        assert "CHUP-003__PT.nii.gz" in summary["CHUP-003"]["message"]
+    for case in ("CHUM-001", "CHUM-002"):
+        one, two = (sitk.ReadImage(str(outs[w] / case / f"{case}_seg.nii.gz")) for w in (1, 2))
+        assert sitk.GetArrayFromImage(one).any()  # the random-weight model labels voxels: a real comparison
+        assert sitk.GetArrayFromImage(one).tobytes() == sitk.GetArrayFromImage(two).tobytes()
+        assert one.GetOrigin() == two.GetOrigin() and one.GetDirection() == two.GetDirection()
+        rows = [_summary(outs[w] / "summary.csv")[case] for w in (1, 2)]
+        assert {k: v for k, v in rows[0].items() if "seconds" not in k} == \
+            {k: v for k, v in rows[1].items() if "seconds" not in k}

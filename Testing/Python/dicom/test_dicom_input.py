@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-pydicom = pytest.importorskip("pydicom")
+import pydicom
 
 from HNTumorSegLib.cases.inputs import read_case
 from HNTumorSegLib.cli import main
@@ -31,6 +31,14 @@ from HNTumorSegLib.dicom.suv import suv_conversion
 HAND_SUV_FACTOR_START = 2.96075e-4
 #: ADMIN: no decay, 75 000 / 370e6.
 HAND_SUV_FACTOR_ADMIN = 2.02703e-4
+#: GE private scan time 10:15, 45 min after injection: decay 2^(-2700 / 6586.2) = 2^(-0.409948) = 0.752650;
+#: 370e6 x 0.752651 = 278.481 MBq; 75 000 / 278.481e6 = 2.69319e-4.
+HAND_SUV_FACTOR_GE = 2.69319e-4
+#: Philips counts with the activity concentration factor 0.25 Bq/mL per count: 0.25 x 2.96075e-4.
+HAND_SUV_FACTOR_PHILIPS_ACTIVITY = 7.40188e-5
+#: Uptake of exactly 24 h: decay 2^(-86400 / 6586.2) = 2^(-13.118338) = 1.12457e-4; 370e6 x 1.12457e-4 =
+#: 41609 Bq; 75 000 / 41609 = 1.80249.
+HAND_SUV_FACTOR_24H = 1.80249
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +151,93 @@ def test_missing_slice_and_no_series_are_errors(dicom_case, tmp_path):
         read_series(tmp_path / "empty", "CT")
 
 
+# ------------------------------------------------------------------------------ series geometry
+
+def _small_ct_series(folder):
+    """A CT series of 5 slices of 8 x 8 at 1 x 1 x 2 mm; (series UID, files in slice order)."""
+    image = sitk.GetImageFromArray(np.arange(5 * 8 * 8, dtype=np.int16).reshape(5, 8, 8))
+    image.SetSpacing((1.0, 1.0, 2.0))
+    image.SetOrigin((-4.0, -4.0, 0.0))
+    uid = write_ct_series(image, folder, DicomStudy("geometry"), shuffle=False)
+    return uid, sorted(folder.iterdir())
+
+
+def _edit(path, **changes):
+    """Rewrite one slice with some attributes changed."""
+    ds = pydicom.dcmread(path)
+    for key, value in changes.items():
+        setattr(ds, key, value)
+    ds.save_as(path)
+
+
+def _duplicated_file(folder, uid, files):
+    shutil.copy(files[2], folder / "S2_0002_copy.dcm")  # a second copy of a slice, as a repeated export leaves
+    return f"{folder}: series {uid}: two slices share one position"
+
+
+def _rotated_slice(folder, uid, files):
+    _edit(files[3], ImageOrientationPatient=["0.999848", "0.017452", "0", "-0.017452", "0.999848", "0"])  # 1 degree
+    return f"{folder}: series {uid}: slices have differing orientations (S2_0003.dcm)"
+
+
+def _other_pixel_spacing(folder, uid, files):
+    _edit(files[3], PixelSpacing=["1.2", "1.2"])
+    return f"{folder}: series {uid}: slices have differing pixel spacings (S2_0003.dcm)"
+
+
+def _other_size(folder, uid, files):
+    ds = pydicom.dcmread(files[3])
+    _edit(files[3], Rows=4, PixelData=ds.PixelData[:4 * 8 * 2])
+    return f"{folder}: series {uid}: slices have differing sizes (S2_0003.dcm)"
+
+
+def _gantry_tilt(folder, uid, files):
+    for k, path in enumerate(files):  # a 14 degree tilt: each 2 mm slice 0.5 mm further along y, axial planes
+        x, y, z = (float(v) for v in pydicom.dcmread(path).ImagePositionPatient)
+        _edit(path, ImagePositionPatient=[f"{x:.4f}", f"{y + 0.5 * k:.4f}", f"{z:.4f}"], GantryDetectorTilt="14")
+    return f"{folder}: series {uid}: slice positions drift off the slice normal (gantry tilt?)"
+
+
+def _multi_frame(folder, uid, files):
+    ds = pydicom.dcmread(files[2])
+    _edit(files[2], NumberOfFrames=2, PixelData=ds.PixelData * 2)  # complete 2-frame pixel data
+    return f"{files[2]}: multi-frame image (2 frames); only single-frame CT and PET series are read"
+
+
+def _no_orientation(folder, uid, files):
+    ds = pydicom.dcmread(files[3])
+    del ds.ImageOrientationPatient
+    ds.save_as(files[3])
+    return f"{files[3]}: ImageOrientationPatient is missing; cannot place the slice in space"
+
+
+def _one_slice(folder, uid, files):
+    for path in files[1:]:
+        path.unlink()
+    return f"{folder}: series {uid}: one slice only; a 3D volume is needed"
+
+
+@pytest.mark.parametrize("damage", [_duplicated_file, _rotated_slice, _other_pixel_spacing, _other_size,
+                                    _gantry_tilt, _multi_frame, _no_orientation, _one_slice],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_series_geometry_that_is_not_one_grid_is_a_one_line_error(damage, tmp_path, capsys):
+    """A series that is not one regular stack of single-frame slices cannot become one volume; guessing
+    (dropping a slice, resampling a tilt) would move every contour, so the read stops and says why."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    uid, files = _small_ct_series(folder)
+    assert read_series(folder, "CT").image.GetSize() == (8, 8, 5), "the series must read before the damage"
+    needle = damage(folder, uid, files)
+    with pytest.raises(InputError, match=re.escape(needle)) as err:
+        read_series(folder, "CT")
+    assert str(err.value).startswith(needle) and "\n" not in str(err.value)
+    code = main(["preprocess", "--ct", str(folder), "--pet", str(folder), "--out", str(tmp_path / "pre")])
+    out = capsys.readouterr().err
+    assert code == 2
+    assert out.count("\n") == 1 and out.startswith(f"hntumorseg: error: {needle}")
+    assert not (tmp_path / "pre").exists()
+
+
 # ------------------------------------------------------------------------------------------- SUV
 
 def _pet_header(**changes):
@@ -183,6 +278,35 @@ def test_injection_time_of_day_only_and_midnight():
     assert conv.tags["uptake_s"] == 3600 and "day before" in conv.tags["injection_source"]
 
 
+def test_a_time_of_day_injection_after_the_scan_is_not_moved_a_whole_day_back():
+    """The evening-before rule is for a scan just after midnight; an injection at 11:30 and a scan at 10:30 of the
+    same day contradict each other (23 h of uptake would give an SUV factor 4,000 times too large)."""
+    h = _pet_header(RadiopharmaceuticalStartDateTime=None)
+    h.RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalStartTime = "113000"
+    with pytest.raises(InputError, match=r"radiopharmaceutical start 2024-03-05T11:30:00 .* -60 min apart"):
+        suv_conversion([h], "PET")
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"SeriesTime": "10:30"}, None),  # ACR-NEMA separators, still allowed on reading: 10:30, not 10:00
+    ({"SeriesDate": "2024.03.05", "AcquisitionDate": "2024.03.05"}, None),
+    ({"SeriesTime": "10h30"}, "SeriesDate/SeriesTime (0008,0021)/(0008,0031) is '20240305' and '10h30', not a DICOM"),
+    ({"RadiopharmaceuticalStartDateTime": "2024-03-05 09:30"}, "RadiopharmaceuticalStartDateTime (0018,1078) is "
+                                                               "'2024-03-05 09:30', not a DICOM date and time"),
+    ({"AcquisitionTime": "1030000"}, "AcquisitionDate/AcquisitionTime (0008,0022)/(0008,0032) is"),
+])
+def test_dates_and_times_are_read_strictly(changes, needle):
+    """pydicom's parser reads "10:15" as 10:00 without a word; a wrong time is a wrong decay factor. Separators of
+    the old ACR-NEMA forms are dropped; anything else that is not a DICOM date/time is a one-line error."""
+    if needle is None:
+        assert suv_conversion([_pet_header(**changes)], "PET").factor == pytest.approx(HAND_SUV_FACTOR_START,
+                                                                                        rel=1e-5)
+    else:
+        with pytest.raises(InputError, match=re.escape(needle)) as err:
+            suv_conversion([_pet_header(**changes)], "PET")
+        assert "\n" not in str(err.value)
+
+
 def test_post_processed_series_time_falls_back_to_the_first_acquisition():
     h = _pet_header(SeriesTime="120000")  # series re-created later; acquisition stayed at 10:30
     conv = suv_conversion([h], "PET")
@@ -207,6 +331,118 @@ def test_missing_or_implausible_tags_are_one_line_errors(changes, needle):
     with pytest.raises(InputError, match=re.escape(needle)) as err:
         suv_conversion([_pet_header(**changes)], "PET")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("vr,value", [("DT", "20240305101500"), ("TM", "101500")], ids=["datetime", "time-of-day"])
+def test_ge_private_scan_time_is_the_scan_start_of_a_post_processed_series(vr, value):
+    """A GE series re-created after the scan gets a later series time; GE keeps the true scan start in
+    (0009,100D), which beats the first acquisition time (here 10:30, 15 min after it)."""
+    h = _pet_header(SeriesTime="120000")
+    h.private_block(0x0009, "GEMS_PETD_01", create=True).add_new(0x0D, vr, value)
+    conv = suv_conversion([h], "PET")
+    assert conv.factor == pytest.approx(HAND_SUV_FACTOR_GE, rel=1e-5)
+    assert conv.tags["uptake_s"] == 2700 and "(0009,100D)" in conv.tags["scan_start_source"]
+    assert conv.tags["scan_start"] == "2024-03-05T10:15:00"
+    plain = _pet_header()  # series time not after the acquisition: the series time stays the scan start
+    plain.private_block(0x0009, "GEMS_PETD_01", create=True).add_new(0x0D, vr, value)
+    conv = suv_conversion([plain], "PET")
+    assert conv.factor == pytest.approx(HAND_SUV_FACTOR_START, rel=1e-5)
+    assert "SeriesDate/SeriesTime" in conv.tags["scan_start_source"]
+
+
+def test_philips_activity_factor_turns_counts_into_bqml_then_suv():
+    """Without the SUV scale factor (7053,1000), counts x (7053,1009) are Bq/mL and the BQML rule applies."""
+    h = _pet_header(Units="CNTS")
+    h.private_block(0x7053, "Philips PET Private Group", create=True).add_new(0x09, "DS", "0.25")
+    conv = suv_conversion([h], "PET")
+    assert conv.factor == pytest.approx(HAND_SUV_FACTOR_PHILIPS_ACTIVITY, rel=1e-5)
+    assert conv.units == "CNTS" and "(7053,1009)" in conv.method
+    assert conv.tags["PhilipsActivityConcentrationScaleFactor_7053_1009"] == 0.25
+    assert conv.tags["uptake_s"] == 3600
+    h = _pet_header(Units="CNTS", PatientWeight=None)  # the BQML tags are still needed
+    h.private_block(0x7053, "Philips PET Private Group", create=True).add_new(0x09, "DS", "0.25")
+    with pytest.raises(InputError, match=re.escape("PatientWeight (0010,1030) is missing")):
+        suv_conversion([h], "PET")
+
+
+def test_philips_counts_without_the_suv_factor_read_back_as_suv(tmp_path):
+    """End to end: a Philips export lacking (7053,1000) in every slice still reads back as the phantom's SUV."""
+    case = make_phantom(12, "head", ct_matrix=64, n_nodes=0)
+    study = write_dicom_case(case, tmp_path, PetAcquisition(units="CNTS"))
+    for path in read_series(tmp_path, "PT").files:
+        ds = pydicom.dcmread(path)
+        del ds[ds.private_block(0x7053, "Philips PET Private Group").get_tag(0x00)]
+        ds.save_as(path)
+    inputs = read_case(tmp_path, tmp_path, pet_series=study.written["pet"])
+    assert "(7053,1009)" in inputs.suv["method"]
+    assert inputs.suv["suv_factor"] == pytest.approx(HAND_SUV_FACTOR_PHILIPS_ACTIVITY, rel=1e-5)
+    truth = sitk.GetArrayFromImage(case.pet)
+    assert np.abs(sitk.GetArrayFromImage(inputs.pet) - truth).max() <= 1e-4 * truth.max()
+
+
+def test_philips_suv_factor_must_be_one_positive_value():
+    """One factor per series: slices that disagree, or a factor of zero, give no SUV to trust."""
+    a, b = _pet_header(Units="CNTS"), _pet_header(Units="CNTS")
+    a.private_block(0x7053, "Philips PET Private Group", create=True).add_new(0x00, "DS", "0.0002")
+    b.private_block(0x7053, "Philips PET Private Group", create=True).add_new(0x00, "DS", "0.0003")
+    with pytest.raises(InputError, match=re.escape("Philips SUV scale factor (7053,1000) differs between slices")):
+        suv_conversion([a, b], "PET")
+    assert suv_conversion([a, a], "PET").factor == pytest.approx(0.0002)
+    zero = _pet_header(Units="CNTS")
+    zero.private_block(0x7053, "Philips PET Private Group", create=True).add_new(0x00, "DS", "0")
+    with pytest.raises(InputError, match=re.escape("Philips SUV scale factor (7053,1000) is 0, not positive")):
+        suv_conversion([zero], "PET")
+
+
+def test_units_gml_is_taken_as_suv_without_dose_tags():
+    """Units GML: the scanner already wrote SUVbw, so weight, dose and decay tags are not needed."""
+    h = _pet_header(Units="GML", PatientWeight=None, DecayCorrection=None, RadionuclideTotalDose=None)
+    conv = suv_conversion([h], "PET")
+    assert conv.factor == 1.0 and conv.units == "GML" and conv.tags == {"Units": "GML"}
+    assert conv.to_dict()["suv_factor_unit"] == "SUV per g/mL"
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"PatientWeight": "0.9"}, "PatientWeight (0010,1030) is 0.9 kg, implausible (expected 1 to 500 kg)"),
+    ({"PatientWeight": "501"}, "PatientWeight (0010,1030) is 501 kg, implausible (expected 1 to 500 kg)"),
+    ({"RadionuclideTotalDose": "999999"},
+     "RadionuclideTotalDose (0018,1074) is 999999 Bq, implausible (expected 1e+06 to 5e+10 Bq)"),
+    ({"RadionuclideTotalDose": "5.1e10"},
+     "RadionuclideTotalDose (0018,1074) is 5.1e+10 Bq, implausible (expected 1e+06 to 5e+10 Bq)"),
+    ({"RadionuclideHalfLife": "59"}, "RadionuclideHalfLife (0018,1075) is 59 s, implausible (expected 60 to 1e+07 s)"),
+    ({"RadionuclideHalfLife": "1.1e7"},
+     "RadionuclideHalfLife (0018,1075) is 1.1e+07 s, implausible (expected 60 to 1e+07 s)"),
+    ({"RadiopharmaceuticalStartDateTime": "20240305103100"}, "are -1 min apart, implausible"),
+    ({"RadiopharmaceuticalStartDateTime": "20240304102900"}, "are 1441 min apart, implausible"),
+])
+def test_each_plausibility_bound_is_enforced(changes, needle):
+    """Just outside each bound (both sides) is refused: such a tag is more likely wrong or in other units."""
+    with pytest.raises(InputError, match=re.escape(needle)) as err:
+        suv_conversion([_pet_header(**changes)], "PET")
+    assert "\n" not in str(err.value)
+
+
+def test_non_numeric_weight_is_an_error_naming_the_tag():
+    """A weight written with its unit is not guessed at."""
+    h = _pet_header()
+    h.add_new(0x00101030, "LO", "75 kg")  # PatientWeight with a VR that lets the text in
+    with pytest.raises(InputError, match=re.escape("PatientWeight (0010,1030) is '75 kg', not a number")):
+        suv_conversion([h], "PET")
+
+
+@pytest.mark.parametrize("changes,factor", [
+    ({"PatientWeight": "1", "DecayCorrection": "ADMIN"}, 1000 / 370e6),
+    ({"PatientWeight": "500", "DecayCorrection": "ADMIN"}, 500_000 / 370e6),
+    ({"RadionuclideTotalDose": "1e6", "DecayCorrection": "ADMIN"}, 75_000 / 1e6),
+    ({"RadionuclideTotalDose": "5e10", "DecayCorrection": "ADMIN"}, 75_000 / 5e10),
+    ({"RadionuclideHalfLife": "60", "DecayCorrection": "ADMIN"}, HAND_SUV_FACTOR_ADMIN),
+    ({"RadionuclideHalfLife": "1e7", "DecayCorrection": "ADMIN"}, HAND_SUV_FACTOR_ADMIN),
+    ({"RadiopharmaceuticalStartDateTime": "20240305103000"}, HAND_SUV_FACTOR_ADMIN),  # uptake 0: no decay
+    ({"RadiopharmaceuticalStartDateTime": "20240304103000"}, HAND_SUV_FACTOR_24H),
+])
+def test_values_on_the_plausibility_bounds_are_accepted(changes, factor):
+    """The bounds are inclusive: a true 500 kg patient or a 24 h uptake still gets its SUV."""
+    assert suv_conversion([_pet_header(**changes)], "PET").factor == pytest.approx(factor, rel=1e-5)
 
 
 def test_philips_counts_use_the_private_suv_factor(case, tmp_path):

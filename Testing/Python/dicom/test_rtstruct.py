@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-pydicom = pytest.importorskip("pydicom")
+import pydicom
 
 from HNTumorSegLib.cli import main
 from HNTumorSegLib.dicom.contours import boundary_polygons, rasterise, slice_polygons

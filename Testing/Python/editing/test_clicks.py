@@ -74,12 +74,12 @@ def test_add_grows_the_missed_node_from_a_click_beside_its_peak(case):
 def test_add_never_overwrites_the_other_structure_and_follows_the_threshold(case):
     label, pet, truth = case
     # a click on the primary asking for GTVn: every primary voxel stays GTVp (at most the PET's blur halo is added)
-    edit = add_lesion(label, pet, point_of(PRIMARY), "GTVn")
+    edit = add_lesion(label, pet, point_of(PRIMARY), "GTVn", fraction=0.3)
     after = sitk.GetArrayFromImage(edit.label)
-    assert (after[sphere(PRIMARY, 10)] == 1).all() and edit.voxels < 0.3 * sphere(PRIMARY, 10).sum()
+    assert (after[sphere(PRIMARY, 10)] == 1).all() and 0 < edit.voxels < 0.3 * sphere(PRIMARY, 10).sum()
     # once the whole region is segmented, there is nothing to add
     with pytest.raises(InputError, match="already segmented"):
-        add_lesion(edit.label, pet, point_of(PRIMARY), "GTVn")
+        add_lesion(edit.label, pet, point_of(PRIMARY), "GTVn", fraction=0.3)
     # a higher threshold draws a smaller region
     wide = add_lesion(label, pet, point_of(MISSED), 2, fraction=0.3).voxels
     tight = add_lesion(label, pet, point_of(MISSED), 2, fraction=0.7).voxels
@@ -94,6 +94,38 @@ def test_add_is_bounded_by_the_radius(case):
     added = np.argwhere(sitk.GetArrayFromImage(edit.label) != sitk.GetArrayFromImage(label))
     reach = np.abs((added - np.array(MISSED)) * np.array(SPACING[::-1]))
     assert np.sqrt((reach ** 2).sum(axis=1)).max() <= 5.0 + 1e-9
+
+
+def weak_and_necrotic_nodes():
+    """A weak node (SUV 2.2 on a background of 1.0) and a necrotic one (a rim of SUV 8 around a cold core)."""
+    pet = np.full(SHAPE, 1.0, np.float32)
+    pet[sphere(MISSED, 7)] = 2.2
+    necrotic = sphere(NODE, 9)
+    pet[necrotic] = 8.0
+    pet[sphere(NODE, 5)] = 1.0
+    pet = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image(pet), 1.5))
+    return image(np.zeros(SHAPE, np.uint8)), image(pet), necrotic
+
+
+def test_the_threshold_is_taken_over_the_local_background():
+    label, pet, _ = weak_and_necrotic_nodes()
+    corrected = add_lesion(label, pet, point_of(MISSED), "GTVn")
+    plain = add_lesion(label, pet, point_of(MISSED), "GTVn", background=False)
+    weak = sphere(MISSED, 7)
+    # 41 % of SUVmax 2.2 lies below the background: the plain threshold fills the whole reach; over the background
+    # the node is found
+    assert dice(sitk.GetArrayFromImage(corrected.label) == 2, weak) > 0.8
+    assert dice(sitk.GetArrayFromImage(plain.label) == 2, weak) < 0.3
+    assert "over background 1.00" in corrected.message and "background" not in plain.message
+    with pytest.raises(InputError, match="no PET uptake above the background"):
+        add_lesion(label, image(np.full(SHAPE, 1.0, np.float32)), point_of(MISSED), "GTVn")
+
+
+def test_a_necrotic_core_is_part_of_the_added_lesion():
+    label, pet, necrotic = weak_and_necrotic_nodes()
+    added = sitk.GetArrayFromImage(add_lesion(label, pet, point_of((NODE[0], NODE[1], NODE[2] + 7)), "GTVn").label)
+    assert (added[sphere(NODE, 4)] == 2).all()  # the cold core, enclosed by the rim, is filled
+    assert dice(added == 2, necrotic) > 0.8
 
 
 def test_remove_takes_the_lesion_under_or_beside_the_click(case):

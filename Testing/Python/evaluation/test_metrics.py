@@ -16,8 +16,8 @@ from scipy.ndimage import gaussian_filter
 from HNTumorSegLib.evaluation.metrics import (aggregated_dice, aggregated_f1, dice, hd95, match_lesions,
                                               score_case, surface_distances)
 
-monai_metrics = pytest.importorskip("monai.metrics")
-torch = pytest.importorskip("torch")
+import monai.metrics as monai_metrics
+import torch
 
 
 # --- helpers ---------------------------------------------------------------------------------

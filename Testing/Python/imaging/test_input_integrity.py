@@ -31,7 +31,7 @@ from HNTumorSegLib.phantom.dicom import DicomStudy, write_ct_series, write_pet_s
 
 from conftest import tiny_ct_pet
 
-pydicom = pytest.importorskip("pydicom")
+import pydicom
 
 #: The test volume: x 40, y 40, z 20 int16 = 64,000 bytes of voxels.
 SHAPE_ZYX = (20, 40, 40)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-pydicom = pytest.importorskip("pydicom")
+import pydicom
 
 from HNTumorSegLib.cases.inputs import read_pet
 from HNTumorSegLib.dicom.series import read_series
