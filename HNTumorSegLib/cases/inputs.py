@@ -94,10 +94,27 @@ def read_pet(path: str | os.PathLike, series_uid: str | None = None, units: str 
 
 def read_case(ct_path: str | os.PathLike, pet_path: str | os.PathLike, *, ct_series: str | None = None,
               pet_series: str | None = None, pet_units: str = "auto") -> CaseInputs:
-    """Read CT and PET; DICOM folders are resolved by modality or the given series UIDs."""
+    """Read CT and PET; DICOM folders are resolved by modality or the given series UIDs.
+
+    Refused (:class:`InputError`): a CT that looks like HU + 1024
+    (:func:`~HNTumorSegLib.imaging.image_checks.ct_offset_problem`), and a DICOM CT and PET of other patients,
+    frames of reference or days (:func:`~HNTumorSegLib.dicom.series.pet_ct_pairing_problem`). A CT or PET
+    given as a file carries no such tags: nothing can be compared then.
+    """
+    from HNTumorSegLib.imaging.image_checks import ct_offset_problem
+
     t0 = time.perf_counter()
     ct, ct_dicom = read_ct(ct_path, ct_series)
+    problem = ct_offset_problem(ct)
+    if problem:
+        raise InputError(f"{ct_path}: {problem}")
     pet, pet_dicom, suv = read_pet(pet_path, pet_series, pet_units)
+    if ct_dicom is not None and pet_dicom is not None:
+        from HNTumorSegLib.dicom.series import pet_ct_pairing_problem
+
+        problem = pet_ct_pairing_problem(ct_dicom, pet_dicom)
+        if problem:
+            raise InputError(problem)
     series = {}
     if ct_dicom is not None:
         series["ct"] = ct_dicom.series.to_dict()

@@ -9,6 +9,14 @@ when the batch is run again. A failing case becomes a row of the summary and the
 ``--shard i/n`` takes every n-th case starting at the i-th (cases sorted by id), so n machines
 given the same command with i = 1..n share a cohort without talking to each other; each shard
 writes its own summary.
+
+Two processes on one output folder (overlapping shards, or the same command started twice by
+mistake) never segment a case at the same time: a process claims a case with an exclusive lock on
+``OUT/.batch/CASE.claim`` while it runs it (the operating system drops the lock when the process ends,
+even when it is killed). A case claimed by another process is reported "running elsewhere" until
+its result is on disk; every summary written reads the other processes' finished cases back (the
+report of a done case, ``OUT/.batch/CASE.failed.json`` of a failed one), so the last summary written lists
+every case with its final status.
 """
 
 from __future__ import annotations
@@ -21,16 +29,19 @@ import re
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 from HNTumorSegLib.errors import InputError
 
 if TYPE_CHECKING:
     from HNTumorSegLib.pipeline.inference import Segmenter
 
-DONE, SKIPPED, FAILED = "done", "done earlier", "failed"
+DONE, SKIPPED, FAILED, ELSEWHERE = "done", "done earlier", "failed", "running elsewhere"
+#: Folder (in OUT) of the claims and failure records that let two processes share an output folder.
+BATCH_STATE = ".batch"
 SUMMARY_COLUMNS = ("case", "status", "seconds", "GTVp_volume_ml", "GTVp_suv_max", "GTVp_tlg",
                    "GTVn_volume_ml", "GTVn_suv_max", "GTVn_tlg", "suv_factor", "source", "message")
 #: One row per lesion of every finished case (see HNTumorSegLib.evaluation.lesions); centroid in LPS mm.
@@ -155,7 +166,10 @@ def case_paths(options: BatchOptions, case: BatchCase) -> dict[str, Path]:
     folder = options.out / case.case_id
     return {"label": folder / f"{case.case_id}_seg.nii.gz", "report": folder / f"{case.case_id}_seg.json",
             "rtstruct": folder / f"{case.case_id}_RTSTRUCT.dcm", "dicom_seg": folder / f"{case.case_id}_SEG.dcm",
-            "log": folder / f"{case.case_id}_error.txt"}
+            "log": folder / f"{case.case_id}_error.txt",
+            # the batch's own state, out of the case folders (a case that fails writes nothing there)
+            "failed": options.out / BATCH_STATE / f"{case.case_id}.failed.json",
+            "claim": options.out / BATCH_STATE / f"{case.case_id}.claim"}
 
 
 def _row(case: BatchCase, status: str, seconds: float, report: Optional[dict] = None, message: str = "") -> dict:
@@ -227,6 +241,91 @@ def run_case(case: BatchCase, options: BatchOptions, segmenter) -> dict:
     return _row(case, FAILED, time.perf_counter() - t0, message=message)
 
 
+@contextmanager
+def case_claim(options: BatchOptions, case: BatchCase) -> Iterator[bool]:
+    """Claim a case for this process while the ``with`` block runs: True if it is ours, False if another
+    process holds it. An exclusive ``flock`` on ``OUT/CASE/.claim``, released by the operating system
+    when the process ends, however it ends (no stale claims after a crash or a kill). Where ``flock``
+    does not exist (Windows) every claim succeeds."""
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    path = case_paths(options, case)["claim"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            mine = False
+        else:
+            mine = True
+        try:
+            yield mine
+        finally:
+            if mine:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def process_case(case: BatchCase, options: BatchOptions, get_segmenter: Callable[[], object]) -> dict:
+    """A case's row: done earlier, running in another process, or run here under this process's claim.
+
+    A failure is recorded (``OUT/.batch/CASE.failed.json``) so that another process's summary can
+    show it; a later success removes it."""
+    from HNTumorSegLib.imaging.image_io import write_json
+
+    row = _earlier_row(case, options)
+    if row is not None:
+        return row
+    if case.problem:
+        return run_case(case, options, None)
+    with case_claim(options, case) as mine:
+        if not mine:
+            return _row(case, ELSEWHERE, 0.0, message="another batch process is segmenting this case")
+        row = _earlier_row(case, options)  # finished by another process just before we claimed it
+        if row is not None:
+            return row
+        _remove_leftovers(case, options)
+        row = run_case(case, options, get_segmenter())
+        failed = case_paths(options, case)["failed"]
+        if row["status"] == FAILED:
+            try:
+                write_json({k: v for k, v in row.items() if k != "lesions"}, failed)
+            except OSError:
+                pass  # the row still reaches this process's summary
+        else:
+            failed.unlink(missing_ok=True)
+    return row
+
+
+def _remove_leftovers(case: BatchCase, options: BatchOptions) -> None:
+    """Temporary files of a process killed while writing this case's outputs (``.NAME.RANDOM...`` beside each
+    output, see image_io.atomic_path). Safe under the case's claim: no other process writes there now."""
+    paths = case_paths(options, case)
+    folder = paths["label"].parent
+    if not folder.is_dir():
+        return
+    prefixes = tuple(f".{path.name}." for path in paths.values() if path.parent == folder)
+    for leftover in folder.iterdir():
+        if leftover.name.startswith(prefixes) and leftover.is_file():
+            leftover.unlink(missing_ok=True)
+
+
+def _refreshed(row: dict, case: BatchCase, options: BatchOptions) -> dict:
+    """A "running elsewhere" row replaced by that process's result, once it is on disk."""
+    if row["status"] != ELSEWHERE:
+        return row
+    earlier = _earlier_row(case, options)
+    if earlier is not None:
+        return earlier
+    try:
+        failed = json.loads(case_paths(options, case)["failed"].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return row
+    return {**row, **{k: failed.get(k, "") for k in SUMMARY_COLUMNS}, "lesions": []}
+
+
 def summary_path(out: Path, shard_spec: Optional[tuple[int, int]]) -> Path:
     return out / ("summary.csv" if shard_spec is None else f"summary_shard-{shard_spec[0]}-of-{shard_spec[1]}.csv")
 
@@ -272,16 +371,19 @@ def run_batch(cases: Sequence[BatchCase], options: BatchOptions, *, summary: Pat
     from tqdm import tqdm
 
     rows: list[dict] = []
-    segmenter = None
+    segmenters: list = []
+
+    def segmenter():  # made once, when the first case needs it
+        if not segmenters:
+            segmenters.append(make_segmenter())
+        return segmenters[0]
+
     bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not progress, file=sys.stderr)
     try:
         for case in cases:
-            row = _earlier_row(case, options)
-            if row is None:
-                if segmenter is None and not case.problem:
-                    segmenter = make_segmenter()
-                row = run_case(case, options, segmenter)
+            row = process_case(case, options, segmenter)
             rows.append(row)
+            rows = [_refreshed(r, c, options) for r, c in zip(rows, cases)]
             write_summary(rows, summary)
             bar.set_postfix_str(f"{case.case_id}: {row['status']}")
             bar.update()
@@ -289,8 +391,18 @@ def run_batch(cases: Sequence[BatchCase], options: BatchOptions, *, summary: Pat
                 bar.write(f"{case.case_id}: failed: {row['message']}")
     finally:
         bar.close()
+    rows = [_refreshed(r, c, options) for r, c in zip(rows, cases)]
     write_summary(rows, summary)  # also for an empty shard
+    _say_elsewhere(rows)
     return rows
+
+
+def _say_elsewhere(rows: Sequence[dict]) -> None:
+    elsewhere = [r["case"] for r in rows if r["status"] == ELSEWHERE]
+    if elsewhere:
+        print(f"{len(elsewhere)} case(s) were being segmented by another batch process ({', '.join(elsewhere[:5])}"
+              f"{', ...' if len(elsewhere) > 5 else ''}); its summary, or this command run again, lists them",
+              file=sys.stderr)
 
 
 def run_batch_parallel(cases: Sequence[BatchCase], options: BatchOptions, *, summary: Path, workers: int,
@@ -325,14 +437,15 @@ def run_batch_parallel(cases: Sequence[BatchCase], options: BatchOptions, *, sum
                 except Exception as exc:  # the worker process died (memory, signal)
                     row = _row(case, FAILED, 0.0, message=f"worker process failed: {type(exc).__name__}: {exc}")
                 rows[case.case_id] = row
-                write_summary([rows[c.case_id] for c in cases if c.case_id in rows], summary)
+                write_summary([_refreshed(rows[c.case_id], c, options) for c in cases if c.case_id in rows], summary)
                 bar.update()
                 if row["status"] == FAILED:
                     bar.write(f"{case.case_id}: failed: {row['message']}")
     finally:
         bar.close()
-    ordered = [rows[c.case_id] for c in cases]
+    ordered = [_refreshed(rows[c.case_id], c, options) for c in cases]
     write_summary(ordered, summary)  # also when every case was done earlier
+    _say_elsewhere(ordered)
     return ordered
 
 
@@ -348,4 +461,4 @@ def _worker_init(options: BatchOptions, threads: int) -> None:
 
 
 def _worker_run(case: BatchCase) -> dict:
-    return run_case(case, _WORKER["options"], _WORKER["segmenter"])
+    return process_case(case, _WORKER["options"], lambda: _WORKER["segmenter"])

@@ -14,7 +14,8 @@ from HNTumorSegLib import LABELS, __version__
 from HNTumorSegLib.cli.guard import run_guarded
 from HNTumorSegLib.cli.edit import add_parser as add_edit_parser, join_click_values
 from HNTumorSegLib.cli.case_inputs import dicom_input_options, print_measurements, read_dicom_aware_inputs
-from HNTumorSegLib.cli.segment_case import run_segmentation
+from HNTumorSegLib.cli.output_paths import model_inputs, refuse_clashes
+from HNTumorSegLib.cli.segment_case import run_segmentation, sidecar_path, uncertainty_path
 from HNTumorSegLib.errors import InputError
 
 #: Phantom seed of ``demo``: outside the seeds of the default training cohort (0..239, see
@@ -45,12 +46,15 @@ def cmd_preprocess(args) -> int:
     from HNTumorSegLib.imaging.image_io import read_image, write_json, write_npy
     from HNTumorSegLib.pipeline.preprocess import preprocess
 
+    out = Path(args.out)
+    refuse_clashes([("--out", out)] + [(f"--out's {name}", out / name)
+                                       for name in ("input.npy", "label.npy", "provenance.json")],
+                   [("--ct", args.ct), ("--pet", args.pet), ("--label", args.label)])
     inputs = read_dicom_aware_inputs(args)
     ct, pet = inputs.ct, inputs.pet
     label = read_image(args.label, "label") if args.label else None
     pre = preprocess(ct, pet, label, ct_name=str(args.ct), pet_name=str(args.pet),
                      label_name=str(args.label))
-    out = Path(args.out)
     write_npy(pre.image, out / "input.npy")
     if pre.label is not None:
         write_npy(pre.label, out / "label.npy")
@@ -66,6 +70,11 @@ def cmd_segment(args) -> int:
     from HNTumorSegLib.dicom.exports import check_dicom_ct, write_dicom_outputs
 
     out = Path(args.out)
+    outputs = [("--out", out), ("the report of --out", sidecar_path(out)), ("--rtstruct", args.rtstruct),
+               ("--dicom-seg", args.dicom_seg), ("--probabilities", args.probabilities)]
+    if args.probabilities:
+        outputs.append(("the uncertainty map of --probabilities", uncertainty_path(args.probabilities)))
+    refuse_clashes(outputs, [("--ct", args.ct), ("--pet", args.pet), *model_inputs(args.model)])
     for option, value in (("--rtstruct", args.rtstruct), ("--dicom-seg", args.dicom_seg)):
         if value:
             check_dicom_ct(args.ct, option)
@@ -98,6 +107,7 @@ def cmd_rtstruct(args) -> int:
     from HNTumorSegLib.imaging.image_io import read_image
     from HNTumorSegLib.dicom.rtstruct import summary_line, write_rtstruct
 
+    refuse_clashes([("--out", args.out)], [("--ct", args.ct), ("--labels", args.labels)])
     check_dicom_ct(args.ct, "rtstruct")
     _, ct_dicom = read_ct(args.ct, args.ct_series)
     label = read_image(args.labels, "label")

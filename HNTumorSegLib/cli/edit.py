@@ -101,6 +101,7 @@ def add_parser(sub) -> None:
 def cmd_edit(args) -> int:
     from HNTumorSegLib import __version__
     from HNTumorSegLib.cli.case_inputs import print_measurements, read_dicom_aware_inputs
+    from HNTumorSegLib.cli.output_paths import refuse_clashes
     from HNTumorSegLib.cli.segment_case import sidecar_path
     from HNTumorSegLib.editing.clicks import edit_at
     from HNTumorSegLib.evaluation.lesions import measurements
@@ -111,6 +112,9 @@ def cmd_edit(args) -> int:
         raise InputError("nothing to do: give at least one --add, --remove, --relabel or --redraw")
     clicks = [(action, *parse_click(action, text)) for action, text in args.clicks]
     report_path = sidecar_path(args.out)
+    refuse_clashes([("--out", args.out), ("the report of --out", report_path)],
+                   [("--labels", args.labels), ("--ct", args.ct), ("--pet", args.pet)],
+                   may_overwrite=[("--out", "--labels")])
     inputs = read_dicom_aware_inputs(args)
     label = read_image(args.labels, "label")
     problem = label_values_problem(label, str(args.labels)) or label_grid_problem(label, inputs.ct, str(args.labels))

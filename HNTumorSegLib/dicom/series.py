@@ -27,6 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.imaging.image_checks import DIRECTION_TOLERANCE, memory_problem, spacing_problem
 from HNTumorSegLib.imaging.input_integrity import check_dicom_file, dicom_file_problem, looks_like_dicom
 
 #: Tags read while listing series (the pixel data is never read then).
@@ -246,6 +247,7 @@ def load_volume(series: SeriesInfo, folder: str | os.PathLike) -> DicomVolume:
         path, problem = series.unreadable[0]
         raise InputError(f"{path}: {problem} (it lies beside the files of {series.modality or 'the'} series "
                          f"{series.uid}, which may be incomplete)")
+    _check_memory(series, where, pydicom)
     slices = []
     for path in series.files:
         check_dicom_file(path, require_pixel_data=True)
@@ -264,7 +266,13 @@ def load_volume(series: SeriesInfo, folder: str | os.PathLike) -> DicomVolume:
     iop = np.asarray([float(v) for v in _required(first, "ImageOrientationPatient", where)], float)
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
+    if not np.all(np.isfinite(iop)) or max(abs(row @ row - 1), abs(col @ col - 1), abs(row @ col)) > DIRECTION_TOLERANCE:
+        raise InputError(f"{where}: ImageOrientationPatient {[round(v, 6) for v in iop.tolist()]} is not two "
+                         "orthogonal unit vectors (a degenerate or sheared orientation); fix the export")
     ps = [float(v) for v in _required(first, "PixelSpacing", where)]
+    problem = spacing_problem(ps[::-1]) if len(ps) == 2 else f"PixelSpacing {ps} is not two values"
+    if problem:
+        raise InputError(f"{where}: PixelSpacing {problem}")
     rows, cols = int(first.Rows), int(first.Columns)
     positions = []
     for path, ds in slices:
@@ -313,6 +321,28 @@ def load_volume(series: SeriesInfo, folder: str | os.PathLike) -> DicomVolume:
     return DicomVolume(series, folder, image, headers, files)
 
 
+#: Bytes a voxel takes, beyond its stored value, while a series is assembled: the stored values are rescaled
+#: into float64, then cast to the volume's type and copied into a SimpleITK image (4 bytes each at most). More
+#: than preprocessing needs afterwards (:data:`~HNTumorSegLib.imaging.image_checks.WORKING_COPIES` x 4 bytes).
+_ASSEMBLY_BYTES = 8 + 2 * 4
+
+
+def _check_memory(series: SeriesInfo, where: str, pydicom) -> None:
+    """The volume, from the first slice's header and the number of slices, must fit in the memory available."""
+    try:
+        ds = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        stored = max(1, int(ds.get("BitsAllocated", 16) or 16) // 8) * int(ds.get("SamplesPerPixel", 1) or 1)
+    except Exception:  # noqa: BLE001 - a header that cannot say its size: the slice checks say what is wrong
+        return
+    per_voxel = stored + _ASSEMBLY_BYTES
+    size = (columns, rows, series.n_images)
+    problem = memory_problem("DICOM " + (series.modality or "image"), size, columns * rows * series.n_images * per_voxel,
+                             f"{per_voxel} bytes a voxel while the slices are assembled")
+    if problem:
+        raise InputError(f"{where}: {problem}")
+
+
 def _pixels(ds, path: Path) -> np.ndarray:
     """The stored values of one slice; a pixel data element that cannot be decoded is the file's fault."""
     try:
@@ -327,3 +357,51 @@ def read_series(folder: str | os.PathLike, modality: str, uid: str | None = None
     """Find, select and load the ``modality`` series under ``folder`` in one call."""
     found = find_series(folder)
     return load_volume(select_series(found, folder, modality, uid, option), folder)
+
+
+#: Most days a PET may lie from its CT: a PET/CT session, or a PET finished after midnight. Further apart,
+#: the anatomy (and the tumour) may have changed, and the two are not one acquisition.
+MAX_DAYS_APART = 2
+#: Where a slice's acquisition date is read, in order of preference.
+_DATE_TAGS = ("AcquisitionDate", "SeriesDate", "ContentDate", "StudyDate")
+
+
+def acquisition_date(volume: DicomVolume) -> tuple[str, object] | None:
+    """(tag, date) of the first slice's acquisition date (AcquisitionDate, else SeriesDate, ContentDate,
+    StudyDate; AcquisitionDateTime when none of them is given), or None when no valid date is given."""
+    import datetime as dt
+
+    header = volume.headers[0]
+    for tag in (*_DATE_TAGS, "AcquisitionDateTime"):
+        text = str(header.get(tag, "") or "").strip()[:8]
+        if len(text) == 8 and text.isdigit():
+            try:
+                return tag, dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+            except ValueError:
+                continue
+    return None
+
+
+def pet_ct_pairing_problem(ct: DicomVolume, pet: DicomVolume) -> str | None:
+    """A message (starting with the PET's folder) when a DICOM CT and PET cannot be one PET/CT study: other
+    patients (PatientID), other frames of reference (FrameOfReferenceUID: their coordinates are unrelated),
+    or acquired more than :data:`MAX_DAYS_APART` days apart. None when they agree, or a tag is missing."""
+    pet_where = f"{pet.folder}: PET series {pet.series.uid}"
+    ct_where = f"the CT ({ct.folder}, series {ct.series.uid})"
+    pet_id, ct_id = str(pet.headers[0].get("PatientID", "") or ""), str(ct.headers[0].get("PatientID", "") or "")
+    if pet_id and ct_id and pet_id != ct_id:
+        return (f"{pet_where} is of PatientID {pet_id!r} but {ct_where} of {ct_id!r}; PET and CT must be of one "
+                "patient: give the PET and CT of one study")
+    if pet.frame_of_reference_uid and ct.frame_of_reference_uid \
+            and pet.frame_of_reference_uid != ct.frame_of_reference_uid:
+        return (f"{pet_where} has FrameOfReferenceUID {pet.frame_of_reference_uid} but {ct_where} has "
+                f"{ct.frame_of_reference_uid}: their patient coordinates are unrelated; give the PET and CT of one "
+                "PET/CT acquisition, or a PET registered and resampled onto the CT's frame of reference")
+    pet_date, ct_date = acquisition_date(pet), acquisition_date(ct)
+    if pet_date and ct_date:
+        days = abs((pet_date[1] - ct_date[1]).days)
+        if days > MAX_DAYS_APART:
+            return (f"{pet_where} was acquired on {pet_date[1].isoformat()} ({pet_date[0]}) but {ct_where} on "
+                    f"{ct_date[1].isoformat()} ({ct_date[0]}), {days} days apart (at most {MAX_DAYS_APART}); give "
+                    "the PET and CT of one PET/CT session")
+    return None

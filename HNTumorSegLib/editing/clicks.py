@@ -35,7 +35,6 @@ from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from HNTumorSegLib import LABELS
 from HNTumorSegLib.errors import InputError
@@ -145,7 +144,8 @@ def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], f
         raise InputError(f"no PET uptake above the background near {_fmt(point_mm)} mm (SUVmax {peak_suv:.2f} "
                          f"within {SEEK_MM:g} mm, background {floor:.2f})")
     ids, _ = lesion_ids((suv >= floor + fraction * (peak_suv - floor)) & reach)
-    region = ndimage.binary_fill_holes(ids == ids[tuple(peak)])
+    grown = sitk.GetImageFromArray((ids == ids[tuple(peak)]).astype(np.uint8))
+    region = sitk.GetArrayFromImage(sitk.BinaryFillhole(grown, fullyConnected=False, foregroundValue=1)) > 0
     mask = np.zeros(label.GetSize()[::-1], bool)
     mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = region
     return mask, peak_suv, floor

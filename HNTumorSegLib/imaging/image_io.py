@@ -3,7 +3,9 @@
 Inputs are anything SimpleITK reads (NIfTI, NRRD, MHA, ...) or a folder holding one DICOM
 series. A user mistake becomes one :class:`InputError` line naming the file; a truncated or
 corrupt file is refused before SimpleITK reads it (SimpleITK reads a cut ``.nii.gz`` without
-complaint; see :mod:`HNTumorSegLib.imaging.input_integrity`). Outputs are written to a temporary file
+complaint; see :mod:`HNTumorSegLib.imaging.input_integrity`), and so is a header that describes no
+usable 3D scalar grid or one too large for the memory available (read from the header alone; see
+:mod:`HNTumorSegLib.imaging.image_checks`). Outputs are written to a temporary file
 beside the target and renamed, so a failure never leaves a half-written file where a finished
 one is expected.
 """
@@ -21,6 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.imaging.image_checks import (direction_problem, image_memory_problem, raw_header_spacing_problem,
+                                                spacing_problem, spatial_direction)
 from HNTumorSegLib.imaging.input_integrity import check_dicom_file, check_input_file, looks_like_dicom
 
 
@@ -30,7 +34,7 @@ def _sitk_reason(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
+def _read_dicom_folder(folder: Path, role: str) -> sitk.Image:
     try:
         series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as exc:
@@ -42,9 +46,25 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
                          "point to a folder with one series")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
     _check_dicom_folder_files(folder, files)
+    _check_dicom_folder_memory(folder, role, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     return reader.Execute()
+
+
+def _check_dicom_folder_memory(folder: Path, role: str, files: tuple[str, ...]) -> None:
+    """The volume the slices make, from the first slice's header, must fit in the memory available."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return  # the series reader says what is wrong
+    rows_columns = tuple(int(n) for n in reader.GetSize()[:2])
+    problem = image_memory_problem(role, (*rows_columns, len(files)), reader.GetPixelID(),
+                                   reader.GetNumberOfComponents())
+    if problem:
+        raise InputError(f"{folder}: {problem}")
 
 
 def _check_dicom_folder_files(folder: Path, series_files: tuple[str, ...]) -> None:
@@ -61,31 +81,77 @@ def _check_dicom_folder_files(folder: Path, series_files: tuple[str, ...]) -> No
             check_dicom_file(path, require_pixel_data=False)
 
 
+def _shape_problem(role: str, dimension: int, size: tuple[int, ...], components: int) -> str | None:
+    """What keeps an image of this shape from being a 3D scalar volume (a 4D one of one frame is one)."""
+    if dimension == 4 and size[3] == 1:
+        dimension, size = 3, size[:3]
+    if dimension != 3:
+        more = "; extract one frame first" if dimension == 4 else ""
+        return f"{role} image is {dimension}D with size {list(size)}; a 3D volume is needed{more}"
+    if components != 1:
+        return (f"{role} image has {components} components per voxel (an RGB or vector image); a scalar volume "
+                "is needed")
+    if 0 in size:
+        return f"{role} image has zero voxels (size {list(size)})"
+    if min(size) < 2:
+        return f"{role} image has size {list(size)}; a 3D volume is needed"
+    return None
+
+
+def _geometry_problem(role: str, dimension: int, spacing: tuple[float, ...], direction: tuple[float, ...]) -> str | None:
+    problem = spacing_problem(spacing[:3])
+    if problem is None and dimension in (3, 4):
+        problem = direction_problem(spatial_direction(direction, dimension))
+    return f"{role} image {problem}" if problem else None
+
+
+def _check_header(path: Path, role: str) -> None:
+    """Refuse a file whose header describes no usable 3D scalar grid, or one too large for the memory
+    available, before its voxels are read."""
+    problem = raw_header_spacing_problem(path)
+    if problem:
+        raise InputError(f"{path}: {role} image {problem}")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        reason = _sitk_reason(exc)
+        if "orthonormal" in reason:  # ITK's NIfTI reader, on a sheared or scaled qform/sform
+            reason += "; the header describes a sheared or scaled grid: resample the image to an orthogonal grid first"
+        raise InputError(f"{path}: cannot read the {role} image ({reason})") from None
+    dimension, size = reader.GetDimension(), tuple(int(n) for n in reader.GetSize())
+    problem = (_shape_problem(role, dimension, size, reader.GetNumberOfComponents())
+               or _geometry_problem(role, dimension, tuple(reader.GetSpacing()), tuple(reader.GetDirection()))
+               or image_memory_problem(role, size[:3], reader.GetPixelID(), reader.GetNumberOfComponents()))
+    if problem:
+        raise InputError(f"{path}: {problem}")
+
+
 def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
-    """Read a 3D scalar volume; ``role`` ("CT", "PET", "label") appears in error messages."""
+    """Read a 3D scalar volume; ``role`` ("CT", "PET", "label") appears in error messages.
+
+    A file's header is checked before its voxels are read (:func:`_check_header`); the image read is
+    checked again (a DICOM folder has no header to check first).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: {role} file not found")
     if not path.is_dir():
         check_input_file(path)
+        _check_header(path, role)
     try:
-        image = _read_dicom_folder(path) if path.is_dir() else sitk.ReadImage(str(path))
+        image = _read_dicom_folder(path, role) if path.is_dir() else sitk.ReadImage(str(path))
     except InputError:
         raise
     except RuntimeError as exc:
         raise InputError(f"{path}: cannot read the {role} image ({_sitk_reason(exc)})") from None
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
-    if image.GetDimension() != 3:
-        raise InputError(f"{path}: {role} image is {image.GetDimension()}D with size "
-                         f"{list(image.GetSize())}; a 3D volume is needed")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{path}: {role} image has {image.GetNumberOfComponentsPerPixel()} components "
-                         "per voxel; a scalar volume is needed")
-    if 0 in image.GetSize():
-        raise InputError(f"{path}: {role} image has zero voxels (size {list(image.GetSize())})")
-    if min(image.GetSize()) < 2:
-        raise InputError(f"{path}: {role} image has size {list(image.GetSize())}; a 3D volume is needed")
+    problem = (_shape_problem(role, image.GetDimension(), tuple(image.GetSize()), image.GetNumberOfComponentsPerPixel())
+               or _geometry_problem(role, image.GetDimension(), image.GetSpacing(), image.GetDirection()))
+    if problem:
+        raise InputError(f"{path}: {problem}")
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         bad = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
         if bad:

@@ -1,13 +1,22 @@
 """The PET-guided "brain peak cut": paper section 2.2, equations (1)-(10).
 
-Pure numpy on the PET resampled to the analysis lattice, ``P`` with shape (Z, Y, X) and index
-z growing toward the head. The window is always 256 x 256 x 112 voxels; where it reaches past
-the lattice the caller pads (CT -1000 HU, PET 0), so every case reaches the network at one size.
+Pure numpy on the PET on the analysis lattice, ``P`` with shape (Z, Y, X) and index z growing
+toward the head. The window is always 256 x 256 x 112 voxels; where it reaches past the lattice
+the caller pads (CT -1000 HU, PET 0), so every case reaches the network at one size.
+
+The equations look at little of the lattice: the top slices down to the first above tau (eq. 1),
+a 20-slice slab (eqs. 2-4), the z-profile inside the 256 x 256 in-plane window (eq. 7) and the
+top slice (eq. 9). So the PET is asked for box by box (:class:`LatticePet`): an array already on
+the lattice (:class:`ArrayLatticePet`), or a sampler that resamples only each box
+(``preprocess``), which never holds the whole lattice (a whole-body PET on 1 x 1 x 3 mm is
+~300 MB of float32; the window's column ~80 MB). Same numbers either way: a box resampled alone
+equals that box of the whole resampled lattice, bit for bit (tested).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -21,6 +30,8 @@ WINDOW_ZYX = (112, 256, 256)
 TOP_SLICE_MEAN = 0.1
 #: Eq. (9): a peak at or below this slice index is too shallow to anchor on.
 SHALLOW_PEAK = 50
+#: Eq. (1) looks down from the top this many slices at a time.
+TOP_CHUNK = 16
 
 
 class NoUptakeError(ValueError):
@@ -73,21 +84,58 @@ def _in_plane_start(centre: float, n: int, half: int) -> int:
     return int(min(max(int(np.floor(centre)) - half, 0), max(0, n - 2 * half)))
 
 
-def find_crop(pet: np.ndarray, tau: float = TAU) -> CropDecision:
-    """Decide the 256 x 256 x 112 window from the PET on the lattice, ``pet`` of shape (Z, Y, X)."""
-    if pet.ndim != 3:
-        raise ValueError(f"PET must be 3D (Z, Y, X), got shape {pet.shape}")
+class LatticePet(Protocol):
+    """The PET on the analysis lattice, handed out box by box (half-open index ranges inside the lattice)."""
+
+    shape: tuple[int, int, int]  # (Z, Y, X)
+
+    def box(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The float32 PET of [z0, z1) x [y0, y1) x [x0, x1), shape (z1 - z0, y1 - y0, x1 - x0)."""
+
+
+class ArrayLatticePet:
+    """A PET already resampled onto the whole lattice."""
+
+    def __init__(self, pet: np.ndarray):
+        if pet.ndim != 3:
+            raise ValueError(f"PET must be 3D (Z, Y, X), got shape {pet.shape}")
+        self.pet = pet
+        self.shape = tuple(int(n) for n in pet.shape)
+
+    def box(self, z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return self.pet[z0:z1, y0:y1, x0:x1]
+
+
+def find_crop(pet: np.ndarray | LatticePet, tau: float = TAU) -> CropDecision:
+    """Decide the 256 x 256 x 112 window from the PET on the lattice (shape (Z, Y, X))."""
+    return find_crop_and_column(pet, tau)[0]
+
+
+def find_crop_and_column(pet: np.ndarray | LatticePet, tau: float = TAU) -> tuple[CropDecision, np.ndarray]:
+    """The window (eqs. 1-10) and the PET column it was found in: every slice of the lattice inside the
+    in-plane window (clipped to the lattice), shape (Z, min(Y, y2) - y1, min(X, x2) - x1). The window's
+    real PET voxels are ``column[z1:z2]`` of the clipped window."""
+    if isinstance(pet, np.ndarray):
+        pet = ArrayLatticePet(pet)
     depth, height, width = WINDOW_ZYX
     n_z, n_y, n_x = pet.shape
 
-    # Eq. (1): the most superior slice with suprathreshold uptake.
-    above = np.flatnonzero(pet.reshape(n_z, -1).max(axis=1) > tau)
-    if above.size == 0:
+    # Eq. (1): the most superior slice with suprathreshold uptake, looking down from the top.
+    z_top, top_slice, z = None, None, n_z
+    while z > 0 and z_top is None:
+        z0 = max(0, z - TOP_CHUNK)
+        block = pet.box(z0, z, 0, n_y, 0, n_x)
+        if top_slice is None:
+            top_slice = block[-1]
+        hot = np.flatnonzero(block.reshape(z - z0, -1).max(axis=1) > tau)
+        if hot.size:
+            z_top = z0 + int(hot[-1])
+        z = z0
+    if z_top is None:
         raise NoUptakeError(f"no PET voxel above SUV {tau}")
-    z_top = int(above[-1])
 
     # Eqs. (2)-(4): centroid of suprathreshold voxels in the 20-slice slab ending at z_top.
-    slab = pet[max(0, z_top - (SLAB - 1)): z_top + 1]
+    slab = pet.box(max(0, z_top - (SLAB - 1)), z_top + 1, 0, n_y, 0, n_x)
     _, ys, xs = np.nonzero(slab > tau)
     x_bar, y_bar = float(xs.mean()), float(ys.mean())
 
@@ -97,12 +145,13 @@ def find_crop(pet: np.ndarray, tau: float = TAU) -> CropDecision:
     x2, y2 = x1 + width, y1 + height
 
     # Eqs. (7)-(8): z-profile inside the in-plane window and its peak.
-    profile = pet[:, y1:y2, x1:x2].sum(axis=(1, 2), dtype=np.float64)
+    column = pet.box(0, n_z, y1, min(y2, n_y), x1, min(x2, n_x))
+    profile = column.sum(axis=(1, 2), dtype=np.float64)
     z_peak = int(np.argmax(profile))
 
     # Eq. (9) on the full most superior slice, then eq. (10) with a fixed depth of 112.
-    top_mean = float(pet[n_z - 1].mean(dtype=np.float64))
+    top_mean = float(top_slice.mean(dtype=np.float64))
     anchor = "top" if (top_mean > TOP_SLICE_MEAN or z_peak <= SHALLOW_PEAK) else "peak"
     z2 = n_z if anchor == "top" else z_peak + 1
     window = CropWindow(x1, x2, y1, y2, z2 - depth, z2)
-    return CropDecision(window, anchor, z_top, z_peak, (x_bar, y_bar), top_mean)
+    return CropDecision(window, anchor, z_top, z_peak, (x_bar, y_bar), top_mean), column

@@ -29,6 +29,7 @@ from torch import nn
 from HNTumorSegLib import LABELS
 from HNTumorSegLib.errors import InputError, ModelFileError
 from HNTumorSegLib.imaging.geometry import LATTICE_SPACING, Geometry
+from HNTumorSegLib.pipeline.crop import WINDOW_ZYX
 from HNTumorSegLib.pipeline.model_file import LoadedModel, load_model
 from HNTumorSegLib.pipeline.model_info import describe_network
 from HNTumorSegLib.pipeline.postprocess import ComponentFilter
@@ -218,6 +219,13 @@ class Segmenter:
             self.postprocess = ComponentFilter.from_meta(self.loaded.meta, source) if postprocess else None
         except ValueError as exc:
             raise ModelFileError(str(exc)) from None
+        for i, (network, member) in enumerate(zip(self.networks, self.loaded.members)):
+            multiple = member.config.size_multiple
+            if network.window is None and any(n % multiple for n in WINDOW_ZYX):
+                who = f"{source} member {i}" if self.loaded.is_ensemble else source
+                raise ModelFileError(f"{who}: a {member.config.levels}-level network needs input sizes divisible by "
+                                     f"{multiple}, and the {' x '.join(map(str, WINDOW_ZYX))} window is not; give "
+                                     "it an inference patch_size that is")
         self.tta = tta
         self.member_seconds = []
         self.disagreement: np.ndarray | None = None

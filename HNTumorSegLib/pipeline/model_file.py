@@ -60,6 +60,10 @@ RESERVED_KEYS = ("format", "format_version", "network", "labels", "weights_sha25
 ENSEMBLE_RESERVED_KEYS = RESERVED_KEYS + ("members", "inference")
 DEFAULT_INTENDED_USE = "Research use only; not a medical device and not for clinical decisions."
 _MAX_LISTED = 3
+#: Most feature channels a level of a network read from a model file may have (the paper's network has
+#: 16 to 256). A JSON asking for more is refused before anything is built: it describes no network this
+#: package trains, and one level of a million channels would need terabytes.
+MAX_CHANNELS = 1024
 
 
 @dataclass(frozen=True)
@@ -366,14 +370,46 @@ def _read_meta(paths: ModelPaths) -> dict[str, Any]:
     return meta
 
 
-def _member_entries(meta: dict[str, Any], jname: str) -> list[MemberEntry]:
-    """The members the JSON describes; ModelFileError for anything malformed."""
+def _size_problem(config: NetworkConfig, inference: Any, where: str) -> str | None:
+    """What makes a network (or its sliding window) too large or unrunnable, or None; checked before anything
+    is built. Channels within 1..:data:`MAX_CHANNELS` (levels are bounded by the config itself); a patch within
+    the analysis window and divisible by the network's size multiple (it is down-sampled levels - 1 times)."""
+    from HNTumorSegLib.pipeline.crop import WINDOW_ZYX
     from HNTumorSegLib.pipeline.sliding_window import InferenceWindow
 
+    for name in ("channels", "psam_channels"):
+        values = getattr(config, name)
+        if any(c > MAX_CHANNELS for c in values):
+            return (f"{where}invalid network config: {name} {list(values)} exceed {MAX_CHANNELS} channels a level "
+                    "(an edited or damaged JSON?)")
+    for name in ("in_channels", "out_channels"):
+        if getattr(config, name) > MAX_CHANNELS:
+            return f"{where}invalid network config: {name} {getattr(config, name)} exceeds {MAX_CHANNELS}"
+    try:
+        window = InferenceWindow.from_entry(inference, where.rstrip(": ") or "model")
+    except ValueError as exc:
+        return str(exc)
+    if window is None:
+        return None
+    patch, multiple = tuple(int(p) for p in window.patch_size), config.size_multiple
+    if any(p > w for p, w in zip(patch, WINDOW_ZYX)):
+        return (f"{where}inference patch_size {list(patch)} exceeds the {' x '.join(map(str, WINDOW_ZYX))} analysis "
+                "window the network sees (an edited or damaged JSON?)")
+    if any(p % multiple for p in patch):
+        return (f"{where}inference patch_size {list(patch)} is not divisible by {multiple}, as the "
+                f"{config.levels}-level network needs")
+    return None
+
+
+def _member_entries(meta: dict[str, Any], jname: str) -> list[MemberEntry]:
+    """The members the JSON describes; ModelFileError for anything malformed."""
     if meta["format_version"] == FORMAT_VERSION:
         if "network" not in meta:
             raise ModelFileError(f"{jname}: missing key 'network'")
         config = NetworkConfig.from_dict(meta["network"], source=jname)
+        problem = _size_problem(config, meta.get("inference"), f"{jname}: ")
+        if problem:
+            raise ModelFileError(problem)
         return [MemberEntry(0, str(meta.get("name") or model_paths(jname).json.stem), config,
                             meta.get("inference"), "", None)]
     for key in ("network", "inference"):
@@ -398,10 +434,9 @@ def _member_entries(meta: dict[str, Any], jname: str) -> list[MemberEntry]:
         if not _is_sha256(m["tensors_sha256"]):
             raise ModelFileError(f"{where}: tensors_sha256 is not a sha256 hex digest")
         config = NetworkConfig.from_dict(m["network"], source=f"{jname} member {i}")
-        try:
-            InferenceWindow.from_entry(m.get("inference"), f"{jname} member {i}")
-        except ValueError as exc:
-            raise ModelFileError(str(exc)) from None
+        problem = _size_problem(config, m.get("inference"), f"{jname} member {i}: ")
+        if problem:
+            raise ModelFileError(problem)
         out.append(MemberEntry(i, m["name"], config, m.get("inference"), member_prefix(i), m["tensors_sha256"]))
     names = [e.name for e in out]
     if len(set(names)) != len(names):

@@ -15,6 +15,7 @@ N_TUNE=${N_TUNE:-45}             # further cases of the training styles, for cho
 N_UNSEEN=${N_UNSEEN:-40}         # cases of the unseen style
 EPOCHS=${EPOCHS:-30}
 STEPS=${STEPS:-100}              # samples per epoch = STEPS x batch size 2
+LR=${LR:-2e-3}                   # peak learning rate; a fine-tune (INIT) may want less
 WORKERS=${WORKERS:-2}
 INIT=${INIT:-}                   # e.g. HNTumorSegLib/models/hntumorseg_phantom_psam.json: fine-tune instead
 TRAIN_STYLES=${TRAIN_STYLES:-classic,legacy,digital}
@@ -29,7 +30,7 @@ run "$BIN/hntumorseg-train" prepare --data "$DATA/train" --out "$DATA/cache" --w
 run "$BIN/hntumorseg-train" prepare --data "$DATA/tune" --out "$DATA/tune_cache" --workers "$WORKERS" --no-progress
 
 run "$BIN/hntumorseg-train" fit --cache "$DATA/cache" --model psam --channels 8 16 32 64 128 --out "$DATA/run" \
-  --patch-size 32 80 80 --batch-size 2 --samples-per-epoch $((STEPS * 2)) --epochs "$EPOCHS" --lr 2e-3 \
+  --patch-size 32 80 80 --batch-size 2 --samples-per-epoch $((STEPS * 2)) --epochs "$EPOCHS" --lr "$LR" \
   --warmup-epochs 1 --p-fg 0.5 --batch-dice --augment default --workers "$WORKERS" --val-every 0 \
   ${INIT:+--init-weights "$INIT"}
 run "$BIN/hntumorseg-train" postprocess --run "$DATA/run" --weights last --cache "$DATA/tune_cache" --split all --quiet

@@ -14,8 +14,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from HNTumorSegLib.cli.batch import (FAILED, SKIPPED, DONE, LESION_COLUMNS, BatchCase, BatchOptions, find_batch_cases, parse_shard,
-                                     run_batch, run_batch_parallel, shard)
+from HNTumorSegLib.cli.batch import (DONE, ELSEWHERE, FAILED, LESION_COLUMNS, SKIPPED, BatchCase, BatchOptions,
+                                     case_paths, find_batch_cases, parse_shard, process_case, run_batch,
+                                     run_batch_parallel, shard)
 from HNTumorSegLib.cli import main
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.pipeline.inference import Segmentation, Segmenter
@@ -204,3 +205,74 @@ def test_two_workers_segment_what_one_does_and_a_failed_case_gives_status_1(heck
         rows = [_summary(outs[w] / "summary.csv")[case] for w in (1, 2)]
         assert {k: v for k, v in rows[0].items() if "seconds" not in k} == \
             {k: v for k, v in rows[1].items() if "seconds" not in k}
+
+
+def test_a_case_claimed_by_another_process_is_not_run_and_its_result_is_read_back(hecktor_root, tmp_path):
+    """Two batch processes on one output folder: a case another process holds is "running elsewhere", not
+    segmented here; once that process has finished it (done or failed), this process's summary shows its result."""
+    import fcntl
+
+    cases = find_batch_cases(hecktor_root)
+    options = BatchOptions(tmp_path / "out")
+    held = {}
+    for case in (cases[0], cases[2]):  # the other process holds CHUM-001 and the broken CHUP-003
+        path = case_paths(options, case)["claim"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        held[case.case_id] = open(path, "a")
+        fcntl.flock(held[case.case_id].fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    class OtherProcessFinishes(ThresholdSegmenter):
+        """While this process segments CHUM-002, the other one finishes its two cases and lets go."""
+
+        def segment(self, ct, pet, **kwargs):
+            for name, handle in held.items():
+                handle.close()  # (closing drops the flock, as the end of a process does)
+                other = next(c for c in cases if c.case_id == name)
+                assert process_case(other, options, ThresholdSegmenter)["status"] in (DONE, FAILED)
+            return super().segment(ct, pet, **kwargs)
+
+    stand_in = OtherProcessFinishes()
+    summary = tmp_path / "out" / "summary.csv"
+    rows = run_batch(cases, options, summary=summary, make_segmenter=lambda: stand_in, progress=False)
+    assert stand_in.calls == 1  # CHUM-002 only: the claimed cases were not segmented here
+    assert [r["status"] for r in rows] == [SKIPPED, DONE, FAILED]  # read back from the other process's results
+    assert "CHUP-003__PT.nii.gz" in rows[2]["message"]
+    on_disk = _summary(summary)
+    assert [on_disk[c]["status"] for c in ("CHUM-001", "CHUM-002", "CHUP-003")] == [SKIPPED, DONE, FAILED]
+    with open(tmp_path / "out" / "lesions.csv", newline="") as fh:
+        assert {row["case"] for row in csv.DictReader(fh)} == {"CHUM-001", "CHUM-002"}
+    # a claim held for the whole run: the case stays "running elsewhere", the run says so
+    with open(case_paths(options, cases[1])["claim"], "a") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        case_paths(options, cases[1])["report"].unlink()
+        again = run_batch(cases, options, summary=summary, make_segmenter=ThresholdSegmenter, progress=False)
+    assert [r["status"] for r in again] == [SKIPPED, ELSEWHERE, FAILED]
+    # the failure record is the other process's: a rerun that succeeds removes it
+    assert case_paths(options, cases[2])["failed"].exists()
+
+
+def test_the_same_batch_command_started_twice_loses_no_row(hecktor_root, small_model, tmp_path):
+    """Two ``hntumorseg batch`` processes at once on one input and output folder: both finish, the last summary
+    lists every case once with its final status, and the lesion table every lesion once."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "HNTumorSegLib.cli", "batch", "--input", str(hecktor_root), "--out", str(out),
+           "--model", str(small_model), "--device", "cpu"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in (1, 2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (stdout, stderr) in zip(procs, results):
+        assert p.returncode in (0, 1), stderr  # 1: the broken case failed in (or was read back by) this process
+        assert "Traceback" not in stderr
+    summary = _summary(out / "summary.csv")
+    assert list(summary) == ["CHUM-001", "CHUM-002", "CHUP-003"]
+    assert {summary[c]["status"] for c in ("CHUM-001", "CHUM-002")} <= {DONE, SKIPPED}
+    assert summary["CHUP-003"]["status"] == FAILED
+    with open(out / "lesions.csv", newline="") as fh:
+        lesions = [(row["case"], row["lesion"]) for row in csv.DictReader(fh)]
+    assert len(lesions) == len(set(lesions)) and {case for case, _ in lesions} == {"CHUM-001", "CHUM-002"}
+    for case in ("CHUM-001", "CHUM-002"):
+        assert sitk.ReadImage(str(out / case / f"{case}_seg.nii.gz")).GetSize() == \
+            sitk.ReadImage(str(hecktor_root / case / f"{case}__CT.nii.gz")).GetSize()

@@ -148,3 +148,60 @@ def test_restore_drops_padding_and_keeps_ct_grid():
     inside &= np.all((lat_idx > -0.5 + 1e-6) & (lat_idx < np.array(lattice.size) - 0.5 - 1e-6), axis=1)
     values = arr[tuple(idx.T)]
     assert np.array_equal(values.astype(bool), inside)
+
+
+def _tilted(case, degrees: float):
+    """The case turned about the patient's long axis: an oblique CT and PET (their lattice is oblique too)."""
+    import dataclasses
+    import math
+
+    a = math.radians(degrees)
+    turn = np.array([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]])
+
+    def rotated(image):
+        out = sitk.Image(image)
+        out.SetOrigin(tuple(float(v) for v in turn @ np.array(image.GetOrigin())))
+        out.SetDirection(tuple(float(v) for v in (turn @ np.array(image.GetDirection()).reshape(3, 3)).ravel()))
+        return out
+
+    return dataclasses.replace(case, ct=rotated(case.ct), pet=rotated(case.pet), label=rotated(case.label))
+
+
+PET_BOX_VARIANTS = {
+    "head": lambda: make_phantom(5, "head"),
+    "whole-body": lambda: make_phantom(2, "whole_body"),
+    "upper-brain-cut": lambda: make_phantom(2, "head_upper", brain_cut=True),
+    "small-fov-flipped": lambda: make_phantom(8, "head", small_fov=True, flip_xy=True),
+    "legacy-style": lambda: make_phantom(910001, "head_upper", style="legacy"),
+    "oblique": lambda: _tilted(make_phantom(21, "head", n_nodes=2), 12.0),
+}
+
+
+@pytest.mark.parametrize("variant", list(PET_BOX_VARIANTS))
+def test_pet_resampled_box_by_box_gives_the_full_lattice_input_bit_for_bit(variant):
+    """The crop asks the PET for the boxes its equations read (issue: no full-lattice PET array); the crop, the
+    provenance, the network input and the label must be exactly those of resampling the whole lattice first."""
+    case = PET_BOX_VARIANTS[variant]()
+    boxes = preprocess(case.ct, case.pet, case.label)
+    full = preprocess(case.ct, case.pet, case.label, pet_path="full")
+    assert json.dumps(boxes.provenance) == json.dumps(full.provenance)
+    assert boxes.image.tobytes() == full.image.tobytes()
+    assert boxes.label.tobytes() == full.label.tobytes()
+    assert boxes.label.any()
+
+
+def test_the_crop_reads_a_fraction_of_the_lattice():
+    """On a whole-body case the boxes the equations read hold about a third of the lattice's voxels, one at a time."""
+    from HNTumorSegLib.pipeline.crop import find_crop_and_column
+    from HNTumorSegLib.pipeline.preprocess import ResampledLatticePet
+
+    case = make_phantom(2, "whole_body")
+    ct_o, pet_o = orient_lps(case.ct), orient_lps(case.pet)
+    source = ResampledLatticePet(pet_o, analysis_lattice(Geometry.of(ct_o)))
+    asked = []
+    real_box = source.box
+    source.box = lambda *b: asked.append((b[1] - b[0]) * (b[3] - b[2]) * (b[5] - b[4])) or real_box(*b)
+    decision, column = find_crop_and_column(source)
+    lattice_voxels = int(np.prod(source.shape))
+    assert decision.anchor == "peak" and sum(asked) < 0.4 * lattice_voxels, (sum(asked), lattice_voxels)
+    assert column.shape == (source.shape[0], 256, 256)

@@ -1,0 +1,72 @@
+"""Outputs that would land on an input, or on each other, refused before anything is read or written.
+
+Why: ``--out CT.nii.gz`` (a slip of the shell's history) would replace the CT with a label map, and the same
+through a symlink, ``./x/../CT.nii.gz`` or a hard link; ``--out M.nii.gz`` beside ``--model M.json`` would
+replace the model's JSON with the report ``M.json``. Outputs are written atomically (a rename), so a link
+itself is replaced rather than the file it points to, but the user asked for the input to be overwritten in
+all of these, which is never what they meant.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from HNTumorSegLib.errors import InputError
+
+#: (what names the path on the command line, the path) of an input or an output.
+Named = tuple[str, Optional[Path]]
+
+
+def _resolved(path: Path) -> Path:
+    return Path(os.path.abspath(path)).resolve(strict=False)
+
+
+def same_path(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` are one file or folder: the same inode when both exist (symlinks, hard links,
+    a case-insensitive file system), else the same absolute path once links and ``..`` are resolved."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return _resolved(a) == _resolved(b)
+
+
+def _spelling(given: Path, other: Path) -> str:
+    if str(given) == str(other):
+        return ""
+    return " (through a link or another spelling of the path)"
+
+
+def refuse_clashes(outputs: Sequence[Named], inputs: Sequence[Named],
+                   may_overwrite: Iterable[tuple[str, str]] = ()) -> None:
+    """Raise :class:`InputError` ``"OUT: --out is the same file as --ct CT; ..."`` when an output is an input
+    file, or two outputs are one file. ``may_overwrite``: (output, input) names allowed to coincide (``edit
+    --out`` may be its ``--labels``: they are read before the result is written). An input folder (DICOM) may
+    be an output folder (``preprocess --out``): files are added to it, none is replaced."""
+    allowed = set(may_overwrite)
+    inputs = [(name, Path(path)) for name, path in inputs if path is not None and not Path(path).is_dir()]
+    outputs = [(name, Path(path)) for name, path in outputs if path is not None]
+    for out_name, out in outputs:
+        for in_name, source in inputs:
+            if (out_name, in_name) not in allowed and same_path(out, source):
+                raise InputError(f"{out}: {out_name} is the same file as {in_name} {source}"
+                                 f"{_spelling(out, source)}; writing it would overwrite that input: "
+                                 "choose another output path")
+    for i, (name_a, a) in enumerate(outputs):
+        for name_b, b in outputs[i + 1:]:
+            if same_path(a, b):
+                raise InputError(f"{b}: {name_b} is the same file as {name_a} {a}{_spelling(b, a)}; "
+                                 "one would overwrite the other: choose another output path")
+
+
+def model_inputs(model: str | os.PathLike | None) -> list[Named]:
+    """The files a ``--model`` option reads (its JSON and weights), as inputs."""
+    if not model:
+        return []
+    from HNTumorSegLib.pipeline.model_info import model_json_path
+
+    json_path = model_json_path(model)
+    return [("--model", json_path), ("--model", json_path.with_suffix(".safetensors"))]

@@ -1,0 +1,311 @@
+"""What a readable image must also be before it is segmented: sane geometry, a size that fits in memory, and
+(for the CT) values in Hounsfield units.
+
+Why: SimpleITK reads many headers that describe no usable grid without a word. A NIfTI ``pixdim`` of 0, NaN
+or infinity is read as 1 mm; a MetaImage ``ElementSpacing`` of NaN as 0; a sheared or scaled NRRD/MetaImage
+direction matrix is kept as it is, and resampling through it puts every voxel in the wrong place. A volume
+too large for the machine is read in full before the first allocation of preprocessing fails (or the kernel
+kills the process). A CT exported as unsigned values without its RescaleIntercept (HU + 1024: air at 0,
+soft tissue near 1024) reads as a valid image whose every voxel looks like bone. Each of these becomes one
+:class:`~HNTumorSegLib.errors.InputError` line naming the file, what is wrong and the fix; the header checks
+run before any voxel is read (see :func:`HNTumorSegLib.imaging.image_io.read_image`).
+
+Checked:
+
+- spacing (:func:`spacing_problem`, :func:`raw_header_spacing_problem`): every spacing finite and > 0, in
+  the grid SimpleITK reports and, for NIfTI, NRRD and MetaImage, in the header text itself (where SimpleITK
+  silently substitutes 1 or 0). A negative spacing is refused too: readers disagree whether it flips the axis.
+- direction (:func:`direction_problem`): finite, not singular, and orthonormal within
+  :data:`DIRECTION_TOLERANCE` (an oblique grid is fine; a sheared or scaled one is not).
+- memory (:func:`memory_problem`): the bytes a volume needs, from its header, against the memory available
+  (``/proc/meminfo`` MemAvailable, and a cgroup v2 limit when lower); ``HNTUMORSEG_MEMORY_LIMIT_MIB`` sets
+  the limit instead (tests; or to keep a shared server's jobs smaller).
+- CT units (:func:`ct_offset_problem`): see its docstring for the rule.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+#: Largest |D^T D - I| entry of a direction matrix still taken as orthonormal. Headers store direction
+#: cosines with 6 to 17 digits (rounding errors below 1e-6); a gantry tilt stored as a shear is 0.01 or more.
+DIRECTION_TOLERANCE = 1e-3
+#: Preprocessing holds an image about this many times over: as read, a snapped or LPS-oriented copy, and the
+#: region handed to the B-spline resampler (measured: 2.4 times a 512 x 512 x 300 CT, int16 or float32); the
+#: rest is margin for the label map and measurements on the CT grid.
+WORKING_COPIES = 3
+#: Environment variable: the memory (MiB) inputs may take, instead of what the machine has available.
+MEMORY_LIMIT_ENV = "HNTUMORSEG_MEMORY_LIMIT_MIB"
+
+#: Bytes per voxel component of SimpleITK's pixel types (vector types: per component).
+_COMPONENT_BYTES = {
+    sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
+    sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8, sitk.sitkFloat32: 4, sitk.sitkFloat64: 8,
+    sitk.sitkVectorUInt8: 1, sitk.sitkVectorInt8: 1, sitk.sitkVectorUInt16: 2, sitk.sitkVectorInt16: 2,
+    sitk.sitkVectorUInt32: 4, sitk.sitkVectorInt32: 4, sitk.sitkVectorUInt64: 8, sitk.sitkVectorInt64: 8,
+    sitk.sitkVectorFloat32: 4, sitk.sitkVectorFloat64: 8, sitk.sitkComplexFloat32: 8, sitk.sitkComplexFloat64: 16,
+}
+_AXES = "xyz"
+
+
+def component_bytes(pixel_id: int) -> int:
+    """Bytes of one voxel component of a SimpleITK pixel type (8 for a type not listed)."""
+    return _COMPONENT_BYTES.get(pixel_id, 8)
+
+
+# ------------------------------------------------------------------------------------- geometry
+
+def _numbers(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def spacing_problem(spacing: Sequence[float]) -> str | None:
+    """What is wrong with a grid's spacing (mm), or None: each must be finite and positive."""
+    for axis, value in zip(_AXES, spacing):
+        if not math.isfinite(value):
+            return (f"spacing {_numbers(spacing)} mm is not finite along {axis}; the header is damaged: write the "
+                    "voxel size (mm) into it")
+        if value <= 0:
+            kind = "zero" if value == 0 else "negative"
+            return (f"spacing {_numbers(spacing)} mm is {kind} along {axis}; every voxel size must be positive "
+                    "(a flipped axis belongs in the direction matrix): fix the header")
+    return None
+
+
+def direction_problem(direction: Sequence[float]) -> str | None:
+    """What is wrong with a 3 x 3 direction matrix (row-major), or None: finite, not singular, orthonormal."""
+    d = np.asarray(direction, float).reshape(3, 3)
+    shown = _numbers(np.round(d, 4).ravel())
+    if not np.all(np.isfinite(d)):
+        return f"direction matrix {shown} is not finite; the header is damaged: fix its orientation"
+    if abs(np.linalg.det(d)) < 1e-6:
+        return (f"direction matrix {shown} is degenerate (singular: two axes point the same way or one is "
+                "zero); the grid cannot be placed in space: fix the header's orientation")
+    error = float(np.abs(d.T @ d - np.eye(3)).max())
+    if error > DIRECTION_TOLERANCE:
+        return (f"direction matrix {shown} is not orthonormal (axes sheared or scaled, off by {error:.3g}); "
+                "resample the image to an orthogonal grid first (a gantry tilt must be resampled away)")
+    return None
+
+
+def spatial_direction(direction: Sequence[float], dimension: int) -> tuple[float, ...]:
+    """The 3 x 3 spatial block of an N x N direction matrix (N = 3 or 4)."""
+    d = np.asarray(direction, float).reshape(dimension, dimension)
+    return tuple(float(v) for v in d[:3, :3].ravel())
+
+
+# --------------------------------------------------------------------------- spacing in headers
+
+_NIFTI_NAMES = (".nii", ".nii.gz", ".hdr")
+_HEADER_BYTES = 544
+_TEXT_HEADER_BYTES = 64 << 10
+
+
+def raw_header_spacing_problem(path: str | os.PathLike) -> str | None:
+    """A spacing in the header text that SimpleITK would silently replace: NIfTI ``pixdim``, NRRD
+    ``spacings``/``space directions``, MetaImage ``ElementSpacing``/``ElementSize`` (None when fine, or
+    when the file is of another format or too damaged to tell: its reader decides then)."""
+    path = Path(path)
+    name = path.name.lower()
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(8)
+        if name.endswith(_NIFTI_NAMES):
+            opener = gzip.open if magic.startswith(b"\x1f\x8b") else open
+            with opener(path, "rb") as fh:
+                return _nifti_pixdim_problem(fh.read(_HEADER_BYTES))
+        if magic.startswith(b"NRRD000"):
+            return _nrrd_spacing_problem(_text_header(path))
+        if name.endswith((".mha", ".mhd")):
+            return _metaimage_spacing_problem(_text_header(path))
+    except (OSError, EOFError, ValueError, struct.error, gzip.BadGzipFile):
+        return None  # the integrity checks and the reader say what is wrong with such a file
+    return None
+
+
+def _nifti_pixdim_problem(head: bytes) -> str | None:
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack_from(endian + "i", head)[0] == 348:
+            ndim = struct.unpack_from(endian + "h", head, 40)[0]
+            pixdim = struct.unpack_from(endian + "8f", head, 76)
+            break
+        if len(head) >= 540 and struct.unpack_from(endian + "i", head)[0] == 540:
+            ndim = struct.unpack_from(endian + "q", head, 16)[0]
+            pixdim = struct.unpack_from(endian + "8d", head, 104)
+            break
+    else:
+        return None
+    spatial = pixdim[1: 1 + max(0, min(int(ndim), 3))]
+    problem = spacing_problem(spatial)
+    return f"NIfTI pixdim {problem}" if problem else None
+
+
+def _text_header(path: Path) -> list[str]:
+    with open(path, "rb") as fh:
+        text = fh.read(_TEXT_HEADER_BYTES)
+    lines = []
+    for raw in text.split(b"\n"):
+        line = raw.rstrip(b"\r").decode("latin-1")
+        if not line.strip():
+            break  # the end of a NRRD header (a MetaImage header ends at ElementDataFile, below)
+        lines.append(line)
+        if line.lower().replace(" ", "").startswith("elementdatafile="):
+            break
+    return lines
+
+
+def _floats(text: str) -> list[float]:
+    out = []
+    for token in re.split(r"[\s,()]+", text.strip()):
+        if token and token.lower() != "none":
+            out.append(float(token))  # "nan", "inf" parse; anything else raises ValueError (reader decides)
+    return out
+
+
+def _nrrd_spacing_problem(lines: list[str]) -> str | None:
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "spacings":
+            problem = spacing_problem(_floats(value))
+            if problem:
+                return f"NRRD spacings: {problem}"
+        elif key == "space directions":
+            numbers = _floats(value)
+            if not all(math.isfinite(v) for v in numbers):
+                return (f"NRRD space directions {value.strip()!r} hold values that are not finite; the header is "
+                        "damaged: write the voxel axes (mm) into it")
+    return None
+
+
+def _metaimage_spacing_problem(lines: list[str]) -> str | None:
+    for line in lines:
+        key, equals, value = line.partition("=")
+        if equals and key.strip().lower() in ("elementspacing", "elementsize"):
+            problem = spacing_problem(_floats(value))
+            if problem:
+                return f"MetaImage {key.strip()}: {problem}"
+    return None
+
+
+# --------------------------------------------------------------------------------------- memory
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_available() -> int | None:
+    """Room left under a cgroup v2 memory limit (a container's), or None when there is none."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        return max(0, int(limit) - used)
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the inputs may take: ``HNTUMORSEG_MEMORY_LIMIT_MIB`` when set, else what the machine (or its
+    container) has available now; None when unknown (then nothing is refused)."""
+    text = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if text:
+        try:
+            return int(float(text) * (1 << 20))
+        except ValueError:
+            from HNTumorSegLib.errors import InputError
+
+            raise InputError(f"{MEMORY_LIMIT_ENV}={text}: not a number of MiB") from None
+    known = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
+    return min(known) if known else None
+
+
+def _bytes_text(n: float) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1024:.1f} KiB"
+
+
+def memory_problem(role: str, size: Sequence[int], needed: int, what: str) -> str | None:
+    """A message when ``needed`` bytes (to read and preprocess a ``role`` volume of ``size``) exceed the
+    memory available; ``what`` says what the figure counts."""
+    available = available_memory_bytes()
+    if available is None or needed <= available:
+        return None
+    source = f"allowed by {MEMORY_LIMIT_ENV}" if os.environ.get(MEMORY_LIMIT_ENV, "").strip() else "available"
+    return (f"the {role} image ({' x '.join(str(int(n)) for n in size)} voxels) needs about {_bytes_text(needed)} "
+            f"of memory to preprocess ({what}), more than the {_bytes_text(available)} {source}; crop it or "
+            "resample it to a coarser grid first, or use a machine with more memory")
+
+
+def image_memory_problem(role: str, size: Sequence[int], pixel_id: int, components: int = 1) -> str | None:
+    """:func:`memory_problem` for an image file: :data:`WORKING_COPIES` times its voxels in their own type."""
+    nbytes = component_bytes(pixel_id) * max(components, 1)
+    needed = int(np.prod([int(n) for n in size], dtype=np.float64)) * nbytes * WORKING_COPIES
+    return memory_problem(role, size, needed, f"{WORKING_COPIES} copies of {nbytes} bytes a voxel")
+
+
+# ------------------------------------------------------------------------------------- CT units
+
+#: HU at or below which a voxel is air or lung (a CT in HU has some around and inside the patient).
+CT_AIR_HU = -200
+#: Share of voxels at or below :data:`CT_AIR_HU` under which a CT holds no air at all.
+CT_NO_AIR_FRACTION = 0.005
+#: HU + 1024 shifts air (-1000 HU) to about 24 and soft tissue and fat (-200 to 300 HU) to 824 to 1324.
+SHIFTED_AIR_MAX, SHIFTED_TISSUE = 200, (824, 1324)
+#: Shares of voxels a shifted CT shows as air and as soft tissue.
+SHIFTED_AIR_FRACTION, SHIFTED_TISSUE_FRACTION = 0.05, 0.10
+#: Voxels looked at (a regular subsample of a larger CT): the shares above need no more.
+_CT_SAMPLE = 2_000_000
+
+
+def ct_offset_problem(ct: sitk.Image) -> str | None:
+    """A message when a CT looks like HU + 1024 (an unsigned export whose RescaleIntercept -1024 was not
+    applied), else None.
+
+    The rule, on a regular subsample of the voxels: a CT in HU always holds some air (-1000 HU around the
+    patient, in the airway, sinuses and lungs), so it is refused only when (1) fewer than 0.5 % of the voxels
+    lie at or below -200 HU, (2) at least 5 % lie at or below 200 (where the air around the patient falls
+    when shifted: about 24) and (3) at least 10 % lie between 824 and 1324 (soft tissue and fat shifted),
+    twice as many as between 200 and 824 (lung and partial volume when shifted; trabecular bone in HU). A CT
+    whose field of view lies entirely inside the body has no air but its soft tissue lies near 0 HU, not
+    near 1024, so (3) keeps it; what it would take to be refused is a crop without air or fat of which a
+    tenth or more is cortical bone (824 to 1324 HU) and little trabecular bone, which no head-and-neck CT is.
+    A CT windowed to soft tissue (clipped at, say, -160 and 240 HU) fails (3) too and is accepted.
+    """
+    a = sitk.GetArrayViewFromImage(ct)
+    if a.size == 0:
+        return None
+    step = max(1, int(round((a.size / _CT_SAMPLE) ** (1.0 / 3.0))))
+    sample = a[::step, ::step, ::step]
+    n = float(sample.size)
+    if np.count_nonzero(sample <= CT_AIR_HU) / n >= CT_NO_AIR_FRACTION:
+        return None
+    air = np.count_nonzero(sample <= SHIFTED_AIR_MAX) / n
+    lo, hi = SHIFTED_TISSUE
+    tissue = np.count_nonzero((sample >= lo) & (sample <= hi)) / n
+    between = np.count_nonzero((sample > SHIFTED_AIR_MAX) & (sample < lo)) / n
+    if air < SHIFTED_AIR_FRACTION or tissue < SHIFTED_TISSUE_FRACTION or tissue < 2 * between:
+        return None
+    return (f"CT values look like HU + 1024 (no voxel below {CT_AIR_HU} HU; {air:.0%} of voxels near 0 where air "
+            f"should be -1000 HU, {tissue:.0%} near 1024 where soft tissue should be near 0 HU): an unsigned "
+            "export whose RescaleIntercept -1024 was not applied? Subtract 1024 from the CT (or fix its "
+            "RescaleIntercept) and run again")
