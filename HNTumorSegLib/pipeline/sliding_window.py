@@ -11,7 +11,9 @@ patch's centre more than its border (as nnU-Net and MONAI do). Networks trained 
 windows (the paper's set-up) keep the single pass.
 
 The model file says which: ``"inference": {"patch_size": [Z, Y, X], "overlap": 0.25}`` in its
-JSON (see :class:`InferenceWindow`); absent means one pass over the whole window.
+JSON (see :class:`InferenceWindow`); absent means one pass over the whole window. ``"batch": n``
+runs n patches per forward call: the same numbers (every normalisation is per sample), fewer
+calls; whether it pays depends on the machine (``Testing/benchmarks/inference_settings.py``).
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ class InferenceWindow:
 
     patch_size: tuple[int, int, int]
     overlap: float = DEFAULT_OVERLAP
+    batch: int = 1  # patches per forward call
 
     def __post_init__(self) -> None:
         if len(self.patch_size) != 3 or any(int(p) < 1 for p in self.patch_size):
             raise ValueError(f"patch_size must be three positive sizes, got {list(self.patch_size)}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if not 1 <= int(self.batch) <= 64:
+            raise ValueError(f"batch must be 1 to 64 patches per call, got {self.batch}")
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], source: str = "model") -> "InferenceWindow | None":
@@ -55,12 +60,16 @@ class InferenceWindow:
         try:
             if spec.get("patch_size") is None:
                 return None
-            return cls(tuple(int(p) for p in spec["patch_size"]), float(spec.get("overlap", DEFAULT_OVERLAP)))
+            return cls(tuple(int(p) for p in spec["patch_size"]), float(spec.get("overlap", DEFAULT_OVERLAP)),
+                       int(spec.get("batch", 1)))
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{source}: invalid 'inference' entry {spec!r}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"patch_size": [int(p) for p in self.patch_size], "overlap": float(self.overlap)}
+        out = {"patch_size": [int(p) for p in self.patch_size], "overlap": float(self.overlap)}
+        if self.batch != 1:
+            out["batch"] = int(self.batch)
+        return out
 
 
 def window_starts(length: int, size: int, overlap: float) -> list[int]:
@@ -94,15 +103,20 @@ def sliding_window_logits(forward: Callable[[Tensor], Tensor], image: Tensor, wi
     weight = gaussian_weight(size, image.device)
     out: Tensor | None = None
     norm = torch.zeros(shape, dtype=torch.float32, device=image.device)
-    for z in window_starts(shape[0], size[0], window.overlap):
-        for y in window_starts(shape[1], size[1], window.overlap):
-            for x in window_starts(shape[2], size[2], window.overlap):
-                box = (slice(z, z + size[0]), slice(y, y + size[1]), slice(x, x + size[2]))
-                logits = forward(image[(slice(None), slice(None), *box)]).float()
-                if out is None:
-                    out = torch.zeros((image.shape[0], logits.shape[1], *shape), dtype=torch.float32,
-                                      device=image.device)
-                out[(slice(None), slice(None), *box)] += logits * weight
-                norm[box] += weight
+    boxes = [(slice(z, z + size[0]), slice(y, y + size[1]), slice(x, x + size[2]))
+             for z in window_starts(shape[0], size[0], window.overlap)
+             for y in window_starts(shape[1], size[1], window.overlap)
+             for x in window_starts(shape[2], size[2], window.overlap)]
+    n = image.shape[0]
+    for first in range(0, len(boxes), window.batch):
+        group = boxes[first:first + window.batch]
+        patches = torch.cat([image[(slice(None), slice(None), *box)] for box in group]) if len(group) > 1 \
+            else image[(slice(None), slice(None), *group[0])]
+        logits = forward(patches).float()
+        if out is None:
+            out = torch.zeros((n, logits.shape[1], *shape), dtype=torch.float32, device=image.device)
+        for k, box in enumerate(group):
+            out[(slice(None), slice(None), *box)] += logits[k * n:(k + 1) * n] * weight
+            norm[box] += weight
     assert out is not None
     return out / norm

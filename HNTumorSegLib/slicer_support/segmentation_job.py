@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -143,8 +144,7 @@ class SegmentationJob:
         else:
             tail = [line for line in self.process.stderr_tail() if line.strip()]
             last = f": {tail[-1].strip()}" if tail else ""
-            self.error = JobFailed(f"the segmentation worker stopped with exit status {returncode} "
-                                   f"before finishing{last}")
+            self.error = JobFailed(f"the segmentation worker {_how_it_stopped(returncode)} before finishing{last}")
         self.state, self.status = FAILED, f"Failed: {self.error}"
 
     def run_blocking(self, on_event: Optional[Callable[[dict], None]] = None) -> JobResult:
@@ -179,3 +179,16 @@ class SegmentationJob:
 
     def stderr_tail(self, lines: int = 20) -> list[str]:
         return self.process.stderr_tail(lines) if self.process else []
+
+
+def _how_it_stopped(returncode: int) -> str:
+    """"stopped with exit status 3", or for a signal its name and the likely cause (SIGKILL: the system's
+    out-of-memory killer, or someone's kill -9)."""
+    if returncode >= 0:
+        return f"stopped with exit status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    cause = " (the system may have run out of memory, or it was killed)" if name == "SIGKILL" else ""
+    return f"was stopped by {name}{cause}"

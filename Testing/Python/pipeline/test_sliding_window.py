@@ -115,3 +115,29 @@ def test_batch_dice_penalises_false_positives_in_a_patch_without_tumour():
         soft_dice_loss(logits, target, batch=batch).backward()
         grads[batch] = logits.grad[1].abs().sum().item()
     assert grads[False] < 1e-6 < grads[True]
+
+
+def test_patches_batched_per_call_give_the_same_logits():
+    """``batch`` patches per forward call: the network normalises per sample, so the blend is the same."""
+    from HNTumorSegLib.network import NetworkConfig, build_network
+
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(channels=(4, 8, 16, 32, 64), psam_channels=(2, 4, 8))).eval()
+    x = torch.rand(1, 2, 32, 64, 64)
+    calls = []
+
+    def forward(t):
+        calls.append(t.shape[0])
+        return net(t)
+
+    with torch.no_grad():
+        one = sliding_window_logits(forward, x, InferenceWindow((16, 32, 32), 0.25))
+        single_calls = len(calls)
+        calls.clear()
+        three = sliding_window_logits(forward, x, InferenceWindow((16, 32, 32), 0.25, batch=3))
+    assert max(calls) == 3 and len(calls) == -(-single_calls // 3)
+    torch.testing.assert_close(three, one, rtol=1e-5, atol=1e-5)
+    assert InferenceWindow.from_entry({"patch_size": [16, 32, 32], "batch": 3}).batch == 3
+    assert "batch" not in InferenceWindow((16, 32, 32)).to_dict()
+    with pytest.raises(ValueError, match="batch must be 1 to 64"):
+        InferenceWindow((16, 32, 32), batch=0)

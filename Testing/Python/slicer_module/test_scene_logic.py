@@ -301,6 +301,23 @@ def test_cancel_leaves_the_scene_unchanged(headless_slicer, plain_case):
     assert sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())) == before
 
 
+def test_a_worker_killed_mid_run_is_reported_and_the_scene_can_run_again(headless_slicer, plain_case):
+    """The worker killed (the system's out-of-memory killer sends SIGKILL): the logic says what happened,
+    the scene keeps exactly its nodes, and the next run segments as always."""
+    killed = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    ct = headless_slicer.load_volume(plain_case.ct_path, "CT")
+    pet = headless_slicer.load_volume(plain_case.pet_path, "PET")
+    scene = headless_slicer.scene
+    before = sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes()))
+    with pytest.raises(RuntimeError, match=r"segmentation failed: the segmentation worker was stopped by SIGKILL "
+                                           r"\(the system may have run out of memory"):
+        scene_logic_class()(workerPython=killed).segment(ct, pet, device="cpu")
+    assert sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())) == before
+    seg = scene_logic_class()(workerPython=[sys.executable]).segment(ct, pet, device="cpu")
+    np.testing.assert_array_equal(scene_logic_class()(workerPython=[sys.executable]).segmentLabels(seg, ct),
+                                  plain_case.cli_label)
+
+
 class DicomDatabase:
     """Slicer's DICOM database as the scene logic uses it (instance UID -> file): the one part of a DICOM
     load that needs the application. Everything after the look-up is the real code."""

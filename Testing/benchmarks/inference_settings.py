@@ -1,0 +1,82 @@
+"""Benchmark: what the sliding-window settings cost and what they change, with the bundled model on the CPU.
+
+Issue: the network is most of a ``segment`` run's time, and how it is run is a choice the model file records
+(``"inference"``: patch size, overlap, patches per call). On phantoms the bundled model never saw (seeds
+910000 on, its three training styles and the unseen endemic style), each case is preprocessed once; then,
+for each setting, the network time per case (after one warm-up case) and the mean per-case Dice of GTVp and
+GTVn on the analysis window (argmax, no clean-up: the network's own answer) are printed, with the change
+against the model's recorded setting. Settings tried: the overlap (0 / 0.1 / 0.25 / 0.5), patches per forward
+call (1 / 4 / 8), torch threads (1 / all). (Channels-last activations are already the CPU inference path's:
+HNTumorSegLib.network.blocks.) Run:
+
+    python Testing/benchmarks/inference_settings.py [--cases 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+from HNTumorSegLib.evaluation.metrics import dice
+from HNTumorSegLib.phantom import make_phantom
+from HNTumorSegLib.pipeline.inference import Segmenter, available_cpus
+from HNTumorSegLib.pipeline.preprocess import preprocess
+
+STYLES = ("classic", "legacy", "digital", "endemic")
+FIRST_SEED = 910_000
+
+
+def settings(recorded):
+    """(name, window, threads) to try; the first is the model's recorded setting."""
+    cpus = available_cpus()
+    out = [("recorded", recorded, cpus)]
+    for overlap in (0.0, 0.1, 0.5):
+        out.append((f"overlap {overlap}", dataclasses.replace(recorded, overlap=overlap), cpus))
+    for batch in (4, 8):
+        out.append((f"{batch} patches a call", dataclasses.replace(recorded, batch=batch), cpus))
+    if cpus > 1:
+        out.append(("1 thread", recorded, 1))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=4)
+    args = parser.parse_args()
+    segmenter = Segmenter(device="cpu", postprocess=False)
+    recorded = segmenter.window
+    inputs = []
+    for i in range(args.cases):
+        case = make_phantom(FIRST_SEED + i, "head_upper", style=STYLES[i % len(STYLES)])
+        pre = preprocess(case.ct, case.pet, case.label)
+        inputs.append((pre.image, pre.label))
+    print(f"bundled model, {args.cases} unseen phantoms (styles {', '.join(STYLES[:args.cases])}), CPU, "
+          f"{available_cpus()} cores, torch {torch.__version__}; recorded setting {recorded.to_dict()}")
+    rows = []
+    for name, window, threads in settings(recorded):
+        segmenter.window = window
+        torch.set_num_threads(threads)
+        seconds, scores = [], []
+        for k, (image, label) in enumerate([inputs[0]] + inputs):  # the first pass warms up, not counted
+            t0 = time.perf_counter()
+            prob = segmenter.probabilities(image)
+            if k:
+                seconds.append(time.perf_counter() - t0)
+                pred = prob.argmax(0)
+                scores.append((dice(pred, label, 1), dice(pred, label, 2)))
+        mean = np.mean(scores, axis=0)
+        rows.append((name, float(np.mean(seconds)), float(mean[0]), float(mean[1])))
+        print(f"  {name}: {rows[-1][1]:.2f} s a case, Dice GTVp {mean[0]:.4f} GTVn {mean[1]:.4f}", flush=True)
+    base = rows[0]
+    print("\n| setting | network s / case | vs recorded | Dice GTVp | Dice GTVn |\n|---|---|---|---|---|")
+    for name, s, p, n in rows:
+        print(f"| {name} | {s:.2f} | {s / base[1] - 1:+.0%} | {p:.4f} ({p - base[2]:+.4f}) | "
+              f"{n:.4f} ({n - base[3]:+.4f}) |")
+
+
+if __name__ == "__main__":
+    main()
