@@ -25,6 +25,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -288,6 +289,7 @@ def process_case(case: BatchCase, options: BatchOptions, get_segmenter: Callable
             return row
         _remove_leftovers(case, options)
         row = run_case(case, options, get_segmenter())
+        row.update(worker_pid=os.getpid(), rss_mib=_resident_mib())  # for the load benchmark; not CSV columns
         failed = case_paths(options, case)["failed"]
         if row["status"] == FAILED:
             try:
@@ -297,6 +299,15 @@ def process_case(case: BatchCase, options: BatchOptions, get_segmenter: Callable
         else:
             failed.unlink(missing_ok=True)
     return row
+
+
+def _resident_mib() -> float | None:
+    """This process's resident memory now (Linux ``/proc/self/statm``), in MiB; None elsewhere."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def _remove_leftovers(case: BatchCase, options: BatchOptions) -> None:
