@@ -80,7 +80,8 @@ class HNTumorSegParameterNode:
     segmentation on Segment). modelPath: empty for the bundled model. device: auto / cuda / cpu.
     useTTA: left-right flip test-time augmentation. showAnalysisWindow: show the network's window.
     showUncertainty: the network's uncertainty as a colour overlay on the slice views. splitLesions:
-    GTVn written node by node (segments GTVn_1 .. GTVn_k).
+    GTVn written node by node (segments GTVn_1 .. GTVn_k). clickThresholdPercent: the share of the local
+    SUVmax over the background that Add and Redraw take (41 %, the clinical threshold).
     resultsTable, analysisWindowROI, uncertaintyVolume: what the last run produced.
     """
 
@@ -96,6 +97,7 @@ class HNTumorSegParameterNode:
     uncertaintyVolume: vtkMRMLScalarVolumeNode
     showUncertainty: bool = False
     splitLesions: bool = False
+    clickThresholdPercent: float = 41.0
 
 
 #
@@ -497,7 +499,7 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         params = self._parameterNode
         try:
             message = self.logic.editAt(params.outputSegmentation, params.inputCT, params.inputPET, pointRas, action,
-                                        structure, params=params)
+                                        structure, params=params, fraction=params.clickThresholdPercent / 100.0)
         except InputError as exc:
             self.ui.statusLabel.text = f"Nothing changed: {exc}"
             return

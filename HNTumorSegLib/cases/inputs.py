@@ -31,6 +31,7 @@ class CaseInputs:
     suv: dict | None = None   # SuvConversion.to_dict() of a DICOM PET
     series: dict = field(default_factory=dict)  # {"ct": SeriesInfo.to_dict(), "pet": ...} for DICOM inputs
     seconds: float = 0.0      # time spent reading
+    warnings: list = field(default_factory=list)  # one line each: what could not be checked
 
     def report(self) -> dict:
         """What the JSON report and provenance.json record about the inputs."""
@@ -39,6 +40,8 @@ class CaseInputs:
             out["input_series"] = self.series
         if self.suv is not None:
             out["suv"] = self.suv
+        if self.warnings:
+            out["input_warnings"] = list(self.warnings)
         return out
 
 
@@ -109,15 +112,20 @@ def read_case(ct_path: str | os.PathLike, pet_path: str | os.PathLike, *, ct_ser
     if problem:
         raise InputError(f"{ct_path}: {problem}")
     pet, pet_dicom, suv = read_pet(pet_path, pet_series, pet_units)
+    warnings = []
     if ct_dicom is not None and pet_dicom is not None:
         from HNTumorSegLib.dicom.series import pet_ct_pairing_problem
 
         problem = pet_ct_pairing_problem(ct_dicom, pet_dicom)
         if problem:
             raise InputError(problem)
+    elif (ct_dicom is None) != (pet_dicom is None):
+        dicom, other = ("CT", "PET") if ct_dicom is not None else ("PET", "CT")
+        warnings.append(f"only the {dicom} is DICOM: whether the {other} is of the same patient, frame of "
+                        "reference and day cannot be checked")
     series = {}
     if ct_dicom is not None:
         series["ct"] = ct_dicom.series.to_dict()
     if pet_dicom is not None:
         series["pet"] = {**pet_dicom.series.to_dict(), "pet_units": pet_units}
-    return CaseInputs(ct, pet, ct_dicom, pet_dicom, suv, series, time.perf_counter() - t0)
+    return CaseInputs(ct, pet, ct_dicom, pet_dicom, suv, series, time.perf_counter() - t0, warnings)

@@ -14,10 +14,15 @@ def dicom_input_options(sp) -> None:
 
 def read_dicom_aware_inputs(args):
     """CT and PET of ``args`` (files or DICOM folders), the PET in SUV."""
+    import sys
+
     from HNTumorSegLib.cases.inputs import read_case
 
-    return read_case(args.ct, args.pet, ct_series=args.ct_series, pet_series=args.pet_series,
-                     pet_units=args.pet_units)
+    inputs = read_case(args.ct, args.pet, ct_series=args.ct_series, pet_series=args.pet_series,
+                       pet_units=args.pet_units)
+    for line in inputs.warnings:  # the run goes on; the report keeps them ("input_warnings")
+        print(f"hntumorseg: warning: {line}", file=sys.stderr)
+    return inputs
 
 
 def print_measurements(structures: dict, lesions: list | None = None) -> None:

@@ -282,6 +282,19 @@ def test_a_dicom_pet_of_another_patient_frame_or_week_is_refused(dicom_pets, tmp
     refuse_preprocess(tmp_path, capsys, dicom_pets["ct"], dicom_pets[pet], dicom_pets[pet], *needles)
 
 
+def test_only_one_dicom_input_is_a_warning_recorded_in_the_report(dicom_pets, tmp_path, capsys):
+    """A DICOM CT with a PET file (or the reverse) carries no tags to compare: one warning line, the run goes on,
+    and the provenance keeps it."""
+    paths = pair(tmp_path)
+    code, err = run_cli(["preprocess", "--ct", dicom_pets["ct"], "--pet", paths["pet"], "--out", tmp_path / "out"],
+                        capsys)
+    assert code == 0
+    assert err.strip().splitlines() == ["hntumorseg: warning: only the CT is DICOM: whether the PET is of the same "
+                                        "patient, frame of reference and day cannot be checked"]
+    provenance = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert provenance["input_warnings"] == [err.strip().split("warning: ")[1]]
+
+
 # ------------------------------------------------------------------------------------ 8. memory
 
 @pytest.mark.parametrize("form", ["file", "dicom"])

@@ -75,6 +75,20 @@ def test_clicks_correct_the_segments_update_the_table_and_undo(scene):
     assert logic.outputPolicy(seg, ct) == REPLACE and not logic.undoEdit(seg, ct)
 
 
+def test_the_threshold_the_user_sets_bounds_a_redraw(scene):
+    """The panel's threshold slider (clickThresholdPercent) reaches the click: a lower threshold redraws the same
+    node wider, a higher one tighter, and undo steps back through both."""
+    logic, seg, ct, pet, params = (scene[k] for k in ("logic", "seg", "ct", "pet", "params"))
+    logic.editAt(seg, ct, pet, scene["add_ras"], "add", "GTVn", params=params)
+    sizes = {}
+    for percent in (25, 60):
+        logic.editAt(seg, ct, pet, scene["add_ras"], "redraw", params=params, fraction=percent / 100.0)
+        labels = logic.segmentLabels(seg, ct)
+        sizes[percent] = int(np.count_nonzero((labels == 2) & (scene["result"] != 2)))  # the redrawn node
+    assert sizes[25] > sizes[60] > 0
+    assert logic.undoEdit(seg, ct, pet, params) and logic.undoEdit(seg, ct, pet, params)
+
+
 def test_relabel_and_a_click_on_nothing(scene):
     logic, seg, ct, pet = (scene[k] for k in ("logic", "seg", "ct", "pet"))
     logic.editAt(seg, ct, pet, scene["fp_ras"], "relabel")
