@@ -289,6 +289,7 @@ def process_case(case: BatchCase, options: BatchOptions, get_segmenter: Callable
             return row
         _remove_leftovers(case, options)
         row = run_case(case, options, get_segmenter())
+        _give_memory_back()
         row.update(worker_pid=os.getpid(), rss_mib=_resident_mib())  # for the load benchmark; not CSV columns
         failed = case_paths(options, case)["failed"]
         if row["status"] == FAILED:
@@ -299,6 +300,22 @@ def process_case(case: BatchCase, options: BatchOptions, get_segmenter: Callable
         else:
             failed.unlink(missing_ok=True)
     return row
+
+
+def _give_memory_back() -> None:
+    """Between cases: collect cycles and hand freed heap back to the system (glibc's ``malloc_trim``).
+
+    Why: a case's arrays are hundreds of MB; glibc keeps freed blocks in its arenas, so a long batch's workers
+    grow from case to case without leaking (measured before this: +6 % and +11 % resident memory from the 5th
+    to the 25th case of each of 2 workers). Elsewhere than glibc, only the collection runs."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _resident_mib() -> float | None:
