@@ -245,7 +245,7 @@ def run_case(case: BatchCase, options: BatchOptions, segmenter) -> dict:
 @contextmanager
 def case_claim(options: BatchOptions, case: BatchCase) -> Iterator[bool]:
     """Claim a case for this process while the ``with`` block runs: True if it is ours, False if another
-    process holds it. An exclusive ``flock`` on ``OUT/CASE/.claim``, released by the operating system
+    process holds it. An exclusive ``flock`` on ``OUT/.batch/CASE.claim``, released by the operating system
     when the process ends, however it ends (no stale claims after a crash or a kill). Where ``flock``
     does not exist (Windows) every claim succeeds."""
     try:

@@ -36,6 +36,8 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from HNTumorSegLib.imaging.input_integrity import NIFTI_NAMES, text_header_fields
+
 #: Largest |D^T D - I| entry of a direction matrix still taken as orthonormal. Headers store direction
 #: cosines with 6 to 17 digits (rounding errors below 1e-6); a gantry tilt stored as a shear is 0.01 or more.
 DIRECTION_TOLERANCE = 1e-3
@@ -105,31 +107,29 @@ def spatial_direction(direction: Sequence[float], dimension: int) -> tuple[float
 
 # --------------------------------------------------------------------------- spacing in headers
 
-_NIFTI_NAMES = (".nii", ".nii.gz", ".hdr")
 _HEADER_BYTES = 544
-_TEXT_HEADER_BYTES = 64 << 10
 
 
 def raw_header_spacing_problem(path: str | os.PathLike) -> str | None:
     """A spacing in the header text that SimpleITK would silently replace: NIfTI ``pixdim``, NRRD
     ``spacings``/``space directions``, MetaImage ``ElementSpacing``/``ElementSize`` (None when fine, or
-    when the file is of another format or too damaged to tell: its reader decides then)."""
+    when the file is of another format or too damaged to tell: its reader decides then). The NRRD and
+    MetaImage headers are read by the integrity checks' own readers."""
     path = Path(path)
-    name = path.name.lower()
+    header = text_header_fields(path)
+    if header is not None:
+        kind, fields = header
+        return _nrrd_spacing_problem(fields) if kind == "NRRD" else _metaimage_spacing_problem(fields)
+    if not path.name.lower().endswith(NIFTI_NAMES):
+        return None
     try:
         with open(path, "rb") as fh:
-            magic = fh.read(8)
-        if name.endswith(_NIFTI_NAMES):
-            opener = gzip.open if magic.startswith(b"\x1f\x8b") else open
-            with opener(path, "rb") as fh:
-                return _nifti_pixdim_problem(fh.read(_HEADER_BYTES))
-        if magic.startswith(b"NRRD000"):
-            return _nrrd_spacing_problem(_text_header(path))
-        if name.endswith((".mha", ".mhd")):
-            return _metaimage_spacing_problem(_text_header(path))
+            magic = fh.read(2)
+        opener = gzip.open if magic == b"\x1f\x8b" else open
+        with opener(path, "rb") as fh:
+            return _nifti_pixdim_problem(fh.read(_HEADER_BYTES))
     except (OSError, EOFError, ValueError, struct.error, gzip.BadGzipFile):
         return None  # the integrity checks and the reader say what is wrong with such a file
-    return None
 
 
 def _nifti_pixdim_problem(head: bytes) -> str | None:
@@ -149,20 +149,6 @@ def _nifti_pixdim_problem(head: bytes) -> str | None:
     return f"NIfTI pixdim {problem}" if problem else None
 
 
-def _text_header(path: Path) -> list[str]:
-    with open(path, "rb") as fh:
-        text = fh.read(_TEXT_HEADER_BYTES)
-    lines = []
-    for raw in text.split(b"\n"):
-        line = raw.rstrip(b"\r").decode("latin-1")
-        if not line.strip():
-            break  # the end of a NRRD header (a MetaImage header ends at ElementDataFile, below)
-        lines.append(line)
-        if line.lower().replace(" ", "").startswith("elementdatafile="):
-            break
-    return lines
-
-
 def _floats(text: str) -> list[float]:
     out = []
     for token in re.split(r"[\s,()]+", text.strip()):
@@ -171,29 +157,29 @@ def _floats(text: str) -> list[float]:
     return out
 
 
-def _nrrd_spacing_problem(lines: list[str]) -> str | None:
-    for line in lines[1:]:
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key == "spacings":
-            problem = spacing_problem(_floats(value))
+def _nrrd_spacing_problem(fields: dict[str, str]) -> str | None:
+    try:
+        if "spacings" in fields:
+            problem = spacing_problem(_floats(fields["spacings"]))
             if problem:
                 return f"NRRD spacings: {problem}"
-        elif key == "space directions":
-            numbers = _floats(value)
-            if not all(math.isfinite(v) for v in numbers):
-                return (f"NRRD space directions {value.strip()!r} hold values that are not finite; the header is "
-                        "damaged: write the voxel axes (mm) into it")
+        directions = fields.get("spacedirections", "")
+        if not all(math.isfinite(v) for v in _floats(directions)):
+            return (f"NRRD space directions {directions!r} hold values that are not finite; the header is "
+                    "damaged: write the voxel axes (mm) into it")
+    except ValueError:
+        return None  # a field that is not numbers: the reader decides
     return None
 
 
-def _metaimage_spacing_problem(lines: list[str]) -> str | None:
-    for line in lines:
-        key, equals, value = line.partition("=")
-        if equals and key.strip().lower() in ("elementspacing", "elementsize"):
-            problem = spacing_problem(_floats(value))
+def _metaimage_spacing_problem(fields: dict[str, str]) -> str | None:
+    try:
+        for key, shown in (("elementspacing", "ElementSpacing"), ("elementsize", "ElementSize")):
+            problem = spacing_problem(_floats(fields[key])) if key in fields else None
             if problem:
-                return f"MetaImage {key.strip()}: {problem}"
+                return f"MetaImage {shown}: {problem}"
+    except ValueError:
+        return None  # a field that is not numbers: the reader decides
     return None
 
 

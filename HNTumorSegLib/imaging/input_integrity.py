@@ -65,7 +65,7 @@ _SNIFF_BYTES = 544
 _MAX_TEXT_HEADER = 4 << 20
 _MAX_HEADER_LINE = 64 << 10
 #: Names of files that hold a NIfTI header (for a header cut short, which has lost its magic).
-_NIFTI_NAMES = (".nii", ".nii.gz", ".hdr")
+NIFTI_NAMES = (".nii", ".nii.gz", ".hdr")
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _BZIP2_MAGIC = b"BZh"
@@ -329,7 +329,7 @@ def _nifti_layout(head: bytes, name: str) -> _NiftiLayout | None:
     neither. A header that is recognised but cannot be parsed raises."""
     for endian in "<>":
         sizeof_hdr = struct.unpack_from(endian + "i", head)[0] if len(head) >= 4 else 0
-        if sizeof_hdr in (348, 540) and len(head) < sizeof_hdr and name.lower().endswith(_NIFTI_NAMES):
+        if sizeof_hdr in (348, 540) and len(head) < sizeof_hdr and name.lower().endswith(NIFTI_NAMES):
             raise _Damage(f"{_TRUNCATED}: it ends inside its NIfTI header ({len(head)} of {sizeof_hdr} bytes; "
                           f"{_PARTIAL})")
         if len(head) >= 348 and sizeof_hdr == 348:
@@ -642,6 +642,24 @@ def _read_metaimage_header(fh: BinaryIO) -> _TextHeader:
                 if value.strip().split()[:1] == ["LIST"] else []
             return _TextHeader(fields, end, True, [name for name in listed if name], not raw.endswith(b"\n"))
     raise _Unrecognised
+
+
+def text_header_fields(path: str | os.PathLike) -> tuple[str, dict[str, str]] | None:
+    """("NRRD" or "MetaImage", the header's fields) of a NRRD or MetaImage file, keys in lower case (NRRD's
+    without spaces: ``spacedirections``); None for another format, or a header too damaged to read (then
+    :func:`check_input_file` says what is wrong)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(7) == b"NRRD000":
+                fh.seek(0)
+                return "NRRD", _read_nrrd_header(fh).fields
+            if path.name.lower().endswith((".mha", ".mhd")):
+                fh.seek(0)
+                return "MetaImage", _read_metaimage_header(fh).fields
+    except (OSError, _Damage, _Unrecognised):
+        return None
+    return None
 
 
 def _check_metaimage(fh: BinaryIO, path: Path) -> None:

@@ -37,6 +37,24 @@ def tiny_ct_pet(pet_scale: float = 1.0) -> tuple[sitk.Image, sitk.Image]:
     return ct_img, pet_img
 
 
+def tilted_case(case, degrees: float):
+    """A phantom case turned about the patient's long axis (through the patient origin): CT, PET and label keep
+    their voxels, their grids are rotated in space, so all three are oblique alike."""
+    import dataclasses
+    import math
+
+    a = math.radians(degrees)
+    turn = np.array([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]])
+
+    def rotated(image: sitk.Image) -> sitk.Image:
+        out = sitk.Image(image)
+        out.SetOrigin(tuple(float(v) for v in turn @ np.array(image.GetOrigin())))
+        out.SetDirection(tuple(float(v) for v in (turn @ np.array(image.GetDirection()).reshape(3, 3)).ravel()))
+        return out
+
+    return dataclasses.replace(case, ct=rotated(case.ct), pet=rotated(case.pet), label=rotated(case.label))
+
+
 @pytest.fixture
 def tiny_files(tmp_path: Path) -> dict[str, Path]:
     ct, pet = tiny_ct_pet()

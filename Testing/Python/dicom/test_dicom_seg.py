@@ -24,6 +24,8 @@ from HNTumorSegLib.phantom import make_phantom
 from HNTumorSegLib.phantom.dicom import write_dicom_case
 from HNTumorSegLib.dicom.segment_terminology import GTVN, GTVP
 
+from conftest import tilted_case
+
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
@@ -116,14 +118,6 @@ def test_split_lesions_writes_each_node_as_its_own_segment(study):
     assert sizes == sorted(sizes, reverse=True)
 
 
-def _rotated(image: sitk.Image, rotation: np.ndarray) -> sitk.Image:
-    """The image turned about the patient origin: its voxels keep their values, the grid is rotated in space."""
-    out = sitk.Image(image)
-    out.SetOrigin(tuple(float(v) for v in rotation @ np.array(image.GetOrigin())))
-    out.SetDirection(tuple(float(v) for v in (rotation @ np.array(image.GetDirection()).reshape(3, 3)).ravel()))
-    return out
-
-
 @pytest.mark.parametrize("pose", ["flipped", "oblique"])
 def test_segment_outputs_on_a_flipped_or_oblique_ct_read_back_by_plastimatch_and_highdicom(small_model, tmp_path,
                                                                                           capsys, pose):
@@ -131,15 +125,9 @@ def test_segment_outputs_on_a_flipped_or_oblique_ct_read_back_by_plastimatch_and
     region) on a CT stored with direction diag(-1, -1, 1), or tilted 12 degrees about the patient's long axis:
     plastimatch rasterises the RTSTRUCT back onto the CT and highdicom reads the SEG back, both equal to the
     label map ``segment`` wrote."""
-    import dataclasses
-    import math
-
     case = make_phantom(32, "head", ct_matrix=96, n_nodes=2, flip_xy=pose == "flipped")
     if pose == "oblique":
-        a = math.radians(12.0)
-        turn = np.array([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]])
-        case = dataclasses.replace(case, ct=_rotated(case.ct, turn), pet=_rotated(case.pet, turn),
-                                   label=_rotated(case.label, turn))
+        case = tilted_case(case, 12.0)
     write_dicom_case(case, tmp_path / "dicom")
     out, rs, sg = tmp_path / "res" / "seg.nii.gz", tmp_path / "res" / "RS.dcm", tmp_path / "res" / "SEG.dcm"
     code = main(["segment", "--ct", str(tmp_path / "dicom"), "--pet", str(tmp_path / "dicom"), "--out", str(out),

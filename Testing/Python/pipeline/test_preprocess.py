@@ -16,6 +16,8 @@ from HNTumorSegLib.phantom import make_phantom
 from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION, preprocess
 from HNTumorSegLib.pipeline.restore import restore
 
+from conftest import tilted_case
+
 
 @pytest.fixture(scope="module")
 def head_case():
@@ -150,30 +152,13 @@ def test_restore_drops_padding_and_keeps_ct_grid():
     assert np.array_equal(values.astype(bool), inside)
 
 
-def _tilted(case, degrees: float):
-    """The case turned about the patient's long axis: an oblique CT and PET (their lattice is oblique too)."""
-    import dataclasses
-    import math
-
-    a = math.radians(degrees)
-    turn = np.array([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]])
-
-    def rotated(image):
-        out = sitk.Image(image)
-        out.SetOrigin(tuple(float(v) for v in turn @ np.array(image.GetOrigin())))
-        out.SetDirection(tuple(float(v) for v in (turn @ np.array(image.GetDirection()).reshape(3, 3)).ravel()))
-        return out
-
-    return dataclasses.replace(case, ct=rotated(case.ct), pet=rotated(case.pet), label=rotated(case.label))
-
-
 PET_BOX_VARIANTS = {
     "head": lambda: make_phantom(5, "head"),
     "whole-body": lambda: make_phantom(2, "whole_body"),
     "upper-brain-cut": lambda: make_phantom(2, "head_upper", brain_cut=True),
     "small-fov-flipped": lambda: make_phantom(8, "head", small_fov=True, flip_xy=True),
     "legacy-style": lambda: make_phantom(910001, "head_upper", style="legacy"),
-    "oblique": lambda: _tilted(make_phantom(21, "head", n_nodes=2), 12.0),
+    "oblique": lambda: tilted_case(make_phantom(21, "head", n_nodes=2), 12.0),
 }
 
 
