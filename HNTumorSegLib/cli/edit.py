@@ -92,8 +92,9 @@ def add_parser(sub) -> None:
     sp.add_argument("--no-background", dest="background", action="store_false",
                     help="--add/--redraw: threshold at FRACTION x SUVmax, without subtracting the local background "
                          "(the median SUV just beyond --radius-mm)")
-    sp.add_argument("--radius-mm", type=float, default=DEFAULT_RADIUS_MM,
-                    help=f"--add/--redraw: the region stays within this distance of its peak (default {DEFAULT_RADIUS_MM:g})")
+    defaults = ", ".join(f"{radius:g} for {name}" for name, radius in DEFAULT_RADIUS_MM.items())
+    sp.add_argument("--radius-mm", type=float, default=None,
+                    help=f"--add/--redraw: the region stays within this distance of its peak (default {defaults})")
     sp.add_argument("--out", required=True, type=Path, help="corrected label map to write (may be --labels itself)")
     sp.set_defaults(func=cmd_edit, clicks=[])
 
@@ -103,7 +104,7 @@ def cmd_edit(args) -> int:
     from HNTumorSegLib.cli.case_inputs import print_measurements, read_dicom_aware_inputs
     from HNTumorSegLib.cli.output_paths import refuse_clashes
     from HNTumorSegLib.cli.segment_case import sidecar_path
-    from HNTumorSegLib.editing.clicks import edit_at
+    from HNTumorSegLib.editing.clicks import DEFAULT_RADIUS_MM, edit_at
     from HNTumorSegLib.evaluation.lesions import measurements
     from HNTumorSegLib.imaging.image_io import read_image, write_image, write_json
     from HNTumorSegLib.imaging.label_checks import label_grid_problem, label_values_problem
@@ -135,7 +136,8 @@ def cmd_edit(args) -> int:
     write_json({"software": f"HNTumorSeg {__version__}",
                 "inputs": {"labels": str(args.labels), "ct": str(args.ct), "pet": str(args.pet)},
                 "output": str(args.out), "edits": done,
-                "settings": {"fraction": args.fraction, "radius_mm": args.radius_mm,
+                "settings": {"fraction": args.fraction,
+                             "radius_mm": DEFAULT_RADIUS_MM if args.radius_mm is None else args.radius_mm,
                              "background_corrected": args.background}, **measured, **inputs.report()}, report_path)
     print(f"wrote {args.out} and {report_path}")
     print_measurements(measured["structures"], measured["lesions"])

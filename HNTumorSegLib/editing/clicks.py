@@ -8,7 +8,13 @@ radiation oncologist fixes each with one click where a voxel-painting tool takes
   background (41 %, the clinical threshold, background-corrected), grown from the hottest voxel
   within :data:`SEEK_MM` of the click, kept within ``radius_mm`` of it, 26-connected to it, its
   enclosed holes filled; added to the chosen structure. Voxels of other lesions are left as they
-  are (the other structure is never overwritten).
+  are (the other structure is never overwritten). The radius depends on the structure
+  (:data:`DEFAULT_RADIUS_MM`): primaries reach further than nodes.
+
+  Why per structure: on 12 unseen phantoms (38 lesions, each grown from its SUVmax voxel), a
+  25 mm radius cut large primaries short (one of 37 mL at Dice 0.56) and 45 mm drew primaries at
+  mean Dice 0.94 against 0.90; for nodes the wider reach ran into neighbouring uptake (0.71 at
+  25 mm, 0.69 at 35 mm, 0.69 at 45 mm).
 
   Why background-corrected: a weak node (SUVmax 2-4 over a background near 0.6-0.8) has 41 % of
   its SUVmax below or close to the background, so the plain fixed threshold runs into the tissue
@@ -44,8 +50,8 @@ from HNTumorSegLib.imaging.geometry import Geometry
 
 #: Fraction of the local SUVmax that bounds an added lesion (the clinical 41 % fixed threshold).
 DEFAULT_FRACTION = 0.41
-#: An added lesion stays within this distance (mm) of its hottest voxel.
-DEFAULT_RADIUS_MM = 25.0
+#: An added or redrawn lesion stays within this distance (mm) of its hottest voxel, by structure.
+DEFAULT_RADIUS_MM = {"GTVp": 45.0, "GTVn": 25.0}
 #: The hottest voxel is sought within this distance (mm) of the click: clicks land near, not on, the peak.
 SEEK_MM = 6.0
 #: The local background is the median SUV in a shell this thick (mm) just beyond ``radius_mm`` of the peak.
@@ -115,7 +121,7 @@ def _replaced(label: sitk.Image, array: np.ndarray) -> sitk.Image:
 
 
 def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], fraction: float = DEFAULT_FRACTION,
-                radius_mm: float = DEFAULT_RADIUS_MM, background: bool = True) -> tuple[np.ndarray, float, float]:
+                radius_mm: float = DEFAULT_RADIUS_MM["GTVn"], background: bool = True) -> tuple[np.ndarray, float, float]:
     """The PET-avid region at a click, as a mask on the label's grid, the SUVmax it was grown from and
     the background SUV under its threshold.
 
@@ -151,16 +157,27 @@ def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], f
     return mask, peak_suv, floor
 
 
+def radius_for(value: int, radius_mm: float | None) -> float:
+    """``radius_mm``, or the structure's default (:data:`DEFAULT_RADIUS_MM`) when it is None."""
+    if radius_mm is None:
+        return DEFAULT_RADIUS_MM[LABELS[value]]
+    if not radius_mm > 0:
+        raise InputError(f"radius {radius_mm} mm must be positive")
+    return float(radius_mm)
+
+
 def _threshold_words(fraction: float, peak_suv: float, floor: float, radius_mm: float) -> str:
     over = f" over background {floor:.2f}" if floor else ""
     return f"voxels >= {fraction:.0%} of SUVmax {peak_suv:.2f}{over} within {radius_mm:g} mm"
 
 
 def add_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], structure: str | int,
-               fraction: float = DEFAULT_FRACTION, radius_mm: float = DEFAULT_RADIUS_MM,
+               fraction: float = DEFAULT_FRACTION, radius_mm: float | None = None,
                background: bool = True) -> Edit:
-    """Add the PET-avid region at ``point_mm`` (:func:`avid_region`) to ``structure``; other lesions stay."""
+    """Add the PET-avid region at ``point_mm`` (:func:`avid_region`) to ``structure``; other lesions stay.
+    ``radius_mm`` None: the structure's default (:data:`DEFAULT_RADIUS_MM`)."""
     value = structure_value(structure)
+    radius_mm = radius_for(value, radius_mm)
     region, peak_suv, floor = avid_region(label, pet, point_mm, fraction, radius_mm, background)
     array = sitk.GetArrayFromImage(label)
     grow = region & (array == 0)  # other lesions, of either structure, stay as they are
@@ -176,12 +193,14 @@ def add_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], st
 
 
 def redraw_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], fraction: float = DEFAULT_FRACTION,
-                  radius_mm: float = DEFAULT_RADIUS_MM, tolerance_mm: float = TOLERANCE_MM,
+                  radius_mm: float | None = None, tolerance_mm: float = TOLERANCE_MM,
                   background: bool = True) -> Edit:
     """Replace the lesion at ``point_mm`` by the PET-avid region there (:func:`avid_region`): a boundary too
-    tight or too wide, fixed in one click. The lesion keeps its structure; the other structure is untouched."""
+    tight or too wide, fixed in one click. The lesion keeps its structure; the other structure is untouched.
+    ``radius_mm`` None: the lesion's structure's default (:data:`DEFAULT_RADIUS_MM`)."""
     array = sitk.GetArrayFromImage(label)
     lesion, value = _lesion_at(array, label, point_mm, tolerance_mm)
+    radius_mm = radius_for(value, radius_mm)
     region, peak_suv, floor = avid_region(label, pet, point_mm, fraction, radius_mm, background)
     before = array.copy()
     array[lesion] = 0
@@ -250,12 +269,12 @@ ACTIONS = ("add", "remove", "relabel", "redraw")
 
 def edit_at(label: sitk.Image, pet: sitk.Image, action: str, point_mm: Sequence[float],
             structure: str | int | None = None, fraction: float = DEFAULT_FRACTION,
-            radius_mm: float = DEFAULT_RADIUS_MM, background: bool = True) -> Edit:
+            radius_mm: float | None = None, background: bool = True) -> Edit:
     """One click by name, as the command line, the module and the simulated editor make it.
 
     ``structure``: the structure to add to ("add"), the one to switch to ("relabel"; None: the other);
     ignored by "remove" and "redraw". ``fraction``, ``radius_mm`` and ``background`` bound "add" and
-    "redraw" (:func:`avid_region`).
+    "redraw" (:func:`avid_region`); ``radius_mm`` None takes the structure's default.
     """
     if action == "add":
         return add_lesion(label, pet, point_mm, structure, fraction, radius_mm, background)

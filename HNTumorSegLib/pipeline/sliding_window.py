@@ -27,6 +27,11 @@ from torch import Tensor
 
 #: Default fraction by which neighbouring patches overlap along each axis.
 DEFAULT_OVERLAP = 0.25
+#: Patches per forward call that training records in the model files it writes. Measured on 4 unseen
+#: phantoms on a 2-core CPU (Testing/benchmarks/inference_settings.py): 4 patches a call cut the
+#: network time from 11.8 s to 9.0 s a case with the same numbers; a model file that does not
+#: say runs one patch a call.
+RECORDED_BATCH = 4
 #: Gaussian sigma as a fraction of the patch size along each axis (nnU-Net's choice).
 SIGMA_SCALE = 0.125
 

@@ -23,16 +23,17 @@ import torch
 from torch import Tensor, nn
 
 from HNTumorSegLib.evaluation.metrics import dice
-from HNTumorSegLib.pipeline.sliding_window import InferenceWindow, sliding_window_logits
+from HNTumorSegLib.pipeline.sliding_window import RECORDED_BATCH, InferenceWindow, sliding_window_logits
 
 from .data import ValDataset
 from .models import fixed_input_size
 
 
 def inference_window(spec: Mapping[str, Any], patch_size: Sequence[int] | None) -> InferenceWindow | None:
-    """How a model trained with ``patch_size`` (None: whole windows) is run at inference."""
+    """How a model trained with ``patch_size`` (None: whole windows) is run at inference: patches of
+    that size, :data:`RECORDED_BATCH` per forward call."""
     size = fixed_input_size(spec) or (tuple(patch_size) if patch_size else None)
-    return InferenceWindow(tuple(int(s) for s in size)) if size else None
+    return InferenceWindow(tuple(int(s) for s in size), batch=RECORDED_BATCH) if size else None
 
 
 def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):

@@ -68,6 +68,7 @@ def test_three_clicks_fix_three_errors_in_order(files, capsys):
     assert [e["structure"] for e in report["edits"]] == ["GTVn", "", "GTVp"]
     assert [r["id"] for r in report["lesions"]] == ["GTVp_1", "GTVp_2", "GTVn_1"]
     assert report["structures"]["GTVn"]["voxels"] == int((after == 2).sum())
+    assert report["settings"]["radius_mm"] == {"GTVp": 45.0, "GTVn": 25.0}  # the per-structure defaults
     printed = capsys.readouterr().out
     assert "1. added" in printed and "2. removed" in printed and "3. relabelled" in printed and "GTVn_1:" in printed
 

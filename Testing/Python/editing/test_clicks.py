@@ -96,6 +96,28 @@ def test_add_is_bounded_by_the_radius(case):
     assert np.sqrt((reach ** 2).sum(axis=1)).max() <= 5.0 + 1e-9
 
 
+
+def test_the_default_radius_reaches_further_for_a_primary_than_for_a_node():
+    """A lesion 70 mm long: as GTVp (45 mm reach) it is drawn whole, as GTVn (25 mm) it is cut at 25 mm each side."""
+    pet = np.full(SHAPE, 1.0, np.float32)
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(SHAPE, SPACING[::-1])], indexing="ij")
+    rod = ((z - 40.0) ** 2 + (y - 50.0) ** 2 <= 36.0) & (np.abs(x - 60.0) <= 35.0)
+    pet[rod] = 10.0
+    pet[20, 50, 60] = 10.5  # the hottest voxel, in the middle
+    empty = image(np.zeros(SHAPE, np.uint8))
+    pet_image = image(pet)
+    click = point_of((20, 50, 60))
+    as_primary = sitk.GetArrayFromImage(add_lesion(empty, pet_image, click, "GTVp").label) == 1
+    as_node = sitk.GetArrayFromImage(add_lesion(empty, pet_image, click, "GTVn").label) == 2
+    assert dice(as_primary, rod) > 0.97
+    extent = np.abs(np.argwhere(as_node)[:, 2] - 60)
+    assert extent.max() <= 25 and 0.6 < dice(as_node, rod) < 0.9
+    # an explicit radius holds for either structure
+    narrow = sitk.GetArrayFromImage(add_lesion(empty, pet_image, click, "GTVp", radius_mm=10.0).label) == 1
+    assert np.abs(np.argwhere(narrow)[:, 2] - 60).max() <= 10
+    with pytest.raises(InputError, match="must be positive"):
+        add_lesion(empty, pet_image, click, "GTVp", radius_mm=0.0)
+
 def weak_and_necrotic_nodes():
     """A weak node (SUV 2.2 on a background of 1.0) and a necrotic one (a rim of SUV 8 around a cold core)."""
     pet = np.full(SHAPE, 1.0, np.float32)

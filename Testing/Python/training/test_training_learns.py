@@ -25,6 +25,7 @@ import torch
 from HNTumorSegLib.imaging.image_io import write_json, write_npy
 from HNTumorSegLib.pipeline.model_file import load_model
 from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION
+from HNTumorSegLib.pipeline.sliding_window import RECORDED_BATCH
 from HNTumorSegTraining import cache as cache_module
 from HNTumorSegTraining import fit as fit_module
 from HNTumorSegTraining.augment import LightAugmentation, NnUNetAugmentation
@@ -120,6 +121,9 @@ def test_overfitting_two_cases_through_the_command_line_lowers_the_loss_and_rais
     run = run_json(out)
     spec = run["model_spec"]
     window = inference_window(spec, run["settings"]["patch_size"])
+    # the weights say how to run them: the training patch, RECORDED_BATCH patches per forward call
+    assert load_model(out / "last").meta["inference"] == {"patch_size": list(WINDOW), "overlap": 0.25,
+                                                          "batch": RECORDED_BATCH}
     val_set = ValDataset(overfit_cache, ["USZ-001", "MDA-001"])
     torch.manual_seed(0)
     untrained = validate(build_from_spec(spec), val_set, window, torch.device("cpu"), None)
