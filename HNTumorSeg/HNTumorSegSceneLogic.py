@@ -37,6 +37,7 @@ _makeLibraryImportable()
 from HNTumorSegLib.dicom.segment_terminology import SEGMENTS, segment_by_name, split_nodes  # noqa: E402
 from HNTumorSegLib.editing.clicks import DEFAULT_FRACTION  # noqa: E402
 from HNTumorSegLib.errors import InputError  # noqa: E402
+from HNTumorSegLib.imaging.image_checks import ct_offset_problem  # noqa: E402
 from HNTumorSegLib.slicer_support.default_inputs import VolumeCandidate, choose_default_inputs  # noqa: E402
 from HNTumorSegLib.slicer_support.dicom_pet import DicomPetSuv, dicom_pet_suv  # noqa: E402
 from HNTumorSegLib.slicer_support.edit_guard import ASK, CREATE, output_policy, segmentation_fingerprint  # noqa: E402
@@ -158,6 +159,9 @@ class HNTumorSegSceneLogic:
             else:
                 problems.append(("info", f"{role} '{node.GetName()}' is under the transform "
                                          f"'{transform.GetName()}': it is used where you see it (world coordinates)."))
+        shifted = ct_offset_problem(slicer.util.arrayFromVolume(ctNode))
+        if shifted:  # the worker would refuse it too, after starting: say it before anything runs
+            problems.append((ERROR, f"CT '{ctNode.GetName()}': {shifted}"))
         values = slicer.util.arrayFromVolume(petNode)
         try:
             suv = self.petSuv(petNode)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.cli.output_paths import model_inputs, refuse_clashes
 
 if TYPE_CHECKING:
     from HNTumorSegLib.pipeline.inference import Segmenter
@@ -163,6 +164,10 @@ class BatchOptions:
         return Segmenter(self.model, device=self.device, tta=self.tta, postprocess=self.postprocess)
 
 
+#: What each file a case writes is called in a message.
+OUTPUT_NAMES = {"label": "its label map", "report": "its report", "rtstruct": "its RTSTRUCT", "dicom_seg": "its DICOM SEG"}
+
+
 def case_paths(options: BatchOptions, case: BatchCase) -> dict[str, Path]:
     folder = options.out / case.case_id
     return {"label": folder / f"{case.case_id}_seg.nii.gz", "report": folder / f"{case.case_id}_seg.json",
@@ -217,6 +222,8 @@ def run_case(case: BatchCase, options: BatchOptions, segmenter) -> dict:
     if case.problem:
         return _row(case, FAILED, 0.0, message=case.problem)
     try:
+        refuse_clashes([(name, paths[key]) for key, name in OUTPUT_NAMES.items()],
+                       [("its CT", case.ct), ("its PET", case.pet), *model_inputs(options.model)])
         inputs = read_case(case.ct, case.pet, ct_series=case.ct_series, pet_series=case.pet_series,
                            pet_units=options.pet_units)
         rtstruct = paths["rtstruct"] if options.rtstruct and case.dicom else None

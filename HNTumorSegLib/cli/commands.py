@@ -164,9 +164,12 @@ def cmd_batch(args) -> int:
     from HNTumorSegLib.cli.batch import (FAILED, BatchOptions, find_batch_cases, parse_shard, run_batch, run_batch_parallel, shard,
                                          summary_path)
 
+    from HNTumorSegLib.cli.output_paths import refuse_folder_inside
+
     spec = parse_shard(args.shard) if args.shard else None
     if args.workers < 1:
         raise InputError(f"--workers {args.workers}: must be 1 or more")
+    refuse_folder_inside(Path(args.out), "--out", Path(args.input), "--input")
     cases = find_batch_cases(args.input)
     if spec:
         cases = shard(cases, *spec)

@@ -251,33 +251,37 @@ def image_memory_problem(role: str, size: Sequence[int], pixel_id: int, componen
 
 # ------------------------------------------------------------------------------------- CT units
 
-#: HU at or below which a voxel is air or lung (a CT in HU has some around and inside the patient).
-CT_AIR_HU = -200
-#: Share of voxels at or below :data:`CT_AIR_HU` under which a CT holds no air at all.
+#: HU at or below which a voxel is air, lung or fat (a CT in HU has some around and inside the patient;
+#: a CT in HU + 1024 has none: air lands near 24 and an unsigned export holds nothing below 0).
+CT_AIR_HU = -20
+#: Share of voxels at or below :data:`CT_AIR_HU` under which a CT holds no air and no fat at all.
 CT_NO_AIR_FRACTION = 0.005
 #: HU + 1024 shifts air (-1000 HU) to about 24 and soft tissue and fat (-200 to 300 HU) to 824 to 1324.
 SHIFTED_AIR_MAX, SHIFTED_TISSUE = 200, (824, 1324)
-#: Shares of voxels a shifted CT shows as air and as soft tissue.
-SHIFTED_AIR_FRACTION, SHIFTED_TISSUE_FRACTION = 0.05, 0.10
+#: Shares of voxels a shifted CT shows as air and as soft tissue. The tissue share is small because a
+#: head-and-neck CT reconstructed on a 500 mm field of view is mostly air: 5 % body in a neck slice.
+SHIFTED_AIR_FRACTION, SHIFTED_TISSUE_FRACTION = 0.05, 0.01
 #: Voxels looked at (a regular subsample of a larger CT): the shares above need no more.
 _CT_SAMPLE = 2_000_000
 
 
-def ct_offset_problem(ct: sitk.Image) -> str | None:
-    """A message when a CT looks like HU + 1024 (an unsigned export whose RescaleIntercept -1024 was not
-    applied), else None.
+def ct_offset_problem(ct: sitk.Image | np.ndarray) -> str | None:
+    """A message when a CT (an image, or its voxel array as a Slicer volume holds it) looks like HU + 1024
+    (an unsigned export whose RescaleIntercept -1024 was not applied), else None.
 
-    The rule, on a regular subsample of the voxels: a CT in HU always holds some air (-1000 HU around the
-    patient, in the airway, sinuses and lungs), so it is refused only when (1) fewer than 0.5 % of the voxels
-    lie at or below -200 HU, (2) at least 5 % lie at or below 200 (where the air around the patient falls
-    when shifted: about 24) and (3) at least 10 % lie between 824 and 1324 (soft tissue and fat shifted),
-    twice as many as between 200 and 824 (lung and partial volume when shifted; trabecular bone in HU). A CT
-    whose field of view lies entirely inside the body has no air but its soft tissue lies near 0 HU, not
-    near 1024, so (3) keeps it; what it would take to be refused is a crop without air or fat of which a
-    tenth or more is cortical bone (824 to 1324 HU) and little trabecular bone, which no head-and-neck CT is.
-    A CT windowed to soft tissue (clipped at, say, -160 and 240 HU) fails (3) too and is accepted.
+    The rule, on a regular subsample of the voxels: a CT in HU always holds some air or fat (-1000 HU around
+    the patient, in the airway, sinuses and lungs; -100 HU under the skin), and a shifted one holds neither
+    (an unsigned export has nothing below 0), so it is refused only when (1) fewer than 0.5 % of the voxels
+    lie at or below -20 HU, (2) at least 5 % lie at or below 200 (where the air around the patient falls
+    when shifted: about 24) and (3) at least 1 % lie between 824 and 1324 (soft tissue and fat shifted),
+    twice as many as between 200 and 824 (lung and partial volume when shifted; trabecular bone in HU). The
+    1 % catches a small neck in a large field of view (mostly air). A CT whose field of view lies entirely
+    inside the body and holds no fat has its soft tissue near 0 HU, not near 1024, so (3) keeps it; what it
+    would take to be refused is a crop without air or fat of which a hundredth or more is cortical bone
+    (824 to 1324 HU) and little trabecular bone, which no head-and-neck CT is. A CT windowed to soft tissue
+    (clipped at, say, -160 and 240 HU) holds fat below -20 and is accepted.
     """
-    a = sitk.GetArrayViewFromImage(ct)
+    a = ct if isinstance(ct, np.ndarray) else sitk.GetArrayViewFromImage(ct)
     if a.size == 0:
         return None
     step = max(1, int(round((a.size / _CT_SAMPLE) ** (1.0 / 3.0))))

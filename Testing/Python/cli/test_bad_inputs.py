@@ -227,9 +227,14 @@ def test_an_oblique_grid_with_rounded_direction_cosines_is_accepted(tmp_path, ca
 
 # ------------------------------------------------------------------------------ 5. HU + 1024
 
-def test_a_ct_in_hu_plus_1024_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("view", ["whole", "small_neck_in_a_large_field"])
+def test_a_ct_in_hu_plus_1024_is_refused(tmp_path, capsys, view):
     paths = pair(tmp_path)
     ct, _ = tiny_ct_pet()
+    if view == "small_neck_in_a_large_field":  # 2 % body, as a neck on a 500 mm reconstruction
+        ct = sitk.ConstantPad(ct, (100, 100, 0), (100, 100, 0), -1000)
+        body = float(np.mean(sitk.GetArrayViewFromImage(ct) > -500))
+        assert 0.015 < body < 0.05, body
     paths["ct"] = write(sitk.Cast(ct + 1024, sitk.sitkUInt16), tmp_path / "in" / "CT_unsigned.nii.gz", True)
     refuse_preprocess(tmp_path, capsys, paths["ct"], paths["pet"], paths["ct"], "HU + 1024",
                       "subtract 1024", "RescaleIntercept")

@@ -16,7 +16,7 @@ import torch
 
 from HNTumorSegLib.cli.batch import (DONE, ELSEWHERE, FAILED, LESION_COLUMNS, SKIPPED, BatchCase, BatchOptions,
                                      case_paths, find_batch_cases, parse_shard, process_case, run_batch,
-                                     run_batch_parallel, shard)
+                                     run_batch_parallel, run_case, shard)
 from HNTumorSegLib.cli import main
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.pipeline.inference import Segmentation, Segmenter
@@ -142,6 +142,30 @@ def test_empty_input_is_a_clear_error(tmp_path, capsys):
     assert main(["batch", "--input", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")]) == 2
     assert "no cases found" in capsys.readouterr().err
 
+
+
+def test_an_output_folder_inside_the_input_is_refused_before_anything_is_written(hecktor_root, tmp_path, capsys):
+    (tmp_path / "link").symlink_to(hecktor_root)
+    for out in (hecktor_root, hecktor_root / "results", tmp_path / "link" / "results"):
+        assert main(["batch", "--input", str(hecktor_root), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"hntumorseg: error: {out}: --out ") and "the next run would find its outputs among the cases" in err
+        assert len(err.splitlines()) == 1
+    assert not (hecktor_root / "results").exists() and not (hecktor_root / ".batch").exists()
+    # beside the input is fine: a sibling whose name merely starts like it
+    assert main(["batch", "--input", str(hecktor_root), "--out", str(tmp_path / "hecktor-out"), "--shard", "3/3",
+                 "--device", "cpu"]) in (0, 1)
+
+
+def test_a_case_whose_output_would_overwrite_its_input_fails_alone(hecktor_root, tmp_path):
+    out = tmp_path / "out"
+    (out / "A").mkdir(parents=True)
+    ct = out / "A" / "A_seg.nii.gz"  # a CT that happens to sit where the case's label map goes
+    shutil.copy(hecktor_root / "CHUM-001" / "CHUM-001__CT.nii.gz", ct)
+    before = ct.read_bytes()
+    row = run_case(BatchCase("A", ct, hecktor_root / "CHUM-001" / "CHUM-001__PT.nii.gz"), BatchOptions(out), None)
+    assert row["status"] == FAILED and "its label map is the same file as its CT" in row["message"]
+    assert ct.read_bytes() == before
 
 def test_batch_command_runs_one_shard_with_a_model(hecktor_root, tmp_path, capsys):
     torch.manual_seed(0)

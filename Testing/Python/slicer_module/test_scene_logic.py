@@ -23,12 +23,13 @@ from HNTumorSegLib.cases.inputs import read_ct
 from HNTumorSegLib.cli import main as cli_main
 from HNTumorSegLib.dicom.series import read_series
 from HNTumorSegLib.dicom.segment_terminology import SEGMENTS
+from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.phantom import make_phantom
 from HNTumorSegLib.phantom.dicom import write_dicom_case
 from HNTumorSegLib.slicer_support.edit_guard import ASK, CREATE, REPLACE
 from HNTumorSegLib.slicer_support.results_table import COLUMNS, table_rows
 from HNTumorSegLib.slicer_support.scene_geometry import analysis_window_box
-from HNTumorSegLib.slicer_support.segmentation_job import CANCELLED, JobResult
+from HNTumorSegLib.slicer_support.segmentation_job import CANCELLED, JobResult, SegmentationJob
 
 slicer = import_slicer_core()
 
@@ -382,6 +383,26 @@ def test_pet_loaded_from_dicom_in_bq_per_ml_is_converted_as_the_command_line_doe
     finally:
         app.close()
 
+
+
+def test_a_ct_in_hu_plus_1024_is_refused_before_the_worker_starts(headless_slicer, plain_case, tmp_path, monkeypatch):
+    shifted = sitk.Cast(sitk.ReadImage(str(plain_case.ct_path)) + 1024, sitk.sitkUInt16)  # an unsigned export
+    sitk.WriteImage(shifted, str(tmp_path / "ct_unsigned.nrrd"))
+    logic = scene_logic_class()(workerPython=[sys.executable])
+    ct = headless_slicer.load_volume(tmp_path / "ct_unsigned.nrrd", "CT")
+    pet = headless_slicer.load_volume(plain_case.pet_path, "PET")
+    problems = logic.inputProblems(ct, pet)
+    assert [level for level, _ in problems] == ["error"] and "HU + 1024" in problems[0][1], problems
+    assert problems[0][1].startswith("CT 'CT': CT values look like HU + 1024")
+    started = []
+    monkeypatch.setattr(SegmentationJob, "start", lambda job: started.append(job))
+    nodes = headless_slicer.scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match="HU \\+ 1024"):
+        logic.segment(ct, pet, device="cpu")
+    assert started == [] and headless_slicer.scene.GetNumberOfNodes() == nodes
+    # the plain CT of the same case passes
+    plain = headless_slicer.load_volume(plain_case.ct_path, "CT plain")
+    assert [level for level, _ in logic.inputProblems(plain, pet)] == []
 
 def test_the_uncertainty_overlay_lies_on_the_ct_and_marks_the_lesion_edges(segmented, plain_case):
     from headless_views import SliceView
