@@ -448,7 +448,7 @@ def run_batch_parallel(cases: Sequence[BatchCase], options: BatchOptions, *, sum
 
     from tqdm import tqdm
 
-    from HNTumorSegLib.pipeline.inference import available_cpus
+    from HNTumorSegLib.pipeline.inference import cpu_threads
 
     rows: dict[str, dict] = {}
     todo = []
@@ -458,7 +458,7 @@ def run_batch_parallel(cases: Sequence[BatchCase], options: BatchOptions, *, sum
             todo.append(case)
         else:
             rows[case.case_id] = row
-    threads = max(1, available_cpus() // workers)
+    threads = max(1, cpu_threads() // workers)  # the user's OMP_NUM_THREADS is shared out too
     bar = tqdm(total=len(cases), initial=len(rows), desc="cases", unit="case", disable=not progress, file=sys.stderr)
     context = multiprocessing.get_context("spawn")
     try:

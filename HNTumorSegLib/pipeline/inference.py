@@ -72,6 +72,16 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_threads(spare: int = 0) -> int:
+    """Threads for the network on the CPU: the user's ``OMP_NUM_THREADS`` when set (a shared server's
+    admin sets it; torch reads it too, and it must not be overridden), else every CPU this process may
+    use (its affinity, not torch's count of physical cores) less ``spare``, at least one."""
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return max(1, available_cpus() - spare)
+
+
 MIB = 2 ** 20
 
 
@@ -198,7 +208,8 @@ class Segmenter:
     member_seconds: list[float]
 
     def __init__(self, model: str | os.PathLike | LoadedModel | None = None, device: str = "auto",
-                 tta: bool = False, postprocess: bool = True):
+                 tta: bool = False, postprocess: bool = True, threads: int | None = None):
+        """``threads``: CPU threads for the network (None: :func:`cpu_threads`)."""
         self.device = resolve_device(device)
         self.loaded = model if isinstance(model, LoadedModel) else load_model(
             default_model_path() if model is None else model, device="cpu")
@@ -230,7 +241,7 @@ class Segmenter:
         self.member_seconds = []
         self.disagreement: np.ndarray | None = None
         if self.device.type == "cpu":
-            torch.set_num_threads(available_cpus())
+            torch.set_num_threads(threads or cpu_threads())
 
     # ---- one network: what code written before ensembles reads and sets
     def _only(self) -> Network:

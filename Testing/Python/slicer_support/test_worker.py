@@ -177,3 +177,33 @@ def test_decode_ignores_lines_that_are_not_events():
     assert protocol.decode('{"no_event": 1}') is None
     assert protocol.decode(protocol.encode(protocol.stage("network"))) == {"event": "stage", "stage": "network"}
     assert protocol.error("first line\nsecond", "input")["message"] == "first line"
+
+
+@pytest.mark.parametrize("cpus, omp, expected", [(2, None, 2), (4, None, 3), (16, None, 15), (1, None, 1),
+                                                 (16, "4", 4), (2, "1", 1), (8, "zero", 7)])
+def test_the_worker_leaves_slicer_a_cpu_where_there_are_several_and_keeps_omp_num_threads(monkeypatch, cpus, omp,
+                                                                                            expected):
+    from HNTumorSegLib.pipeline import inference
+    from HNTumorSegLib.slicer_support.worker import worker_threads
+
+    monkeypatch.setattr(inference, "available_cpus", lambda: cpus)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)  # "zero" is not a count: ignored
+    assert worker_threads() == expected
+
+
+def test_a_segmenter_uses_the_threads_it_is_given_or_the_users_omp_num_threads(small_model, monkeypatch):
+    from HNTumorSegLib.pipeline.inference import Segmenter
+
+    before = torch.get_num_threads()
+    try:
+        Segmenter(small_model, device="cpu", threads=1)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(2)
+        Segmenter(small_model, device="cpu")
+        assert torch.get_num_threads() == 1  # not overridden with every CPU
+    finally:
+        torch.set_num_threads(before)
