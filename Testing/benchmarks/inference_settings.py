@@ -6,10 +6,11 @@ Issue: the network is most of a ``segment`` run's time, and how it is run is a c
 for each setting, the network time per case (after one warm-up case) and the mean per-case Dice of GTVp and
 GTVn on the analysis window (argmax, no clean-up: the network's own answer) are printed, with the change
 against the model's recorded setting. Settings tried: the overlap (0 / 0.1 / 0.25 / 0.5), patches per forward
-call (1 / 4 / 8), torch threads (1 / all). (Channels-last activations are already the CPU inference path's:
-HNTumorSegLib.network.blocks.) Run:
+call (1 / 4 / 8), torch threads (1 / all), and with ``--compile`` the recorded setting through
+``torch.compile`` (its compilation, paid by the warm-up pass, printed apart). (Channels-last activations are
+already the CPU inference path's: HNTumorSegLib.network.blocks.) Run:
 
-    python Testing/benchmarks/inference_settings.py [--cases 4]
+    python Testing/benchmarks/inference_settings.py [--cases 4] [--compile]
 """
 
 from __future__ import annotations
@@ -30,22 +31,25 @@ STYLES = ("classic", "legacy", "digital", "endemic")
 FIRST_SEED = 910_000
 
 
-def settings(recorded):
-    """(name, window, threads) to try; the first is the model's recorded setting."""
+def settings(recorded, compiled: bool = False):
+    """(name, window, threads, compiled) to try; the first is the model's recorded setting."""
     cpus = available_cpus()
-    out = [("recorded", recorded, cpus)]
+    out = [("recorded", recorded, cpus, False)]
     for overlap in (0.0, 0.1, 0.5):
-        out.append((f"overlap {overlap}", dataclasses.replace(recorded, overlap=overlap), cpus))
+        out.append((f"overlap {overlap}", dataclasses.replace(recorded, overlap=overlap), cpus, False))
     for batch in (4, 8):
-        out.append((f"{batch} patches a call", dataclasses.replace(recorded, batch=batch), cpus))
+        out.append((f"{batch} patches a call", dataclasses.replace(recorded, batch=batch), cpus, False))
     if cpus > 1:
-        out.append(("1 thread", recorded, 1))
+        out.append(("1 thread", recorded, 1, False))
+    if compiled:
+        out.append(("torch.compile", recorded, cpus, True))
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=4)
+    parser.add_argument("--compile", action="store_true", help="also the recorded setting through torch.compile")
     args = parser.parse_args()
     segmenter = Segmenter(device="cpu", postprocess=False)
     recorded = segmenter.window
@@ -57,13 +61,17 @@ def main() -> None:
     print(f"bundled model, {args.cases} unseen phantoms (styles {', '.join(STYLES[:args.cases])}), CPU, "
           f"{available_cpus()} cores, torch {torch.__version__}; recorded setting {recorded.to_dict()}")
     rows = []
-    for name, window, threads in settings(recorded):
+    eager = segmenter.networks[0].model
+    for name, window, threads, compiled in settings(recorded, args.compile):
         segmenter.window = window
         torch.set_num_threads(threads)
+        segmenter.networks[0].model = torch.compile(eager) if compiled else eager
         seconds, scores = [], []
         for k, (image, label) in enumerate([inputs[0]] + inputs):  # the first pass warms up, not counted
             t0 = time.perf_counter()
             prob = segmenter.probabilities(image)
+            if not k and compiled:
+                print(f"  {name}: the warm-up pass (compiling) took {time.perf_counter() - t0:.1f} s", flush=True)
             if k:
                 seconds.append(time.perf_counter() - t0)
                 pred = prob.argmax(0)
