@@ -19,8 +19,7 @@ from HNTumorSegTraining.evaluate import make_segmenter
 from HNTumorSegTraining.export import portable
 from HNTumorSegTraining.models import build_from_spec, make_spec
 from HNTumorSegTraining.phantom_cohort import write_cohort
-from HNTumorSegTraining.postprocess_search import (CaseStructure, best_rule, candidate_rules, case_structures,
-                                                   mean_dice)
+from HNTumorSegTraining.postprocess_search import CaseStructure, best_rule, candidate_rules, case_structures
 from HNTumorSegTraining.prepare import prepare
 from HNTumorSegTraining.weights import save_weights
 
@@ -61,8 +60,7 @@ def _item(components: list[tuple[int, float, int]], reference: int) -> CaseStruc
 
 def test_the_choice_removes_islands_and_keeps_the_gentlest_rule_on_ties():
     # a lesion with a faint 10-voxel island; a lesion-free case with a faint 30-voxel island
-    # (five of each: on two cases alone no rule is more than noise, see the next test)
-    items = [_item([(1000, 0.97, 900), (10, 0.6, 0)], 1000), _item([(30, 0.65, 0)], 0)] * 5
+    items = [_item([(1000, 0.97, 900), (10, 0.6, 0)], 1000), _item([(30, 0.65, 0)], 0)]
     rule, before, after = best_rule(items)
     assert before == pytest.approx((2 * 900 / 2010 + 0.0) / 2)
     assert after == pytest.approx((2 * 900 / 2000 + 1.0) / 2)
@@ -70,19 +68,6 @@ def test_the_choice_removes_islands_and_keeps_the_gentlest_rule_on_ties():
     clean = [_item([(1000, 0.97, 900)], 1000), _item([], 0)]
     assert best_rule(clean)[0] == StructureRule()  # nothing to gain: no clean-up
 
-
-
-def test_a_rule_that_wins_by_noise_is_not_taken_one_that_wins_every_time_is():
-    """The one-standard-error rule: the gentlest rule within one standard error of the best."""
-    gains = [_item([(1000, 0.99, 900), (200, 0.85, 0)], 1000)] * 4        # a faint false island: dropping it helps
-    losses = [_item([(1000, 0.99, 900), (200, 0.85, 180)], 1200)] * 3     # a faint true lesion: dropping it hurts
-    neutral = [_item([(1000, 0.99, 900)], 1000)] * 3
-    harsh = StructureRule(0.0, 0.9, False)
-    assert mean_dice(gains + losses + neutral, harsh) > mean_dice(gains + losses + neutral, StructureRule())
-    rule, before, after = best_rule(gains + losses + neutral)  # +0.008 on average, +-0.08 a case: noise
-    assert rule == StructureRule() and after == before
-    rule, before, after = best_rule(gains * 3)  # +0.082 on every case
-    assert rule != StructureRule() and after == pytest.approx(0.9) and before == pytest.approx(1800 / 2200)
 
 def _assembled_run(tmp_path: Path) -> Path:
     """Three phantoms prepared into a cache (two train, one val) and a run with tiny psam weights
