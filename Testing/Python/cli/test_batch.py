@@ -285,7 +285,8 @@ def test_the_same_batch_command_started_twice_loses_no_row(hecktor_root, small_m
     cmd = [sys.executable, "-m", "HNTumorSegLib.cli", "batch", "--input", str(hecktor_root), "--out", str(out),
            "--model", str(small_model), "--device", "cpu"]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in (1, 2)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                              env=env) for _ in (1, 2)]
     results = [p.communicate(timeout=300) for p in procs]
     for p, (stdout, stderr) in zip(procs, results):
         assert p.returncode in (0, 1), stderr  # 1: the broken case failed in (or was read back by) this process
