@@ -160,7 +160,7 @@ class HNTumorSegSceneLogic:
                 problems.append(("info", f"{role} '{node.GetName()}' is under the transform "
                                          f"'{transform.GetName()}': it is used where you see it (world coordinates)."))
         shifted = ct_offset_problem(slicer.util.arrayFromVolume(ctNode))
-        if shifted:  # the worker would refuse it too, after starting: say it before anything runs
+        if shifted:  # the worker reads the CT as given: this is the Slicer path's only check of its units
             problems.append((ERROR, f"CT '{ctNode.GetName()}': {shifted}"))
         values = slicer.util.arrayFromVolume(petNode)
         try:

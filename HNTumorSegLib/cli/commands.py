@@ -163,7 +163,6 @@ def cmd_batch(args) -> int:
     """Every case under --input, resumable and shardable; a summary CSV."""
     from HNTumorSegLib.cli.batch import (FAILED, BatchOptions, find_batch_cases, parse_shard, run_batch, run_batch_parallel, shard,
                                          summary_path)
-
     from HNTumorSegLib.cli.output_paths import refuse_folder_inside
 
     spec = parse_shard(args.shard) if args.shard else None

@@ -62,7 +62,6 @@ def refuse_clashes(outputs: Sequence[Named], inputs: Sequence[Named],
                                  "one would overwrite the other: choose another output path")
 
 
-
 def refuse_folder_inside(out: Path, out_name: str, source: Path, source_name: str) -> None:
     """Raise :class:`InputError` when the output folder ``out`` is the input folder ``source`` or lies inside it
     (through links too). Why: ``batch`` searches ``--input`` for cases, so outputs written there become inputs
@@ -72,6 +71,7 @@ def refuse_folder_inside(out: Path, out_name: str, source: Path, source_name: st
         where = "is" if inside == folder else "lies inside"
         raise InputError(f"{out}: {out_name} {where} {source_name} {source}{_spelling(Path(out), Path(source))}; "
                          f"the next run would find its outputs among the cases: choose a folder outside {source}")
+
 
 def model_inputs(model: str | os.PathLike | None) -> list[Named]:
     """The files a ``--model`` option reads (its JSON and weights), as inputs."""

@@ -253,9 +253,9 @@ def image_memory_problem(role: str, size: Sequence[int], pixel_id: int, componen
 
 #: HU at or below which a voxel is air, lung or fat (a CT in HU has some around and inside the patient;
 #: a CT in HU + 1024 has none: air lands near 24 and an unsigned export holds nothing below 0).
-CT_AIR_HU = -20
-#: Share of voxels at or below :data:`CT_AIR_HU` under which a CT holds no air and no fat at all.
-CT_NO_AIR_FRACTION = 0.005
+CT_AIR_OR_FAT_HU = -20
+#: Share of voxels at or below :data:`CT_AIR_OR_FAT_HU` under which a CT holds no air and no fat at all.
+CT_NO_AIR_OR_FAT_FRACTION = 0.005
 #: HU + 1024 shifts air (-1000 HU) to about 24 and soft tissue and fat (-200 to 300 HU) to 824 to 1324.
 SHIFTED_AIR_MAX, SHIFTED_TISSUE = 200, (824, 1324)
 #: Shares of voxels a shifted CT shows as air and as soft tissue. The tissue share is small because a
@@ -287,7 +287,7 @@ def ct_offset_problem(ct: sitk.Image | np.ndarray) -> str | None:
     step = max(1, int(round((a.size / _CT_SAMPLE) ** (1.0 / 3.0))))
     sample = a[::step, ::step, ::step]
     n = float(sample.size)
-    if np.count_nonzero(sample <= CT_AIR_HU) / n >= CT_NO_AIR_FRACTION:
+    if np.count_nonzero(sample <= CT_AIR_OR_FAT_HU) / n >= CT_NO_AIR_OR_FAT_FRACTION:
         return None
     air = np.count_nonzero(sample <= SHIFTED_AIR_MAX) / n
     lo, hi = SHIFTED_TISSUE
@@ -295,7 +295,7 @@ def ct_offset_problem(ct: sitk.Image | np.ndarray) -> str | None:
     between = np.count_nonzero((sample > SHIFTED_AIR_MAX) & (sample < lo)) / n
     if air < SHIFTED_AIR_FRACTION or tissue < SHIFTED_TISSUE_FRACTION or tissue < 2 * between:
         return None
-    return (f"CT values look like HU + 1024 (no voxel below {CT_AIR_HU} HU; {air:.0%} of voxels near 0 where air "
+    return (f"CT values look like HU + 1024 (no voxel below {CT_AIR_OR_FAT_HU} HU; {air:.0%} of voxels near 0 where air "
             f"should be -1000 HU, {tissue:.0%} near 1024 where soft tissue should be near 0 HU): an unsigned "
             "export whose RescaleIntercept -1024 was not applied? Subtract 1024 from the CT (or fix its "
             "RescaleIntercept) and run again")
