@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
+from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.imaging.image_io import write_json
 from HNTumorSegLib.phantom import make_phantom, write_case
 from HNTumorSegLib.phantom.styles import CLASSIC, STYLES, get_style
@@ -79,23 +82,44 @@ def style_of(index: int, styles: Sequence[str] | None) -> str:
     return styles[index % len(styles)] if styles else "classic"
 
 
+def _write_case(recipe: dict, root: Path) -> None:
+    """Draw one phantom from its cohort recipe and write it (a pool task: module-level, picklable)."""
+    recipe = dict(recipe)
+    case_id = recipe.pop("case_id")
+    write_case(make_phantom(recipe.pop("seed"), recipe.pop("fov"), case_id=case_id, **recipe), root)
+
+
 def write_cohort(root: str | os.PathLike, n: int, seed: int = 0, start: int = 0, progress: bool = True,
-                 styles: Sequence[str] | None = None) -> list[str]:
+                 styles: Sequence[str] | None = None, workers: int = 1) -> list[str]:
     """Write cases ``start .. start + n - 1`` under ``root``; existing cases are kept (resumable).
-    ``styles``: spread the cases over these styles (default: the classic cohort)."""
+    ``styles``: spread the cases over these styles (default: the classic cohort). ``workers``: cases
+    drawn in that many processes at once (a cohort of hundreds takes minutes per core)."""
     root = Path(root)
     styles = parse_styles(list(styles)) if styles else []
     ids = []
     written: dict[str, dict] = {}
-    for index in tqdm(range(start, start + n), desc="phantoms", disable=not progress):
+    missing: list[dict] = []
+    for index in range(start, start + n):
         recipe = cohort_case(index, seed, style_of(index, styles))
-        case_id = recipe.pop("case_id")
+        case_id = recipe["case_id"]
         ids.append(case_id)
         written[case_id] = {"index": index, "style": recipe["style"]}
         folder = root / case_id
-        if all((folder / f"{case_id}{s}.nii.gz").exists() for s in ("__CT", "__PT", "")):
-            continue
-        write_case(make_phantom(recipe.pop("seed"), recipe.pop("fov"), case_id=case_id, **recipe), root)
+        if not all((folder / f"{case_id}{s}.nii.gz").exists() for s in ("__CT", "__PT", "")):
+            missing.append(recipe)
+    bar = tqdm(total=n, initial=n - len(missing), desc="phantoms", disable=not progress)
+    with bar:
+        if workers <= 1 or len(missing) <= 1:
+            for recipe in missing:
+                _write_case(recipe, root)
+                bar.update()
+        else:
+            # Spawn, not fork (the parent may hold SimpleITK threads); one case per task. Case i is a
+            # function of (seed, i, style) alone, so the files do not depend on the number of workers.
+            with ProcessPoolExecutor(max_workers=min(workers, len(missing)),
+                                     mp_context=multiprocessing.get_context("spawn")) as pool:
+                for _ in pool.map(_write_case, missing, [root] * len(missing)):
+                    bar.update()
     cohort = read_cohort(root) or {}
     indices = sorted(set(cohort.get("indices", [])) | set(range(start, start + n)))
     case_styles = dict(cohort.get("case_styles", {}))
@@ -128,6 +152,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=240, help="number of cases")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--start", type=int, default=0, help="first case index (to extend a cohort)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes drawing cases at once (the files do not depend on it)")
     parser.add_argument("--style", action="append", metavar="NAME[,NAME...]",
                         help=f"centre style(s) to spread the cases over, repeatable or a comma list "
                              f"({', '.join(STYLES)}; default: the classic cohort, centres PHA/PHB/PHC)")
@@ -136,7 +162,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     styles = parse_styles(args.style)  # ValueError (one error line) for an unknown name
-    ids = write_cohort(args.out, args.n, args.seed, args.start, styles=styles or None)
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers}: give 1 or more")
+    ids = write_cohort(args.out, args.n, args.seed, args.start, styles=styles or None, workers=args.workers)
     by_style = {}
     for index in range(args.start, args.start + args.n):
         by_style[style_of(index, styles)] = by_style.get(style_of(index, styles), 0) + 1

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import SimpleITK as sitk
+
 from HNTumorSegTraining.cli import main
 
 
@@ -18,6 +21,25 @@ def test_phantoms_then_prepare(tmp_path, capsys):
     assert "accepted 3" in out and "keeps all GTVp in 3" in out
     split = json.loads((cache / "split.json").read_text())
     assert split["val"] == ["PHA-001"] and sorted(split["train"]) == ["PHB-001", "PHC-001"]
+
+
+def test_phantoms_drawn_by_several_workers_are_the_same_cases(tmp_path, capsys):
+    """Worker processes change the speed, not the cohort: the same voxels, the same marker."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    styles = ["--style", "classic,endemic"]
+    assert main(["phantoms", "--out", str(one), "--n", "3", "--seed", "5", *styles]) == 0
+    assert main(["phantoms", "--out", str(two), "--n", "3", "--seed", "5", "--workers", "2", *styles]) == 0
+    assert json.loads((one / "cohort.json").read_text()) == json.loads((two / "cohort.json").read_text())
+    files = sorted(p.relative_to(one) for p in one.rglob("*.nii.gz"))
+    assert len(files) == 9 and files == sorted(p.relative_to(two) for p in two.rglob("*.nii.gz"))
+    for f in files:
+        a, b = sitk.ReadImage(str(one / f)), sitk.ReadImage(str(two / f))
+        assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
+        assert np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)), f
+    capsys.readouterr()  # the progress bars so far
+    assert main(["phantoms", "--out", str(tmp_path / "none"), "--n", "1", "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--workers 0" in err[0]
 
 
 def test_errors_are_one_line(tmp_path, capsys):
