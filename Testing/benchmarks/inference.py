@@ -72,7 +72,7 @@ def cli_figures(device: str) -> None:
                 [sys.executable, "-m", "HNTumorSegLib.cli", "segment",
                  "--ct", str(paths["ct"]), "--pet", str(paths["pet"]), "--out", str(tmp / "seg.nii.gz"),
                  "--model", str(tmp / "bench_model.json"), "--device", device],
-                env={**os.environ, **env}, capture_output=True, text=True)
+                env={**os.environ, **env}, capture_output=True, text=True, encoding="utf-8")
             wall = time.perf_counter() - t0
             if proc.returncode:
                 print(proc.stderr)

@@ -63,7 +63,7 @@ def main() -> None:
         for path in PATHS:
             npz = f"{tmp}/{path}.npz"
             run = subprocess.run([sys.executable, __file__, "--seed", str(args.seed), "--one", path, "--npz", npz],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True, encoding="utf-8", check=True)
             figures = json.loads(run.stdout.strip().splitlines()[-1])
             with np.load(npz) as data:
                 figures["image"], figures["label"] = data["image"], data["label"]

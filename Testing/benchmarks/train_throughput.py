@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
           f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '') or 'none'}")
     for name in args.models:
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", "--models", name, *common],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, encoding="utf-8")
         if proc.returncode:
             print(proc.stdout + proc.stderr)
             raise SystemExit(proc.returncode)

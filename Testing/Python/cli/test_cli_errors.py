@@ -122,7 +122,7 @@ def test_console_script_prints_no_traceback(tiny_files, tmp_path):
     missing = tmp_path / "missing.nii.gz"
     proc = subprocess.run([sys.executable, "-m", "HNTumorSegLib.cli", "preprocess", "--ct", str(missing),
                            "--pet", str(tiny_files["pet"]), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"hntumorseg: error: {missing}: CT file not found"

@@ -490,6 +490,6 @@ def test_fixture_series_are_valid_iods_for_dciodvfy(dicom_case):
     folder = dicom_case[0]
     for modality in ("CT", "PT"):
         path = read_series(folder, modality).files[0]
-        out = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
+        out = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, encoding="utf-8")
         errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
         assert not errors, f"{modality}: {errors}"

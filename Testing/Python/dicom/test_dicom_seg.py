@@ -73,7 +73,7 @@ def test_pydicom_reads_it_as_a_segmentation(seg_file):
     assert ds.SegmentationType == "BINARY" and int(ds.NumberOfFrames) > 0
     dciodvfy = shutil.which("dciodvfy")
     if dciodvfy:
-        out = subprocess.run([dciodvfy, str(seg_file)], capture_output=True, text=True)
+        out = subprocess.run([dciodvfy, str(seg_file)], capture_output=True, text=True, encoding="utf-8")
         assert not [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
 
 
@@ -152,7 +152,7 @@ def test_segment_outputs_on_a_flipped_or_oblique_ct_read_back_by_plastimatch_and
         pytest.skip("plastimatch (Debian package plastimatch) is not installed; .ci/run installs it")
     run = subprocess.run([shutil.which("plastimatch"), "convert", "--input", str(rs), "--referenced-ct",
                           str(tmp_path / "dicom"), "--output-prefix", str(tmp_path / "pm"), "--prefix-format", "nrrd"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     for value, name in ((1, "GTVp"), (2, "GTVn")):
         theirs = sitk.ReadImage(str(tmp_path / "pm" / f"{name}.nrrd"))

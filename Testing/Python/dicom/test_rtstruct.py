@@ -137,7 +137,7 @@ def _plastimatch_masks(rtstruct, dicom, out, xor: bool):
            "--output-prefix", str(out), "--prefix-format", "nrrd"]
     if xor:
         cmd.insert(2, "--xor-contours")
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     return {name: sitk.ReadImage(str(out / f"{name}.nrrd")) for name in ("GTVp", "GTVn")}
 
@@ -160,7 +160,7 @@ def test_dciodvfy_finds_no_errors(rtstruct_file):
     dciodvfy = shutil.which("dciodvfy")
     if dciodvfy is None:
         pytest.skip("dciodvfy (Debian package dicom3tools) is not installed; .ci/run installs it")
-    out = subprocess.run([dciodvfy, str(rtstruct_file)], capture_output=True, text=True)
+    out = subprocess.run([dciodvfy, str(rtstruct_file)], capture_output=True, text=True, encoding="utf-8")
     report = out.stdout + out.stderr
     assert "RTStructureSet" in report
     assert not [line for line in report.splitlines() if line.startswith("Error")], report
@@ -220,7 +220,7 @@ def test_split_lesions_gives_one_roi_per_node_that_plastimatch_reads_back(study,
         pytest.skip(PLASTIMATCH_MISSING)
     cmd = [shutil.which("plastimatch"), "convert", "--input", str(out), "--referenced-ct", str(study["dicom"]),
            "--output-prefix", str(tmp_path / "pm"), "--prefix-format", "nrrd"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     for i in range(1, count + 1):
         theirs = sitk.Resample(sitk.ReadImage(str(tmp_path / "pm" / f"GTVn_{i}.nrrd")), study["label"],

@@ -118,7 +118,7 @@ print(json.dumps(failed))
 def import_with_only(allowed_distributions: set[str], modules: list[str]) -> dict[str, str]:
     blocked = sorted(blocked_modules(allowed_distributions))
     proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(blocked), json.dumps(modules)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+                          capture_output=True, text=True, encoding="utf-8", cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -203,5 +203,5 @@ def test_importing_the_package_does_not_load_torch():
             "import HNTumorSegLib.slicer_support.segmentation_job, HNTumorSegLib.dicom.segment_terminology; "
             "assert 'torch' not in sys.modules, 'torch loaded'; "
             "from HNTumorSegLib import Segmenter; assert 'torch' in sys.modules")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr

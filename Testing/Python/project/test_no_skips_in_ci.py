@@ -33,7 +33,8 @@ def run_suite(target: Path, ci: str | None) -> subprocess.CompletedProcess:
     if ci is not None:
         env["CI"] = ci
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", str(target)],
-                          cwd=target if target.is_dir() else target.parent, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=target if target.is_dir() else target.parent, env=env, capture_output=True, text=True,
+                          encoding="utf-8", timeout=120)
 
 
 @pytest.mark.parametrize("ci", ["true", "TRUE", "1"])

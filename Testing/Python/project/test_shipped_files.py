@@ -33,7 +33,7 @@ def shipped_files() -> list[Path]:
     """What git would ship: tracked and unignored files (CI's fresh copies have no .git: read .gitignore)."""
     if (ROOT / ".git").exists():
         listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                                capture_output=True, text=True, check=True).stdout.splitlines()
+                                capture_output=True, text=True, encoding="utf-8", check=True).stdout.splitlines()
         return [ROOT / name for name in listed if (ROOT / name).is_file()]
     patterns = [ln.strip() for ln in (ROOT / ".gitignore").read_text().splitlines()
                 if ln.strip() and not ln.startswith("#")] + [".git/"]

@@ -150,7 +150,7 @@ def test_module_loads_its_library_without_torch(source, scene_source):
     assert len(modules) >= 5
     code = ("import sys\nfor m in ('torch', 'safetensors', 'scipy', 'matplotlib'): sys.modules[m] = None\n"
             + "".join(f"import {m}\n" for m in modules))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
 
 

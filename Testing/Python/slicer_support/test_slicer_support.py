@@ -214,7 +214,7 @@ def test_worker_imports_without_scipy_or_matplotlib():
     code = ("import sys; sys.modules['scipy'] = None; sys.modules['matplotlib'] = None\n"
             "import HNTumorSegLib.slicer_support.worker, HNTumorSegLib.slicer_support.segmentation_job, HNTumorSegLib.pipeline.inference, "
             "HNTumorSegLib.evaluation.metrics, HNTumorSegLib.slicer_support.scene_geometry")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8")
     assert proc.returncode == 0, proc.stderr
 
 

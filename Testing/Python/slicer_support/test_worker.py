@@ -29,8 +29,8 @@ from conftest import tiny_ct_pet
 
 def run_worker(args, cwd):
     """Run the worker to the end; (exit status, events, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "HNTumorSegLib.slicer_support.worker", *args], capture_output=True, text=True,
-                          env=worker_environment(), cwd=cwd)
+    proc = subprocess.run([sys.executable, "-m", "HNTumorSegLib.slicer_support.worker", *args],
+                          capture_output=True, text=True, encoding="utf-8", env=worker_environment(), cwd=cwd)
     events = [protocol.decode(line) for line in proc.stdout.splitlines()]
     assert all(e is not None for e in events), f"non-protocol line on stdout: {proc.stdout!r}"
     return proc.returncode, events, proc.stderr

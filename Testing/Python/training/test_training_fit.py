@@ -471,7 +471,7 @@ def test_ddp_on_two_gloo_processes_keeps_replicas_identical(small_cache, tmp_pat
                           max_steps_per_epoch=None, val_every=0)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", str(script), cfg]
-    proc = subprocess.run(cmd, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(cmd, env=SUBPROCESS_ENV, capture_output=True, text=True, encoding="utf-8", timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = tmp_path / "report"
     init = [json.loads((report / f"init{r}.json").read_text()) for r in range(2)]
@@ -541,7 +541,7 @@ def test_kill_mid_epoch_then_resume_finishes_with_each_epoch_once(small_cache, t
     script, cfg = _driver(tmp_path, small_cache, out, "unet", epochs=epochs, samples_per_epoch=steps,
                           max_steps_per_epoch=None, resume=True)
     done = subprocess.run([sys.executable, str(script), cfg], env=SUBPROCESS_ENV, capture_output=True, text=True,
-                          timeout=180)
+                          encoding="utf-8", timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"resuming {out} after epoch {killed_after}" in done.stdout
     after = read_history_csv(out / "history.csv")

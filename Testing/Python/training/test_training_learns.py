@@ -146,14 +146,14 @@ def test_python_dash_m_fit_the_torchrun_entry_point_trains_and_resumes(overfit_c
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "HNTumorSegTraining.fit", *fit_args(overfit_cache, out)[1:], "--epochs", "1",
            "--max-steps-per-epoch", "2", "--workers", "1", "--val-every", "0"]
-    proc = subprocess.run(cmd, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=SUBPROCESS_ENV, capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "augmentation default" in proc.stdout and "epoch 1/1 step 2" in proc.stdout
     assert run_json(out)["settings"]["augmentation"] == NnUNetAugmentation().record()
     assert (out / "last.safetensors").is_file() and not (out / "best.json").exists()   # never validated
     resumed = subprocess.run([sys.executable, "-m", "HNTumorSegTraining.fit", "--out", str(out), "--resume",
                               "--epochs", "2", "--device", "cpu"], env=SUBPROCESS_ENV, capture_output=True, text=True,
-                             timeout=300)
+                             encoding="utf-8", timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resuming {out} after epoch 1" in resumed.stdout and "epoch 2/2 step 4" in resumed.stdout
     assert [r["step"] for r in read_history_csv(out / "history.csv")] == ["2", "4"]
