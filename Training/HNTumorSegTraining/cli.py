@@ -93,13 +93,15 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
         print(f"[{i}/{n}] {case_id}", flush=True)
 
     entry = tune_postprocess(args.run, which=args.weights, cache=args.cache, split=args.split, limit=args.limit,
-                             device=args.device, tta=args.tta, progress=None if args.quiet else report)
+                             device=args.device, tta=args.tta, criterion=args.criterion,
+                             progress=None if args.quiet else report)
     for name, rule in entry["rules"].items():
         dice = entry["chosen_on"]["window_grid_dice"][name]
         print(f"{name}: drop components < {rule['min_volume_ml']} mL or peak probability < "
               f"{rule['min_peak_probability']}{', keep the largest only' if rule['largest_only'] else ''}; "
               f"mean Dice {dice['mean_dice_before']:.4f} -> {dice['mean_dice_after']:.4f} "
-              f"on {entry['chosen_on']['cases']} tuning cases")
+              f"on {entry['chosen_on']['cases']} tuning cases ({dice['cases_improved']} improved, "
+              f"{dice['cases_worsened']} worsened)")
     print(f"written into {args.run / args.weights}.json; evaluate again before export")
     return 0
 
@@ -207,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="split of --cache to tune on (val/all of the run's own cache are refused)")
     sp.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     sp.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
+    sp.add_argument("--criterion", choices=("mean", "sign"), default="mean",
+                    help="mean: the best mean Dice; sign: the best mean among rules that improve more cases "
+                         "than they worsen (one-sided sign test, p <= 0.05)")
     sp.add_argument("--limit", type=int, help="only the first N cases")
     sp.add_argument("--quiet", action="store_true", help="no per-case lines")
     sp.set_defaults(func=cmd_postprocess)

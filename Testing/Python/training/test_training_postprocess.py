@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from HNTumorSegLib.imaging.geometry import LATTICE_SPACING
+from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.evaluation.metrics import dice
 from HNTumorSegLib.pipeline.model_file import load_model
 from HNTumorSegLib.pipeline.postprocess import ComponentFilter, StructureRule
@@ -19,7 +20,8 @@ from HNTumorSegTraining.evaluate import make_segmenter
 from HNTumorSegTraining.export import portable
 from HNTumorSegTraining.models import build_from_spec, make_spec
 from HNTumorSegTraining.phantom_cohort import write_cohort
-from HNTumorSegTraining.postprocess_search import CaseStructure, best_rule, candidate_rules, case_structures
+from HNTumorSegTraining.postprocess_search import (CRITERIA, CaseStructure, best_rule, candidate_rules,
+                                                    case_structures, sign_test)
 from HNTumorSegTraining.prepare import prepare
 from HNTumorSegTraining.weights import save_weights
 
@@ -67,6 +69,41 @@ def test_the_choice_removes_islands_and_keeps_the_gentlest_rule_on_ties():
     assert rule.min_peak_probability > 0.65 or rule.min_volume_ml > 0.09 or rule.largest_only
     clean = [_item([(1000, 0.97, 900)], 1000), _item([], 0)]
     assert best_rule(clean)[0] == StructureRule()  # nothing to gain: no clean-up
+
+
+def test_sign_test_counts_changed_cases_only():
+    assert sign_test([0.1] * 5) == (5, 0, pytest.approx(1 / 32))
+    assert sign_test([0.1, -0.1]) == (1, 1, pytest.approx(3 / 4))
+    assert sign_test([0.0, 1e-12, 0.2, 0.3]) == (2, 0, pytest.approx(1 / 4))  # unchanged cases do not count
+    assert sign_test([]) == (0, 0, 1.0)
+
+
+def test_the_sign_criterion_refuses_a_rule_whose_mean_rests_on_one_case():
+    """One lesion-free case gains 1.0 from dropping an island; two cases lose a true 50-voxel piece."""
+    island = _item([(30, 0.65, 0)], 0)
+    piece = _item([(1000, 0.97, 900), (50, 0.65, 50)], 1000)
+    items = [island, piece, piece]
+    rule, before, after = best_rule(items, "mean")
+    assert rule != StructureRule() and after > before  # the mean takes it: (1 + 0.9 + 0.9) / 3 > 0.62
+    rule, before, after = best_rule(items, "sign")
+    assert rule == StructureRule() and after == before  # 1 case improved, 2 worsened
+    # five lesion-free cases, each with a false island, and one it does not touch: p = 1/32
+    items = [island] * 5 + [_item([(1000, 0.97, 900)], 1000)]
+    rule, before, after = best_rule(items, "sign")
+    assert rule != StructureRule() and after == pytest.approx(1.0 * 5 / 6 + 2 * 900 / 2000 / 6)
+    with pytest.raises(InputError, match="criterion"):
+        best_rule(items, "median")
+
+
+def test_cli_criterion_choices_are_the_library_s(capsys):
+    from HNTumorSegTraining.cli import build_parser
+
+    for criterion in CRITERIA:
+        args = build_parser().parse_args(["postprocess", "--run", "r", "--criterion", criterion])
+        assert args.criterion == criterion
+    assert build_parser().parse_args(["postprocess", "--run", "r"]).criterion == CRITERIA[0]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["postprocess", "--run", "r", "--criterion", "median"])
 
 
 def _assembled_run(tmp_path: Path) -> Path:
