@@ -4,7 +4,11 @@ A patch-trained network leaves small, low-confidence islands far from any lesion
 island turns the Dice of a node-free case from 1 into 0. The model JSON's ``"postprocess"``
 entry says, per structure, which components to drop: those smaller than ``min_volume_ml``,
 those whose highest probability of that structure stays below ``min_peak_probability``, and
-(``largest_only``) all but the largest. The thresholds are chosen on training cases by
+(``largest_only``) all but the largest; with ``keep_strongest``, a structure the network predicted
+is never emptied: when the thresholds would drop every component, the one with the highest peak
+probability stays. Why the last: on a centre the model has not seen, its confidence falls, and a
+peak threshold chosen on familiar cases then deletes the whole primary (7 of 24 cases once) where
+the weak prediction still overlapped it. The thresholds are chosen on training cases by
 ``hntumorseg-train postprocess``, never on the cases a model is evaluated on. Dropped voxels
 become background. Components are 26-connected (SimpleITK), as in the GTVn lesion matching.
 """
@@ -31,11 +35,13 @@ class StructureRule:
     min_volume_ml: float = 0.0
     min_peak_probability: float = 0.0
     largest_only: bool = False
+    keep_strongest: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"min_volume_ml": float(self.min_volume_ml),
                 "min_peak_probability": float(self.min_peak_probability),
-                "largest_only": bool(self.largest_only)}
+                "largest_only": bool(self.largest_only),
+                "keep_strongest": bool(self.keep_strongest)}
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,10 @@ def components(mask: np.ndarray, probability: np.ndarray | None = None) -> Compo
 
 def kept_components(sizes: np.ndarray, peaks: np.ndarray, rule: StructureRule, voxel_ml: float) -> np.ndarray:
     """Boolean (n,) array: which of the components (``sizes`` in voxels, ``peaks``) ``rule`` keeps."""
-    keep = (np.asarray(sizes) * voxel_ml >= rule.min_volume_ml) & (np.asarray(peaks) >= rule.min_peak_probability)
+    sizes, peaks = np.asarray(sizes), np.asarray(peaks)
+    keep = (sizes * voxel_ml >= rule.min_volume_ml) & (peaks >= rule.min_peak_probability)
+    if rule.keep_strongest and len(keep) and not keep.any():
+        keep[int(np.lexsort((sizes, peaks))[-1])] = True  # the highest peak; ties: the larger
     if rule.largest_only and keep.any():
         largest = int(np.argmax(np.where(keep, sizes, -1)))
         keep[:] = False
@@ -91,7 +100,8 @@ class ComponentFilter:
                     raise ValueError(f"unknown structure {name!r} (expected {', '.join(LABEL_OF)})")
                 rules[name] = StructureRule(float(rule.get("min_volume_ml", 0.0)),
                                             float(rule.get("min_peak_probability", 0.0)),
-                                            bool(rule.get("largest_only", False)))
+                                            bool(rule.get("largest_only", False)),
+                                            bool(rule.get("keep_strongest", False)))
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{source}: invalid 'postprocess' entry: {exc}") from None
         return cls(rules)

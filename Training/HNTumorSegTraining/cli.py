@@ -98,7 +98,8 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
     for name, rule in entry["rules"].items():
         dice = entry["chosen_on"]["window_grid_dice"][name]
         print(f"{name}: drop components < {rule['min_volume_ml']} mL or peak probability < "
-              f"{rule['min_peak_probability']}{', keep the largest only' if rule['largest_only'] else ''}; "
+              f"{rule['min_peak_probability']}{', keep the largest only' if rule['largest_only'] else ''}"
+              f"{', never all (the strongest stays)' if rule.get('keep_strongest') else ''}; "
               f"mean Dice {dice['mean_dice_before']:.4f} -> {dice['mean_dice_after']:.4f} "
               f"on {entry['chosen_on']['cases']} tuning cases ({dice['cases_improved']} improved, "
               f"{dice['cases_worsened']} worsened)")

@@ -41,7 +41,8 @@ from HNTumorSegLib.pipeline.postprocess import ComponentFilter, StructureRule, c
 from .cache import case_dir, is_finished, open_case
 from .evaluate import make_segmenter, run_settings, run_window, split_case_ids, weights_of
 
-#: Candidate thresholds: component volume (mL) and peak probability; each with and without largest-only.
+#: Candidate thresholds: component volume (mL) and peak probability; each with and without largest-only
+#: and keep-strongest.
 VOLUME_GRID_ML = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 PEAK_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 VOXEL_ML = voxel_volume_ml(LATTICE_SPACING)
@@ -81,11 +82,13 @@ def case_structures(label: np.ndarray, probabilities: np.ndarray,
 
 
 def candidate_rules() -> list[StructureRule]:
-    """The grid, gentlest first (so that ties keep the gentler rule)."""
-    rules = [StructureRule(v, p, largest) for largest, v, p in
-             itertools.product((False, True), VOLUME_GRID_ML, PEAK_GRID)]
+    """The grid, gentlest first (so that ties keep the gentler rule): keeping the strongest component
+    of an otherwise emptied structure is gentler than not, and changes nothing without thresholds."""
+    rules = [StructureRule(v, p, largest, strongest) for largest, strongest, v, p in
+             itertools.product((False, True), (True, False), VOLUME_GRID_ML, PEAK_GRID)
+             if not (strongest and v == 0.0 and p == 0.0)]
     return sorted(rules, key=lambda r: (r.largest_only, r.min_volume_ml + r.min_peak_probability,
-                                        r.min_volume_ml))
+                                        r.min_volume_ml, not r.keep_strongest))
 
 
 def mean_dice(items: Sequence[CaseStructure], rule: StructureRule) -> float:
@@ -181,7 +184,7 @@ def tune_postprocess(run: str | Path, *, which: str = "last", cache: str | Path 
              "chosen_on": {"cache": str(cache.resolve()), "split": split, "cases": len(ids), "tta": bool(tta),
                            "criterion": criterion,
                            "grid": {"min_volume_ml": list(VOLUME_GRID_ML), "min_peak_probability": list(PEAK_GRID),
-                                    "largest_only": [False, True]},
+                                    "largest_only": [False, True], "keep_strongest": [True, False]},
                            "window_grid_dice": scores}}
     meta = json.loads(weights.read_text(encoding="utf-8"))
     meta["postprocess"] = entry

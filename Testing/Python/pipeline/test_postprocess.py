@@ -60,6 +60,16 @@ def test_rules_drop_small_low_confidence_and_non_largest_components():
     # largest_only picks the largest of those the thresholds keep, and keeps nothing when none pass
     assert kept_components(sizes, peaks, StructureRule(min_peak_probability=0.96, largest_only=True),
                            VOXEL_ML).tolist() == [False, False, False]
+    # keep_strongest: a structure is never emptied; the highest peak stays (ties: the larger), and
+    # nothing changes while the thresholds keep anything
+    strongest = StructureRule(min_peak_probability=0.96, keep_strongest=True)
+    assert kept_components(sizes, peaks, strongest, VOXEL_ML).tolist() == [True, False, False]
+    assert kept_components(np.array([8, 27, 1000]), np.array([0.5, 0.7, 0.6]), strongest, VOXEL_ML).tolist() == \
+        [False, True, False]
+    assert kept_components(np.array([8, 27]), np.array([0.7, 0.7]), strongest, VOXEL_ML).tolist() == [False, True]
+    assert kept_components(sizes, peaks, StructureRule(min_peak_probability=0.92, keep_strongest=True),
+                           VOXEL_ML).tolist() == [True, False, False]
+    assert kept_components(np.zeros(0, int), np.zeros(0), strongest, VOXEL_ML).tolist() == []
 
 
 def test_filter_applies_per_structure_and_leaves_the_input_alone():
@@ -77,9 +87,12 @@ def test_filter_applies_per_structure_and_leaves_the_input_alone():
 
 
 def test_model_json_entry_round_trips_and_bad_entries_name_the_file():
-    filt = ComponentFilter({"GTVn": StructureRule(0.2, 0.7, False)})
+    filt = ComponentFilter({"GTVn": StructureRule(0.2, 0.7, False), "GTVp": StructureRule(0.0, 0.9, True, True)})
     meta = {"postprocess": {**filt.to_dict(), "chosen_on": {"cases": 3}}}
     assert ComponentFilter.from_meta(json.loads(json.dumps(meta))) == filt
+    # an entry written before keep_strongest existed reads as without it
+    old = {"postprocess": {"rules": {"GTVn": {"min_volume_ml": 0.2, "min_peak_probability": 0.7, "largest_only": False}}}}
+    assert ComponentFilter.from_meta(old) == ComponentFilter({"GTVn": StructureRule(0.2, 0.7, False, False)})
     assert ComponentFilter.from_meta({}) is None
     with pytest.raises(ValueError, match=r"m\.json: invalid 'postprocess' entry: unknown structure 'GTVx'"):
         ComponentFilter.from_meta({"postprocess": {"rules": {"GTVx": {}}}}, "m.json")

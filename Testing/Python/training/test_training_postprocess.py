@@ -71,6 +71,16 @@ def test_the_choice_removes_islands_and_keeps_the_gentlest_rule_on_ties():
     assert best_rule(clean)[0] == StructureRule()  # nothing to gain: no clean-up
 
 
+def test_the_search_keeps_the_strongest_component_where_a_threshold_would_empty_a_case():
+    """A 1.2 mL island beside a confident primary; in another case a weak 0.6 mL primary. Only a peak
+    threshold separates the island (0.6) from the weak primary (0.65), and it empties the second case
+    unless the strongest component stays."""
+    items = [_item([(1000, 0.97, 900), (400, 0.6, 0)], 1000), _item([(200, 0.65, 180)], 200)]
+    rule, before, after = best_rule(items)
+    assert rule == StructureRule(0.0, 0.7, False, True)
+    assert after == pytest.approx((2 * 900 / 2000 + 2 * 180 / 400) / 2) and after > before
+
+
 def test_sign_test_counts_changed_cases_only():
     assert sign_test([0.1] * 5) == (5, 0, pytest.approx(1 / 32))
     assert sign_test([0.1, -0.1]) == (1, 1, pytest.approx(3 / 4))
