@@ -33,6 +33,7 @@ from typing import Any, Mapping, Sequence
 
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.pipeline.model_file import DEFAULT_INTENDED_USE, EnsembleMember, save_ensemble, save_model, tensors_sha256
+from HNTumorSegLib.pipeline.postprocess import ComponentFilter
 
 from .evaluate import (read_evaluation, read_summary, run_settings, run_window, split_case_ids, training_case_ids,
                        weights_of)
@@ -113,6 +114,17 @@ def parse_evaluations(items: Sequence[str]) -> dict[str, Path]:
     return out
 
 
+def same_clean_up(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Whether two ``{"rules": ...}`` entries prescribe the same clean-up: as rules, not as text, so that
+    an entry written before a rule field existed equals the same rules written with its default."""
+    def read(entry: Mapping[str, Any] | None) -> ComponentFilter | None:
+        return ComponentFilter.from_meta({"postprocess": entry}) if entry else None
+    try:
+        return read(a) == read(b)
+    except ValueError:
+        return False
+
+
 def check_evaluation(name: str, folder: Path, summary: Mapping[str, Any], digests: Sequence[str],
                      rules: Mapping[str, Any] | None, training_ids: Mapping[str, Sequence[str] | None]) -> None:
     """InputError unless ``summary`` scored exactly the networks ``digests``, with clean-up ``rules``,
@@ -126,7 +138,7 @@ def check_evaluation(name: str, folder: Path, summary: Mapping[str, Any], digest
     if sorted(found) != sorted(digests):
         raise InputError(f"{label}: scored other weights ({len(found)} network(s)) than the {len(digests)} "
                          "being exported; evaluate the exported model (or these runs) again")
-    if summary.get("postprocess") != rules:
+    if not same_clean_up(summary.get("postprocess"), rules):
         raise InputError(f"{label}: made with clean-up {summary.get('postprocess')}, the export prescribes {rules}; "
                          "evaluate again")
     scored = set(summary.get("case_ids") or [])
@@ -193,8 +205,12 @@ class _RunWeights:
 
     @property
     def rules(self) -> dict[str, Any] | None:
-        postprocess = self.meta.get("postprocess")
-        return {"rules": postprocess["rules"]} if postprocess else None
+        """The clean-up as ``{"rules": ...}``, every field written (older entries lack newer fields)."""
+        try:
+            chosen = ComponentFilter.from_meta(self.meta, str(weights_of(self.run, self.which)))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        return chosen.to_dict() if chosen is not None else None
 
     @property
     def window(self) -> dict[str, Any] | None:
@@ -244,7 +260,7 @@ def export(run: str | Path | Sequence[str | Path], out: str | Path, *, which: st
             metrics = {"note": "not evaluated with hntumorseg-train evaluate; window validation from training only",
                        **meta.get("metrics", {})}
         else:
-            if summary.get("postprocess") != rules:
+            if not same_clean_up(summary.get("postprocess"), rules):
                 raise InputError(f"{run}: the {split} evaluation of the {which} weights was made with clean-up "
                                  f"{summary.get('postprocess')}, the weights now prescribe {rules}; "
                                  "run hntumorseg-train evaluate again")

@@ -33,9 +33,9 @@ def segmenter() -> Segmenter:
 
 
 #: (evaluation, structure) -> floor of the per-case mean Dice recorded in the model JSON (measured:
-#: held out 0.782 / 0.588 on 26 cases, unseen style 0.642 / 0.585 on 24 cases).
-RECORDED_DICE_FLOORS = {("heldout_training_styles", "GTVp"): 0.78, ("heldout_training_styles", "GTVn"): 0.58,
-                        ("unseen_style", "GTVp"): 0.64, ("unseen_style", "GTVn"): 0.58}
+#: held out 0.801 / 0.588 on 26 cases, unseen style 0.673 / 0.584 on 24 cases).
+RECORDED_DICE_FLOORS = {("heldout_training_styles", "GTVp"): 0.80, ("heldout_training_styles", "GTVn"): 0.58,
+                        ("unseen_style", "GTVp"): 0.67, ("unseen_style", "GTVn"): 0.58}
 #: GTVp volume predicted GTVn (pooled), the issue's limit (measured 0.049 held out, 0.013 unseen).
 MAX_GTVP_AS_GTVN = 0.05
 
@@ -66,7 +66,7 @@ def test_the_bundled_model_is_verified_small_and_says_what_it_is():
     # the clean-up was chosen on phantoms apart from both the training and the held-out cases: split
     # "all" is refused for the run's own cache
     chosen_on = meta["postprocess"]["chosen_on"]
-    assert chosen_on["cases"] >= 20 and chosen_on["split"] == "all" and chosen_on["cache"] != "cache"
+    assert chosen_on["cases"] >= 60 and chosen_on["split"] == "all" and chosen_on["cache"] != "cache"
 
 
 @pytest.mark.parametrize("seed,fov,n_nodes", [(9001, "head", 2), (424242, "whole_body", 3)])
@@ -92,8 +92,8 @@ def test_demo_runs_end_to_end_with_the_bundled_model(tmp_path, capsys):
     assert model["trained_on"].startswith("synthetic PET/CT phantoms") and "194 train" in model["trained_on"]
     assert "\n" not in model["trained_on"] and len(json.dumps(model)) < 1500
     assert report["reference"]["phantom"]["seed"] == DEMO_SEED
-    # measured 0.732 / 0.780 with this model (the previous, classic-only model did better on this classic case)
-    assert report["reference"]["dice"]["GTVp"] >= 0.70 and report["reference"]["dice"]["GTVn"] >= 0.75
+    # measured 0.764 / 0.780 with this model (the previous, classic-only model did better on this classic case)
+    assert report["reference"]["dice"]["GTVp"] >= 0.75 and report["reference"]["dice"]["GTVn"] >= 0.75
     assert (out / next(out.glob("*_overlay.png")).name).stat().st_size > 0
     # every lesion on its own: they add up to the structures, with the network's confidence and a side
     lesions = report["lesions"]

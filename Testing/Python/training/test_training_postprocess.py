@@ -17,7 +17,7 @@ from HNTumorSegLib.pipeline.postprocess import ComponentFilter, StructureRule
 from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION
 from HNTumorSegTraining.cli import main
 from HNTumorSegTraining.evaluate import make_segmenter
-from HNTumorSegTraining.export import portable
+from HNTumorSegTraining.export import portable, same_clean_up
 from HNTumorSegTraining.models import build_from_spec, make_spec
 from HNTumorSegTraining.phantom_cohort import write_cohort
 from HNTumorSegTraining.postprocess_search import (CRITERIA, CaseStructure, best_rule, candidate_rules,
@@ -114,6 +114,15 @@ def test_cli_criterion_choices_are_the_library_s(capsys):
     assert build_parser().parse_args(["postprocess", "--run", "r"]).criterion == CRITERIA[0]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["postprocess", "--run", "r", "--criterion", "median"])
+
+
+def test_export_compares_clean_ups_as_rules_not_as_text():
+    """An entry written before keep_strongest existed is the same clean-up as the one written with it off."""
+    old = {"rules": {"GTVn": {"min_volume_ml": 0.5, "min_peak_probability": 0.9, "largest_only": False}}}
+    new = {"rules": {"GTVn": {**old["rules"]["GTVn"], "keep_strongest": False}}}
+    assert same_clean_up(old, new) and same_clean_up(None, None)
+    assert not same_clean_up(old, {"rules": {"GTVn": {**new["rules"]["GTVn"], "keep_strongest": True}}})
+    assert not same_clean_up(old, None) and not same_clean_up({"rules": {"GTVx": {}}}, old)
 
 
 def _assembled_run(tmp_path: Path) -> Path:
