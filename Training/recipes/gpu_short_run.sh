@@ -7,6 +7,9 @@
 #
 #   OUT=results BUDGET_S=480 Training/recipes/gpu_short_run.sh
 #
+# With the package installed, or PYTHONPATH=.:Training from the repository root. RUNS picks the runs
+# (default both); INIT=model.json fine-tunes from a model instead of starting from scratch.
+#
 # The data are drawn on the machine itself (seed 11, the bundled model's cohort: the same cases and
 # the same held-out split as the bundled model's). Small sizes for a rehearsal on a CPU:
 #   OUT=/tmp/r N_TRAIN=6 DEVICE=cpu THROUGHPUT=0 CALIBRATION_SAMPLES=8 BUDGET_S=200 ...
@@ -34,17 +37,21 @@ mkdir -p "$OUT" "$DATA"
 # lr 2e-3), with its 32 x 80 x 80 patch, and with a 48 x 112 x 112 patch: more context for telling a
 # primary from a node, at the same sliding-window cost on the CPU (27 patches of 48 x 112 x 112 cover the
 # window with overlap 0.25 in about the voxels of 80 patches of 32 x 80 x 80).
-RUNS=(p32x80 p48x112)
+read -r -a RUNS <<<"${RUNS:-p32x80 p48x112}"
+INIT=${INIT:-}
 declare -A PATCH=([p32x80]="32 80 80" [p48x112]="48 112 112")
 declare -A BATCH=([p32x80]=4 [p48x112]=2)
-LOADERS=$(( CPUS / 2 - 1 > 0 ? CPUS / 2 - 1 : 0 ))
+for name in "${RUNS[@]}"; do
+  [ -n "${PATCH[$name]:-}" ] || { echo "RUNS: unknown run $name (known: ${!PATCH[*]})" >&2; exit 2; }
+done
+LOADERS=$(( CPUS / ${#RUNS[@]} - 1 > 0 ? CPUS / ${#RUNS[@]} - 1 : 0 ))  # loader processes per run
 fit_run() {  # name out epochs samples_per_epoch [stop after seconds; 0: no stop]
   local name=$1 out=$2 epochs=$3 samples=$4 stop=${5:-0}
   # shellcheck disable=SC2086
   timeout "$stop" "$PY" -m HNTumorSegTraining.cli fit --cache "$DATA/cache" --model psam --channels 8 16 32 64 128 --out "$out" \
     --patch-size ${PATCH[$name]} --batch-size "${BATCH[$name]}" --samples-per-epoch "$samples" \
     --epochs "$epochs" --lr 2e-3 --warmup-epochs 1 --p-fg 0.5 --batch-dice --augment default \
-    --workers "$LOADERS" --val-every 0 --device "$DEVICE" --no-progress
+    --workers "$LOADERS" --val-every 0 --device "$DEVICE" --no-progress ${INIT:+--init-weights "$INIT"}
 }
 
 { echo "started $(date -u +%FT%TZ) on $(hostname), $CPUS CPUs"; nvidia-smi -L 2>/dev/null
@@ -78,6 +85,7 @@ done
 wait
 declare -A EPOCHS
 left=$(( BUDGET_S - TAIL_S - $(elapsed) ))
+[ "$left" -gt 0 ] || { log "the budget is spent before the runs (BUDGET_S=$BUDGET_S)"; exit 1; }
 for name in "${RUNS[@]}"; do
   epochs=$("$PY" - "$DATA/calib_$name/history.csv" "$CALIBRATION_SAMPLES" "$SAMPLES_PER_EPOCH" "$left" <<'PYEOF'
 import csv, sys
