@@ -11,7 +11,7 @@ set -euo pipefail
 DATA=${DATA:?set DATA to a scratch folder (several GB)}
 OUT_MODEL=${OUT_MODEL:-$DATA/model/hntumorseg_phantom_psam_robust}
 N_TRAIN=${N_TRAIN:-300}          # cases of the training styles (a held-out share is kept by prepare's split)
-N_TUNE=${N_TUNE:-45}             # further cases of the training styles, for choosing the clean-up only
+N_TUNE=${N_TUNE:-60}             # further cases of the training styles, for choosing the clean-up only (20 proved too few)
 N_UNSEEN=${N_UNSEEN:-40}         # cases of the unseen style
 EPOCHS=${EPOCHS:-30}
 STEPS=${STEPS:-100}              # samples per epoch = STEPS x batch size 2
