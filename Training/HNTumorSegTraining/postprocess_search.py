@@ -91,8 +91,8 @@ def candidate_rules() -> list[StructureRule]:
                                         r.min_volume_ml, not r.keep_strongest))
 
 
-def mean_dice(items: Sequence[CaseStructure], rule: StructureRule) -> float:
-    return float(np.mean([item.dice(rule) for item in items]))
+def per_case_dice(items: Sequence[CaseStructure], rule: StructureRule) -> np.ndarray:
+    return np.array([item.dice(rule) for item in items], dtype=float)
 
 
 def sign_test(gains: Sequence[float], tolerance: float = 1e-9) -> tuple[int, int, float]:
@@ -110,11 +110,11 @@ def best_rule(items: Sequence[CaseStructure], criterion: str = "mean") -> tuple[
     """``(rule, mean Dice without clean-up, mean Dice with the rule)`` for one structure."""
     if criterion not in CRITERIA:
         raise InputError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    none = np.array([item.dice(StructureRule()) for item in items])
+    none = per_case_dice(items, StructureRule())
     before = float(none.mean())
     best, best_score = StructureRule(), before
     for rule in candidate_rules():
-        per_case = np.array([item.dice(rule) for item in items])
+        per_case = per_case_dice(items, rule)
         score = float(per_case.mean())
         if score <= best_score + 1e-9:
             continue
@@ -157,7 +157,7 @@ def choose(found: Mapping[str, Sequence[CaseStructure]],
     for name, items in found.items():
         rule, before, after = best_rule(items, criterion)
         rules[name] = rule
-        up, down, p = sign_test([item.dice(rule) - item.dice(StructureRule()) for item in items])
+        up, down, p = sign_test(per_case_dice(items, rule) - per_case_dice(items, StructureRule()))
         scores[name] = {"mean_dice_before": round(before, 4), "mean_dice_after": round(after, 4),
                         "cases_improved": up, "cases_worsened": down, "sign_test_p": round(p, 4)}
     return ComponentFilter(rules), scores
