@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Mapping, Sequence
 
@@ -203,7 +204,7 @@ class _RunWeights:
                              "(HNTumorSegLib builds psam and unet networks only)")
         return cls(run, info, which, model, meta, config, tensors_sha256(model.state_dict()))
 
-    @property
+    @cached_property
     def rules(self) -> dict[str, Any] | None:
         """The clean-up as ``{"rules": ...}``, every field written (older entries lack newer fields)."""
         try:

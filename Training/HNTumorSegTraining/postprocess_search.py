@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -99,10 +98,11 @@ def sign_test(gains: Sequence[float], tolerance: float = 1e-9) -> tuple[int, int
     """``(cases improved, cases worsened, p)``: the one-sided exact sign test of per-case Dice gains,
     p the chance of at least that many improved cases among the changed ones if a rule were as
     likely to worsen a case as to improve it (unchanged cases do not count)."""
+    from scipy.stats import binomtest
+
     gains = np.asarray(gains, dtype=float)
     up, down = int((gains > tolerance).sum()), int((gains < -tolerance).sum())
-    n = up + down
-    p = sum(math.comb(n, k) for k in range(up, n + 1)) / 2 ** n if n else 1.0
+    p = float(binomtest(up, up + down, 0.5, alternative="greater").pvalue) if up + down else 1.0
     return up, down, p
 
 
