@@ -8,7 +8,10 @@
 #   OUT=results BUDGET_S=480 Training/recipes/gpu_short_run.sh
 #
 # With the package installed, or PYTHONPATH=.:Training from the repository root. RUNS picks the runs
-# (default both); INIT=model.json fine-tunes from a model instead of starting from scratch.
+# (default both); INIT=model.json fine-tunes from a model instead of starting from scratch, usually at a
+# lower peak learning rate (LR, default 2e-3). A long fine-tune of the bundled model, one run, all loaders:
+#   OUT=results BUDGET_S=560 THROUGHPUT=0 RUNS=p32x80 LR=1e-3 \
+#     INIT=HNTumorSegLib/models/hntumorseg_phantom_psam.json Training/recipes/gpu_short_run.sh
 #
 # The data are drawn on the machine itself (seed 11, the bundled model's cohort: the same cases and
 # the same held-out split as the bundled model's). Small sizes for a rehearsal on a CPU:
@@ -34,11 +37,12 @@ log() { echo "[$(elapsed) s] $*" | tee -a "$OUT/session.log" >&2; }
 mkdir -p "$OUT" "$DATA"
 
 # The two runs: the bundled model's recipe (8-128 widths, batch-Dice soft Dice, default augmentation,
-# lr 2e-3), with its 32 x 80 x 80 patch, and with a 48 x 112 x 112 patch: more context for telling a
+# lr 2e-3 unless LR says), with its 32 x 80 x 80 patch, and with a 48 x 112 x 112 patch: more context for telling a
 # primary from a node, at the same sliding-window cost on the CPU (27 patches of 48 x 112 x 112 cover the
 # window with overlap 0.25 in about the voxels of 80 patches of 32 x 80 x 80).
 read -r -a RUNS <<<"${RUNS:-p32x80 p48x112}"
 INIT=${INIT:-}
+LR=${LR:-2e-3}
 declare -A PATCH=([p32x80]="32 80 80" [p48x112]="48 112 112")
 declare -A BATCH=([p32x80]=4 [p48x112]=2)
 for name in "${RUNS[@]}"; do
@@ -50,7 +54,7 @@ fit_run() {  # name out epochs samples_per_epoch [stop after seconds; 0: no stop
   # shellcheck disable=SC2086
   timeout "$stop" "$PY" -m HNTumorSegTraining.cli fit --cache "$DATA/cache" --model psam --channels 8 16 32 64 128 --out "$out" \
     --patch-size ${PATCH[$name]} --batch-size "${BATCH[$name]}" --samples-per-epoch "$samples" \
-    --epochs "$epochs" --lr 2e-3 --warmup-epochs 1 --p-fg 0.5 --batch-dice --augment default \
+    --epochs "$epochs" --lr "$LR" --warmup-epochs 1 --p-fg 0.5 --batch-dice --augment default \
     --workers "$LOADERS" --val-every 0 --device "$DEVICE" --no-progress ${INIT:+--init-weights "$INIT"}
 }
 
