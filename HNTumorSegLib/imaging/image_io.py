@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.imaging.image_checks import (direction_problem, image_memory_problem, raw_header_spacing_problem,
                                                 spacing_problem, spatial_direction)
-from HNTumorSegLib.imaging.input_integrity import check_dicom_file, check_input_file, looks_like_dicom
+from HNTumorSegLib.imaging.input_integrity import check_dicom_file, checked_while_reading, looks_like_dicom
 
 
 def _sitk_reason(exc: BaseException) -> str:
@@ -128,24 +128,29 @@ def _check_header(path: Path, role: str) -> None:
         raise InputError(f"{path}: {problem}")
 
 
+def _read_voxels(path: Path, role: str) -> sitk.Image:
+    try:
+        return _read_dicom_folder(path, role) if path.is_dir() else sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot read the {role} image ({_sitk_reason(exc)})") from None
+
+
 def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
     """Read a 3D scalar volume; ``role`` ("CT", "PET", "label") appears in error messages.
 
-    A file's header is checked before its voxels are read (:func:`_check_header`); the image read is
-    checked again (a DICOM folder has no header to check first).
+    A file's header is checked before its voxels are read (:func:`_check_header`), and the file for
+    damage while they are (:func:`~HNTumorSegLib.imaging.input_integrity.checked_while_reading`); the
+    image read is checked again (a DICOM folder has no header to check first).
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: {role} file not found")
-    if not path.is_dir():
-        check_input_file(path)
-        _check_header(path, role)
-    try:
-        image = _read_dicom_folder(path, role) if path.is_dir() else sitk.ReadImage(str(path))
-    except InputError:
-        raise
-    except RuntimeError as exc:
-        raise InputError(f"{path}: cannot read the {role} image ({_sitk_reason(exc)})") from None
+    if path.is_dir():
+        image = _read_voxels(path, role)
+    else:
+        with checked_while_reading(path):  # damage found by the check wins over the reader's result
+            _check_header(path, role)
+            image = _read_voxels(path, role)
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
     problem = (_shape_problem(role, image.GetDimension(), tuple(image.GetSize()), image.GetNumberOfComponentsPerPixel())

@@ -11,7 +11,9 @@ with the path and says what is wrong, e.g. ``CT.nii.gz: file is truncated: the g
 
 The checks use the standard library only (gzip, zlib and bz2 streams, ``struct`` for binary headers) and
 stream compressed data through in 1 MiB chunks, so memory stays small whatever the size of the image; the
-data are decompressed once more than the reader will (about 0.5 s for a 150 MB CT).
+data are decompressed once more than the reader will (about 0.7 s for a whole-body CT), in a thread beside
+the reader where the caller allows (:func:`checked_while_reading`), and the reader's result is then
+dropped when the check finds damage.
 
 Checked:
 
@@ -50,10 +52,12 @@ import bz2
 import os
 import re
 import struct
+import threading
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from HNTumorSegLib.errors import InputError
 
@@ -94,6 +98,38 @@ def check_input_file(path: str | os.PathLike) -> None:
         raise InputError(f"{path}: {damage}") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+
+
+@contextmanager
+def checked_while_reading(path: str | os.PathLike) -> Iterator[None]:
+    """Run :func:`check_input_file` on ``path`` in a thread beside the block that reads it; on leaving,
+    the check's :class:`InputError` wins over whatever the block raised or returned.
+
+    Why: the check decompresses a ``.nii.gz`` once more than the reader does (0.7 s of a 1.5 s read for a
+    whole-body CT). zlib and SimpleITK's reader both release the GIL, so on two cores the check costs
+    almost nothing beside the read. The reader may see the damaged bytes, but its result is dropped: a
+    damaged file is refused exactly as when it was checked first, with the same message.
+    """
+    found: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            check_input_file(path)
+        except BaseException as exc:  # handed to the reading thread, raised there
+            found.append(exc)
+
+    thread = threading.Thread(target=check, name="input-file-check", daemon=True)
+    thread.start()
+    try:
+        yield
+    except BaseException:
+        thread.join()
+        if found:
+            raise found[0] from None
+        raise
+    thread.join()
+    if found:
+        raise found[0] from None
 
 
 def check_dicom_file(path: str | os.PathLike, require_pixel_data: bool = True) -> None:

@@ -15,6 +15,7 @@ import csv
 import gzip
 import shutil
 import struct
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +27,8 @@ from HNTumorSegLib.cli import main
 from HNTumorSegLib.dicom.series import read_series
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.imaging.image_io import read_image
-from HNTumorSegLib.imaging.input_integrity import check_dicom_file, check_input_file
+import HNTumorSegLib.imaging.input_integrity as input_integrity
+from HNTumorSegLib.imaging.input_integrity import check_dicom_file, check_input_file, checked_while_reading
 from HNTumorSegLib.phantom.dicom import DicomStudy, write_ct_series, write_pet_series
 
 from conftest import tiny_ct_pet
@@ -296,6 +298,37 @@ def test_missing_detached_data_file_is_refused(tmp_path):
     path, data = make("nhdr-raw", tmp_path)
     data.unlink()
     assert "its data file" in refusal(path) and "does not exist" in refusal(path)
+
+
+# ------------------------------------------------- the check runs beside the reader, and wins
+
+def test_check_runs_in_another_thread_while_the_file_is_read(tmp_path, monkeypatch):
+    path, _ = make("nii.gz", tmp_path)
+    seen = {}
+    original = input_integrity.check_input_file
+
+    def recording(p):
+        seen["thread"] = threading.current_thread().name
+        original(p)
+
+    monkeypatch.setattr(input_integrity, "check_input_file", recording)
+    assert np.array_equal(sitk.GetArrayFromImage(read_image(path, "CT")), volume_array())
+    assert seen["thread"] == "input-file-check" != threading.current_thread().name
+
+
+def test_damage_found_beside_the_reader_wins_over_its_result_or_its_error(tmp_path):
+    path, _ = make("nii.gz", tmp_path)
+    cut(path, path.stat().st_size // 3)
+    with pytest.raises(InputError, match="file is truncated"):
+        with checked_while_reading(path):
+            pass  # the block "read" the file without noticing: its result is dropped
+    with pytest.raises(InputError, match="file is truncated"):
+        with checked_while_reading(path):
+            raise RuntimeError("the reader's own complaint")
+    good, _ = make("nrrd-gzip", tmp_path)
+    with pytest.raises(RuntimeError, match="the reader's own complaint"):  # no damage: the block's error stands
+        with checked_while_reading(good):
+            raise RuntimeError("the reader's own complaint")
 
 
 # ------------------------------------------------------------------------------------------ DICOM
