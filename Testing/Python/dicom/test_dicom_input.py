@@ -162,6 +162,24 @@ def _small_ct_series(folder):
     return uid, sorted(folder.iterdir())
 
 
+@pytest.mark.parametrize("slope, intercept, dtype", [
+    (1, -1024, np.int16),     # the usual CT: whole numbers, rescaled exactly in int32
+    (2, -3000, np.int16),     # whole numbers again, another pair, per slice below
+    (0.5, -1024.25, np.float32),  # a fraction: rescaled in float64, kept as float
+    (40, 0, np.float32),      # whole numbers beyond the int16 range: float, still exact
+])
+def test_ct_rescale_is_exact_for_whole_and_fractional_factors(tmp_path, slope, intercept, dtype):
+    uid, files = _small_ct_series(tmp_path)
+    stored = [pydicom.dcmread(f).pixel_array.astype(np.float64) for f in files]
+    for k, path in enumerate(files):  # every slice its own pair, as scanners may write
+        _edit(path, RescaleSlope=slope * (1 + k % 2), RescaleIntercept=intercept - k)
+        stored[k] = stored[k] * (slope * (1 + k % 2)) + (intercept - k)
+    image = read_series(tmp_path, "CT").image
+    got = sitk.GetArrayFromImage(image)
+    assert got.dtype == dtype
+    assert np.array_equal(got, np.stack(stored).astype(dtype))
+
+
 def _edit(path, **changes):
     """Rewrite one slice with some attributes changed."""
     ds = pydicom.dcmread(path)
