@@ -122,14 +122,10 @@ def checked_while_reading(path: str | os.PathLike) -> Iterator[None]:
     thread.start()
     try:
         yield
-    except BaseException:
+    finally:
         thread.join()
-        if found:
+        if found:  # raised here, it replaces whatever the block raised
             raise found[0] from None
-        raise
-    thread.join()
-    if found:
-        raise found[0] from None
 
 
 def check_dicom_file(path: str | os.PathLike, require_pixel_data: bool = True) -> None:
