@@ -93,7 +93,7 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
         print(f"[{i}/{n}] {case_id}", flush=True)
 
     entry = tune_postprocess(args.run, which=args.weights, cache=args.cache, split=args.split, limit=args.limit,
-                             device=args.device, tta=args.tta, criterion=args.criterion,
+                             device=args.device, tta=args.tta, criterion=args.criterion, out=args.out,
                              progress=None if args.quiet else report)
     for name, rule in entry["rules"].items():
         dice = entry["chosen_on"]["window_grid_dice"][name]
@@ -103,7 +103,12 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
               f"mean Dice {dice['mean_dice_before']:.4f} -> {dice['mean_dice_after']:.4f} "
               f"on {entry['chosen_on']['cases']} tuning cases ({dice['cases_improved']} improved, "
               f"{dice['cases_worsened']} worsened)")
-    print(f"written into {args.run / args.weights}.json; evaluate again before export")
+    if args.out is None:
+        print(f"written into {args.run[0] / args.weights}.json; evaluate again before export")
+    else:
+        runs = " ".join(f"--run {r}" for r in args.run)
+        print(f"written into {args.out}; export {runs} --weights {args.weights} --postprocess-rule {args.out} "
+              "--unevaluated, evaluate the model file, then export again with --evaluation")
     return 0
 
 
@@ -132,7 +137,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     weights, config = export(args.run, args.out, which=args.weights, split=args.split,
                              require_evaluation=not args.unevaluated, description=args.description,
                              intended_use=args.intended_use, evaluations=parse_evaluations(args.evaluation),
-                             postprocess=not args.no_postprocess)
+                             postprocess=not args.no_postprocess, postprocess_rule=args.postprocess_rule)
     kind = f"an ensemble of {len(args.run)} networks" if len(args.run) > 1 else "one network"
     print(f"wrote {config} and {weights} ({weights.stat().st_size / 1e6:.1f} MB, {kind})")
     return 0
@@ -201,7 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("postprocess", help="choose the weights' connected-component clean-up on tuning cases")
-    sp.add_argument("--run", required=True, type=Path, help="run folder made by fit")
+    sp.add_argument("--run", required=True, type=Path, action="append",
+                    help="run folder made by fit; repeat for an ensemble (the rule is chosen on the averaged "
+                         "probabilities and needs --out)")
+    sp.add_argument("--out", type=Path,
+                    help="write the rule to this file (for export --postprocess-rule) instead of into the "
+                         "weights' JSON; needed for an ensemble")
     sp.add_argument("--weights", choices=("best", "last"), default="best",
                     help="the run's best-validation or last-epoch weights")
     sp.add_argument("--cache", type=Path,
@@ -238,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="export even though it was not evaluated (metrics: training validation only)")
     sp.add_argument("--no-postprocess", action="store_true",
                     help="export without the component clean-up (e.g. when ensemble members prescribe different ones)")
+    sp.add_argument("--postprocess-rule", type=Path, metavar="FILE",
+                    help="the clean-up from a rule file (postprocess --out) chosen for exactly these weights, "
+                         "instead of the runs' own (an ensemble's rule, chosen on its averaged output)")
     sp.add_argument("--description", help="what the model was trained on (default: from the data root)")
     sp.add_argument("--intended-use", help="the intended-use statement written into the model JSON")
     sp.set_defaults(func=cmd_export)

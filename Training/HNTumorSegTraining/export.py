@@ -41,6 +41,7 @@ from .evaluate import (read_evaluation, read_summary, run_settings, run_window, 
 from .fit import WEIGHTS_SETTINGS
 from .models import config_of
 from .phantom_cohort import read_cohort
+from .rule_file import read_rule_file
 from .weights import load_weights
 
 PHANTOM_INTENDED_USE = (
@@ -50,6 +51,11 @@ PHANTOM_INTENDED_USE = (
 
 #: A whole string that is an absolute path: POSIX ``/a/b``, Windows ``C:\\a`` or ``C:/a``, UNC ``\\\\host\\share``.
 _ABSOLUTE_PATH = re.compile(r"^(/[^/\0]+|[A-Za-z]:[\\/]|\\\\[^\\]+\\)")
+
+
+#: How a model file is evaluated when no run's own evaluation fits it (an ensemble, a rule file's clean-up).
+EVALUATE_THE_FILE = ("export it with --unevaluated, run hntumorseg-train evaluate --model OUT.json --data FOLDER "
+                     "--out DIR, then export again with --evaluation NAME=DIR")
 
 
 def is_absolute_path(text: str) -> bool:
@@ -180,6 +186,16 @@ def _evaluations_metrics(evaluations: Mapping[str, Path], digests: Sequence[str]
             **({"confusion_rule": first["confusion_rule"]} if "confusion_rule" in first else {})}
 
 
+def _rules_of(entry: Mapping[str, Any] | None, source: str) -> dict[str, Any] | None:
+    """``{"rules": ...}`` of a ``postprocess`` entry, every field written (older entries lack newer
+    fields); None when there is none."""
+    try:
+        chosen = ComponentFilter.from_meta({"postprocess": entry}, source)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return chosen.to_dict() if chosen is not None else None
+
+
 @dataclass
 class _RunWeights:
     """One run's weights, read for export."""
@@ -206,12 +222,8 @@ class _RunWeights:
 
     @cached_property
     def rules(self) -> dict[str, Any] | None:
-        """The clean-up as ``{"rules": ...}``, every field written (older entries lack newer fields)."""
-        try:
-            chosen = ComponentFilter.from_meta(self.meta, str(weights_of(self.run, self.which)))
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        return chosen.to_dict() if chosen is not None else None
+        """The weights' own clean-up as ``{"rules": ...}`` (see :func:`_rules_of`)."""
+        return _rules_of(self.meta.get("postprocess"), str(weights_of(self.run, self.which)))
 
     @property
     def window(self) -> dict[str, Any] | None:
@@ -229,28 +241,39 @@ class _RunWeights:
 def export(run: str | Path | Sequence[str | Path], out: str | Path, *, which: str = "best", split: str = "val",
            require_evaluation: bool = True, description: str | None = None,
            intended_use: str | None = None, name: str | None = None,
-           evaluations: Mapping[str, str | Path] | None = None, postprocess: bool = True) -> tuple[Path, Path]:
+           evaluations: Mapping[str, str | Path] | None = None, postprocess: bool = True,
+           postprocess_rule: str | Path | None = None) -> tuple[Path, Path]:
     """Write ``out.safetensors`` and ``out.json`` from ``run``'s ``which`` weights; returns both paths.
 
     ``run``: one run folder, or several (a list): an ensemble (see the module docstring).
     ``evaluations``: {NAME: evaluation folder}; the model JSON's ``metrics`` then holds them all
     under ``"evaluations"``. Without it, a single run's ``split`` evaluation is the metrics (refused
     when missing unless ``require_evaluation`` is False); an ensemble needs ``evaluations`` or
-    ``require_evaluation=False``. ``postprocess=False`` exports without the clean-up.
+    ``require_evaluation=False``. ``postprocess=False`` exports without the clean-up;
+    ``postprocess_rule``: a rule file (:mod:`.rule_file`) chosen for exactly these weights, whose
+    clean-up replaces the runs' own (the way to give an ensemble a rule chosen on its average).
     """
     runs = [run] if isinstance(run, (str, Path)) else list(run)
     if not runs:
         raise InputError("export needs at least one --run")
+    if postprocess_rule is not None and not postprocess:
+        raise InputError("--postprocess-rule and --no-postprocess contradict each other: give one")
     evaluations = {k: Path(v) for k, v in (evaluations or {}).items()}
     if len(runs) > 1:
         return _export_ensemble(runs, out, which=which, require_evaluation=require_evaluation,
                                 description=description, intended_use=intended_use, name=name,
-                                evaluations=evaluations, postprocess=postprocess)
+                                evaluations=evaluations, postprocess=postprocess, postprocess_rule=postprocess_rule)
     w = _RunWeights.read(runs[0], which)
     run, info, meta = w.run, w.info, w.meta
-    rules = w.rules if postprocess else None
+    postprocess_entry = meta.get("postprocess")
+    if postprocess_rule is not None:
+        postprocess_entry = _rule_file_entry(postprocess_rule, [w])
+    rules = _rules_of(postprocess_entry, str(weights_of(run, which))) if postprocess else None
     if evaluations:
         metrics = _evaluations_metrics(evaluations, [w.digest], rules, {run.name: training_case_ids(run)})
+    elif postprocess_rule is not None and require_evaluation:
+        raise InputError(f"{postprocess_rule}: a clean-up from a rule file is evaluated with the exported file: "
+                         + EVALUATE_THE_FILE)
     else:
         try:
             summary = read_summary(run, split, which)
@@ -272,7 +295,7 @@ def export(run: str | Path | Sequence[str | Path], out: str | Path, *, which: st
     metadata = {
         "name": name or Path(out).name,
         **({"inference": window} if window else {}),
-        **({"postprocess": meta["postprocess"]} if rules else {}),
+        **({"postprocess": postprocess_entry} if rules else {}),
         "preprocessing_version": meta["preprocessing_version"],
         "trained_on": trained_on,
         "metrics": metrics,
@@ -283,6 +306,13 @@ def export(run: str | Path | Sequence[str | Path], out: str | Path, *, which: st
     metadata = portable(metadata)
     json.dumps(metadata, allow_nan=False)  # fail before writing anything
     return save_model(w.model, w.config, out, metadata=metadata)
+
+
+def _rule_file_entry(path: str | Path, members: Sequence[_RunWeights]) -> dict[str, Any]:
+    """The model JSON's ``postprocess`` entry from a rule file chosen for exactly ``members``."""
+    entry = read_rule_file(path, [w.digest for w in members])
+    return {"rules": entry["rules"], "chosen_on": entry["chosen_on"],
+            "chosen_for": [{k: m.get(k) for k in ("run", "weights")} for m in entry["members"]]}
 
 
 def _member_name(w: _RunWeights, taken: set[str]) -> str:
@@ -313,7 +343,8 @@ def _combined_trained_on(members: Sequence[_RunWeights], description: str | None
 
 def _export_ensemble(runs: Sequence[str | Path], out: str | Path, *, which: str, require_evaluation: bool,
                      description: str | None, intended_use: str | None, name: str | None,
-                     evaluations: Mapping[str, Path], postprocess: bool) -> tuple[Path, Path]:
+                     evaluations: Mapping[str, Path], postprocess: bool,
+                     postprocess_rule: str | Path | None) -> tuple[Path, Path]:
     resolved = [Path(r).resolve() for r in runs]
     repeated = sorted({str(r) for r in runs if resolved.count(Path(r).resolve()) > 1})
     if repeated:
@@ -331,7 +362,10 @@ def _export_ensemble(runs: Sequence[str | Path], out: str | Path, *, which: str,
     rule_set = {json.dumps(w.rules, sort_keys=True) for w in members}
     rules = None
     postprocess_entry = None
-    if postprocess and any(w.rules for w in members):
+    if postprocess_rule is not None:
+        postprocess_entry = _rule_file_entry(postprocess_rule, members)
+        rules = _rules_of(postprocess_entry, str(postprocess_rule))
+    elif postprocess and any(w.rules for w in members):
         if len(rule_set) > 1:
             listed = "; ".join(f"{w.run.name}: {w.rules}" for w in members)
             raise InputError(f"the runs prescribe different clean-ups ({listed}); export without one "
@@ -345,9 +379,7 @@ def _export_ensemble(runs: Sequence[str | Path], out: str | Path, *, which: str,
         metrics = _evaluations_metrics(evaluations, digests, rules,
                                        {w.run.name: training_case_ids(w.run) for w in members})
     elif require_evaluation:
-        raise InputError("an ensemble is evaluated as a whole: export it with --unevaluated, run hntumorseg-train "
-                         "evaluate --model OUT.json --data FOLDER --out DIR, then export again with "
-                         "--evaluation NAME=DIR")
+        raise InputError("an ensemble is evaluated as a whole: " + EVALUATE_THE_FILE)
     else:
         metrics = {"note": "not evaluated with hntumorseg-train evaluate as an ensemble; see each member's source"}
     trained_on = _combined_trained_on(members, description)

@@ -18,12 +18,17 @@ deleted whole primaries on a centre the model had not seen. A mean is moved by o
 Choose it on cases the model will not be evaluated on: the run's training cases (the default),
 or better a separate tuning cache (``--cache``), e.g. extra phantoms prepared apart from the
 cohort. The choice, its cases and the Dice before and after are recorded beside the rule.
+
+An ensemble (``--run A --run B``) gets one rule chosen on its averaged probabilities, the output it
+will actually clean up; it is written to a rule file of its own (:mod:`.rule_file`) that ``export
+--postprocess-rule`` takes, because a member's own rule was chosen for that member alone.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -38,7 +43,9 @@ from HNTumorSegLib.pipeline.inference import Segmenter
 from HNTumorSegLib.pipeline.postprocess import ComponentFilter, StructureRule, components, kept_components
 
 from .cache import case_dir, is_finished, open_case
-from .evaluate import make_segmenter, run_settings, run_window, split_case_ids, weights_of
+from .evaluate import make_segmenter, members_of, run_settings, run_window, split_case_ids, weights_of
+from .export import export
+from .rule_file import write_rule_file
 
 #: Candidate thresholds: component volume (mL) and peak probability; each with and without largest-only
 #: and keep-strongest.
@@ -163,29 +170,64 @@ def choose(found: Mapping[str, Sequence[CaseStructure]],
     return ComponentFilter(rules), scores
 
 
-def tune_postprocess(run: str | Path, *, which: str = "last", cache: str | Path | None = None,
-                     split: str = "train", limit: int | None = None, device: str = "auto", tta: bool = False,
-                     criterion: str = "mean",
+def _segmenter(runs: Sequence[Path], infos: Sequence[Mapping[str, Any]], which: str, device: str,
+               tta: bool) -> Segmenter:
+    """The raw (no clean-up) segmenter of one run's weights, or of several runs' as the ensemble that
+    ``export`` writes: exported to a temporary file and loaded through the same path as the shipped
+    file, so the probabilities searched are exactly the ones the model file will average."""
+    if len(runs) == 1:
+        return make_segmenter(weights_of(runs[0], which), run_window(infos[0]), device=device, tta=tta,
+                              postprocess=False)
+    with tempfile.TemporaryDirectory(prefix="hntumorseg-ensemble-") as tmp:
+        _, config = export(runs, Path(tmp) / "ensemble", which=which, require_evaluation=False, postprocess=False)
+        return make_segmenter(config, None, device=device, tta=tta, postprocess=False)
+
+
+def tune_postprocess(run: str | Path | Sequence[str | Path], *, which: str = "last",
+                     cache: str | Path | None = None, split: str = "train", limit: int | None = None,
+                     device: str = "auto", tta: bool = False, criterion: str = "mean",
+                     out: str | Path | None = None,
                      progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
-    """Choose the clean-up of ``run``'s ``which`` weights and write it into their JSON; returns the entry."""
-    run = Path(run)
-    info = run_settings(run)
-    weights = weights_of(run, which)
-    cache = Path(cache) if cache is not None else Path(info["cache"])
-    if cache.resolve() == Path(info["cache"]).resolve() and split in ("val", "all"):
+    """Choose the clean-up of ``run``'s ``which`` weights; returns the entry.
+
+    One run and no ``out``: the entry is written into the weights' JSON. Several runs (an ensemble:
+    the rule is chosen on their averaged probabilities) or ``out``: into the rule file ``out``
+    (see :mod:`.rule_file`), for ``export --postprocess-rule``.
+    """
+    runs = [Path(run)] if isinstance(run, (str, Path)) else [Path(r) for r in run]
+    if not runs:
+        raise InputError("postprocess needs at least one --run")
+    if len(runs) > 1 and out is None:
+        raise InputError("the clean-up of several runs (an ensemble) belongs to none of them: give --out FILE.json "
+                         "and export the ensemble with --postprocess-rule FILE.json")
+    infos = [run_settings(r) for r in runs]
+    own_caches = {Path(info["cache"]).resolve() for info in infos}
+    if cache is None:
+        if len(own_caches) > 1:
+            raise InputError("the runs were trained on different caches: give the tuning cases with --cache")
+        cache = Path(infos[0]["cache"])
+    cache = Path(cache)
+    if cache.resolve() in own_caches and split in ("val", "all"):
         raise InputError(f"{cache}: split {split!r} holds the run's validation cases; choose the clean-up on "
                          "training cases or a separate tuning cache, not on the cases it will be evaluated on")
     ids = tuning_cases(cache, split)
     if limit is not None:
         ids = ids[:limit]
-    segmenter = make_segmenter(weights, run_window(info), device=device, tta=tta, postprocess=False)
+    segmenter = _segmenter(runs, infos, which, device, tta)
     chosen, scores = choose(collect(segmenter, cache, ids, progress), criterion)
     entry = {**chosen.to_dict(),
              "chosen_on": {"cache": str(cache.resolve()), "split": split, "cases": len(ids), "tta": bool(tta),
                            "criterion": criterion,
+                           **({"averaged_over": len(runs)} if len(runs) > 1 else {}),
                            "grid": {"min_volume_ml": list(VOLUME_GRID_ML), "min_peak_probability": list(PEAK_GRID),
                                     "largest_only": [False, True], "keep_strongest": [True, False]},
                            "window_grid_dice": scores}}
+    if out is not None:
+        members = [{"run": r.name, "weights": which, "tensors_sha256": n["tensors_sha256"]}
+                   for r, n in zip(runs, members_of(segmenter))]
+        write_rule_file(out, entry, members)
+        return entry
+    weights = weights_of(runs[0], which)
     meta = json.loads(weights.read_text(encoding="utf-8"))
     meta["postprocess"] = entry
     write_json(meta, weights)

@@ -179,3 +179,108 @@ def test_cli_tunes_on_training_cases_then_evaluate_and_export_carry_the_rule(tmp
     assert main(["export", "--run", str(run), "--weights", "last", "--out", str(tmp_path / "m2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "evaluate again" in err[0] and not (tmp_path / "m2.json").exists()
+
+
+def _second_run(first: Path, name: str, seed: int) -> Path:
+    """Another run on ``first``'s cache: same spec, other random weights."""
+    run = first.parent / name
+    run.mkdir()
+    info = json.loads((first / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info))
+    torch.manual_seed(seed)
+    save_weights(build_from_spec(info["model_spec"]), info["model_spec"], run / "last",
+                 {"preprocessing_version": PREPROCESSING_VERSION, "training": {"epoch": 1}})
+    return run
+
+
+def test_an_ensemble_s_rule_is_chosen_on_its_averaged_output_and_export_carries_it(tmp_path, capsys):
+    from HNTumorSegTraining.cache import open_case
+    from HNTumorSegTraining.postprocess_search import choose
+
+    a = _assembled_run(tmp_path)
+    b = _second_run(a, "run_b", seed=1)
+    weights_before = [(r / "last.json").read_text() for r in (a, b)]
+    rule = tmp_path / "rules" / "ensemble_rule.json"
+
+    # several runs: the rule belongs to none of them, so it needs its own file
+    assert main(["postprocess", "--run", str(a), "--run", str(b), "--weights", "last", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0]
+
+    assert main(["postprocess", "--run", str(a), "--run", str(b), "--weights", "last", "--device", "cpu",
+                 "--quiet", "--out", str(rule)]) == 0
+    assert "--postprocess-rule" in capsys.readouterr().out
+    assert [(r / "last.json").read_text() for r in (a, b)] == weights_before  # the members' own rules stay
+    written = json.loads(rule.read_text())
+    digests = [load_model(r / "last").members[0].tensors_sha256 for r in (a, b)]
+    assert [m["tensors_sha256"] for m in written["members"]] == digests
+    assert written["chosen_on"]["averaged_over"] == 2 and written["chosen_on"]["cases"] == 2
+
+    # the same choice, made here from the two networks' probabilities averaged by hand
+    cache = Path(json.loads((a / "run.json").read_text())["cache"])
+    segs = [make_segmenter(r / "last.json", None, device="cpu", postprocess=False) for r in (a, b)]
+    found = {"GTVp": [], "GTVn": []}
+    for case_id in ("PHB-001", "PHC-001"):
+        case = open_case(cache, case_id)
+        image = np.asarray(case.image, dtype=np.float32)
+        prob = (segs[0].probabilities(image) + segs[1].probabilities(image)) / np.float32(2)
+        for name, item in case_structures(prob.argmax(axis=0).astype(np.uint8), prob,
+                                          np.asarray(case.label)).items():
+            found[name].append(item)
+    chosen, scores = choose(found)
+    assert written["rules"] == chosen.to_dict()["rules"]
+    for name, s in scores.items():
+        assert written["chosen_on"]["window_grid_dice"][name]["mean_dice_before"] == pytest.approx(
+            s["mean_dice_before"], abs=2e-4)
+
+    # export carries it; the evaluation of the exported file matches it
+    model = tmp_path / "m" / "ens"
+    assert main(["export", "--run", str(a), "--run", str(b), "--weights", "last", "--postprocess-rule", str(rule),
+                 "--unevaluated", "--out", str(model)]) == 0
+    meta = load_model(model).meta
+    assert meta["postprocess"]["rules"] == written["rules"]
+    assert meta["postprocess"]["chosen_on"]["averaged_over"] == 2
+    assert [m["run"] for m in meta["postprocess"]["chosen_for"]] == ["run", "run_b"]
+    from HNTumorSegTraining.export import absolute_paths_in
+
+    assert absolute_paths_in(meta) == []
+    ev = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(model.with_suffix(".json")), "--data", str(tmp_path / "data"),
+                 "--out", str(ev), "--device", "cpu", "--limit", "1", "--quiet"]) == 0
+    assert json.loads((ev / "summary.json").read_text())["postprocess"] == {"rules": written["rules"]}
+    assert main(["export", "--run", str(a), "--run", str(b), "--weights", "last", "--postprocess-rule", str(rule),
+                 "--evaluation", f"heldout={ev}", "--out", str(model)]) == 0
+    capsys.readouterr()
+
+    # refused in one line, nothing written: a rule chosen for other weights; both flags; a damaged file
+    refused = [(["--run", str(a), "--postprocess-rule", str(rule), "--unevaluated"], "chosen for other weights"),
+               (["--run", str(a), "--run", str(b), "--postprocess-rule", str(rule), "--no-postprocess",
+                 "--unevaluated"], "contradict"),
+               (["--run", str(a), "--run", str(b), "--postprocess-rule", str(tmp_path / "none.json"),
+                 "--unevaluated"], "no such clean-up rule file")]
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text(rule.read_text()[:-40])
+    refused.append((["--run", str(a), "--run", str(b), "--postprocess-rule", str(damaged), "--unevaluated"],
+                    "not a readable clean-up rule file"))
+    for args, needle in refused:
+        assert main(["export", "--weights", "last", "--out", str(tmp_path / "x"), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], (needle, err)
+        assert not list(tmp_path.glob("x.*"))
+
+
+def test_one_run_s_rule_can_go_to_a_file_and_is_then_evaluated_with_the_exported_file(tmp_path, capsys):
+    run = _assembled_run(tmp_path)
+    before = (run / "last.json").read_text()
+    rule = tmp_path / "rule.json"
+    assert main(["postprocess", "--run", str(run), "--weights", "last", "--device", "cpu", "--quiet",
+                 "--out", str(rule)]) == 0
+    assert (run / "last.json").read_text() == before and "averaged_over" not in json.loads(rule.read_text())["chosen_on"]
+    # the run's own evaluation was made with its own clean-up: export asks for one of the exported file
+    assert main(["export", "--run", str(run), "--weights", "last", "--postprocess-rule", str(rule),
+                 "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "evaluate --model OUT.json" in err[0] and not (tmp_path / "m.json").exists()
+    assert main(["export", "--run", str(run), "--weights", "last", "--postprocess-rule", str(rule),
+                 "--unevaluated", "--out", str(tmp_path / "m")]) == 0
+    assert load_model(tmp_path / "m").meta["postprocess"]["rules"] == json.loads(rule.read_text())["rules"]
