@@ -53,8 +53,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     progress = None if args.quiet else report
     if args.out is None:  # a run's own split
-        if args.model is not None:
-            raise InputError("--model scores a folder of cases: give --data FOLDER and --out DIR")
+        if args.model is not None or args.cache is not None:
+            raise InputError("--model and --cache score into a report folder: give --out DIR (and --data FOLDER "
+                             "or --cache CACHE)")
         if args.run is None:
             raise InputError("give --run RUN (its own --split), or --model MODEL / --run RUN with --data FOLDER "
                              "--out DIR")
@@ -62,16 +63,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         summary = evaluate(args.run, split=split, which=args.weights, data_root=args.data, device=args.device,
                            tta=args.tta, postprocess=not args.no_postprocess, limit=args.limit, progress=progress)
         out = evaluation_dir(args.run, split, args.weights)
-    else:  # any folder of labelled cases
-        if args.split is not None:
-            raise InputError("--split chooses among a run's own cases; with --out every case of --data is scored")
-        if args.data is None:
-            raise InputError("--out DIR scores the cases of a folder: give --data FOLDER")
+    else:  # any folder of labelled cases, or a cache's split
+        if args.split is not None and args.cache is None:
+            raise InputError("--split chooses among a run's own cases or, with --cache, a cache's; with --out "
+                             "and --data alone every case of the folder is scored")
+        if args.data is None and args.cache is None:
+            raise InputError("--out DIR scores the cases of a folder: give --data FOLDER (or --cache CACHE)")
         if (args.model is None) == (args.run is None):
             raise InputError("give either --model MODEL or --run RUN with --data FOLDER --out DIR")
         summary = evaluate_folder(args.data, args.out, model=args.model, run=args.run, which=args.weights,
                                   device=args.device, tta=args.tta, postprocess=not args.no_postprocess,
-                                  limit=args.limit, progress=progress)
+                                  limit=args.limit, progress=progress, cache=args.cache,
+                                  split=args.split or "val")
         out = args.out
     print(markdown_table(summary), end="")
     members = summary.get("members") or []
@@ -188,15 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--run", type=Path, help="run folder made by fit (its --weights)")
     sp.add_argument("--model", type=Path,
                     help="a model file (.json/.safetensors; one network or an ensemble) or a run's weights; "
-                         "needs --data FOLDER --out DIR")
+                         "needs --out DIR and --data FOLDER or --cache CACHE")
     sp.add_argument("--split", choices=("val", "train", "all"), default=None,
-                    help="with --run and no --out: which of the run's cases (default val)")
+                    help="with --run and no --out: which of the run's cases; with --cache: which of the "
+                         "cache's (default val)")
     sp.add_argument("--weights", choices=("best", "last"), default="best",
                     help="the run's best-validation or last-epoch weights")
     sp.add_argument("--data", type=Path,
                     help="with --out: the folder of labelled cases to score (HECKTOR layout); "
                          "without: the run's data root, when it moved since prepare")
-    sp.add_argument("--out", type=Path, help="report folder for a --data folder evaluation")
+    sp.add_argument("--out", type=Path, help="report folder for a --data folder (or --cache split) evaluation")
+    sp.add_argument("--cache", type=Path,
+                    help="with --out: score the cases of this cache's --split (default val), e.g. an ensemble of "
+                         "folds on the cases all of them held out; read from the cache's data root or --data")
     sp.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     sp.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
     sp.add_argument("--no-postprocess", action="store_true",

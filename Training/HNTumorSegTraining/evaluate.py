@@ -472,11 +472,12 @@ def folder_cases(data: Path) -> tuple[list[Case], list[CaseProblem]]:
     return cases, problems
 
 
-def evaluate_folder(data: str | Path, out: str | Path, *, model: str | Path | None = None,
+def evaluate_folder(data: str | Path | None, out: str | Path, *, model: str | Path | None = None,
                     run: str | Path | None = None, which: str = "best", device: str = "auto", tta: bool = False,
                     postprocess: bool = True, limit: int | None = None,
                     progress: Callable[[int, int, CaseResult], None] | None = None,
-                    segmenter: Segmenter | None = None) -> dict[str, Any]:
+                    segmenter: Segmenter | None = None, cache: str | Path | None = None,
+                    split: str = "val") -> dict[str, Any]:
     """Score a model on every labelled case of the folder ``data``; writes the reports into ``out``.
 
     The model is ``model`` (a model file, one network or an ensemble, or a run's weights JSON) or
@@ -484,11 +485,25 @@ def evaluate_folder(data: str | Path, out: str | Path, *, model: str | Path | No
     Cases that are not complete (no label, a missing PET) are listed in the summary as not scored.
     When the model comes from a run, the summary lists the folder's cases that were among the
     run's training cases (``training_cases_in_set``): a score on them is not a held-out score.
+
+    ``cache``: score only the cases of its ``split`` (from its ``split.json``), read from ``data`` or,
+    when None, from the data root the cache records. How an ensemble of folds is scored on the
+    cases that every fold held out, as a single run is with ``evaluate --run RUN --split val``.
     """
-    data, out = Path(data), Path(out)
+    out = Path(out)
     if (model is None) == (run is None) and segmenter is None:
         raise InputError("evaluate a folder with either --model MODEL or --run RUN, not both or neither")
-    cases, problems = folder_cases(data)
+    if cache is not None:
+        ids, split_data = split_case_ids(Path(cache), split)
+        data = Path(data) if data is not None else Path(split_data["data_root"])
+        cases, problems = cases_for(data, ids), []
+        cases_from = f"split {split} of cache {Path(cache).name}"
+    else:
+        if data is None:
+            raise InputError("give the folder of cases to score (--data FOLDER) or a cache's split (--cache CACHE)")
+        data = Path(data)
+        cases, problems = folder_cases(data)
+        cases_from = "folder"
     if limit is not None:
         cases = cases[:limit]
     weights: Path | None = None
@@ -518,7 +533,8 @@ def evaluate_folder(data: str | Path, out: str | Path, *, model: str | Path | No
     summary = {
         "format": "hntumorseg-evaluation", "model": name, "model_file": str(weights) if weights else None,
         "weights_sha256": meta.get("weights_sha256"), "run": str(run.resolve()) if run is not None else None,
-        "weights": which if run is not None else None, "split": None, "cases_from": "folder",
+        "weights": which if run is not None else None, "split": split if cache is not None else None,
+        "cases_from": cases_from,
         "data_root": str(data.resolve()), "limited_to_first": limit,
         "not_scored": [{"case_id": p.case_id, "reason": p.reason} for p in problems],
         "training_cases_in_set": overlap if training is not None else None,

@@ -448,3 +448,42 @@ def test_export_refuses_mixes_hntumorseglib_cannot_build_or_average(runs, tmp_pa
         from HNTumorSegTraining.weights import load_weights
 
         load_weights(config)
+
+
+def test_an_ensemble_is_scored_on_the_split_its_runs_held_out_and_export_takes_that(runs, tmp_path, capsys):
+    """``evaluate --model --cache CACHE --split val``: the cases every member held out, read from the
+    cache's data root; an evaluation on their training cases is not a held-out score and export refuses it."""
+    from HNTumorSegTraining.cli import main as train_main
+
+    out = tmp_path / "ens"
+    assert train_main(["export", "--run", str(runs["A"]), "--run", str(runs["B"]), "--out", str(out),
+                       "--unevaluated"]) == 0
+    cache = json.loads((runs["A"] / "run.json").read_text())["cache"]
+    held_out, trained = tmp_path / "eval_val", tmp_path / "eval_train"
+    assert train_main(["evaluate", "--model", str(out.with_suffix(".json")), "--cache", cache, "--out",
+                       str(held_out), "--device", "cpu", "--quiet"]) == 0
+    summary = json.loads((held_out / "summary.json").read_text())
+    scored = [row.split(",")[0] for row in (held_out / "cases.csv").read_text().splitlines()[1:]]
+    assert scored == ["TV-001"] and summary["split"] == "val" and summary["cases_from"] == "split val of cache cache_A"
+    assert train_main(["evaluate", "--model", str(out.with_suffix(".json")), "--cache", cache, "--split", "train",
+                       "--out", str(trained), "--device", "cpu", "--quiet"]) == 0
+    scored = [row.split(",")[0] for row in (trained / "cases.csv").read_text().splitlines()[1:]]
+    assert scored == ["TR-001"]
+    capsys.readouterr()
+
+    assert train_main(["export", "--run", str(runs["A"]), "--run", str(runs["B"]), "--out", str(out),
+                       "--evaluation", f"heldout={held_out}"]) == 0
+    entry = load_model(out).meta["metrics"]["evaluations"]["heldout"]
+    assert entry["cases_from"] == "split val of cache cache_A"
+    capsys.readouterr()
+    assert train_main(["export", "--run", str(runs["A"]), "--run", str(runs["B"]), "--out", str(tmp_path / "x"),
+                       "--evaluation", f"heldout={trained}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TR-001" in err[0] and not (tmp_path / "x.json").exists()
+
+    # --cache needs a report folder; --split without --cache or --run's own split is refused
+    assert train_main(["evaluate", "--model", str(out.with_suffix(".json")), "--cache", cache]) == 2
+    assert train_main(["evaluate", "--model", str(out.with_suffix(".json")), "--data", str(runs["other"]),
+                       "--split", "val", "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--out DIR" in err[0] and "--split" in err[1]

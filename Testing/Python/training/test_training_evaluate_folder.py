@@ -203,7 +203,8 @@ def test_cli_evaluates_a_model_file_on_a_folder(small_model, tiny_data, tmp_path
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--model", "M.json"], "--model scores a folder of cases"),
+    (["--model", "M.json"], "give --out DIR"),
+    (["--run", "R", "--cache", "C"], "give --out DIR"),
     (["--model", "M.json", "--out", "D"], "give --data FOLDER"),
     (["--run", "R", "--data", "F", "--out", "D", "--split", "val"], "--split chooses among a run's own cases"),
     (["--run", "R", "--model", "M", "--data", "F", "--out", "D"], "either --model MODEL or --run RUN"),
