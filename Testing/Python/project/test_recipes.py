@@ -105,3 +105,22 @@ def test_the_gpu_recipe_calibrates_trains_and_packs_with_options_the_cli_takes(t
     for name in names:
         with tarfile.open(out / f"run_{name}.tgz") as packed:
             assert f"run_{name}/history.csv" in packed.getnames()
+
+
+@pytest.mark.parametrize("unseen", ["", "UNSEEN_FOLDER"])
+def test_the_fold_ensemble_recipe_trains_each_fold_and_exports_one_evaluated_ensemble(tmp_path, unseen):
+    _stand_in(tmp_path / "bin", "hntumorseg-train")
+    log = tmp_path / "log"
+    done = _run("fold_ensemble.sh", {"CACHE": "C", "TUNE_CACHE": "T", "OUT": str(tmp_path / "folds"), "FOLDS": "3",
+                                     "UNSEEN": unseen, "BIN": str(tmp_path / "bin"), "RECIPE_LOG": str(log)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    commands = _commands(log)
+    evaluations = 2 if unseen else 1
+    assert [c[0] for c in commands] == ["fit"] * 3 + ["postprocess", "export"] + ["evaluate"] * evaluations + ["export"]
+    assert [c[c.index("--fold") + 1] for c in commands[:3]] == ["0", "1", "2"]
+    runs = [c[c.index("--out") + 1] for c in commands[:3]]
+    for c in commands[3:5] + commands[-1:]:  # the clean-up and both exports name every fold's run
+        assert [c[i + 1] for i, word in enumerate(c) if word == "--run"] == runs
+    final = commands[-1]
+    assert final.count("--evaluation") == evaluations and "--unevaluated" not in final
+
