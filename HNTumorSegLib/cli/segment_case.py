@@ -13,15 +13,16 @@ from HNTumorSegLib import LABELS, __version__
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.pipeline.model_info import model_summary
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
 def _split_image_name(out: Path) -> tuple[str, str]:
-    name = out.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)], name[-len(suffix):]
-    raise InputError(f"{out}: output must end in one of {', '.join(IMAGE_SUFFIXES)}")
+    from HNTumorSegLib.imaging.image_io import IMAGE_SUFFIXES, image_name_problem, image_suffix
+
+    suffix = image_suffix(out)
+    if suffix is None:
+        raise InputError(f"{out}: output must end in one of {', '.join(IMAGE_SUFFIXES)} (any letter case)")
+    problem = image_name_problem(out)
+    if problem:
+        raise InputError(f"{out}: {problem}")
+    return out.name[: -len(suffix)], out.name[-len(suffix):]
 
 
 def sidecar_path(out: Path) -> Path:

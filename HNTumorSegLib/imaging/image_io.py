@@ -108,11 +108,13 @@ def _geometry_problem(role: str, dimension: int, spacing: tuple[float, ...], dir
 def _check_header(path: Path, role: str) -> None:
     """Refuse a file whose header describes no usable 3D scalar grid, or one too large for the memory
     available, before its voxels are read."""
+    name_problem = image_name_problem(path)
+    if name_problem:
+        raise InputError(f"{path}: cannot read the {role} image ({name_problem})")
     problem = raw_header_spacing_problem(path)
     if problem:
         raise InputError(f"{path}: {role} image {problem}")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader = _file_reader(path)
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
@@ -130,7 +132,7 @@ def _check_header(path: Path, role: str) -> None:
 
 def _read_voxels(path: Path, role: str) -> sitk.Image:
     try:
-        return _read_dicom_folder(path, role) if path.is_dir() else sitk.ReadImage(str(path))
+        return _read_dicom_folder(path, role) if path.is_dir() else _file_reader(path).Execute()
     except RuntimeError as exc:
         raise InputError(f"{path}: cannot read the {role} image ({_sitk_reason(exc)})") from None
 
@@ -203,10 +205,79 @@ def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+#: Image file suffixes HNTumorSeg writes (and matches in any letter case).
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Formats whose header names a separate data file: SimpleITK writes ``NAME.mhd`` + ``NAME.zraw``
+#: (or ``.raw``), ``NAME.nhdr`` + ``NAME.raw.gz`` (or ``.raw``).
+DETACHED_HEADER_SUFFIXES = (".mhd", ".nhdr")
+
+
+def image_suffix(path: str | os.PathLike) -> str | None:
+    """The image format suffix of ``path`` in lower case (``seg.NII.GZ`` -> ``.nii.gz``), or None."""
+    name = Path(path).name.lower()
+    return next((s for s in IMAGE_SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
+
+
+def image_name_problem(path: str | os.PathLike) -> str | None:
+    """Why no NIfTI reader would open an image of this name (ITK's and nifti_clib refuse a suffix in
+    mixed letter case, ``.Nii.Gz``; all lower or all upper case are fine), or None."""
+    suffix = image_suffix(path)
+    if suffix in (".nii.gz", ".nii"):
+        written = Path(path).name[-len(suffix):]
+        if written not in (suffix, suffix.upper()):
+            return (f"NIfTI readers refuse a suffix in mixed letter case ({written}): name it {suffix} "
+                    f"or {suffix.upper()}")
+    return None
+
+
+#: ITK picks a reader by the file suffix, and its MetaImage reader knows only lower case: ``X.MHA``
+#: is named for it here (the other formats' readers take upper case too).
+_IMAGE_IO_OF = {".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
+
+
+def _file_reader(path: Path) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    io = _IMAGE_IO_OF.get(image_suffix(path) or "")
+    if io:
+        reader.SetImageIO(io)
+    return reader
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
-    with atomic_path(path) as tmp:
+    """Write ``image`` atomically: it appears complete under ``path`` or not at all.
+
+    The temporary file carries the format suffix in lower case, because SimpleITK's writers pick
+    (and check) the format by it: ``SEG.NII.GZ`` was refused with a traceback after the whole run,
+    and ``X.MHA`` came out empty beside a hidden header and data pair. A format with a separate data
+    file is written under its final names in a temporary folder beside ``path``, then moved out data
+    first and header last, so the header names its own data file and nothing temporary is left.
+    """
+    path = Path(path)
+    problem = image_name_problem(path)
+    if problem:
+        raise InputError(f"{path}: {problem}")
+    suffix = image_suffix(path) or "".join(path.suffixes)
+    if suffix in DETACHED_HEADER_SUFFIXES:
+        return _write_detached(image, path, suffix, compress)
+    with atomic_path(path, suffix=suffix) as tmp:
         sitk.WriteImage(image, str(tmp), compress)
-    return Path(path)
+    return path
+
+
+def _write_detached(image: sitk.Image, path: Path, suffix: str, compress: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        header = Path(tmp) / (path.name[: -len(suffix)] + suffix)
+        sitk.WriteImage(image, str(header), compress)
+        written = sorted(Path(tmp).iterdir(), key=lambda f: f == header)  # the header last
+        for f in written:
+            os.chmod(f, new_file_mode())
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        for f in written:
+            os.replace(f, path if f == header else path.parent / f.name)
+    return path
 
 
 def write_json(data: dict, path: str | os.PathLike) -> Path:

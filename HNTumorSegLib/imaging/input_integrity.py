@@ -476,6 +476,8 @@ class _TextHeader:
 
 
 def _read_nrrd_header(fh: BinaryIO) -> _TextHeader:
+    # Lines are decoded with os.fsdecode: writers put a data file's name in as the file system's bytes
+    # (UTF-8 here), so "Patiént 01.raw.gz" must come back as that name, not as its Latin-1 reading.
     fh.readline(_MAX_HEADER_LINE)  # NRRD000X
     fields: dict[str, str] = {}
     listed: list[str] = []
@@ -484,7 +486,7 @@ def _read_nrrd_header(fh: BinaryIO) -> _TextHeader:
         raw = fh.readline(_MAX_HEADER_LINE)
         if not raw:
             return _TextHeader(fields, fh.tell(), False, listed)
-        line = raw.rstrip(b"\r\n").decode("latin-1")
+        line = os.fsdecode(raw.rstrip(b"\r\n"))
         if in_list:
             if line.strip():
                 listed.append(line.strip())
@@ -663,14 +665,14 @@ def _read_metaimage_header(fh: BinaryIO) -> _TextHeader:
         raw = fh.readline(_MAX_HEADER_LINE)
         if not raw:
             return _TextHeader(fields, fh.tell(), False, [])
-        line = raw.rstrip(b"\r\n").decode("latin-1")
+        line = os.fsdecode(raw.rstrip(b"\r\n"))
         key, equals, value = line.partition("=")
         if not equals:
             continue
         fields[key.strip().lower()] = value.strip()
         if key.strip().lower() == "elementdatafile":
             end = fh.tell()
-            listed = [ln.decode("latin-1").strip() for ln in fh.read(_MAX_TEXT_HEADER).splitlines()] \
+            listed = [os.fsdecode(ln).strip() for ln in fh.read(_MAX_TEXT_HEADER).splitlines()] \
                 if value.strip().split()[:1] == ["LIST"] else []
             return _TextHeader(fields, end, True, [name for name in listed if name], not raw.endswith(b"\n"))
     raise _Unrecognised

@@ -199,3 +199,23 @@ def test_a_bad_probabilities_name_writes_nothing(tiny_files, small_model, tmp_pa
                  "--model", str(small_model), "--device", "cpu", "--probabilities", str(tmp_path / "P.txt")])
     assert code == 2 and "P.txt: output must end in one of" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "seg.json").exists()
+
+
+def test_outputs_named_in_upper_case_or_with_a_data_file_are_written_whole(tiny_files, small_model, tmp_path,
+                                                                           capsys):
+    """SEG.NII.GZ, a detached-header probability map and a name no NIfTI reader would open."""
+    from HNTumorSegLib.imaging.image_io import read_image
+
+    out, prob = tmp_path / "out" / "SEG.NII.GZ", tmp_path / "out" / "P.nhdr"
+    assert main(["segment", "--ct", str(tiny_files["ct"]), "--pet", str(tiny_files["pet"]), "--out", str(out),
+                 "--model", str(small_model), "--device", "cpu", "--probabilities", str(prob)]) == 0
+    assert sorted(f.name for f in out.parent.iterdir()) == ["P.nhdr", "P.raw.gz", "P_uncertainty.nhdr",
+                                                          "P_uncertainty.raw.gz", "SEG.NII.GZ", "SEG.json"]
+    assert read_image(out, "label").GetSize() == read_image(tiny_files["ct"], "CT").GetSize()
+    assert read_image(out.parent / "P_uncertainty.nhdr", "PET").GetSize() == read_image(out, "label").GetSize()
+    capsys.readouterr()
+    bad = tmp_path / "bad" / "seg.Nii.Gz"
+    assert main(["segment", "--ct", str(tiny_files["ct"]), "--pet", str(tiny_files["pet"]), "--out", str(bad),
+                 "--model", str(small_model), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mixed letter case" in err[0] and not bad.parent.exists()

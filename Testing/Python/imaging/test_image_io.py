@@ -98,3 +98,56 @@ def test_outputs_get_the_mode_a_plain_open_would_give(tmp_path, umask, mode):
     finally:
         os.umask(before)
     assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(mode)}
+
+
+@pytest.mark.parametrize("name, files", [
+    ("SEG.NII.GZ", ["SEG.NII.GZ"]), ("seg.NII", ["seg.NII"]), ("X.MHA", ["X.MHA"]), ("x.Nrrd", ["x.Nrrd"]),
+    ("seg.mhd", ["seg.mhd", "seg.zraw"]), ("SEG.MHD", ["SEG.MHD", "SEG.zraw"]),
+    ("p.nhdr", ["p.nhdr", "p.raw.gz"]), ("Patiént 01.NHDR", ["Patiént 01.NHDR", "Patiént 01.raw.gz"]),
+])
+def test_images_are_written_under_any_letter_case_and_with_their_own_data_file(tmp_path, name, files):
+    """A format suffix in any letter case, and formats with a separate data file: the image reads back
+    whole (through read_image: ITK alone does not recognise X.MHA), the header names the data file
+    beside it, and nothing temporary is left."""
+    from HNTumorSegLib.imaging.image_io import write_image
+
+    label = sitk.GetImageFromArray(np.arange(4 * 5 * 6, dtype=np.uint8).reshape(4, 5, 6) % 3)
+    label.SetSpacing((0.9, 0.8, 3.0))
+    out = tmp_path / "out"
+    for _ in range(2):  # the second write replaces the first, leaving nothing behind either
+        write_image(label, out / name)
+        assert sorted(f.name for f in out.iterdir()) == sorted(files)
+        back = read_image(out / name, "label")
+        assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(label))
+        assert back.GetSpacing() == pytest.approx(label.GetSpacing())
+    if len(files) > 1:
+        header = (out / name).read_bytes()
+        assert files[1].encode() in header and b"/" not in header.split(files[1].encode())[0][-3:]
+
+
+def test_a_detached_image_that_fails_to_write_leaves_nothing(tmp_path, monkeypatch):
+    from HNTumorSegLib.imaging import image_io
+
+    def fail(image, name, compress):
+        Path(name).write_text("partial")
+        Path(name).with_suffix(".zraw").write_text("partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(image_io.sitk, "WriteImage", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        image_io.write_image(sitk.Image(2, 2, 2, sitk.sitkUInt8), tmp_path / "seg.mhd")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["seg.Nii.Gz", "seg.nii.GZ", "seg.Nii"])
+def test_a_nifti_name_no_reader_would_open_is_refused_in_one_line(tmp_path, name):
+    """NIfTI readers refuse a suffix in mixed letter case: refused before writing, and on reading."""
+    from HNTumorSegLib.imaging.image_io import write_image
+
+    with pytest.raises(InputError, match="mixed letter case"):
+        write_image(sitk.Image(2, 2, 2, sitk.sitkUInt8), tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+    sitk.WriteImage(sitk.Image(2, 2, 2, sitk.sitkUInt8), str(tmp_path / "x.nii.gz"))
+    (tmp_path / "x.nii.gz").rename(tmp_path / name)
+    with pytest.raises(InputError, match=r"cannot read the CT image \(NIfTI readers refuse"):
+        read_image(tmp_path / name, "CT")
