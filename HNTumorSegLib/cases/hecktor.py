@@ -6,7 +6,8 @@ Two layouts are accepted, also mixed under one root:
 * flat (nnU-Net-like): ``ROOT/imagesTr/CASE__CT.nii.gz``, ``ROOT/imagesTr/CASE__PT.nii.gz`` and
   ``ROOT/labelsTr/CASE.nii.gz``.
 
-``.nii`` works wherever ``.nii.gz`` does. Case ids are ``CENTRE-NNN`` or ``CENTRE_NNN``
+``.nii`` works wherever ``.nii.gz`` does, and so do NRRD and MetaImage files (``.nrrd``, ``.nhdr``,
+``.mha``, ``.mhd``); suffixes match in any letter case. Case ids are ``CENTRE-NNN`` or ``CENTRE_NNN``
 (``CHUM-001``, ``MDA_123``); the centre drives the centre-proportional split. Why so strict:
 a training set that silently loses cases (a PET under a slightly different name, a missing
 label) gives a model trained on less than the user thinks, so every image file that does not
@@ -14,7 +15,9 @@ become part of a complete case is reported as a :class:`CaseProblem`.
 
 Segmenting needs no centre: with ``any_folder_name`` (``hntumorseg batch``), a folder of any name
 (a patient or accession number) is a case too, its id the folder's name, when it holds one CT and
-one PET named ``*__CT`` / ``*__PT`` (any prefix) or ``CT`` / ``PT`` or ``PET``; its centre is "".
+one PET named ``*__CT`` / ``*__PT`` (any prefix) or ``CT`` / ``PT`` or ``PET``, in any letter case; its
+centre is "". A folder named like a case id that holds such plain names (``CHUM-001/CT.nii.gz``) is a
+case of that id in this mode too.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from pathlib import Path
 
 #: Case id: centre letters/digits (starting with a letter), '-' or '_', then the case number.
 CASE_ID_RE = re.compile(r"^(?P<centre>[A-Za-z][A-Za-z0-9]*)[-_](?P<number>[0-9]+)$")
-#: Suffixes of the image files, longest first so ``.nii.gz`` is not taken for ``.gz``.
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: Suffixes of the image files (any letter case), longest first so ``.nii.gz`` is not taken for ``.gz``.
+#: The same as HNTumorSegLib.imaging.image_io.IMAGE_SUFFIXES (a test keeps them equal; imported
+#: here it would load SimpleITK with the case finder).
+IMAGE_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: File-name role suffixes of HECKTOR 2025: ``CASE__CT``, ``CASE__PT``; the label is ``CASE``.
 ROLE_SUFFIXES = {"__CT": "ct", "__PT": "pet"}
 FLAT_IMAGES, FLAT_LABELS = "imagesTr", "labelsTr"
@@ -69,11 +74,11 @@ def case_sort_key(case_id: str) -> tuple:
     return (m.group("centre"), int(m.group("number")), case_id)
 
 
-def _nifti_stem(path: Path) -> str | None:
-    """File name without .nii/.nii.gz, or None for a file that is not NIfTI."""
+def _image_stem(path: Path) -> str | None:
+    """File name without its image suffix (``.nii.gz``, ``.NRRD``, ...), or None for a file that is not an image."""
     name = path.name
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
+    for suffix in IMAGE_FILE_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[:-len(suffix)]
     return None
 
@@ -86,8 +91,8 @@ def _role_of(stem: str) -> tuple[str, str]:
     return stem, "label"
 
 
-def _nifti_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and _nifti_stem(p) is not None
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and _image_stem(p) is not None
                   and not p.name.startswith("."))
 
 
@@ -99,7 +104,7 @@ class _Collector:
         self.problems: list[CaseProblem] = []
 
     def add(self, path: Path, allowed_roles: tuple[str, ...], expected_id: str | None = None) -> None:
-        case_id, role = _role_of(_nifti_stem(path) or "")
+        case_id, role = _role_of(_image_stem(path) or "")
         if CASE_ID_RE.match(case_id) is None:
             self.problems.append(CaseProblem(path.name, f"{path}: file name is not CASE__CT, CASE__PT "
                                              "or CASE with a case id CENTRE-NNN or CENTRE_NNN"))
@@ -114,41 +119,46 @@ class _Collector:
 
 
 def _plain_role(stem: str) -> str | None:
-    """"ct"/"pet" of a file in a folder of any name (``*__CT``, ``*__PT``, ``CT``, ``PT``, ``PET``), else None."""
+    """"ct"/"pet" of a file in a folder of any name (``*__CT``, ``*__PT``, ``CT``, ``PT``, ``PET``; any
+    letter case), else None."""
     for suffix, role in ROLE_SUFFIXES.items():
-        if stem.endswith(suffix):
+        if stem.upper().endswith(suffix):
             return role
     return PLAIN_STEMS.get(stem.upper())
 
 
 def _collect(root: Path, any_folder_name: bool = False) -> _Collector:
     col = _Collector()
-    for path in _nifti_files(root):
+    for path in _image_files(root):
         col.problems.append(CaseProblem(path.name, f"{path}: image file directly under the data root; "
                                         f"expected ROOT/CASE/ or ROOT/{FLAT_IMAGES}/, ROOT/{FLAT_LABELS}/"))
     for name, roles in ((FLAT_IMAGES, ("ct", "pet")), (FLAT_LABELS, ("label",))):
         if (root / name).is_dir():
-            for path in _nifti_files(root / name):
+            for path in _image_files(root / name):
                 col.add(path, roles)
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if folder.name in (FLAT_IMAGES, FLAT_LABELS):
             continue
-        files = _nifti_files(folder)
+        files = _image_files(folder)
         if CASE_ID_RE.match(folder.name) is None:
             if files and any_folder_name:
                 for path in files:
-                    role = _plain_role(_nifti_stem(path) or "")
+                    role = _plain_role(_image_stem(path) or "")
                     if role is not None:  # other files (masks, notes) are not the case's business here
                         col.files.setdefault(folder.name, {}).setdefault(role, []).append(path)
                 if folder.name not in col.files:
                     col.problems.append(CaseProblem(folder.name, f"{folder}: no CT or PET file (name them *__CT / "
-                                                    "*__PT, or CT / PT / PET, .nii or .nii.gz)"))
+                                                    "*__PT, or CT / PT / PET, as .nii.gz, .nii, .nrrd or .mha)"))
             elif files:
                 col.problems.append(CaseProblem(folder.name, f"{folder}: folder with image files whose name "
                                                 "is not a case id (CENTRE-NNN or CENTRE_NNN)"))
             continue
         for path in files:
-            col.add(path, ("ct", "pet", "label"), expected_id=folder.name)
+            plain = PLAIN_STEMS.get((_image_stem(path) or "").upper()) if any_folder_name else None
+            if plain is not None:  # CHUM-001/CT.nii.gz: a folder of any name that happens to look like an id
+                col.files.setdefault(folder.name, {}).setdefault(plain, []).append(path)
+            else:
+                col.add(path, ("ct", "pet", "label"), expected_id=folder.name)
     return col
 
 

@@ -31,7 +31,7 @@ import sys
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
@@ -77,8 +77,16 @@ def shard(cases: Sequence[BatchCase], i: int, n: int) -> list[BatchCase]:
     return list(cases)[i - 1::n]
 
 
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:6]
+
+
 def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "case"
+    """``text`` as a file name: letters and digits of any script, ``_``, ``.`` and ``-``; other runs become
+    ``_``. A name that had to change gets a hash of the original, so that ``Müller 01`` and ``Müller_01``
+    stay two cases (and two output folders), the same ones on every run."""
+    safe = re.sub(r"[^\w.-]+", "_", text).strip("._") or "case"
+    return safe if safe == text else f"{safe}_{_short_hash(text)}"
 
 
 def _hecktor_cases(root: Path) -> list[BatchCase]:
@@ -88,6 +96,14 @@ def _hecktor_cases(root: Path) -> list[BatchCase]:
     out = [BatchCase(_safe(c.case_id), c.ct, c.pet) for c in cases]
     out += [BatchCase(_safe(p.case_id), root, root, problem=p.reason) for p in problems]
     return out
+
+
+def _distinct(cases: Sequence[BatchCase]) -> list[BatchCase]:
+    """The cases with ids made distinct: problems named by a file name (``CT.nii.gz`` in two folders)
+    get a hash of their reason, which names the file; one bad folder never stops the others."""
+    ids = [c.case_id for c in cases]
+    return [c if ids.count(c.case_id) == 1 else
+            replace(c, case_id=f"{c.case_id}_{_short_hash(c.problem or f'{c.ct}|{c.pet}')}") for c in cases]
 
 
 def _common_folder(files: Sequence[Path]) -> Path:
@@ -139,9 +155,10 @@ def find_batch_cases(root: str | Path) -> list[BatchCase]:
         raise InputError(f"{root}: no cases found (neither folders holding a CT and a PET, e.g. CASE/CASE__CT.nii.gz + "
                          "CASE__PT.nii.gz or PATIENT/CT.nii.gz + PATIENT/PET.nii.gz, nor DICOM studies with a CT and "
                          "a PET series)")
+    cases = _distinct(cases)
     ids = [c.case_id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
+    if duplicates:  # two DICOM studies or folders that hash alike: not seen, but never write one over the other
         raise InputError(f"{root}: case ids found twice: {', '.join(duplicates)}")
     return sorted(cases, key=lambda c: c.case_id)
 

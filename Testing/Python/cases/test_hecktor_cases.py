@@ -93,3 +93,10 @@ def test_same_case_in_both_layouts_is_a_problem(tmp_path):
     _touch(tmp_path / "imagesTr" / "MDA-001__CT.nii.gz")
     cases, problems = find_cases(tmp_path)
     assert cases == [] and "2 ct files" in problems[0].reason
+
+
+def test_the_case_finder_knows_the_image_formats_the_reader_and_writer_know():
+    from HNTumorSegLib.cases.hecktor import IMAGE_FILE_SUFFIXES
+    from HNTumorSegLib.imaging.image_io import IMAGE_SUFFIXES
+
+    assert IMAGE_FILE_SUFFIXES == IMAGE_SUFFIXES

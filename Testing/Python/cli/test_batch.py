@@ -196,7 +196,9 @@ def test_department_folders_of_any_name_are_cases(tmp_path):
     (root / "notes").mkdir()
     sitk.WriteImage(case.label, str(root / "notes" / "something.nii.gz"))
     cases = {c.case_id: c for c in find_batch_cases(root)}
-    assert sorted(cases) == ["12345678", "CHUM-005", "Smith_John_2021-03", "acc.998", "notes"]
+    smith = next(i for i in cases if i.startswith("Smith_John_2021-03_"))  # a name that changed keeps a hash
+    assert sorted(cases) == ["12345678", "CHUM-005", smith, "acc.998", "notes"]
+    assert cases[smith].ct.parent.name == "Smith John 2021-03"
     assert cases["12345678"].ct.name == "CT.nii.gz" and cases["12345678"].pet.name == "PET.nii.gz"
     assert cases["acc.998"].pet.name == "pt.nii" and cases["12345678"].problem is None
     assert "no CT or PET file" in cases["notes"].problem
@@ -301,3 +303,41 @@ def test_the_same_batch_command_started_twice_loses_no_row(hecktor_root, small_m
     for case in ("CHUM-001", "CHUM-002"):
         assert sitk.ReadImage(str(out / case / f"{case}_seg.nii.gz")).GetSize() == \
             sitk.ReadImage(str(hecktor_root / case / f"{case}__CT.nii.gz")).GetSize()
+
+
+def test_folder_names_in_any_script_file_formats_and_letter_cases_are_distinct_cases(tmp_path):
+    """Names that the old file-name rule mangled alike stay distinct cases; NRRD, MetaImage and upper-case
+    suffixes are found; a folder named like a case id may hold plain CT / PT names; stray files in
+    several folders, each a failure row, stop no other case."""
+    from HNTumorSegLib.imaging.image_io import write_image
+
+    root = tmp_path / "archive"
+    case = _case(6, "CHUM-006")
+    layouts = {"张三": ("CT.nii.gz", "PET.nii.gz"), "李四": ("CT.nii.gz", "PT.nii.gz"),
+               "Müller 01": ("CT.nii.gz", "PET.nii.gz"), "Müller_01": ("CT.nrrd", "PET.nrrd"),
+               "upper": ("CT.NII.GZ", "PET.NII.GZ"), "lower roles": ("p__ct.nii.gz", "p__pt.nii.gz"),
+               "meta": ("ct.mha", "pet.MHA"), "CHUM-001": ("CT.nii.gz", "PT.nii.gz"),
+               "CHUM-002": ("CT.nii.gz", "PT.nii.gz")}
+    for folder, names in layouts.items():
+        (root / folder).mkdir(parents=True)
+        for image, name in zip((case.ct, case.pet), names):
+            write_image(image, root / folder / name)  # (SimpleITK alone refuses to write CT.NII.GZ)
+    for folder in ("CHUM-003", "CHUM-004"):  # only a stray file each: two failure rows named mask.nii.gz
+        (root / folder).mkdir()
+        sitk.WriteImage(case.label, str(root / folder / "mask.nii.gz"))
+    cases = find_batch_cases(root)
+    ids = [c.case_id for c in cases]
+    assert len(set(ids)) == len(ids)
+    found = {c.ct.parent.name: c for c in cases if c.problem is None}
+    assert sorted(found) == sorted(layouts)
+    assert found["张三"].case_id == "张三" and found["Müller_01"].case_id == "Müller_01"
+    assert found["Müller 01"].case_id.startswith("Müller_01_") and found["CHUM-001"].case_id == "CHUM-001"
+    assert found["Müller_01"].ct.name == "CT.nrrd" and found["meta"].pet.name == "pet.MHA"
+    failed = [c for c in cases if c.problem]
+    assert len(failed) == 2 and all("mask.nii.gz" in c.problem for c in failed)
+    # the ids are the same on every run (resume finds the cases' earlier outputs)
+    assert [c.case_id for c in find_batch_cases(root)] == ids
+    # and the cases read: the stand-in segments the NRRD and the upper-case MetaImage ones
+    rows = run_batch([found["Müller_01"], found["meta"]], BatchOptions(tmp_path / "out"),
+                     summary=tmp_path / "out" / "summary.csv", make_segmenter=ThresholdSegmenter, progress=False)
+    assert [r["status"] for r in rows] == [DONE, DONE], rows
