@@ -7,6 +7,7 @@ loaded. Index order in this module is SimpleITK's (x, y, z); numpy arrays are (z
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -154,6 +155,27 @@ def physical_overlap(a: Geometry, b: Geometry) -> bool:
     alo, ahi = box(a)
     blo, bhi = box(b)
     return bool(np.all(alo < bhi) and np.all(blo < ahi))
+
+
+def outside_buffer(image: sitk.Image, grid: Geometry) -> np.ndarray | None:
+    """Where ``grid``'s voxels fall outside ``image``'s field of view, as a (Z, Y, X) bool array, or None
+    when none does.
+
+    "Outside" is ITK's own rule, the one :func:`resample` applies before it writes its default value:
+    a point more than half a voxel beyond the image's outer voxel centres. So this marks exactly the
+    voxels a resampling of ``image`` onto ``grid`` filled with padding rather than data. When the eight
+    corners of ``grid`` lie inside (the field of view is a box in index space, so then all of ``grid``
+    does), nothing is resampled.
+    """
+    size = np.asarray(image.GetSize()[:3], dtype=float)
+    corners = itertools.product(*[(0, int(n) - 1) for n in grid.size])
+    index = np.array([image.TransformPhysicalPointToContinuousIndex([float(v) for v in grid.index_to_point(c)]) for c in corners])
+    if np.all(index >= -0.5) and np.all(index <= size - 0.5):
+        return None
+    ones = sitk.Image(image.GetSize()[:3], sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    inside = resample(ones, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayViewFromImage(inside) == 0
 
 
 def resample(image: sitk.Image, grid: Geometry, interpolator: int, default: float,

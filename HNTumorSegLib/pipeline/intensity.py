@@ -32,7 +32,8 @@ def normalize_ct(ct_hu: np.ndarray) -> np.ndarray:
 
 
 def pet_statistics(pet_real: np.ndarray) -> tuple[float, float]:
-    """Mean and standard deviation of the real (unpadded) voxels of the cropped PET."""
+    """Mean and standard deviation of the real voxels of the cropped PET: those inside the CT lattice and
+    inside the PET's own field of view (see :func:`~HNTumorSegLib.pipeline.preprocess.preprocess`)."""
     mu = float(pet_real.mean(dtype=np.float64))
     sigma = float(pet_real.std(dtype=np.float64))
     return mu, sigma

@@ -27,7 +27,8 @@ from HNTumorSegLib import __version__
 from HNTumorSegLib.pipeline.crop import (TAU, WINDOW_ZYX, ArrayLatticePet, CropWindow, NoUptakeError,
                                          find_crop_and_column)
 from HNTumorSegLib.errors import InputError
-from HNTumorSegLib.imaging.geometry import (Geometry, analysis_lattice, orient_lps, overlap_box, physical_overlap, resample,
+from HNTumorSegLib.imaging.geometry import (Geometry, analysis_lattice, orient_lps, outside_buffer, overlap_box,
+                                            physical_overlap, resample,
                                             snap_geometry)
 from HNTumorSegLib.imaging.label_checks import label_grid_problem, label_values_problem
 from HNTumorSegLib.pipeline.intensity import CT_PAD_HU, PET_PAD_SUV, normalize_ct, normalize_pet, pet_statistics
@@ -152,13 +153,17 @@ def preprocess(ct: sitk.Image, pet: sitk.Image, label: sitk.Image | None = None,
     window = decision.window
     real = window.clipped(source.shape)
     pet_real = column[real.z1:real.z2]
-    mu, sigma = pet_statistics(pet_real)
+    real_grid = lattice.subgrid(real.start_xyz, real.size_xyz)
+    # Voxels beyond the PET's own field of view hold the resampling's padding, not uptake: left out of
+    # the statistics as the window's padding beyond the lattice is, so a PET that covers less than the
+    # CT is normalised by its data alone.
+    outside_pet = outside_buffer(pet_o, real_grid)
+    mu, sigma = pet_statistics(pet_real if outside_pet is None or outside_pet.all() else pet_real[~outside_pet])
     pet_window = _paste(pet_real, window, real, PET_PAD_SUV, np.float32)
     del column, source
     timings["crop"] = time.perf_counter() - t0 - boxes_seconds
 
     t0 = time.perf_counter()
-    real_grid = lattice.subgrid(real.start_xyz, real.size_xyz)
     if ct_path == "window":
         ct_real = resample_in_window(ct_o, real_grid, sitk.sitkBSpline, CT_PAD_HU, sitk.sitkFloat32)
     elif ct_path == "full":
@@ -195,7 +200,8 @@ def preprocess(ct: sitk.Image, pet: sitk.Image, label: sitk.Image | None = None,
         "resampled": lattice.to_dict(),
         "original_ct": original_ct.to_dict(),
         "original_pet": original_pet.to_dict(),
-        "pet_normalisation": {"mean": mu, "std": sigma},
+        "pet_normalisation": {"mean": mu, "std": sigma,
+                              "voxels_outside_pet": 0 if outside_pet is None else int(outside_pet.sum())},
         "interpolation": {"ct": "bspline3", "pet": "linear", "label": "nearest"},
         "padding": {"ct_hu": CT_PAD_HU, "pet_suv": PET_PAD_SUV},
     }

@@ -190,3 +190,33 @@ def test_the_crop_reads_a_fraction_of_the_lattice():
     lattice_voxels = int(np.prod(source.shape))
     assert decision.anchor == "peak" and sum(asked) < 0.4 * lattice_voxels, (sum(asked), lattice_voxels)
     assert column.shape == (source.shape[0], 256, 256)
+
+
+def test_pet_statistics_leave_out_the_voxels_beyond_the_pet_field_of_view(head_case, head_pre):
+    """A PET that covers less than the window (here: a third of its columns gone) is normalised by its data:
+    the padding a resampling writes beyond its field of view counts no more than the padding beyond the CT."""
+    assert head_pre.provenance["pet_normalisation"]["voxels_outside_pet"] == 0
+    pet = head_case.pet
+    cut = pet[pet.GetSize()[0] // 3:, :, :]  # SimpleITK slicing keeps the voxels where they were in space
+    pre = preprocess(head_case.ct, cut)
+    stats = pre.provenance["pet_normalisation"]
+    win, lattice = Geometry.from_dict(pre.provenance["window"]), Geometry.from_dict(pre.provenance["resampled"])
+    cut_o = orient_lps(cut)
+    assert np.allclose(win.direction, np.eye(3).ravel()) and np.allclose(cut_o.GetDirection(), np.eye(3).ravel())
+    # per axis (both grids are axis-aligned): window voxels inside the lattice and inside the PET's buffer
+    keep = []
+    for axis in range(3):
+        i = np.arange(win.size[axis])
+        points = win.origin[axis] + i * win.spacing[axis]
+        in_lattice = np.rint((points - lattice.origin[axis]) / lattice.spacing[axis])
+        in_lattice = (in_lattice >= 0) & (in_lattice <= lattice.size[axis] - 1)
+        pet_index = (points - cut_o.GetOrigin()[axis]) / cut_o.GetSpacing()[axis]
+        in_pet = (pet_index >= -0.5) & (pet_index <= cut_o.GetSize()[axis] - 0.5)
+        keep.append((in_lattice, in_lattice & in_pet))
+    real = keep[2][0][:, None, None] & keep[1][0][None, :, None] & keep[0][0][None, None, :]
+    data = keep[2][1][:, None, None] & keep[1][1][None, :, None] & keep[0][1][None, None, :]
+    assert stats["voxels_outside_pet"] == int(real.sum() - data.sum()) > 0
+    values = sitk.GetArrayFromImage(resample(cut_o, win, sitk.sitkLinear, 0.0, sitk.sitkFloat32)).astype(np.float64)
+    assert stats["mean"] == pytest.approx(values[data].mean(), rel=1e-6)
+    assert stats["std"] == pytest.approx(values[data].std(), rel=1e-6)
+    assert abs(values[real].mean() - stats["mean"]) > 0.05 * stats["mean"]  # what the padding used to do
