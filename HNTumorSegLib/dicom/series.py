@@ -355,13 +355,39 @@ def _check_memory(series: SeriesInfo, where: str, pydicom) -> None:
 
 
 def _pixels(ds, path: Path) -> np.ndarray:
-    """The stored values of one slice, in their stored type; a pixel data element that cannot be decoded is
-    the file's fault."""
+    """The stored values of one slice, in their stored type; a pixel data element that neither pydicom
+    nor GDCM can decode is the file's fault."""
     try:
         return ds.pixel_array
     except Exception as exc:  # pydicom raises ValueError, RuntimeError, NotImplementedError, ... per codec
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: cannot decode the pixel data ({reason})") from None
+    stored = _stored_by_gdcm(ds, path)
+    if stored is None:
+        raise InputError(f"{path}: cannot decode the pixel data ({reason})")
+    return stored
+
+
+def _stored_by_gdcm(ds, path: Path) -> np.ndarray | None:
+    """The stored values of a slice whose compression pydicom has no decoder for, decoded by the GDCM
+    inside SimpleITK; None when GDCM cannot either.
+
+    Why: JPEG Lossless is how many PACS export CT and PET, and pydicom decodes it only with extra
+    packages (pylibjpeg-libjpeg, GPL; python-gdcm), which a Slicer extension cannot count on.
+    SimpleITK, already here, brings GDCM. GDCM hands back the rescaled values (stored x slope +
+    intercept, in the same slope and intercept this module reads); the stored ones, integers, are
+    recovered by inverting that and rounding, exactly, and the rescale is applied later as for any slice.
+    """
+    try:
+        values = sitk.GetArrayFromImage(sitk.ReadImage(str(path), imageIO="GDCMImageIO"))
+    except RuntimeError:
+        return None
+    if values.size != int(ds.Rows) * int(ds.Columns):
+        return None
+    values = values.reshape(int(ds.Rows), int(ds.Columns))
+    slope, intercept = _slope_intercept(ds)
+    stored = np.rint((values.astype(np.float64) - intercept) / slope)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    return stored.astype(np.dtype(f"{'i' if signed else 'u'}{max(1, int(ds.BitsAllocated) // 8)}"))
 
 
 def read_series(folder: str | os.PathLike, modality: str, uid: str | None = None,

@@ -511,3 +511,44 @@ def test_fixture_series_are_valid_iods_for_dciodvfy(dicom_case):
         out = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, encoding="utf-8")
         errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
         assert not errors, f"{modality}: {errors}"
+
+
+def _jpeg_lossless_copy(src, dst):
+    """Each file of ``src`` with its pixel data re-encoded as JPEG Lossless (process 14, SV1), every other
+    element kept (the PET's radiopharmaceutical sequence included). The code stream comes from GDCM
+    (SimpleITK's writer, given the stored values with an identity rescale); pydicom cannot decode it."""
+    from pydicom.uid import JPEGLosslessSV1
+
+    dst.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")
+    writer.SetUseCompression(True)
+    writer.SetCompressor("JPEG")
+    for path in sorted(src.iterdir()):
+        ds = pydicom.dcmread(path)
+        stored = sitk.GetImageFromArray(ds.pixel_array)
+        stored.SetMetaData("0028|1052", "0")
+        stored.SetMetaData("0028|1053", "1")
+        writer.SetFileName(str(dst / "stream.dcm"))
+        writer.Execute(stored)
+        encoded = pydicom.dcmread(dst / "stream.dcm")
+        assert encoded.file_meta.TransferSyntaxUID == JPEGLosslessSV1
+        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+        ds.PixelData = encoded.PixelData
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        ds.save_as(dst / path.name, enforce_file_format=True)
+    (dst / "stream.dcm").unlink()
+
+
+def test_jpeg_lossless_series_read_exactly_as_uncompressed_ones(case, dicom_case, tmp_path):
+    """As many PACS export them: pydicom has no decoder for JPEG Lossless here, GDCM (in SimpleITK) decodes it,
+    and CT (HU) and PET (SUV, per-slice rescale) come out equal to the uncompressed series."""
+    folder, packed_folder = dicom_case[0], tmp_path / "study"
+    _jpeg_lossless_copy(folder, packed_folder)
+    with pytest.raises(Exception):
+        pydicom.dcmread(next(packed_folder.iterdir())).pixel_array  # the fallback is what reads it
+    plain, packed = read_case(folder, folder), read_case(packed_folder, packed_folder)
+    assert np.array_equal(sitk.GetArrayFromImage(packed.ct), sitk.GetArrayFromImage(plain.ct))
+    assert np.array_equal(sitk.GetArrayFromImage(packed.pet), sitk.GetArrayFromImage(plain.pet))
+    assert packed.suv["suv_factor"] == plain.suv["suv_factor"]
