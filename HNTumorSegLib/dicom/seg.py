@@ -79,6 +79,9 @@ def build_dicom_seg(label: sitk.Image, ct, *, segments: Sequence[SegmentDefiniti
         series_description="HNTumorSeg GTVp/GTVn",
         content_description="GTVp and GTVn; review before clinical use",
         omit_empty_frames=True,
+        # UTF-8, as the RTSTRUCT: highdicom would copy the CT's character set, and refuses the standard
+        # multi-valued form of ISO 2022 sets ("\ISO 2022 IR 87", an empty first value) with a ValueError
+        specific_character_set="ISO_IR 192",
     )
 
 

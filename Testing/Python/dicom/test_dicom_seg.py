@@ -159,3 +159,20 @@ def test_segment_outputs_on_a_flipped_or_oblique_ct_read_back_by_plastimatch_and
         on_ct = sitk.Resample(theirs, label, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
         a, b = sitk.GetArrayFromImage(on_ct) > 0, lab == value
         assert 2 * np.count_nonzero(a & b) / (a.sum() + b.sum()) == 1.0, name
+
+
+def test_a_ct_in_a_japanese_character_set_gets_a_utf8_segmentation_with_the_same_name(study, tmp_path):
+    """The standard multi-valued form of an ISO 2022 character set (an empty first value), which highdicom
+    refused with a traceback when it copied the CT's set: the SEG is UTF-8, the patient's name unchanged."""
+    folder = tmp_path / "jis"
+    shutil.copytree(study["dicom"], folder)
+    name = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+        ds.PatientName = name
+        ds.save_as(path)
+    ct = read_series(folder, "CT")
+    seg = pydicom.dcmread(write_dicom_seg(study["label"], ct, tmp_path / "SEG.dcm"))
+    assert seg.SpecificCharacterSet == "ISO_IR 192" and str(seg.PatientName) == name
+    assert seg.PatientID == pydicom.dcmread(next(folder.iterdir())).PatientID
