@@ -28,7 +28,8 @@ import SimpleITK as sitk
 
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.imaging.image_checks import DIRECTION_TOLERANCE, memory_problem, spacing_problem
-from HNTumorSegLib.imaging.input_integrity import check_dicom_file, dicom_file_problem, looks_like_dicom
+from HNTumorSegLib.imaging.input_integrity import (check_dicom_file, dicom_file_problem, dicom_without_preamble,
+                                                   looks_like_dicom)
 
 #: Tags read while listing series (the pixel data is never read then).
 _LIST_TAGS = ("SeriesInstanceUID", "Modality", "SeriesDescription", "StudyInstanceUID", "PatientID",
@@ -82,6 +83,24 @@ class SeriesInfo:
                 "study_instance_uid": self.study_uid, "images": self.n_images}
 
 
+def _dcmread(pydicom, path: Path, **options):
+    """``pydicom.dcmread``, also for a slice written without the preamble (see
+    :func:`~HNTumorSegLib.imaging.input_integrity.dicom_without_preamble`); a data set without a file meta
+    group gets the transfer syntax it was read in, which decoding its pixels needs."""
+    try:
+        return pydicom.dcmread(path, **options)
+    except pydicom.errors.InvalidDicomError:
+        if not dicom_without_preamble(path):
+            raise
+    ds = pydicom.dcmread(path, force=True, **options)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit else
+                                          pydicom.uid.ExplicitVRLittleEndian if little else
+                                          pydicom.uid.ExplicitVRBigEndian)
+    return ds
+
+
 def find_series(folder: str | os.PathLike) -> list[SeriesInfo]:
     """Every DICOM series under ``folder`` (recursively), sorted by modality, then description, then UID.
 
@@ -100,7 +119,7 @@ def find_series(folder: str | os.PathLike) -> list[SeriesInfo]:
                 continue
             path = Path(root) / name
             try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_LIST_TAGS))
+                ds = _dcmread(pydicom, path, stop_before_pixels=True, specific_tags=list(_LIST_TAGS))
             except Exception as exc:  # not DICOM, or a DICOM file too damaged to read
                 problem = _unreadable_file_problem(path, exc)
                 if problem:
@@ -252,7 +271,7 @@ def load_volume(series: SeriesInfo, folder: str | os.PathLike) -> DicomVolume:
     for path in series.files:
         check_dicom_file(path, require_pixel_data=True)
         try:
-            ds = pydicom.dcmread(path)
+            ds = _dcmread(pydicom, path)
         except Exception as exc:  # the check above passed, so a header pydicom cannot parse
             raise InputError(f"{path}: file is corrupt: its DICOM header cannot be parsed "
                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
@@ -341,7 +360,7 @@ _ASSEMBLY_BYTES = 8 + 2 * 4
 def _check_memory(series: SeriesInfo, where: str, pydicom) -> None:
     """The volume, from the first slice's header and the number of slices, must fit in the memory available."""
     try:
-        ds = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+        ds = _dcmread(pydicom, series.files[0], stop_before_pixels=True)
         rows, columns = int(ds.Rows), int(ds.Columns)
         stored = max(1, int(ds.get("BitsAllocated", 16) or 16) // 8) * int(ds.get("SamplesPerPixel", 1) or 1)
     except Exception:  # noqa: BLE001 - a header that cannot say its size: the slice checks say what is wrong

@@ -165,6 +165,25 @@ def looks_like_dicom(path: str | os.PathLike) -> bool:
         return False
 
 
+def dicom_without_preamble(path: str | os.PathLike) -> bool:
+    """True when a file without the preamble starts like a DICOM data set: a file meta group (0002) or the
+    identifying group (0008) in little endian, with an explicit VR or a length inside the file. Some
+    exports and older archives write slices this way; pydicom reads them only when told to (``force``),
+    and without this test a series would silently lose such a slice."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            if _has_dicom_preamble(fh):
+                return False
+            head = fh.read(8)
+    except OSError:
+        return False
+    if len(head) < 8 or int.from_bytes(head[:2], "little") not in (0x0002, 0x0008):
+        return False
+    explicit = head[4:6].isalpha() and head[4:6].isupper()
+    return explicit or int.from_bytes(head[4:8], "little") < size
+
+
 # --------------------------------------------------------------------------------------- dispatch
 
 def _empty_message() -> str:

@@ -552,3 +552,28 @@ def test_jpeg_lossless_series_read_exactly_as_uncompressed_ones(case, dicom_case
     assert np.array_equal(sitk.GetArrayFromImage(packed.ct), sitk.GetArrayFromImage(plain.ct))
     assert np.array_equal(sitk.GetArrayFromImage(packed.pet), sitk.GetArrayFromImage(plain.pet))
     assert packed.suv["suv_factor"] == plain.suv["suv_factor"]
+
+
+def test_slices_written_without_the_preamble_are_read_not_dropped(case, dicom_case, tmp_path):
+    """A CT slice without the 128-byte preamble and ``DICM`` (its file meta group kept), and a PET slice that
+    is a bare data set (no meta group, implicit VR): the series used to lose them without a word."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    folder = tmp_path / "study"
+    shutil.copytree(dicom_case[0], folder)
+    by_modality = {}
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        by_modality.setdefault(ds.Modality, []).append((float(ds.ImagePositionPatient[2]), path))
+    top_ct = max(by_modality["CT"])[1]
+    top_ct.write_bytes(top_ct.read_bytes()[132:])
+    bare_pet = max(by_modality["PT"])[1]
+    stream = DicomBytesIO()
+    stream.is_little_endian, stream.is_implicit_VR = True, True
+    write_dataset(stream, pydicom.dcmread(bare_pet))
+    bare_pet.write_bytes(stream.getvalue())
+    plain, stripped = read_case(dicom_case[0], dicom_case[0]), read_case(folder, folder)
+    assert stripped.ct.GetSize() == plain.ct.GetSize() and stripped.pet.GetSize() == plain.pet.GetSize()
+    assert np.array_equal(sitk.GetArrayFromImage(stripped.ct), sitk.GetArrayFromImage(plain.ct))
+    assert np.array_equal(sitk.GetArrayFromImage(stripped.pet), sitk.GetArrayFromImage(plain.pet))
