@@ -577,3 +577,25 @@ def test_slices_written_without_the_preamble_are_read_not_dropped(case, dicom_ca
     assert stripped.ct.GetSize() == plain.ct.GetSize() and stripped.pet.GetSize() == plain.pet.GetSize()
     assert np.array_equal(sitk.GetArrayFromImage(stripped.ct), sitk.GetArrayFromImage(plain.ct))
     assert np.array_equal(sitk.GetArrayFromImage(stripped.pet), sitk.GetArrayFromImage(plain.pet))
+
+
+def test_positions_written_to_a_tenth_of_a_millimetre_are_one_grid_and_a_gap_near_the_end_is_not(case, dicom_case,
+                                                                                                 tmp_path):
+    """The PET's 3.27 mm steps written to 0.1 mm come out as 3.2 and 3.3: one regular grid, placed within
+    0.05 mm of the exact one, the same voxels. A slice missing next to the last one is still refused."""
+    rounded = tmp_path / "rounded"
+    shutil.copytree(dicom_case[0], rounded)
+    for path in rounded.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [f"{float(v):.1f}" for v in ds.ImagePositionPatient]
+        ds.save_as(path)
+    exact, coarse = read_series(dicom_case[0], "PT"), read_series(rounded, "PT")
+    assert np.array_equal(sitk.GetArrayFromImage(coarse.image), sitk.GetArrayFromImage(exact.image))
+    assert np.allclose(coarse.image.GetOrigin(), exact.image.GetOrigin(), atol=0.05 + 1e-9)
+    assert coarse.image.GetSpacing()[2] == pytest.approx(exact.image.GetSpacing()[2], abs=0.1 / 50)
+    gap = tmp_path / "gap_near_end"
+    shutil.copytree(dicom_case[0], gap)
+    files = read_series(gap, "CT").files  # in slice order
+    files[-2].unlink()
+    with pytest.raises(InputError, match="irregular slice spacing"):
+        read_series(gap, "CT")
