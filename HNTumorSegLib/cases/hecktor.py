@@ -22,6 +22,7 @@ case of that id in this mode too.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,20 @@ def _plain_role(stem: str) -> str | None:
     return PLAIN_STEMS.get(stem.upper())
 
 
+def _report_deeper_images(folder: Path, col: _Collector) -> None:
+    """Image files in sub-folders of a folder under the root (``ROOT/CENTRE/CASE/``, ``ROOT/CASE/old/``):
+    cases are not searched there, and a training set must not lose them without a word."""
+    for below in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for sub, dirs, names in os.walk(below):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(names):
+                path = Path(sub) / name
+                if not name.startswith(".") and _image_stem(path) is not None:
+                    col.problems.append(CaseProblem(path.name, f"{path}: image file below {folder.name}/, where no "
+                                                    "case is searched: cases are ROOT/CASE/ folders (or "
+                                                    f"ROOT/{FLAT_IMAGES}/, ROOT/{FLAT_LABELS}/); move it up"))
+
+
 def _collect(root: Path, any_folder_name: bool = False) -> _Collector:
     col = _Collector()
     for path in _image_files(root):
@@ -137,6 +152,8 @@ def _collect(root: Path, any_folder_name: bool = False) -> _Collector:
             for path in _image_files(root / name):
                 col.add(path, roles)
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not any_folder_name:  # (segmenting a folder of any name ignores what it does not use)
+            _report_deeper_images(folder, col)
         if folder.name in (FLAT_IMAGES, FLAT_LABELS):
             continue
         files = _image_files(folder)

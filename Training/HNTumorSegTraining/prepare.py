@@ -10,7 +10,10 @@ so training sees exactly what inference will), measure what the window loses of 
 Why it never stops at a bad case: on 680 cases, one unreadable file must cost that case, not
 the run. Every rejected case is listed with its reasons. Why resumable: preprocessing all
 cases takes an hour or more; a rerun after an interruption, a fixed case or a new split only
-does what is missing. A finished case is not read or checked again (it passed when written).
+does what is missing. A finished case is not read or checked again (it passed when written),
+unless its files changed since (size or modification time differ from those recorded): an edited
+label is prepared again, never trained on as it was. A split that fails removes the previous
+``split.json``, so that ``fit`` cannot train on a split this run did not make.
 """
 
 from __future__ import annotations
@@ -88,8 +91,27 @@ class PrepareReport:
 
 
 def _sources(case: Case) -> dict:
-    return {role: {"path": str(Path(p).resolve()), "bytes": Path(p).stat().st_size}
-            for role, p in (("ct", case.ct), ("pet", case.pet), ("label", case.label)) if p is not None}
+    def source(path: Path) -> dict:
+        stat = Path(path).stat()
+        return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+    return {role: source(p) for role, p in (("ct", case.ct), ("pet", case.pet), ("label", case.label))
+            if p is not None}
+
+
+def _sources_changed(case: Case, folder: Path) -> bool:
+    """Whether a cached case's files differ from the ones it was prepared from: size, and modification
+    time where the cache recorded it (caches written before it did compare sizes only). Not the path:
+    a data root moved with its files (``mv``, ``rsync -a``) is the same data, and is not prepared again."""
+    recorded = (cache.read_provenance(folder) or {}).get("sources") or {}
+    try:
+        now = _sources(case)
+    except OSError:
+        return True
+    if set(recorded) != set(now):
+        return True
+    return any(recorded[role].get(key) != now[role][key] for role in now for key in ("bytes", "mtime_ns")
+               if key in recorded[role])
 
 
 def prepare_case(case: Case, cache_dir: str | Path) -> CaseOutcome:
@@ -179,21 +201,28 @@ def prepare(data_root: str | Path, cache_dir: str | Path, workers: int = 1, prog
     arguments then only splits).
     """
     t0 = time.perf_counter()
-    data_root, cache_dir = Path(data_root), Path(cache_dir)
+    data_root, cache_dir = Path(data_root).resolve(), Path(cache_dir)  # absolute: read from anywhere later
     cases, problems = find_cases(data_root, require_label=True)
     split_cases(_by_centre(cases), val_fraction, val_counts, seed)  # fail fast on bad arguments
 
     rejected = [Rejection(p.case_id, "discovery", [p.reason]) for p in problems]
     containment: dict[str, dict] = {}
-    skipped, pending = [], []
+    skipped, pending, changed = [], [], []
     for case in cases:
         folder = cache.case_dir(cache_dir, case.case_id)
-        found = _cached_containment(case, folder) if cache.is_finished(folder) else None
+        finished = cache.is_finished(folder)
+        if finished and _sources_changed(case, folder):  # an edited label must not train as it was
+            changed.append(case.case_id)
+            finished = False
+        found = _cached_containment(case, folder) if finished else None
         if found is None:
             pending.append(case)
         else:
             skipped.append(case.case_id)
             containment[case.case_id] = found
+    if changed and progress:
+        print(f"prepare: {len(changed)} cached case(s) whose files changed are prepared again: "
+              f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}", flush=True)
 
     processed = []
     bar = tqdm(total=len(cases), initial=len(skipped), desc="prepare", unit="case", disable=not progress)
@@ -218,6 +247,7 @@ def prepare(data_root: str | Path, cache_dir: str | Path, workers: int = 1, prog
         split = split_cases(_by_centre(cases, set(accepted)), val_fraction, val_counts, seed)
     except ValueError as exc:
         split_error, split = str(exc), {"error": str(exc)}
+        (cache_dir / "split.json").unlink(missing_ok=True)  # an earlier split must not be trained on as this one
     else:
         write_json({**split, "data_root": str(data_root), "preprocessing_version": PREPROCESSING_VERSION},
                    cache_dir / "split.json")

@@ -19,7 +19,7 @@ from HNTumorSegLib.phantom import make_phantom, write_case
 from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION, preprocess
 from HNTumorSegTraining import prepare as prepare_module
 from HNTumorSegTraining.cache import open_case
-from HNTumorSegLib.cases.hecktor import Case, parse_case_id
+from HNTumorSegLib.cases.hecktor import Case, find_cases, parse_case_id
 from HNTumorSegTraining.checks import check_case
 from HNTumorSegTraining.containment import lost_voxels
 from HNTumorSegTraining.prepare import prepare
@@ -367,3 +367,49 @@ def test_prepare_checks_split_arguments_before_preprocessing(tmp_path):
     with pytest.raises(ValueError, match="centres with no cases"):
         prepare(root, tmp_path / "cache", val_counts="paper", progress=False)
     assert not (tmp_path / "cache" / "cases").exists()
+
+
+def test_a_case_whose_files_changed_is_prepared_again_and_the_data_root_is_absolute(tmp_path, monkeypatch):
+    """An edited label must not train as it was cached; a moved data root (same files) is not prepared again."""
+    monkeypatch.chdir(tmp_path)
+    root = Path("data")
+    _write_tiny(root, "USZ-001")
+    _write_tiny(root, "USZ-002")
+    first = prepare(root, tmp_path / "cache", progress=False)
+    assert first.processed == ["USZ-001", "USZ-002"]
+    split = json.loads((tmp_path / "cache" / "split.json").read_text())
+    assert Path(split["data_root"]).is_absolute() and Path(split["data_root"]) == (tmp_path / "data")
+    label_path = root / "USZ-002" / "USZ-002.nii.gz"
+    label = sitk.ReadImage(str(label_path))
+    sitk.WriteImage(label * 0, str(label_path))  # the tumour taken out of the label
+    again = prepare(root, tmp_path / "cache", progress=False)
+    assert again.processed == ["USZ-002"] and again.skipped == ["USZ-001"]
+    assert not open_case(tmp_path / "cache", "USZ-002").label.any()
+    shutil.move(str(tmp_path / "data"), str(tmp_path / "moved"))  # mtimes kept
+    moved = prepare(tmp_path / "moved", tmp_path / "cache", progress=False)
+    assert moved.processed == [] and moved.skipped == ["USZ-001", "USZ-002"]
+
+
+def test_a_split_that_fails_removes_the_previous_one(tmp_path):
+    root = tmp_path / "data"
+    for cid in ("USZ-001", "USZ-002", "USZ-003", "USZ-004"):
+        _write_tiny(root, cid)
+    prepare(root, tmp_path / "cache", progress=False)
+    assert (tmp_path / "cache" / "split.json").is_file()
+    _write_tiny(root, "USZ-004", label_value=3)  # rejected when prepared again: 3 cases left for 4 validation
+    with pytest.raises(ValueError, match="after rejections"):
+        prepare(root, tmp_path / "cache", val_counts={"USZ": 4}, progress=False)
+    assert not (tmp_path / "cache" / "split.json").exists()
+
+
+def test_image_files_in_sub_folders_are_reported_not_lost(tmp_path):
+    root = tmp_path / "data"
+    _write_tiny(root, "USZ-001")
+    _write_tiny(root / "centre_c", "USZ-002")           # ROOT/CENTRE/CASE/: not searched
+    old = root / "USZ-001" / "old"
+    old.mkdir()
+    shutil.copy(root / "USZ-001" / "USZ-001.nii.gz", old / "USZ-001.nii.gz")
+    cases, problems = find_cases(root)
+    assert [c.case_id for c in cases] == ["USZ-001"]
+    reasons = " ".join(p.reason for p in problems)
+    assert reasons.count("where no case is searched") == 4 and "centre_c" in reasons and "old" in reasons
