@@ -89,6 +89,9 @@ def _lesion_rows(label: sitk.Image, box: tuple, suv: np.ndarray, ct: sitk.Image 
     lab = labels_in_box(label, box)
     voxel_ml = voxel_volume_ml(label.GetSpacing())
     rows = []
+    # The midline of each lesion's slices, computed once per distinct slice range: a network early in
+    # training can return 100,000 specks, and one body search each took 7 minutes.
+    midlines: dict[tuple[int, int], float | None] = {}
     for value, name in LABELS.items():
         ids, n = lesion_ids(lab == value)
         if n == 0:
@@ -110,7 +113,10 @@ def _lesion_rows(label: sitk.Image, box: tuple, suv: np.ndarray, ct: sitk.Image 
             volume = float(voxels[k] * voxel_ml)
             mean = float(suv_sum[k] / voxels[k])
             centroid = label.TransformContinuousIndexToPhysicalPoint(tuple(float(c[k]) for c in centre))
-            midline = midline_x_mm(ct, int(z_first[k + 1]), int(z_last[k + 1])) if ct is not None else None
+            slices = (int(z_first[k + 1]), int(z_last[k + 1]))
+            if ct is not None and slices not in midlines:
+                midlines[slices] = midline_x_mm(ct, *slices)
+            midline = midlines.get(slices)
             confidence = None if probability is None else float(p_sum[k] / voxels[k])
             rows.append({
                 "id": f"{name}_{k + 1}", "structure": name, "label": value, "index": k + 1,

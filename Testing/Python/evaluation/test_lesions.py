@@ -116,3 +116,27 @@ def test_lesion_ids_number_the_largest_first():
     mask[3:5, 5:8, 5:8] = True
     ids, n = lesion_ids(mask)
     assert n == 2 and ids[0, 0, 0] == 2 and ids[4, 7, 7] == 1
+
+
+def test_the_midline_is_found_once_per_slice_range_however_many_specks(monkeypatch):
+    """A network early in training returns thousands of specks; the body search ran once per lesion (7 minutes
+    on 105,000). Per distinct slice range it runs once, and the sides are the ones a search per lesion gives."""
+    from HNTumorSegLib.evaluation import lesions
+
+    ct, _, pet = body_case()
+    specks = np.zeros((20, 80, 100), np.uint8)
+    specks[2:18:2, 12:58:3, 8:96:3] = 2  # isolated voxels, each its own lesion, on 8 slices
+    label = image(specks)
+    calls = []
+    real = lesions.midline_x_mm
+
+    def counted(ct_image, z_first, z_last):
+        calls.append((z_first, z_last))
+        return real(ct_image, z_first, z_last)
+
+    monkeypatch.setattr(lesions, "midline_x_mm", counted)
+    rows = lesion_table(label, pet, ct)
+    assert len(rows) == 8 * 16 * 30 and sorted(calls) == sorted(set(calls)) and len(calls) == 8
+    for row in rows[::97]:
+        z = int(round(label.TransformPhysicalPointToContinuousIndex(row["centroid_mm"])[2]))
+        assert row["side"] == lesions.side_of(row["centroid_mm"][0], real(ct, z, z))
