@@ -27,12 +27,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from HNTumorSegLib.imaging.image_names import image_suffix
+
 #: Case id: centre letters/digits (starting with a letter), '-' or '_', then the case number.
 CASE_ID_RE = re.compile(r"^(?P<centre>[A-Za-z][A-Za-z0-9]*)[-_](?P<number>[0-9]+)$")
-#: Suffixes of the image files (any letter case), longest first so ``.nii.gz`` is not taken for ``.gz``.
-#: The same as HNTumorSegLib.imaging.image_io.IMAGE_SUFFIXES (a test keeps them equal; imported
-#: here it would load SimpleITK with the case finder).
-IMAGE_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: File-name role suffixes of HECKTOR 2025: ``CASE__CT``, ``CASE__PT``; the label is ``CASE``.
 ROLE_SUFFIXES = {"__CT": "ct", "__PT": "pet"}
 FLAT_IMAGES, FLAT_LABELS = "imagesTr", "labelsTr"
@@ -77,11 +75,8 @@ def case_sort_key(case_id: str) -> tuple:
 
 def _image_stem(path: Path) -> str | None:
     """File name without its image suffix (``.nii.gz``, ``.NRRD``, ...), or None for a file that is not an image."""
-    name = path.name
-    for suffix in IMAGE_FILE_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[:-len(suffix)]
-    return None
+    suffix = image_suffix(path)
+    return path.name[:-len(suffix)] if suffix else None
 
 
 def _role_of(stem: str) -> tuple[str, str]:

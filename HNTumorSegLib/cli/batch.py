@@ -30,6 +30,7 @@ import re
 import sys
 import time
 import traceback
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -101,8 +102,8 @@ def _hecktor_cases(root: Path) -> list[BatchCase]:
 def _distinct(cases: Sequence[BatchCase]) -> list[BatchCase]:
     """The cases with ids made distinct: problems named by a file name (``CT.nii.gz`` in two folders)
     get a hash of their reason, which names the file; one bad folder never stops the others."""
-    ids = [c.case_id for c in cases]
-    return [c if ids.count(c.case_id) == 1 else
+    count = Counter(c.case_id for c in cases)
+    return [c if count[c.case_id] == 1 else
             replace(c, case_id=f"{c.case_id}_{_short_hash(c.problem or f'{c.ct}|{c.pet}')}") for c in cases]
 
 
@@ -156,8 +157,7 @@ def find_batch_cases(root: str | Path) -> list[BatchCase]:
                          "CASE__PT.nii.gz or PATIENT/CT.nii.gz + PATIENT/PET.nii.gz, nor DICOM studies with a CT and "
                          "a PET series)")
     cases = _distinct(cases)
-    ids = [c.case_id for c in cases]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    duplicates = sorted(i for i, n in Counter(c.case_id for c in cases).items() if n > 1)
     if duplicates:  # two DICOM studies or folders that hash alike: not seen, but never write one over the other
         raise InputError(f"{root}: case ids found twice: {', '.join(duplicates)}")
     return sorted(cases, key=lambda c: c.case_id)

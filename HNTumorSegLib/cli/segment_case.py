@@ -11,11 +11,10 @@ from pathlib import Path
 
 from HNTumorSegLib import LABELS, __version__
 from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.imaging.image_names import IMAGE_SUFFIXES, image_name_problem, image_suffix
 from HNTumorSegLib.pipeline.model_info import model_summary
 
 def _split_image_name(out: Path) -> tuple[str, str]:
-    from HNTumorSegLib.imaging.image_io import IMAGE_SUFFIXES, image_name_problem, image_suffix
-
     suffix = image_suffix(out)
     if suffix is None:
         raise InputError(f"{out}: output must end in one of {', '.join(IMAGE_SUFFIXES)} (any letter case)")

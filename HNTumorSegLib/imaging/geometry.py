@@ -169,7 +169,8 @@ def outside_buffer(image: sitk.Image, grid: Geometry) -> np.ndarray | None:
     """
     size = np.asarray(image.GetSize()[:3], dtype=float)
     corners = itertools.product(*[(0, int(n) - 1) for n in grid.size])
-    index = np.array([image.TransformPhysicalPointToContinuousIndex([float(v) for v in grid.index_to_point(c)]) for c in corners])
+    index = np.array([image.TransformPhysicalPointToContinuousIndex([float(v) for v in grid.index_to_point(c)])
+                      for c in corners])
     if np.all(index >= -0.5) and np.all(index <= size - 0.5):
         return None
     ones = sitk.Image(image.GetSize()[:3], sitk.sitkUInt8) + 1

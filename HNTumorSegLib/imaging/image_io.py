@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.imaging.image_checks import (direction_problem, image_memory_problem, raw_header_spacing_problem,
                                                 spacing_problem, spatial_direction)
+from HNTumorSegLib.imaging.image_names import DETACHED_HEADER_SUFFIXES, image_name_problem, image_suffix
 from HNTumorSegLib.imaging.input_integrity import check_dicom_file, checked_while_reading, looks_like_dicom
 
 
@@ -203,31 +204,6 @@ def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
     with atomic_path(path, suffix=".tmp") as tmp:
         tmp.write_bytes(data)
     return Path(path)
-
-
-#: Image file suffixes HNTumorSeg writes (and matches in any letter case).
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-#: Formats whose header names a separate data file: SimpleITK writes ``NAME.mhd`` + ``NAME.zraw``
-#: (or ``.raw``), ``NAME.nhdr`` + ``NAME.raw.gz`` (or ``.raw``).
-DETACHED_HEADER_SUFFIXES = (".mhd", ".nhdr")
-
-
-def image_suffix(path: str | os.PathLike) -> str | None:
-    """The image format suffix of ``path`` in lower case (``seg.NII.GZ`` -> ``.nii.gz``), or None."""
-    name = Path(path).name.lower()
-    return next((s for s in IMAGE_SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
-
-
-def image_name_problem(path: str | os.PathLike) -> str | None:
-    """Why no NIfTI reader would open an image of this name (ITK's and nifti_clib refuse a suffix in
-    mixed letter case, ``.Nii.Gz``; all lower or all upper case are fine), or None."""
-    suffix = image_suffix(path)
-    if suffix in (".nii.gz", ".nii"):
-        written = Path(path).name[-len(suffix):]
-        if written not in (suffix, suffix.upper()):
-            return (f"NIfTI readers refuse a suffix in mixed letter case ({written}): name it {suffix} "
-                    f"or {suffix.upper()}")
-    return None
 
 
 #: ITK picks a reader by the file suffix, and its MetaImage reader knows only lower case: ``X.MHA``

@@ -359,14 +359,13 @@ def _export_ensemble(runs: Sequence[str | Path], out: str | Path, *, which: str,
     if len(io) > 1:
         raise InputError(f"the runs' networks differ in input/output channels {sorted(io)}; "
                          "their probabilities cannot be averaged")
-    rule_set = {json.dumps(w.rules, sort_keys=True) for w in members}
     rules = None
     postprocess_entry = None
-    if postprocess_rule is not None:
+    if postprocess_rule is not None:  # the members' own rules are not read: the file's replaces them
         postprocess_entry = _rule_file_entry(postprocess_rule, members)
         rules = _rules_of(postprocess_entry, str(postprocess_rule))
     elif postprocess and any(w.rules for w in members):
-        if len(rule_set) > 1:
+        if len({json.dumps(w.rules, sort_keys=True) for w in members}) > 1:
             listed = "; ".join(f"{w.run.name}: {w.rules}" for w in members)
             raise InputError(f"the runs prescribe different clean-ups ({listed}); export without one "
                              "(--no-postprocess) or choose one rule for all with hntumorseg-train postprocess")

@@ -95,8 +95,15 @@ def test_same_case_in_both_layouts_is_a_problem(tmp_path):
     assert cases == [] and "2 ct files" in problems[0].reason
 
 
-def test_the_case_finder_knows_the_image_formats_the_reader_and_writer_know():
-    from HNTumorSegLib.cases.hecktor import IMAGE_FILE_SUFFIXES
-    from HNTumorSegLib.imaging.image_io import IMAGE_SUFFIXES
+def test_the_case_finder_knows_every_image_format_the_reader_and_writer_know(tmp_path):
+    """One list of suffixes (``imaging.image_names``) for all three: a case in each format and letter case is found."""
+    from HNTumorSegLib.cases.hecktor import find_cases
+    from HNTumorSegLib.imaging.image_names import IMAGE_SUFFIXES
 
-    assert IMAGE_FILE_SUFFIXES == IMAGE_SUFFIXES
+    for k, suffix in enumerate(IMAGE_SUFFIXES):
+        folder = tmp_path / f"USZ-{k:03d}"
+        folder.mkdir()
+        for stem in (f"USZ-{k:03d}__CT", f"USZ-{k:03d}__PT", f"USZ-{k:03d}"):
+            (folder / (stem + (suffix.upper() if k % 2 else suffix))).write_bytes(b"x")
+    cases, problems = find_cases(tmp_path)
+    assert [c.case_id for c in cases] == [f"USZ-{k:03d}" for k in range(len(IMAGE_SUFFIXES))] and not problems
