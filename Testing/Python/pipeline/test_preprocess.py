@@ -220,3 +220,46 @@ def test_pet_statistics_leave_out_the_voxels_beyond_the_pet_field_of_view(head_c
     assert stats["mean"] == pytest.approx(values[data].mean(), rel=1e-6)
     assert stats["std"] == pytest.approx(values[data].std(), rel=1e-6)
     assert abs(values[real].mean() - stats["mean"]) > 0.05 * stats["mean"]  # what the padding used to do
+
+
+
+@pytest.mark.parametrize("turn_degrees, flip", [(0.0, False), (0.0, True), (7.0, False)])
+def test_values_restored_in_the_windows_box_equal_the_whole_grid_resampled(head_pre, turn_degrees, flip):
+    """restore_values resamples only the CT voxels that can see the window; the whole CT grid resampled
+    (the definition: linear, 0 outside the window) gives the same values, and the percent map rounds them.
+
+    The "CT" is a fine grid (0.5 x 0.5 x 1 mm) around a corner of the window, so that the half window
+    voxel beyond its border (1.5 mm in z) spans more than one CT voxel, turned or flipped.
+    """
+    import math
+
+    from HNTumorSegLib.pipeline.restore import restore_values
+
+    window = Geometry.from_dict(head_pre.provenance["window"])
+    rng = np.random.default_rng(3)
+    values = rng.random((112, 256, 256), dtype=np.float32) + 0.01  # no zero inside: the border shows
+    image = window.apply(sitk.GetImageFromArray(values))
+    a = math.radians(turn_degrees)
+    turn = np.array([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]])
+    direction = turn @ (np.diag([-1.0, -1.0, 1.0]) if flip else np.eye(3))
+    size, spacing = np.array([120, 120, 60]), np.array([0.5, 0.5, 1.0])
+    corner = window.index_to_point((0, 0, 0))
+    origin = corner - direction @ (spacing * size / 2)  # the window's corner voxel in the grid's middle
+    ct = Geometry(tuple(int(v) for v in size), tuple(spacing), tuple(float(v) for v in origin),
+                  tuple(float(v) for v in direction.ravel()))
+    provenance = {**head_pre.provenance, "original_ct": ct.to_dict()}
+    whole = sitk.GetArrayFromImage(resample(image, ct.snapped(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    assert (whole == 0).mean() > 0.5 and (whole > 0).mean() > 0.05
+
+    restored = restore_values(image, provenance)
+    assert Geometry.of(restored) == ct and restored.GetPixelID() == sitk.sitkFloat32
+    got = sitk.GetArrayViewFromImage(restored)
+    assert np.array_equal(got == 0, whole == 0)
+    assert float(np.abs(got - whole).max()) <= 1e-6
+
+    percent = restore_values(image, provenance, scale=100.0, pixel_id=sitk.sitkUInt8)
+    assert percent.GetPixelID() == sitk.sitkUInt8 and Geometry.of(percent) == ct
+    expected = np.floor(whole * 100.0 + 0.5)
+    near_half = np.abs(whole * 100.0 - np.floor(whole * 100.0) - 0.5) < 1e-3  # float noise may round either way
+    differs = sitk.GetArrayViewFromImage(percent) != expected
+    assert not (differs & ~near_half).any()

@@ -113,6 +113,7 @@ def test_nodes_one_by_one_are_segments_that_clicks_and_the_label_map_understand(
     names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
     assert sorted(names) == sorted(["GTVp"] + [f"GTVn_{i}" for i in range(1, count + 1)]) and count >= 2
     assert logic.isSplit(seg)
+    assert logic.outputPolicy(seg, ct) == REPLACE  # the fingerprint written is that of the segments read back
     np.testing.assert_array_equal(logic.segmentLabels(seg, ct), result)  # the same label map either way
     for i in range(1, count + 1):
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentation.GetSegmentIdBySegmentName(f"GTVn_{i}"), ct)
@@ -130,3 +131,15 @@ def test_nodes_one_by_one_are_segments_that_clicks_and_the_label_map_understand(
     logic.writeSegments(seg, result, ct)
     assert sorted(segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())) == \
         ["GTVn", "GTVp"]
+    assert logic.outputPolicy(seg, ct) == REPLACE
+    # a segment of the user's own beside ours is part of the fingerprint: written over, then edited
+    mine = segmentation.AddEmptySegment("mine", "mine", (0.2, 0.8, 0.2))
+    drawn = np.zeros(result.shape, np.uint8)
+    drawn[1:3, 1:4, 1:5] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(drawn, seg, mine, ct)
+    logic.writeSegments(seg, result, ct)
+    assert logic.outputPolicy(seg, ct) == REPLACE
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, mine, ct), drawn)
+    drawn[5, 5, 5] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(drawn, seg, mine, ct)
+    assert logic.outputPolicy(seg, ct) == ASK

@@ -155,6 +155,7 @@ def test_orientation_and_parent_transform_do_not_change_the_result(tmp_path, ori
         seg = logic.segment(ct, pet, device="cpu")
         label = logic.segmentLabels(seg, ct)
         np.testing.assert_array_equal(label, case.cli_label)
+        assert logic.outputPolicy(seg, ct) == REPLACE  # the stored fingerprint is that of the segments read back
         # and it is the phantom's anatomy, not an artefact of the orientation
         truth = sitk.GetArrayFromImage(case.truth)
         assert 2 * np.count_nonzero((label == 1) & (truth == 1)) / (np.count_nonzero(label == 1)
