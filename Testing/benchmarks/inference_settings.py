@@ -6,7 +6,8 @@ Issue: the network is most of a ``segment`` run's time, and how it is run is a c
 for each setting, the network time per case (after one warm-up case) and the mean per-case Dice of GTVp and
 GTVn on the analysis window (argmax, no clean-up: the network's own answer) are printed, with the change
 against the model's recorded setting. Settings tried: the overlap (0 / 0.1 / 0.25 / 0.5), patches per forward
-call (1 / 4 / 8), torch threads (1 / all), and with ``--compile`` the recorded setting through
+call (1 / 4 / 8), the patch size (the recorded one, 48 x 96 x 96, 64 x 128 x 128, the whole 112 x 256 x 256
+window in one pass), torch threads (1 / all), and with ``--compile`` the recorded setting through
 ``torch.compile`` (its compilation, paid by the warm-up pass, printed apart). (Channels-last activations are
 already the CPU inference path's: HNTumorSegLib.network.blocks.) Run:
 
@@ -24,6 +25,7 @@ import torch
 
 from HNTumorSegLib.evaluation.metrics import dice
 from HNTumorSegLib.phantom import make_phantom
+from HNTumorSegLib.pipeline.crop import WINDOW_ZYX
 from HNTumorSegLib.pipeline.inference import Segmenter, available_cpus
 from HNTumorSegLib.pipeline.preprocess import preprocess
 
@@ -39,6 +41,9 @@ def settings(recorded, compiled: bool = False):
         out.append((f"overlap {overlap}", dataclasses.replace(recorded, overlap=overlap), cpus, False))
     for batch in (4, 8):
         out.append((f"{batch} patches a call", dataclasses.replace(recorded, batch=batch), cpus, False))
+    for patch in ((48, 96, 96), (64, 128, 128), WINDOW_ZYX):  # larger patches: fewer, wider-context calls
+        name = "the whole window, one pass" if tuple(patch) == tuple(WINDOW_ZYX) else "patch " + " x ".join(map(str, patch))
+        out.append((name, dataclasses.replace(recorded, patch_size=tuple(patch), batch=1), cpus, False))
     if cpus > 1:
         out.append(("1 thread", recorded, 1, False))
     if compiled:

@@ -143,3 +143,44 @@ def test_nodes_one_by_one_are_segments_that_clicks_and_the_label_map_understand(
     drawn[5, 5, 5] = 1
     slicer.util.updateSegmentBinaryLabelmapFromArray(drawn, seg, mine, ct)
     assert logic.outputPolicy(seg, ct) == ASK
+
+
+def test_segments_read_from_memory_equal_slicers_export(scene):
+    """segmentMasks reads a segment on the CT's grid from its labelmap in memory; Slicer's export (which
+    resamples) must give the same voxels: after a write, after the Segment Editor's kind of edit, for a
+    segment on another grid and for a segmentation in another frame (those two fall back to the export)."""
+    logic, seg, ct, pet, app = (scene[k] for k in ("logic", "seg", "ct", "pet", "app"))
+
+    def check(node, reference, fast_expected=True):
+        segmentation = node.GetSegmentation()
+        masks = logic.segmentMasks(node, reference)
+        assert masks and any(mask.any() for mask in masks.values())
+        for i in range(segmentation.GetNumberOfSegments()):
+            segment_id = segmentation.GetNthSegmentID(i)
+            exported = slicer.util.arrayFromSegmentBinaryLabelmap(node, segment_id, reference) != 0
+            np.testing.assert_array_equal(masks[segmentation.GetNthSegment(i).GetName()], exported)
+            fast = logic.segmentMaskOnCtGrid(node, segment_id, reference)
+            assert (fast is not None) == fast_expected
+
+    check(seg, ct)  # as the module wrote it (one import of the label's bounding box)
+    gtvp = seg.GetSegmentation().GetSegmentIdBySegmentName("GTVp")
+    painted = logic.segmentMasks(seg, ct)["GTVp"].astype(np.uint8)
+    painted[0, 0, 0] = painted[-1, -1, -1] = 1  # the grid's far corners: the extent grows to the whole grid
+    slicer.util.updateSegmentBinaryLabelmapFromArray(painted, seg, gtvp, ct)
+    check(seg, ct)
+    assert logic.segmentMasks(seg, ct)["GTVp"][-1, -1, -1]
+
+    on_pet = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "on the PET's grid")
+    on_pet.SetReferenceImageGeometryParameterFromVolumeNode(pet)
+    blob = np.zeros(slicer.util.arrayFromVolume(pet).shape, np.uint8)
+    centre = [n // 2 for n in blob.shape]
+    blob[centre[0] - 3:centre[0] + 3, centre[1] - 4:centre[1] + 4, centre[2] - 4:centre[2] + 4] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(blob, on_pet, on_pet.GetSegmentation().AddEmptySegment("blob"), pet)
+    check(on_pet, ct, fast_expected=False)
+
+    moved = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(0, 3, 12.0)
+    moved.SetMatrixTransformToParent(shift)
+    seg.SetAndObserveTransformNodeID(moved.GetID())
+    check(seg, ct, fast_expected=False)
