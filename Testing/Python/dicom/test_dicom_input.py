@@ -70,6 +70,36 @@ def test_series_are_found_with_modality_description_and_counts(case, dicom_case)
         ("CT", study.written["ct"], case.ct.GetDepth()), ("PT", study.written["pet"], case.pet.GetDepth())]
 
 
+def test_a_folder_is_scanned_once_for_ct_and_pet_and_again_when_its_files_change(dicom_case, tmp_path, monkeypatch):
+    import HNTumorSegLib.dicom.series as series
+
+    folder = tmp_path / "study"
+    shutil.copytree(dicom_case[0], folder)
+    reads = []
+    original = series._dcmread
+    monkeypatch.setattr(series, "_dcmread", lambda *a, **k: reads.append(k) or original(*a, **k))
+
+    def header_reads():
+        return sum(1 for options in reads if options.get("specific_tags"))
+
+    first = series.find_series(folder)
+    files = sum(s.n_images for s in first)
+    assert header_reads() == files
+    read_case(folder, folder)  # the CT and the PET of one folder: no second scan
+    assert header_reads() == files and series.find_series(folder) == first
+    extra = next(folder.iterdir())
+    shutil.copy(extra, folder / "copy_of_a_slice")  # a file added: scanned again, and the duplicate is seen
+    again = series.find_series(folder)
+    assert header_reads() == 2 * files + 1 and sum(s.n_images for s in again) == files + 1
+    (folder / "copy_of_a_slice").unlink()
+    data = extra.read_bytes()
+    extra.write_bytes(data[:-200])  # a file rewritten (cut short): scanned again
+    series.find_series(folder)
+    assert header_reads() == 3 * files + 1
+    with pytest.raises(InputError, match=re.escape(str(extra))):
+        read_case(folder, folder)
+
+
 def test_ct_series_reads_back_exactly_despite_shuffled_files(case, dicom_case):
     volume = read_series(dicom_case[0], "CT")
     names = [p.name for p in volume.files]
