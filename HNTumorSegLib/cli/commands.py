@@ -49,7 +49,7 @@ def cmd_preprocess(args) -> int:
     out = Path(args.out)
     refuse_clashes([("--out", out)] + [(f"--out's {name}", out / name)
                                        for name in ("input.npy", "label.npy", "provenance.json")],
-                   [("--ct", args.ct), ("--pet", args.pet), ("--label", args.label)])
+                   [("--ct", args.ct), ("--pet", args.pet), ("--label", args.label)], folders=["--out"])
     inputs = read_dicom_aware_inputs(args)
     ct, pet = inputs.ct, inputs.pet
     label = read_image(args.label, "label") if args.label else None

@@ -27,13 +27,23 @@ def join_click_values(argv: list[str]) -> list[str]:
     i = 0
     while i < len(argv):
         token = argv[i]
-        if token in CLICK_OPTIONS and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+        if _click_option(token) and i + 1 < len(argv) and _negative_number(argv[i + 1]):
             out.append(f"{token}={argv[i + 1]}")
             i += 2
             continue
         out.append(token)
         i += 1
     return out
+
+
+def _click_option(token: str) -> bool:
+    """A click option, or a prefix argparse takes for exactly one of them (``--rem``; not ``--re``)."""
+    return token in CLICK_OPTIONS or (len(token) > 3 and sum(o.startswith(token) for o in CLICK_OPTIONS) == 1)
+
+
+def _negative_number(token: str) -> bool:
+    """"-35,...", "-.5,...": a value that starts like a negative number, not like an option."""
+    return token[:1] == "-" and (token[1:2].isdigit() or (token[1:2] == "." and token[2:3].isdigit()))
 
 
 class _Click(argparse.Action):

@@ -41,15 +41,25 @@ def _spelling(given: Path, other: Path) -> str:
 
 
 def refuse_clashes(outputs: Sequence[Named], inputs: Sequence[Named],
-                   may_overwrite: Iterable[tuple[str, str]] = ()) -> None:
+                   may_overwrite: Iterable[tuple[str, str]] = (), folders: Iterable[str] = ()) -> None:
     """Raise :class:`InputError` ``"OUT: --out is the same file as --ct CT; ..."`` when an output is an input
     file, or two outputs are one file. ``may_overwrite``: (output, input) names allowed to coincide (``edit
     --out`` may be its ``--labels``: they are read before the result is written). An input folder (DICOM) may
-    be an output folder (``preprocess --out``): files are added to it, none is replaced."""
-    allowed = set(may_overwrite)
+    be an output folder (``preprocess --out``): files are added to it, none of its images is replaced (an
+    output that would replace a CT or PET file inside it is refused). Every output but those named in
+    ``folders`` is a file: an existing folder there is refused before anything is written."""
+    allowed, folder_outputs = set(may_overwrite), set(folders)
+    input_folders = [(name, Path(path)) for name, path in inputs if path is not None and Path(path).is_dir()]
     inputs = [(name, Path(path)) for name, path in inputs if path is not None and not Path(path).is_dir()]
     outputs = [(name, Path(path)) for name, path in outputs if path is not None]
     for out_name, out in outputs:
+        if out_name not in folder_outputs and out.is_dir():
+            raise InputError(f"{out}: {out_name} is a folder; give the output a file name")
+        for in_name, folder in input_folders:
+            image = _image_file_inside(out, folder)
+            if image:
+                raise InputError(f"{out}: {out_name} would replace a {image} file of {in_name} {folder}; "
+                                 "choose a name no file of the study has")
         for in_name, source in inputs:
             if (out_name, in_name) not in allowed and same_path(out, source):
                 raise InputError(f"{out}: {out_name} is the same file as {in_name} {source}"
@@ -60,6 +70,24 @@ def refuse_clashes(outputs: Sequence[Named], inputs: Sequence[Named],
             if same_path(a, b):
                 raise InputError(f"{b}: {name_b} is the same file as {name_a} {a}{_spelling(b, a)}; "
                                  "one would overwrite the other: choose another output path")
+
+
+def _image_file_inside(out: Path, folder: Path) -> str | None:
+    """The modality of ``out`` when it is an existing DICOM image inside the input folder ``folder`` (a file
+    of the study the command reads), else None. An RTSTRUCT or SEG there (an earlier run's) may be replaced."""
+    if not out.is_file() or _resolved(folder) not in _resolved(out).parents:
+        return None
+    from HNTumorSegLib.imaging.input_integrity import looks_like_dicom
+
+    if not looks_like_dicom(out):
+        return None
+    try:
+        import pydicom
+
+        modality = str(pydicom.dcmread(out, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", ""))
+    except Exception:  # noqa: BLE001 - a DICOM file pydicom cannot read: still the study's, keep it
+        modality = ""
+    return None if modality in ("RTSTRUCT", "SEG") else (modality or "DICOM")
 
 
 def refuse_folder_inside(out: Path, out_name: str, source: Path, source_name: str) -> None:

@@ -96,20 +96,20 @@ def build_rtstruct(label: sitk.Image, ct, *, segments: Sequence[SegmentDefinitio
     """
     from pydicom.dataset import Dataset
 
-    from HNTumorSegLib.dicom.writing import copy_patient_study, file_meta, new_uid, now, set_equipment
+    from HNTumorSegLib.dicom.writing import (check_ct_references, copy_patient_study, file_meta, new_uid, now,
+                                             set_equipment)
 
     if roi_generation not in ROI_GENERATION:
         raise InputError(f"ROI generation {roi_generation!r} is not one of {', '.join(ROI_GENERATION)}")
     check_label_for_ct(label, ct.image, label_name)
+    check_ct_references(ct, "an RTSTRUCT")
     geom = Geometry.of(ct.image)
     array = sitk.GetArrayViewFromImage(label)
     if split_lesions:
         array, segments = split_nodes(np.asarray(array))
     sop_uids, sop_class = ct.sop_instance_uids, ct.sop_class_uid
     first = ct.headers[0]
-    frame = ct.frame_of_reference_uid
-    if not frame:
-        raise InputError(f"{ct.folder}: CT series {ct.series.uid} has no FrameOfReferenceUID; an RTSTRUCT needs one")
+    frame = ct.frame_of_reference_uid  # present: check_ct_references
     date, time = now()
 
     ds = Dataset()

@@ -56,7 +56,10 @@ def build_dicom_seg(label: sitk.Image, ct, *, segments: Sequence[SegmentDefiniti
     """
     import highdicom as hd
 
+    from HNTumorSegLib.dicom.writing import check_ct_references
+
     check_label_for_ct(label, ct.image, label_name)
+    check_ct_references(ct, "a DICOM SEG")
     array = sitk.GetArrayFromImage(label).astype(np.uint8)
     if split_lesions:
         array, segments = split_nodes(array)

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from HNTumorSegLib import __version__
+from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.imaging.image_io import write_bytes
 
 MANUFACTURER = "HNTumorSeg"
@@ -46,6 +47,21 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str):
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = f"HNTSEG_{__version__}"[:16]
     return meta
+
+
+#: What an RTSTRUCT or a DICOM SEG must cite of its CT: it names the CT's study, frame of reference, series
+#: and each image it was drawn on. Without them a planning system cannot attach the object to its CT.
+CT_REFERENCE_KEYWORDS = ("StudyInstanceUID", "FrameOfReferenceUID", "SeriesInstanceUID", "SOPInstanceUID",
+                         "SOPClassUID")
+
+
+def check_ct_references(ct, what: str) -> None:
+    """Raise :class:`InputError` naming the first CT slice (and tag) that lacks what ``what`` must reference."""
+    for path, header in zip(ct.files, ct.headers):
+        for keyword in CT_REFERENCE_KEYWORDS:
+            if not str(header.get(keyword, "") or "").strip():
+                raise InputError(f"{path}: the CT slice has no {keyword}; {what} must reference it "
+                                 f"(CT series {ct.series.uid}): export the CT with its UIDs")
 
 
 def copy_patient_study(source, target) -> None:

@@ -46,7 +46,7 @@ from HNTumorSegLib import LABELS
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.evaluation.metrics import values_in_box
 from HNTumorSegLib.imaging.components import lesion_ids
-from HNTumorSegLib.imaging.geometry import Geometry
+from HNTumorSegLib.imaging.geometry import Geometry, outside_buffer
 
 #: Fraction of the local SUVmax that bounds an added lesion (the clinical 41 % fixed threshold).
 DEFAULT_FRACTION = 0.41
@@ -87,11 +87,25 @@ def structure_value(name: str | int) -> int:
 
 
 def _index_of(label: sitk.Image, point_mm: Sequence[float]) -> np.ndarray:
-    """(z, y, x) voxel index of a patient point; an InputError when it lies outside the label's grid."""
-    index = np.rint(Geometry.of(label).point_to_index(point_mm)).astype(int)[::-1]
-    if np.any(index < 0) or np.any(index >= np.array(label.GetSize()[::-1])):
+    """(z, y, x) voxel index of a patient point; an InputError when it lies outside the label's grid.
+
+    The voxels' faces belong to the grid (both outer faces alike), and a point on a face between two voxels
+    takes the one toward the patient's +L, +P, +S side, however the grid is stored (flipped or not): the
+    same click gives the same voxel on a volume and on its flipped copy.
+    """
+    geometry = Geometry.of(label)
+    continuous = geometry.point_to_index(point_mm)
+    size = np.array(label.GetSize())
+    if not np.all(np.isfinite(continuous)) or np.any(continuous < -0.5 - _FACE) or np.any(continuous > size - 0.5 + _FACE):
         raise InputError(f"point {_fmt(point_mm)} mm lies outside the label map's grid")
-    return index
+    direction = np.asarray(geometry.direction, float).reshape(3, 3)
+    toward_plus = np.array([direction[np.argmax(np.abs(direction[:, k])), k] > 0 for k in range(3)])
+    index = np.where(toward_plus, np.floor(continuous + 0.5), np.ceil(continuous - 0.5))
+    return np.clip(index, 0, size - 1).astype(int)[::-1]
+
+
+#: How far (in voxels) a point may lie beyond a face and still be on it: rounding of millimetres typed in.
+_FACE = 1e-6
 
 
 def _fmt(point: Sequence[float]) -> str:
@@ -108,7 +122,8 @@ def _ball(shape: Sequence[int], centre: Sequence[float], spacing_zyx: Sequence[f
 def _box_around(label: sitk.Image, index_zyx: np.ndarray, radius_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Start and end (z, y, x) of the voxels within ``radius_mm`` of ``index_zyx`` along each axis, clipped."""
     spacing_zyx = np.array(label.GetSpacing()[::-1])
-    reach = np.ceil(radius_mm / spacing_zyx).astype(int)
+    size_zyx = np.array(label.GetSize()[::-1])
+    reach = np.ceil(np.minimum(radius_mm / spacing_zyx, size_zyx)).astype(int)  # a box no larger than the grid
     lo = np.maximum(index_zyx - reach, 0)
     hi = np.minimum(index_zyx + reach + 1, np.array(label.GetSize()[::-1]))
     return lo, hi
@@ -144,7 +159,11 @@ def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], f
     reach = _ball(suv.shape, peak, spacing_zyx, radius_mm)
     floor = 0.0
     if background:
+        # Only voxels the PET measured: beyond its field of view the resampling's 0 is no background.
+        outside = outside_buffer(pet, box)
         shell = _ball(suv.shape, peak, spacing_zyx, radius_mm + BACKGROUND_SHELL_MM) & ~reach
+        if outside is not None:
+            shell &= ~outside
         floor = float(np.median(suv[shell])) if shell.any() else 0.0
     if not peak_suv > floor:
         raise InputError(f"no PET uptake above the background near {_fmt(point_mm)} mm (SUVmax {peak_suv:.2f} "
@@ -161,8 +180,8 @@ def radius_for(value: int, radius_mm: float | None) -> float:
     """``radius_mm``, or the structure's default (:data:`DEFAULT_RADIUS_MM`) when it is None."""
     if radius_mm is None:
         return DEFAULT_RADIUS_MM[LABELS[value]]
-    if not radius_mm > 0:
-        raise InputError(f"radius {radius_mm} mm must be positive")
+    if not (radius_mm > 0 and np.isfinite(radius_mm)):
+        raise InputError(f"radius {radius_mm} mm must be a positive number of millimetres")
     return float(radius_mm)
 
 

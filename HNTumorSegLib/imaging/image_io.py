@@ -183,20 +183,34 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     which writers such as SimpleITK need to pick a file format).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():
+        raise InputError(f"{target}: is a folder; the output must be a file name")
     suffix = suffix or "".join(target.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.fchmod(fd, new_file_mode())
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+        os.fchmod(fd, new_file_mode())
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb") as fh:  # on disk before the rename, so a crash cannot leave a torn file
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
+    except OSError as exc:  # a full disk, no permission: said of the output, not of its hidden temporary name
+        raise _of_target(exc, target) from None
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+def _of_target(exc: OSError, target: Path) -> OSError:
+    """The same error, naming ``target`` (the user's output path) instead of a temporary file beside it."""
+    marker = f".{target.name}."
+    for named in (exc.filename, exc.filename2):
+        if named is not None and any(part.startswith(marker) for part in Path(os.fsdecode(named)).parts):
+            return OSError(exc.errno, exc.strerror or str(exc), str(target))
+    return exc
 
 
 def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
@@ -242,6 +256,15 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
 
 
 def _write_detached(image: sitk.Image, path: Path, suffix: str, compress: bool) -> Path:
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; the output must be a file name")
+    try:
+        return _write_detached_files(image, path, suffix, compress)
+    except OSError as exc:
+        raise _of_target(exc, path) from None
+
+
+def _write_detached_files(image: sitk.Image, path: Path, suffix: str, compress: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
         header = Path(tmp) / (path.name[: -len(suffix)] + suffix)

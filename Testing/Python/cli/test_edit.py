@@ -117,3 +117,42 @@ def test_a_label_off_the_ct_grid_is_refused(files, capsys):
     sitk.WriteImage(label, str(files["labels"]))
     code, _ = run(files, "--remove", point(FALSE))
     assert code == 2 and "not on the CT grid" in capsys.readouterr().err
+
+
+def test_a_negative_value_with_a_leading_dot_and_an_abbreviated_option_are_clicks(files, capsys):
+    x, y, z = (float(v) for v in point(FALSE).split(","))
+    assert x < 0 and z < 0 and x.is_integer() and z.is_integer()
+
+    def leading_dot(v):  # -35.0 as -.35e2
+        digits = str(int(abs(v)))
+        return f"-.{digits}e{len(digits)}"
+
+    code, out = run(files, "--rem", f"{leading_dot(x)},{y},{leading_dot(z)}")
+    assert code == 0, capsys.readouterr().err
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(out)))[sphere(FALSE, 4)] == 0).all()
+
+
+@pytest.mark.parametrize("radius", ["inf", "nan", "-3"])
+def test_a_radius_that_is_no_positive_number_is_a_one_line_error(files, capsys, radius):
+    code, out = run(files, "--add", point(MISSED) + ":GTVn", "--radius-mm", radius)
+    err = capsys.readouterr().err
+    assert code == 2 and "must be a positive number of millimetres" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_radius_wider_than_the_grid_reaches_the_whole_grid(files, capsys):
+    code, out = run(files, "--add", point(MISSED) + ":GTVn", "--radius-mm", "1e20")
+    assert code == 0, capsys.readouterr().err
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(out)))[sphere(MISSED, 5)] == 2).all()
+
+
+@pytest.mark.parametrize("folder", ["out", "report"])
+def test_an_output_that_is_a_folder_is_refused_before_anything_is_written(files, capsys, folder):
+    out = files["labels"].with_name("edited.nii.gz")
+    (out if folder == "out" else out.with_name("edited.json")).mkdir()
+    code, _ = run(files, "--remove", point(FALSE), out=out)
+    err = capsys.readouterr().err
+    assert code == 2 and "is a folder; give the output a file name" in err and len(err.strip().splitlines()) == 1
+    assert ".tmp" not in err
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["ct.nii.gz", "pet.nii.gz", "seg.nii.gz",
+                                                                   out.name if folder == "out" else "edited.json"])

@@ -20,6 +20,7 @@ from HNTumorSegLib.phantom import make_phantom
 from HNTumorSegLib.phantom.dicom import write_dicom_case
 from HNTumorSegLib.dicom.rtstruct import build_rtstruct
 from HNTumorSegLib.dicom.segment_terminology import GTVN, GTVP
+from HNTumorSegLib.errors import InputError
 
 PLASTIMATCH_MISSING = "plastimatch (Debian package plastimatch) is not installed; .ci/run installs it"
 
@@ -226,3 +227,37 @@ def test_split_lesions_gives_one_roi_per_node_that_plastimatch_reads_back(study,
         theirs = sitk.Resample(sitk.ReadImage(str(tmp_path / "pm" / f"GTVn_{i}.nrrd")), study["label"],
                                sitk.Transform(), sitk.sitkNearestNeighbor, 0)
         assert np.array_equal(sitk.GetArrayFromImage(theirs) > 0, nodes == i), f"GTVn_{i}"
+
+
+@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID"])
+def test_a_ct_without_the_uids_an_export_cites_is_a_one_line_error(study, tmp_path, capsys, keyword):
+    from HNTumorSegLib.dicom.seg import build_dicom_seg
+
+    folder = tmp_path / "ct"
+    shutil.copytree(study["dicom"], folder)
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        if ds.Modality == "CT":
+            delattr(ds, keyword)
+            ds.save_as(path)
+    code = main(["rtstruct", "--ct", str(folder), "--labels", str(study["label_path"]), "--out", str(tmp_path / "RS.dcm")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"the CT slice has no {keyword}; an RTSTRUCT must reference it" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "RS.dcm").exists()
+    with pytest.raises(InputError, match=f"no {keyword}; a DICOM SEG must reference it"):
+        build_dicom_seg(study["label"], read_series(folder, "CT"))
+
+
+def test_an_output_that_would_replace_a_file_of_the_ct_series_is_refused(study, tmp_path, capsys):
+    folder = tmp_path / "ct"
+    shutil.copytree(study["dicom"], folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    slice_file = next(p for p in sorted(folder.iterdir()) if read_series(folder, "CT").files[0].name == p.name)
+    code = main(["rtstruct", "--ct", str(folder), "--labels", str(study["label_path"]), "--out", str(slice_file)])
+    err = capsys.readouterr().err
+    assert code == 2 and "would replace a CT file of --ct" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    for _ in range(2):  # beside the slices, and again over the structure set written there before
+        assert main(["rtstruct", "--ct", str(folder), "--labels", str(study["label_path"]),
+                     "--out", str(folder / "RS.dcm")]) == 0
+    assert read_series(folder, "CT").image.GetSize() == study["ct"].image.GetSize()

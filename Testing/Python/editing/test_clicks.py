@@ -115,7 +115,7 @@ def test_the_default_radius_reaches_further_for_a_primary_than_for_a_node():
     # an explicit radius holds for either structure
     narrow = sitk.GetArrayFromImage(add_lesion(empty, pet_image, click, "GTVp", radius_mm=10.0).label) == 1
     assert np.abs(np.argwhere(narrow)[:, 2] - 60).max() <= 10
-    with pytest.raises(InputError, match="must be positive"):
+    with pytest.raises(InputError, match="must be a positive number"):
         add_lesion(empty, pet_image, click, "GTVp", radius_mm=0.0)
 
 def weak_and_necrotic_nodes():
@@ -205,3 +205,32 @@ def test_redraw_replaces_the_lesion_with_the_avid_region_and_keeps_its_structure
     np.testing.assert_array_equal(after[~sphere(NODE, 12)], array[~sphere(NODE, 12)])  # nothing else moved
     with pytest.raises(InputError, match="no lesion at"):
         redraw_lesion(label, pet, point_of(MISSED))  # nothing drawn there to redraw: that is an add
+
+
+def test_the_background_is_taken_over_voxels_the_pet_measured():
+    """A PET whose field of view ends inside the background shell: the voxels beyond it are the resampling's 0,
+    not tissue; the region is the one the whole PET gives."""
+    shape, spacing, origin = (30, 40, 40), (2.0, 2.0, 2.0), (-40.0, -40.0, -30.0)
+    z, y, x = np.mgrid[0:shape[0], 0:shape[1], 0:shape[2]]
+    suv = 2.0 + 8.0 * np.exp(-(((x - 20) * 2.0) ** 2 + ((y - 20) * 2.0) ** 2 + ((z - 15) * 2.0) ** 2) / 18.0)
+    whole = image(suv.astype(np.float32), spacing, origin)
+    short = whole[14:27, 14:27, 9:22]  # 26 mm around the peak: the 10 mm reach, not the shell beyond it
+    empty = image(np.zeros(shape, np.uint8), spacing, origin)
+    regions = [add_lesion(empty, pet, (0.0, 0.0, 0.0), "GTVn", radius_mm=10.0) for pet in (whole, short)]
+    assert "background 2.00" in regions[0].message and "background 2.00" in regions[1].message
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(regions[0].label), sitk.GetArrayFromImage(regions[1].label))
+
+
+def test_a_click_on_a_face_takes_the_same_voxel_however_the_grid_is_stored():
+    """Both outer faces belong to the grid, and a point between two voxels takes the one toward +x (L), +y, +z:
+    on a volume and on its copy stored flipped, the same physical voxel."""
+    array = np.arange(4 * 5 * 6, dtype=np.uint8).reshape(4, 5, 6) % 2 + 1
+    plain = image(array, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    flipped = sitk.Flip(plain, [True, False, False])  # the same voxels in space, x stored the other way round
+    for x in (-0.5, 0.5, 2.5, 5.5):  # the outer faces and two faces between voxels
+        on_plain = remove_lesion(plain, (x, 2.0, 1.0)).label
+        on_flipped = remove_lesion(flipped, (x, 2.0, 1.0)).label
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.Resample(on_flipped, plain)),
+                                      sitk.GetArrayFromImage(on_plain))
+    with pytest.raises(InputError, match="outside the label map's grid"):
+        remove_lesion(plain, (5.6, 2.0, 1.0))

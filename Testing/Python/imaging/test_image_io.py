@@ -151,3 +151,23 @@ def test_a_nifti_name_no_reader_would_open_is_refused_in_one_line(tmp_path, name
     (tmp_path / "x.nii.gz").rename(tmp_path / name)
     with pytest.raises(InputError, match=r"cannot read the CT image \(NIfTI readers refuse"):
         read_image(tmp_path / name, "CT")
+
+
+def test_a_failed_write_names_the_output_not_its_temporary_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from HNTumorSegLib.imaging.image_io import write_image, write_json
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(src), str(dst))
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    image = sitk.Image([4, 4, 4], sitk.sitkUInt8)
+    for write, target in ((write_image, tmp_path / "seg.nii.gz"), (write_image, tmp_path / "seg.mhd"),
+                          (lambda _, path: write_json({"a": 1}, path), tmp_path / "seg.json")):
+        with pytest.raises(OSError) as raised:
+            write(image, target)
+        assert raised.value.filename == str(target) and raised.value.errno == errno.ENOSPC
+        assert not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary file left behind
