@@ -38,6 +38,7 @@ from HNTumorSegLib.dicom.segment_terminology import SEGMENTS, segment_by_name, s
 from HNTumorSegLib.editing.clicks import DEFAULT_FRACTION  # noqa: E402
 from HNTumorSegLib.errors import InputError  # noqa: E402
 from HNTumorSegLib.imaging.image_checks import ct_offset_problem  # noqa: E402
+from HNTumorSegLib.imaging.image_io import shape_problem  # noqa: E402
 from HNTumorSegLib.slicer_support.default_inputs import VolumeCandidate, choose_default_inputs  # noqa: E402
 from HNTumorSegLib.slicer_support.dicom_pet import DicomPetSuv, dicom_pet_suv  # noqa: E402
 from HNTumorSegLib.slicer_support.edit_guard import ASK, CREATE, output_policy, segmentation_fingerprint  # noqa: E402
@@ -60,6 +61,13 @@ NODE_SEGMENT = re.compile(r"GTVn_[0-9]+")
 
 #: Node attribute holding the fingerprint of the segments a run wrote (see HNTumorSegLib.slicer_support.edit_guard).
 FINGERPRINT_ATTRIBUTE = "HNTumorSeg.Fingerprint"
+#: Node attribute: "true" when the run wrote GTVn node by node (GTVn_1 .. GTVn_k), kept by clicks and undo.
+SPLIT_ATTRIBUTE = "HNTumorSeg.SplitLesions"
+#: Segment tag marking a segment this module wrote (its structure's name): a user's own segment, even one
+#: named "GTVn_1", is never counted, replaced or removed.
+OWNER_TAG = "HNTumorSeg.Structure"
+#: Volume attribute of the module's uncertainty map (never offered as an input).
+UNCERTAINTY_ATTRIBUTE = "HNTumorSeg.UncertaintyMeasure"
 
 
 @dataclass
@@ -87,8 +95,12 @@ class HNTumorSegSceneLogic:
         self._workerPython = list(workerPython) if workerPython else None
         #: The lesions of the results table's rows (the last run's, or recomputed by updateResultsTable).
         self.lesions: list = []
-        #: Per segmentation node ID, the label maps before each click (the last one on top).
+        #: Per segmentation node ID, (label map before the click, the CT node's ID), the last one on top. A run
+        #: into the node empties its stack, and closing the scene empties them all (node IDs are reused then).
         self._undo: dict = {}
+        scene = getattr(slicer, "mrmlScene", None)
+        if scene is not None:
+            scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, lambda caller, event: self._undo.clear())
 
     def getParameterNode(self):
         """Where a run records its outputs; the module's logic returns its MRML parameter node instead."""
@@ -115,7 +127,8 @@ class HNTumorSegSceneLogic:
         candidates, nodes = [], {}
         sh = slicer.mrmlScene.GetSubjectHierarchyNode()
         for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetHideFromEditors():
+            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetHideFromEditors() \
+                    or node.GetAttribute(UNCERTAINTY_ATTRIBUTE) is not None:
                 continue
             item = sh.GetItemByDataNode(node)
             study = sh.GetItemParent(item) if item else 0
@@ -148,6 +161,12 @@ class HNTumorSegSceneLogic:
             return problems
         if ctNode is petNode:
             return [(ERROR, "CT and PET are the same volume: select the PET in the PET selector.")]
+        for role, node in (("CT", ctNode), ("PET", petNode)):
+            image = node.GetImageData()
+            shape = shape_problem(f"{role} '{node.GetName()}'", 3, tuple(image.GetDimensions()), 1) \
+                if image is not None else f"{role} '{node.GetName()}' holds no image data"
+            if shape:
+                return [(ERROR, shape)]
         for role, node in (("CT", ctNode), ("PET", petNode)):
             transform = node.GetParentTransformNode()
             if transform is None:
@@ -336,7 +355,10 @@ class HNTumorSegSceneLogic:
         """The GTVp/GTVn segments as one label map on the CT grid (1 = GTVp, 2 = GTVn, as the CLI writes it)."""
         import numpy as np
 
-        masks = cls.segmentMasks(segmentationNode, ctNode)
+        owned = set(cls.ownedSegments(segmentationNode).values())
+        segmentation = segmentationNode.GetSegmentation()
+        others = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())} - owned
+        masks = cls.segmentMasks(segmentationNode, ctNode, exclude=others)
         label = np.zeros(slicer.util.arrayFromVolume(ctNode).shape, np.uint8)
         for definition in SEGMENTS:
             if definition.name in masks:
@@ -346,8 +368,13 @@ class HNTumorSegSceneLogic:
                 label[mask] = segment_by_name("GTVn").label
         return label
 
+    @staticmethod
+    def inScene(node) -> bool:
+        """A node that is still in the scene: one the user deleted (while a run went on, say) is written no more."""
+        return node is not None and node.GetScene() is not None
+
     def outputPolicy(self, segmentationNode, ctNode) -> str:
-        if segmentationNode is None:
+        if not self.inScene(segmentationNode):
             return CREATE
         stored = segmentationNode.GetAttribute(FINGERPRINT_ATTRIBUTE)
         current = segmentation_fingerprint(self.segmentMasks(segmentationNode, ctNode)) if stored else None
@@ -369,6 +396,7 @@ class HNTumorSegSceneLogic:
         else:
             segmentationNode = outputNode
         self.writeSegments(segmentationNode, label, ctNode, split=bool(params.splitLesions))
+        self._undo.pop(segmentationNode.GetID(), None)  # the clicks were on the result this run replaced
 
         structures = result.report["structures"]
         self.lesions = list(result.report.get("lesions", []))
@@ -388,6 +416,7 @@ class HNTumorSegSceneLogic:
         ``split``: GTVn node by node (GTVn_1 .. GTVn_k).
         """
         written = self._writeLabel(segmentationNode, label, ctNode, split)
+        segmentationNode.SetAttribute(SPLIT_ATTRIBUTE, "true" if split else "false")
         sh = slicer.mrmlScene.GetSubjectHierarchyNode()
         study = sh.GetItemParent(sh.GetItemByDataNode(ctNode))
         if study:
@@ -397,12 +426,30 @@ class HNTumorSegSceneLogic:
         others = self.segmentMasks(segmentationNode, ctNode, exclude=set(written))
         segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, segmentation_fingerprint({**others, **written}))
 
+    @classmethod
+    def isSplit(cls, segmentationNode) -> bool:
+        """True when the nodes are written one segment each (GTVn_1 .. GTVn_k): as the run that wrote the
+        segmentation was asked (kept when clicks leave no node, or undo brings them back), else (a scene of an
+        earlier version) when a node segment is there."""
+        stored = segmentationNode.GetAttribute(SPLIT_ATTRIBUTE)
+        if stored in ("true", "false"):
+            return stored == "true"
+        return any(NODE_SEGMENT.fullmatch(name) for name in cls.ownedSegments(segmentationNode).values())
+
     @staticmethod
-    def isSplit(segmentationNode) -> bool:
-        """True when the nodes are written one segment each (GTVn_1 .. GTVn_k)."""
+    def ownedSegments(segmentationNode) -> dict:
+        """Segment ID -> name of the segments this module wrote (tagged :data:`OWNER_TAG`). A segmentation
+        without any tagged segment (an earlier version's, or one the user drew): GTVp, GTVn and GTVn_k by name."""
         segmentation = segmentationNode.GetSegmentation()
-        return any(NODE_SEGMENT.fullmatch(segmentation.GetNthSegment(i).GetName())
-                   for i in range(segmentation.GetNumberOfSegments()))
+        tagged, named = {}, {}
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment, segmentId = segmentation.GetNthSegment(index), segmentation.GetNthSegmentID(index)
+            name = segment.GetName()
+            if segment.GetTag(OWNER_TAG, vtk.reference("")):
+                tagged[segmentId] = name
+            elif name in ("GTVp", "GTVn") or NODE_SEGMENT.fullmatch(name):
+                named[segmentId] = name
+        return tagged or named
 
     @staticmethod
     def _writeLabel(segmentationNode, label, ctNode, split: bool = False) -> dict:
@@ -422,23 +469,34 @@ class HNTumorSegSceneLogic:
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(ctNode)
         segmentationNode.SetAndObserveTransformNodeID(ctNode.GetTransformNodeID())
         segmentation = segmentationNode.GetSegmentation()
+        binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+        if segmentation.GetSourceRepresentationName() != binary:
+            # Closed surfaces (an imported RTSTRUCT, say): made voxels first, as the Segment Editor does.
+            if segmentation.GetNumberOfSegments() and not segmentation.CreateRepresentation(binary):
+                raise InputError(f"segmentation '{segmentationNode.GetName()}' holds "
+                                 f"{segmentation.GetSourceRepresentationName()} segments that Slicer cannot turn "
+                                 "into a binary labelmap: choose a new output segmentation")
+            segmentation.SetSourceRepresentationName(binary)
         values, definitions = split_nodes(label) if split else (label, SEGMENTS)
         wanted = {definition.name for definition in definitions}
-        for index in reversed(range(segmentation.GetNumberOfSegments())):
-            name = segmentation.GetNthSegment(index).GetName()
-            if (name == "GTVn" or NODE_SEGMENT.fullmatch(name)) and name not in wanted:
-                segmentation.RemoveSegment(segmentation.GetNthSegmentID(index))
+        ownedIds = {name: segmentId for segmentId, name in HNTumorSegSceneLogic.ownedSegments(segmentationNode).items()}
+        stale = [segmentId for name, segmentId in ownedIds.items()
+                 if (name == "GTVn" or NODE_SEGMENT.fullmatch(name)) and name not in wanted]
         tagName = slicer.vtkSegment.GetTerminologyEntryTagName()
-        segmentIds = vtk.vtkStringArray()  # the import gives label value i + 1 to the i-th of these
+        segmentIds, added = vtk.vtkStringArray(), []  # the import gives label value i + 1 to the i-th of these
         for index, definition in enumerate(definitions):
             if definition.label != index + 1:
                 raise ValueError(f"segment {definition.name} has label {definition.label}, not {index + 1}")
-            segmentId = segmentation.GetSegmentIdBySegmentName(definition.name)
+            segmentId = ownedIds.get(definition.name)
             if not segmentId:
-                segmentId = segmentation.AddEmptySegment(definition.name, definition.name, definition.color)
+                free = segmentation.GetSegment(definition.name) is None  # a user's segment may hold the name as ID
+                segmentId = segmentation.AddEmptySegment(definition.name if free else "", definition.name,
+                                                         definition.color)
+                added.append(segmentId)
             segment = segmentation.GetSegment(segmentId)
             segment.SetColor(*definition.color)
             segment.SetTag(tagName, definition.terminology_entry())
+            segment.SetTag(OWNER_TAG, definition.name)
             segmentIds.InsertNextValue(segmentId)
         box = [np.flatnonzero(np.any(values, axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
         (z0, z1), (y0, y1), (x0, x1) = [(int(b[0]), int(b[-1])) if b.size else (0, 0) for b in box]
@@ -452,7 +510,11 @@ class HNTumorSegSceneLogic:
         image.SetImageToWorldMatrix(ijkToRas)
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(image, segmentationNode,
                                                                                          segmentIds):
+            for segmentId in added:  # nothing of this write stays
+                segmentation.RemoveSegment(segmentId)
             raise RuntimeError(f"Slicer could not import the label map into '{segmentationNode.GetName()}'")
+        for segmentId in stale:  # node segments of an earlier write that this one does not have
+            segmentation.RemoveSegment(segmentId)
         return {definition.name: values == definition.label for definition in definitions}
 
     # ------------------------------------------------------------------ one-click corrections
@@ -478,21 +540,30 @@ class HNTumorSegSceneLogic:
         r, a, s = (float(v) for v in pointRas)
         pointLps = (-r, -a, s)  # the library works in patient LPS, the scene in RAS
         edit = clicks.edit_at(labelImage, petImage, action, pointLps, structure, fraction)
-        self._undo.setdefault(segmentationNode.GetID(), []).append(before)
         self._writeLabel(segmentationNode, sitk.GetArrayFromImage(edit.label), ctNode, self.isSplit(segmentationNode))
+        self._undo.setdefault(segmentationNode.GetID(), []).append((before, ctNode.GetID()))  # once written
         if params is not None:
             self._measureIntoTable(edit.label, ctImage, petImage, segmentationNode, params)
         return edit.message
 
     def canUndo(self, segmentationNode) -> bool:
-        return segmentationNode is not None and bool(self._undo.get(segmentationNode.GetID()))
+        return self.inScene(segmentationNode) and bool(self._undo.get(segmentationNode.GetID()))
 
     def undoEdit(self, segmentationNode, ctNode, petNode=None, params=None) -> bool:
-        """Put back the segments as they were before the last click; False when there is nothing to undo."""
+        """Put back the segments as they were before the last click; False when there is nothing to undo.
+
+        The step must have been made on this CT: a label map of another grid is never written (InputError,
+        and the steps of that segmentation are dropped).
+        """
         if not self.canUndo(segmentationNode):
             return False
-        self._writeLabel(segmentationNode, self._undo[segmentationNode.GetID()].pop(), ctNode,
-                         self.isSplit(segmentationNode))
+        steps = self._undo[segmentationNode.GetID()]
+        before, ctId = steps[-1]
+        if ctNode is None or ctId != ctNode.GetID() or before.shape != slicer.util.arrayFromVolume(ctNode).shape:
+            steps.clear()
+            raise InputError(f"the clicks on '{segmentationNode.GetName()}' were made on another CT; nothing was undone")
+        self._writeLabel(segmentationNode, before, ctNode, self.isSplit(segmentationNode))
+        steps.pop()
         if params is not None and petNode is not None:
             self.updateResultsTable(segmentationNode, ctNode, petNode, params)
         return True
@@ -500,7 +571,7 @@ class HNTumorSegSceneLogic:
     def fillResultsTable(self, structures: dict, params, lesions: Sequence[dict] = ()) -> None:
         """Each segment's row, then its lesions' rows (``lesionAtRow`` maps a row back to its lesion)."""
         table = params.resultsTable
-        if table is None:
+        if not self.inScene(table):
             table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "HNTumorSeg results")
             params.resultsTable = table
         with slicer.util.NodeModify(table):
@@ -566,16 +637,18 @@ class HNTumorSegSceneLogic:
             return
         values = sitk.GetArrayFromImage(sitk.ReadImage(info["file"]))
         volume = params.uncertaintyVolume
-        if volume is None:
-            volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
-                                                        slicer.mrmlScene.GenerateUniqueName(f"{ctNode.GetName()} uncertainty"))
+        if not self.inScene(volume):
+            volume = slicer.vtkMRMLScalarVolumeNode()
+            volume.SetName(slicer.mrmlScene.GenerateUniqueName(f"{ctNode.GetName()} uncertainty"))
+            volume.SetAttribute(UNCERTAINTY_ATTRIBUTE, "uncertainty")  # marked before it is added: never an input
+            slicer.mrmlScene.AddNode(volume)
             params.uncertaintyVolume = volume
         ijkToRas = vtk.vtkMatrix4x4()
         ctNode.GetIJKToRASMatrix(ijkToRas)
         volume.SetIJKToRASMatrix(ijkToRas)
         volume.SetAndObserveTransformNodeID(ctNode.GetTransformNodeID())
         slicer.util.updateVolumeFromArray(volume, values)
-        volume.SetAttribute("HNTumorSeg.UncertaintyMeasure", f"{info['measure']} ({info.get('unit', '')})")
+        volume.SetAttribute(UNCERTAINTY_ATTRIBUTE, f"{info['measure']} ({info.get('unit', '')})")
         if volume.GetDisplayNode() is None:
             volume.CreateDefaultDisplayNodes()
         display = volume.GetDisplayNode()
@@ -590,7 +663,7 @@ class HNTumorSegSceneLogic:
     def showUncertainty(params) -> None:
         """The uncertainty as a colour overlay on every slice view (foreground layer), or not, per the parameter."""
         volume = params.uncertaintyVolume
-        if volume is None:
+        if volume is None or volume.GetScene() is None:
             return
         for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
             if params.showUncertainty:
@@ -603,7 +676,7 @@ class HNTumorSegSceneLogic:
         """The 256 x 256 x 112 window the network saw, as a locked markups ROI (world coordinates)."""
         box = analysis_window_box(provenance)
         roi = params.analysisWindowROI
-        if roi is None:
+        if not self.inScene(roi):
             roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "HNTumorSeg analysis window")
             roi.CreateDefaultDisplayNodes()
             params.analysisWindowROI = roi

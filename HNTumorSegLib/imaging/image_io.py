@@ -82,7 +82,7 @@ def _check_dicom_folder_files(folder: Path, series_files: tuple[str, ...]) -> No
             check_dicom_file(path, require_pixel_data=False)
 
 
-def _shape_problem(role: str, dimension: int, size: tuple[int, ...], components: int) -> str | None:
+def shape_problem(role: str, dimension: int, size: tuple[int, ...], components: int) -> str | None:
     """What keeps an image of this shape from being a 3D scalar volume (a 4D one of one frame is one)."""
     if dimension == 4 and size[3] == 1:
         dimension, size = 3, size[:3]
@@ -124,7 +124,7 @@ def _check_header(path: Path, role: str) -> None:
             reason += "; the header describes a sheared or scaled grid: resample the image to an orthogonal grid first"
         raise InputError(f"{path}: cannot read the {role} image ({reason})") from None
     dimension, size = reader.GetDimension(), tuple(int(n) for n in reader.GetSize())
-    problem = (_shape_problem(role, dimension, size, reader.GetNumberOfComponents())
+    problem = (shape_problem(role, dimension, size, reader.GetNumberOfComponents())
                or _geometry_problem(role, dimension, tuple(reader.GetSpacing()), tuple(reader.GetDirection()))
                or image_memory_problem(role, size[:3], reader.GetPixelID(), reader.GetNumberOfComponents()))
     if problem:
@@ -156,7 +156,7 @@ def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
             image = _read_voxels(path, role)
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
-    problem = (_shape_problem(role, image.GetDimension(), tuple(image.GetSize()), image.GetNumberOfComponentsPerPixel())
+    problem = (shape_problem(role, image.GetDimension(), tuple(image.GetSize()), image.GetNumberOfComponentsPerPixel())
                or _geometry_problem(role, image.GetDimension(), image.GetSpacing(), image.GetDirection()))
     if problem:
         raise InputError(f"{path}: {problem}")

@@ -15,6 +15,7 @@ from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.imaging.components import lesion_ids
 from HNTumorSegLib.phantom import make_phantom, write_case
 from HNTumorSegLib.slicer_support.edit_guard import ASK, REPLACE
+from HNTumorSegLib.slicer_support.segmentation_job import JobResult
 
 slicer = import_slicer_core()
 
@@ -48,7 +49,7 @@ def scene(tmp_path):
         sitk.Resample(case.pet, case.label, sitk.Transform(), sitk.sitkLinear)), -np.inf)), nodes.shape)
     yield {"app": app, "logic": logic, "ct": ct, "pet": pet, "seg": seg, "params": params, "truth": truth,
            "result": result, "missed": nodes == 1, "fp_ras": ras_of(fp), "add_ras": ras_of(hottest_node),
-           "pet_array": pet_array}
+           "pet_array": pet_array, "paths": paths, "ras_of": ras_of}
     app.close()
 
 
@@ -184,3 +185,104 @@ def test_segments_read_from_memory_equal_slicers_export(scene):
     moved.SetMatrixTransformToParent(shift)
     seg.SetAndObserveTransformNodeID(moved.GetID())
     check(seg, ct, fast_expected=False)
+
+
+def test_undo_never_writes_a_step_of_another_run_ct_or_scene(scene):
+    """A run into the segmentation empties its undo steps; a step made on another CT grid is refused (it would
+    land shifted); closing the scene forgets every step (node IDs start again at 1 there)."""
+    logic, seg, ct, pet, app = (scene[k] for k in ("logic", "seg", "ct", "pet", "app"))
+    logic.editAt(seg, ct, pet, scene["fp_ras"], "remove")
+    assert logic.canUndo(seg)
+    cropped = app.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT cropped")
+    cropped.CopyOrientation(ct)
+    slicer.util.updateVolumeFromArray(cropped, slicer.util.arrayFromVolume(ct)[:, 10:, 10:].copy())
+    before = logic.segmentMasks(seg, ct)
+    with pytest.raises(InputError, match="made on another CT; nothing was undone"):
+        logic.undoEdit(seg, cropped)
+    after = logic.segmentMasks(seg, ct)
+    assert sorted(before) == sorted(after) and all(np.array_equal(before[k], after[k]) for k in before)
+    assert not logic.canUndo(seg)
+
+    logic.editAt(seg, ct, pet, scene["add_ras"], "add", "GTVn")
+    assert logic.canUndo(seg)
+    first_id = seg.GetID()
+    app.scene.Clear(0)  # File > Close Scene
+    ct2 = app.load_volume(scene["paths"]["ct"], "CT")
+    seg2 = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "new patient")
+    assert seg2.GetID() == first_id and ct2 is not None
+    assert not logic.canUndo(seg2)
+
+
+def test_a_run_into_a_segmentation_empties_its_undo_steps(scene, tmp_path):
+    logic, seg, ct, pet = (scene[k] for k in ("logic", "seg", "ct", "pet"))
+    logic.editAt(seg, ct, pet, scene["fp_ras"], "remove")
+    label_path = tmp_path / "label.nrrd"
+    image = sitk.GetImageFromArray(scene["result"])
+    image.CopyInformation(sitk.ReadImage(str(scene["paths"]["ct"])))
+    sitk.WriteImage(image, str(label_path))
+    report = {"structures": {}, "lesions": [], "model": {"file": "m"}, "device": "cpu",
+              "provenance": None}
+    params = logic.getParameterNode()
+    logic.showAnalysisWindow = lambda provenance, params: None  # the report above has no analysis window
+    logic.applyResult(JobResult(label_path, report), ct, pet, seg, "overwrite", params)
+    assert not logic.canUndo(seg)
+
+
+def test_a_segmentation_of_closed_surfaces_takes_clicks_undo_and_a_rerun(scene):
+    logic, seg, ct, pet = (scene[k] for k in ("logic", "seg", "ct", "pet"))
+    result = scene["result"]
+    logic.writeSegments(seg, result, ct, split=True)
+    seg.CreateClosedSurfaceRepresentation()
+    surface = slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()
+    seg.GetSegmentation().SetSourceRepresentationName(surface)  # as after importing an RTSTRUCT
+    logic.editAt(seg, ct, pet, scene["fp_ras"], "remove")
+    binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    assert seg.GetSegmentation().GetSourceRepresentationName() == binary
+    edited = logic.segmentLabels(seg, ct)
+    assert np.count_nonzero(edited == 2) < np.count_nonzero(result == 2)
+    assert logic.undoEdit(seg, ct)
+    assert 2 * np.count_nonzero((logic.segmentLabels(seg, ct) > 0) & (result > 0)) / \
+        (np.count_nonzero(logic.segmentLabels(seg, ct) > 0) + np.count_nonzero(result > 0)) > 0.95  # via surfaces
+    seg.CreateClosedSurfaceRepresentation()
+    seg.GetSegmentation().SetSourceRepresentationName(surface)
+    logic.writeSegments(seg, result, ct)  # an overwrite, nodes as one segment
+    np.testing.assert_array_equal(logic.segmentLabels(seg, ct), result)
+    assert sorted(names_of(seg)) == ["GTVn", "GTVp"]
+
+
+def names_of(seg):
+    segmentation = seg.GetSegmentation()
+    return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+
+
+def test_nodes_stay_one_by_one_when_clicks_leave_none_and_undo_restores_the_run(scene):
+    logic, seg, ct, pet = (scene[k] for k in ("logic", "seg", "ct", "pet"))
+    result = scene["result"]
+    nodes, count = lesion_ids(result == 2)
+    logic.writeSegments(seg, result, ct, split=True)
+    ras_of = scene["ras_of"]
+    for i in range(1, count + 1):  # remove every node
+        logic.editAt(seg, ct, pet, ras_of(np.argwhere(nodes == i)[0]), "remove")
+    assert names_of(seg) == ["GTVp"]
+    logic.editAt(seg, ct, pet, scene["add_ras"], "add", "GTVn")
+    assert sorted(names_of(seg)) == ["GTVn_1", "GTVp"]  # still node by node
+    while logic.undoEdit(seg, ct):
+        pass
+    assert sorted(names_of(seg)) == sorted(["GTVp"] + [f"GTVn_{i}" for i in range(1, count + 1)])
+    np.testing.assert_array_equal(logic.segmentLabels(seg, ct), result)
+    assert logic.outputPolicy(seg, ct) == REPLACE
+
+
+def test_a_users_own_segment_named_like_a_node_is_left_alone(scene):
+    logic, seg, ct = (scene[k] for k in ("logic", "seg", "ct"))
+    result = scene["result"]
+    segmentation = seg.GetSegmentation()
+    mine = segmentation.AddEmptySegment("", "GTVn_1", (0.1, 0.9, 0.1))  # drawn by the user, not by a run
+    drawn = np.zeros(result.shape, np.uint8)
+    drawn[2:4, 2:6, 2:6] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(drawn, seg, mine, ct)
+    assert not logic.isSplit(seg)
+    np.testing.assert_array_equal(logic.segmentLabels(seg, ct), result)  # not counted as GTVn
+    logic.writeSegments(seg, result, ct)  # an overwrite
+    assert sorted(names_of(seg)) == ["GTVn", "GTVn_1", "GTVp"]
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, mine, ct), drawn)

@@ -434,3 +434,42 @@ def test_the_uncertainty_overlay_lies_on_the_ct_and_marks_the_lesion_edges(segme
         assert composite.GetForegroundVolumeID() is None
     finally:
         view.close()
+
+
+def test_a_deleted_output_segmentation_or_table_is_replaced_by_a_new_one(segmented, plain_case):
+    logic, ct, pet, params = segmented["logic"], segmented["ct"], segmented["pet"], segmented["params"]
+    scene = segmented["app"].scene
+    result = JobResult(label_path=plain_case.cli_label_path, report=plain_case.cli_report)
+    doomed = logic.applyResult(result, ct, pet, None, "new", params)
+    scene.RemoveNode(doomed)  # the user deletes the output (and the table) while a run goes on
+    scene.RemoveNode(params.resultsTable)
+    assert logic.outputPolicy(doomed, ct) == CREATE
+    written = logic.applyResult(result, ct, pet, doomed, "new", params)
+    assert written.GetScene() is scene and written is not doomed and params.resultsTable.GetScene() is scene
+    np.testing.assert_array_equal(logic.segmentLabels(written, ct), plain_case.cli_label)
+
+
+def test_the_uncertainty_map_of_a_run_is_never_offered_as_the_ct(segmented):
+    params = segmented["params"]
+    assert params.uncertaintyVolume is not None and params.uncertaintyVolume.GetScene() is not None
+    ct, pet = segmented["logic"].defaultInputs()
+    assert ct is segmented["ct"] and pet is segmented["pet"]
+
+
+@pytest.mark.parametrize("fault", ["one slice", "no image data"])
+def test_a_volume_that_is_no_3d_image_is_an_input_error_before_a_run(segmented, fault):
+    logic, ct, pet = segmented["logic"], segmented["ct"], segmented["pet"]
+    scene = segmented["app"].scene
+    bad = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"CT {fault}")
+    try:
+        if fault == "one slice":
+            slicer.util.updateVolumeFromArray(bad, slicer.util.arrayFromVolume(ct)[:1].copy())
+        problems = logic.inputProblems(bad, pet)
+        assert [level for level, _ in problems] == ["error"]
+        assert problems[0][1] == (f"CT 'CT {fault}' image has size [{ct.GetImageData().GetDimensions()[0]}, "
+                                  f"{ct.GetImageData().GetDimensions()[1]}, 1]; a 3D volume is needed"
+                                  if fault == "one slice" else f"CT 'CT {fault}' holds no image data")
+        with pytest.raises(InputError):
+            logic.startJob(bad, pet, device="cpu")
+    finally:
+        scene.RemoveNode(bad)
