@@ -500,7 +500,7 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             message = self.logic.editAt(params.outputSegmentation, params.inputCT, params.inputPET, pointRas, action,
                                         structure, params=params, fraction=params.clickThresholdPercent / 100.0)
-        except InputError as exc:
+        except (InputError, RuntimeError) as exc:  # RuntimeError: Slicer refused the segments (said in one line)
             self.ui.statusLabel.text = f"Nothing changed: {exc}"
             return
         self.ui.resultsTableView.setMRMLTableNode(params.resultsTable)
@@ -509,9 +509,12 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onUndoClick(self) -> None:
         params = self._parameterNode
-        if self.logic.undoEdit(params.outputSegmentation, params.inputCT, params.inputPET, params):
-            self.ui.resultsTableView.setMRMLTableNode(params.resultsTable)
-            self.ui.statusLabel.text = "Last click undone."
+        try:
+            if self.logic.undoEdit(params.outputSegmentation, params.inputCT, params.inputPET, params):
+                self.ui.resultsTableView.setMRMLTableNode(params.resultsTable)
+                self.ui.statusLabel.text = "Last click undone."
+        except (InputError, RuntimeError) as exc:  # a step made on another CT, say
+            self.ui.statusLabel.text = f"Nothing undone: {exc}"
         self.updateButtons()
 
     def onEditButton(self) -> None:
