@@ -58,6 +58,7 @@ class _Click(argparse.Action):
 def parse_click(action: str, text: str) -> tuple[tuple[float, float, float], str | None]:
     """"X,Y,Z" or "X,Y,Z:GTVn" to a point (mm) and a structure name (None when not given)."""
     where, _, structure = text.partition(":")
+    structure = structure.strip()  # "X,Y,Z: GTVn", as spaces around the numbers are taken
     try:
         point = tuple(float(v) for v in where.split(","))
     except ValueError:

@@ -70,6 +70,22 @@ def _contours(label: np.ndarray, value: int, geom: Geometry) -> list[tuple[int, 
     return out
 
 
+def _slice_shifts(ct, geom: Geometry) -> np.ndarray:
+    """(slices, 3): per slice, the step along the slice normal from where the regular grid puts it to where
+    its own ImagePositionPatient does. Why: a series whose positions are written to 0.1 mm is read as one
+    regular grid (within :data:`~HNTumorSegLib.dicom.series.SLICE_POSITION_ATOL`); each contour must still
+    lie on the plane of the image it references, as planning systems and validators check."""
+    normal = geom.matrix[:, 2] / np.linalg.norm(geom.matrix[:, 2])
+    shifts = np.zeros((len(ct.headers), 3))
+    for k, header in enumerate(ct.headers):
+        position = header.get("ImagePositionPatient")
+        if position is None or len(position) != 3:
+            continue
+        fitted = np.asarray(geom.origin, float) + k * geom.matrix[:, 2]
+        shifts[k] = normal * float((np.asarray([float(v) for v in position]) - fitted) @ normal)
+    return shifts
+
+
 def _code_item(code):
     from pydicom.dataset import Dataset
 
@@ -143,6 +159,7 @@ def build_rtstruct(label: sitk.Image, ct, *, segments: Sequence[SegmentDefinitio
     frame_ref.RTReferencedStudySequence = [study_ref]
     ds.ReferencedFrameOfReferenceSequence = [frame_ref]
 
+    shifts = _slice_shifts(ct, geom)
     rois, roi_contours, observations, summaries = [], [], [], []
     for number, segment in enumerate(segments, start=1):
         roi = Dataset()
@@ -151,7 +168,7 @@ def build_rtstruct(label: sitk.Image, ct, *, segments: Sequence[SegmentDefinitio
         roi.ROIGenerationAlgorithm = roi_generation
         rois.append(roi)
 
-        contours = _contours(array, segment.label, geom)
+        contours = [(k, points + shifts[k]) for k, points in _contours(array, segment.label, geom)]
         roi_contour = Dataset()
         roi_contour.ROIDisplayColor = list(segment.color_255)
         roi_contour.ReferencedROINumber = number

@@ -88,6 +88,12 @@ def test_redraw_fixes_a_boundary(files, capsys):
     assert "redrew the GTVn lesion" in capsys.readouterr().out
 
 
+def test_a_structure_name_with_spaces_around_it_is_taken(files, capsys):
+    code, out = run(files, "--relabel", point(NODE) + " : GTVp ")
+    assert code == 0, capsys.readouterr().err
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(out)))[sphere(NODE, 6)] == 1).all()
+
+
 def test_click_order_matters(files, capsys):
     # relabel then remove the same point: the lesion is relabelled, then removed
     code, out = run(files, "--relabel", point(NODE), "--remove", point(NODE))

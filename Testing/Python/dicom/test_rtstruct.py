@@ -261,3 +261,34 @@ def test_an_output_that_would_replace_a_file_of_the_ct_series_is_refused(study, 
         assert main(["rtstruct", "--ct", str(folder), "--labels", str(study["label_path"]),
                      "--out", str(folder / "RS.dcm")]) == 0
     assert read_series(folder, "CT").image.GetSize() == study["ct"].image.GetSize()
+
+
+def test_contours_lie_on_the_plane_of_their_slice_when_positions_are_rounded(tmp_path):
+    """Slice positions written to 0.1 mm (3.27 mm apart) are read as one regular grid; each contour still lies
+    on the plane its referenced image's ImagePositionPatient gives, not on the fitted grid (up to 0.06 mm off)."""
+    from HNTumorSegLib.phantom.dicom import DicomStudy, write_ct_series
+
+    grid = sitk.Image(40, 30, 12, sitk.sitkInt16)
+    grid.SetSpacing((0.9, 1.3, 3.27))
+    grid.SetOrigin((-10.0, 5.0, -30.0))
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    write_ct_series(grid + 40, folder, DicomStudy("ROUNDED"))
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [f"{float(v):.1f}" for v in ds.ImagePositionPatient]
+        ds.save_as(path)
+    ct = read_series(folder, "CT")
+    label = np.zeros((12, 30, 40), np.uint8)
+    label[1:11, 10:20, 10:20] = 1
+    image = sitk.GetImageFromArray(label)
+    image.CopyInformation(ct.image)
+    ds, _ = build_rtstruct(image, ct)
+    z_of = {h.SOPInstanceUID: float(h.ImagePositionPatient[2]) for h in ct.headers}
+    worst = max(abs(np.asarray(item.ContourData, float).reshape(-1, 3)[:, 2]
+                    - z_of[item.ContourImageSequence[0].ReferencedSOPInstanceUID]).max()
+                for item in ds.ROIContourSequence[0].ContourSequence)
+    assert worst <= 1e-3
+    fitted_off = max(abs(ct.image.GetOrigin()[2] + k * ct.image.GetSpacing()[2] - z_of[h.SOPInstanceUID])
+                     for k, h in enumerate(ct.headers))
+    assert fitted_off > 0.01  # the case this is about: the regular grid is off the written positions
