@@ -192,15 +192,17 @@ def find_cases(root: str | Path, require_label: bool = True,
     problems = list(col.problems)
     for case_id, roles in col.files.items():
         reasons = []
-        for role, what in (("ct", "CT (CASE__CT.nii.gz)"), ("pet", "PET (CASE__PT.nii.gz)"),
-                           ("label", "label (CASE.nii.gz)")):
+        for role, what in (("ct", f"CT ({case_id}__CT.nii.gz)"), ("pet", f"PET ({case_id}__PT.nii.gz)"),
+                           ("label", f"label ({case_id}.nii.gz)")):
             found = roles.get(role, [])
             if len(found) > 1:
                 reasons.append(f"{len(found)} {role} files: {', '.join(str(p) for p in found)}")
             elif not found and (role != "label" or require_label):
                 reasons.append(f"no {what}")
         if reasons:
-            problems.append(CaseProblem(case_id, "; ".join(reasons)))
+            folders = sorted({str(p.parent) for paths in roles.values() for p in paths})
+            where = f"{folders[0]}: " if len(folders) == 1 else ""  # the case's folder, where the file is missing
+            problems.append(CaseProblem(case_id, where + "; ".join(reasons)))
             continue
         label = roles.get("label", [None])[0]
         centre = parse_case_id(case_id) if CASE_ID_RE.match(case_id) else ""

@@ -99,9 +99,17 @@ def _hecktor_cases(root: Path) -> list[BatchCase]:
     return out
 
 
+#: Names the batch writes in --out itself: a case folder never takes one (a patient folder called
+#: ``lesions.csv`` stopped the whole batch).
+_RESERVED = re.compile(r"(summary|lesions)(_shard-\d+-of-\d+)?\.csv", re.IGNORECASE)
+
+
 def _distinct(cases: Sequence[BatchCase]) -> list[BatchCase]:
     """The cases with ids made distinct: problems named by a file name (``CT.nii.gz`` in two folders)
-    get a hash of their reason, which names the file; one bad folder never stops the others."""
+    get a hash of their reason, which names the file; one bad folder never stops the others. An id that
+    is a name the batch writes beside the case folders gets a hash too."""
+    cases = [replace(c, case_id=f"{c.case_id}_{_short_hash(c.case_id)}") if _RESERVED.fullmatch(c.case_id) else c
+             for c in cases]
     count = Counter(c.case_id for c in cases)
     return [c if count[c.case_id] == 1 else
             replace(c, case_id=f"{c.case_id}_{_short_hash(c.problem or f'{c.ct}|{c.pet}')}") for c in cases]
@@ -118,16 +126,21 @@ def _common_folder(files: Sequence[Path]) -> Path:
 
 
 def _dicom_cases(root: Path) -> list[BatchCase]:
-    from HNTumorSegLib.dicom.series import find_series
+    from HNTumorSegLib.dicom.series import find_series_and_damage
 
     try:
-        series = find_series(root)
-    except InputError:
+        series, damaged = find_series_and_damage(root)
+    except InputError:  # no DICOM file under root at all
         return []
+    out = []
+    for folder, items in damaged.items():  # DICOM files no series could be read from: the user must hear of it
+        path, problem = items[0]
+        more = f" and {len(items) - 1} more damaged file(s) there" if len(items) > 1 else ""
+        out.append(BatchCase(f"{_safe(folder.name or 'dicom')}_{_short_hash(str(folder))}", folder, folder, True,
+                             problem=f"{path}: {problem}{more}; no DICOM series could be read in {folder}"))
     studies: dict[str, list] = {}
     for s in series:
         studies.setdefault(s.study_uid, []).append(s)
-    out = []
     for study_uid, members in studies.items():
         cts = [s for s in members if s.modality == "CT"]
         pets = [s for s in members if s.modality == "PT"]
@@ -174,6 +187,11 @@ class BatchOptions:
     dicom_seg: bool = False
     postprocess: bool = True
     split_lesions: bool = False
+
+    def settings(self) -> dict:
+        """What decides a case's outputs besides its inputs: recorded in each report, compared on resume."""
+        return {"model": str(self.model) if self.model else "bundled", "tta": self.tta,
+                "postprocess": self.postprocess, "split_lesions": self.split_lesions, "pet_units": self.pet_units}
 
     def segmenter(self) -> Segmenter:
         from HNTumorSegLib.pipeline.inference import Segmenter  # torch loads only when a case is segmented
@@ -251,7 +269,8 @@ def run_case(case: BatchCase, options: BatchOptions, segmenter) -> dict:
                                        split_lesions=options.split_lesions)
 
         report, _, _ = run_segmentation(case.ct, case.pet, paths["label"], segmenter, options.device, options.tta,
-                                        inputs=inputs, after_label=exports, extra={"case": case.case_id},
+                                        inputs=inputs, after_label=exports,
+                                        extra={"case": case.case_id, "batch_settings": options.settings()},
                                         verbose=False)
         return _row(case, DONE, time.perf_counter() - t0, report)
     except (InputError, OSError) as exc:
@@ -404,15 +423,22 @@ def write_summary(rows: Sequence[dict], path: Path) -> Path:
 
 
 def _earlier_row(case: BatchCase, options: BatchOptions) -> Optional[dict]:
-    """The row of a case finished by an earlier run (its report exists, with every output asked for)."""
+    """The row of a case finished by an earlier run: its report, its label map and every other output asked
+    for are there, and the report was made with these settings (model, TTA, clean-up, nodes one by one, PET
+    units; a report of an earlier version, which does not say, is taken as it is)."""
     paths = case_paths(options, case)
-    if not paths["report"].exists():
+    if not paths["report"].exists() or not paths["label"].exists():
         return None
     try:
         report = json.loads(paths["report"].read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if case.dicom and ((options.rtstruct and "rtstruct" not in report) or (options.dicom_seg and "dicom_seg" not in report)):
+    if not isinstance(report, dict):
+        return None
+    if case.dicom and any(wanted and not paths[key].exists()
+                          for key, wanted in (("rtstruct", options.rtstruct), ("dicom_seg", options.dicom_seg))):
+        return None
+    if report.get("batch_settings", options.settings()) != options.settings():
         return None
     return _row(case, SKIPPED, float(report.get("timings_s", {}).get("total", 0.0)), report)
 
@@ -475,6 +501,11 @@ def run_batch_parallel(cases: Sequence[BatchCase], options: BatchOptions, *, sum
             todo.append(case)
         else:
             rows[case.case_id] = row
+    if todo:  # a model that cannot load is one line here, not a traceback from every worker
+        from HNTumorSegLib.pipeline.inference import default_model_path
+        from HNTumorSegLib.pipeline.model_file import load_model
+
+        load_model(options.model or default_model_path(), device="cpu")
     threads = max(1, cpu_threads() // workers)  # the user's OMP_NUM_THREADS is shared out too
     bar = tqdm(total=len(cases), initial=len(rows), desc="cases", unit="case", disable=not progress, file=sys.stderr)
     context = multiprocessing.get_context("spawn")
@@ -482,17 +513,23 @@ def run_batch_parallel(cases: Sequence[BatchCase], options: BatchOptions, *, sum
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
                                  initargs=(options, threads)) as pool:
             futures = {pool.submit(_worker_run, case): case for case in todo}
-            for future in as_completed(futures):
-                case = futures[future]
-                try:
-                    row = future.result()
-                except Exception as exc:  # the worker process died (memory, signal)
-                    row = _row(case, FAILED, 0.0, message=f"worker process failed: {type(exc).__name__}: {exc}")
-                rows[case.case_id] = row
+            try:
+                for future in as_completed(futures):
+                    case = futures[future]
+                    try:
+                        row = future.result()
+                    except Exception as exc:  # the worker process died (memory, signal)
+                        row = _row(case, FAILED, 0.0, message=f"worker process failed: {type(exc).__name__}: {exc}")
+                    rows[case.case_id] = row
+                    write_summary([_refreshed(rows[c.case_id], c, options) for c in cases if c.case_id in rows],
+                                  summary)
+                    bar.update()
+                    if row["status"] == FAILED:
+                        bar.write(f"{case.case_id}: failed: {row['message']}")
+            except KeyboardInterrupt:  # Ctrl-C: the queued cases are not started; the running ones stop too
+                pool.shutdown(wait=False, cancel_futures=True)
                 write_summary([_refreshed(rows[c.case_id], c, options) for c in cases if c.case_id in rows], summary)
-                bar.update()
-                if row["status"] == FAILED:
-                    bar.write(f"{case.case_id}: failed: {row['message']}")
+                raise
     finally:
         bar.close()
     ordered = [_refreshed(rows[c.case_id], c, options) for c in cases]

@@ -55,6 +55,8 @@ def cmd_preprocess(args) -> int:
     label = read_image(args.label, "label") if args.label else None
     pre = preprocess(ct, pet, label, ct_name=str(args.ct), pet_name=str(args.pet),
                      label_name=str(args.label))
+    if pre.label is None:  # an earlier run's label.npy would pass for this input's
+        (out / "label.npy").unlink(missing_ok=True)
     write_npy(pre.image, out / "input.npy")
     if pre.label is not None:
         write_npy(pre.label, out / "label.npy")

@@ -55,6 +55,9 @@ def refuse_clashes(outputs: Sequence[Named], inputs: Sequence[Named],
     for out_name, out in outputs:
         if out_name not in folder_outputs and out.is_dir():
             raise InputError(f"{out}: {out_name} is a folder; give the output a file name")
+        blocked = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
+        if blocked is not None:  # found before the run, not when its result is written
+            raise InputError(f"{out}: {out_name} cannot be written: {blocked} is a file, not a folder")
         for in_name, folder in input_folders:
             image = _image_file_inside(out, folder)
             if image:
@@ -97,7 +100,10 @@ def refuse_folder_inside(out: Path, out_name: str, source: Path, source_name: st
     folder, inside = _resolved(Path(source)), _resolved(Path(out))
     if inside == folder or folder in inside.parents:
         where = "is" if inside == folder else "lies inside"
-        raise InputError(f"{out}: {out_name} {where} {source_name} {source}{_spelling(Path(out), Path(source))}; "
+        plain, plain_out = Path(os.path.abspath(source)), Path(os.path.abspath(out))
+        seen = plain_out == plain or plain in plain_out.parents  # inside as written: no link to point out
+        raise InputError(f"{out}: {out_name} {where} {source_name} {source}"
+                         f"{'' if seen else _spelling(Path(out), Path(source))}; "
                          f"the next run would find its outputs among the cases: choose a folder outside {source}")
 
 

@@ -108,7 +108,30 @@ def find_series(folder: str | os.PathLike) -> list[SeriesInfo]:
 
     Files that are not DICOM are ignored; a folder without any DICOM series is an error.
     """
-    folder = Path(folder)
+    found, unreadable = _scanned(Path(folder))
+    if not found:
+        if unreadable:
+            damaged = [item for items in unreadable.values() for item in items]
+            path, problem = damaged[0]
+            raise InputError(f"{path}: {problem}; {folder} holds no readable DICOM series "
+                             f"({len(damaged)} damaged DICOM file{'s' if len(damaged) > 1 else ''})")
+        raise InputError(f"{folder}: folder holds no DICOM series")
+    return list(found)
+
+
+def find_series_and_damage(folder: str | os.PathLike) -> tuple[list[SeriesInfo], dict[Path, list[tuple[Path, str]]]]:
+    """The series under ``folder`` and, by folder, the damaged DICOM files of folders where no series could be
+    read (a study whose every slice is damaged would otherwise not be seen at all). InputError when ``folder``
+    holds no DICOM file, whole or damaged."""
+    found, unreadable = _scanned(Path(folder))
+    if not found and not unreadable:
+        raise InputError(f"{folder}: folder holds no DICOM series")
+    with_series = {f.parent for s in found for f in s.files}
+    return list(found), {where: items for where, items in unreadable.items() if where not in with_series}
+
+
+def _scanned(folder: Path) -> tuple[tuple[SeriesInfo, ...], dict[Path, list[tuple[Path, str]]]]:
+    """(series, damaged files by folder) under ``folder``, from the cache while no file changed."""
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder of DICOM files")
     paths = []
@@ -119,20 +142,20 @@ def find_series(folder: str | os.PathLike) -> list[SeriesInfo]:
     key = os.path.realpath(folder)
     cached = _FOUND.get(key)
     if cached is not None and cached[0] == signature:
-        return list(cached[1])
-    found = _scan(folder, paths)
+        return cached[1]
+    scanned = _scan(folder, paths)
     _FOUND.pop(key, None)
-    _FOUND[key] = (signature, tuple(found))
+    _FOUND[key] = (signature, scanned)
     while len(_FOUND) > _FOUND_KEPT:
         _FOUND.pop(next(iter(_FOUND)))
-    return found
+    return scanned
 
 
 #: The last folders scanned by :func:`find_series`, with the name, size and modification time of every file
 #: then. Why: a CT and a PET in one folder (the usual export of one study) were scanned twice, 0.55 s of
 #: header reading for a whole-body study on a 2-core CPU; a file added, removed or rewritten since makes
 #: the folder scanned again.
-_FOUND: dict[str, tuple[tuple, tuple[SeriesInfo, ...]]] = {}
+_FOUND: dict[str, tuple[tuple, tuple]] = {}
 _FOUND_KEPT = 4
 
 
@@ -144,8 +167,8 @@ def _file_signature(path: Path) -> tuple:
     return (str(path), st.st_size, st.st_mtime_ns)
 
 
-def _scan(folder: Path, paths: Sequence[Path]) -> list[SeriesInfo]:
-    """The series of the files ``paths`` under ``folder`` (see :func:`find_series`)."""
+def _scan(folder: Path, paths: Sequence[Path]) -> tuple[tuple[SeriesInfo, ...], dict[Path, list[tuple[Path, str]]]]:
+    """The series of the files ``paths`` under ``folder``, and the damaged DICOM files by folder."""
     pydicom = _pydicom()
     groups: dict[str, dict] = {}
     unreadable: dict[Path, list[tuple[Path, str]]] = {}  # by folder
@@ -165,19 +188,12 @@ def _scan(folder: Path, paths: Sequence[Path]) -> list[SeriesInfo]:
             continue
         g = groups.setdefault(uid, {"ds": ds, "files": []})
         g["files"].append(path)
-    if not groups:
-        if unreadable:
-            damaged = [item for items in unreadable.values() for item in items]
-            path, problem = damaged[0]
-            raise InputError(f"{path}: {problem}; {folder} holds no readable DICOM series "
-                             f"({len(damaged)} damaged DICOM file{'s' if len(damaged) > 1 else ''})")
-        raise InputError(f"{folder}: folder holds no DICOM series")
     found = [SeriesInfo(uid, str(g["ds"].get("Modality", "") or ""), str(g["ds"].get("SeriesDescription", "") or ""),
                         str(g["ds"].get("StudyInstanceUID", "") or ""), str(g["ds"].get("PatientID", "") or ""),
                         str(g["ds"].get("StudyDate", "") or ""), tuple(g["files"]),
                         _unreadable_beside(g["files"], unreadable))
              for uid, g in groups.items()]
-    return sorted(found, key=lambda s: (s.modality, s.description, s.uid))
+    return tuple(sorted(found, key=lambda s: (s.modality, s.description, s.uid))), unreadable
 
 
 def _unreadable_file_problem(path: Path, exc: Exception) -> str | None:

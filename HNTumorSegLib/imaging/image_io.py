@@ -17,7 +17,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -277,6 +277,18 @@ def _write_detached_files(image: sitk.Image, path: Path, suffix: str, compress: 
         for f in written:
             os.replace(f, path if f == header else path.parent / f.name)
     return path
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; InputError naming the file when it cannot be read or is not JSON (a bare
+    "Expecting value: line 2 column 1" names nothing a user can find)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({str(exc).splitlines()[0]}); damaged or cut short?") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def write_json(data: dict, path: str | os.PathLike) -> Path:

@@ -228,7 +228,8 @@ class Segmenter:
                                                    else f"{source} member {i}"),
                         m.tensors_sha256, describe_network(m.config.to_dict()))
                 for i, m in enumerate(self.loaded.members)]
-            self.postprocess = ComponentFilter.from_meta(self.loaded.meta, source) if postprocess else None
+            prescribed = ComponentFilter.from_meta(self.loaded.meta, source)  # checked even when not applied
+            self.postprocess = prescribed if postprocess else None
         except ValueError as exc:
             raise ModelFileError(str(exc)) from None
         for i, (network, member) in enumerate(zip(self.networks, self.loaded.members)):

@@ -364,9 +364,14 @@ def _read_meta(paths: ModelPaths) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ModelFileError(f"{jname}: not an HNTumorSeg model file (format {found!r}, expected {FORMAT!r})")
-    if meta.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
-        raise ModelFileError(f"{jname}: unsupported format_version {meta.get('format_version')!r} "
+    version = meta.get("format_version")
+    if isinstance(version, bool) or version not in SUPPORTED_FORMAT_VERSIONS:
+        raise ModelFileError(f"{jname}: unsupported format_version {version!r} "
                              f"(this version reads {', '.join(str(v) for v in SUPPORTED_FORMAT_VERSIONS)})")
+    expected = {str(k): v for k, v in LABELS.items()}
+    if meta.get("labels") != expected:  # a network whose outputs mean other things would swap GTVp and GTVn
+        raise ModelFileError(f"{jname}: 'labels' is {meta.get('labels')!r}; this version segments "
+                             f"{', '.join(f'{k} = {v}' for k, v in expected.items())} and reads no other output order")
     return meta
 
 

@@ -108,7 +108,7 @@ def model_summary(meta: dict[str, Any], json_path: str | os.PathLike) -> dict[st
                "trained_on": trained_on_line(meta),
                "synthetic": bool(trained.get("synthetic")) if isinstance(trained, dict) else None,
                "intended_use": meta.get("intended_use"), "inference": meta.get("inference"),
-               "postprocess": {"rules": postprocess["rules"]} if isinstance(postprocess, dict) else None}
+               "postprocess": {"rules": postprocess.get("rules")} if isinstance(postprocess, dict) else None}
     members = ensemble_members(meta)
     if members is not None:  # the members themselves (name, network, window, time) are the report's "members"
         summary["ensemble_members"] = len(members)

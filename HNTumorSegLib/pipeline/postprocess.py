@@ -15,6 +15,7 @@ become background. Components are 26-connected (SimpleITK), as in the GTVn lesio
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -81,6 +82,26 @@ def kept_components(sizes: np.ndarray, peaks: np.ndarray, rule: StructureRule, v
     return keep
 
 
+#: The keys of one structure's rule in a model JSON's "postprocess" entry.
+_RULE_KEYS = ("min_volume_ml", "min_peak_probability", "largest_only", "keep_strongest")
+
+
+def _number(rule: Mapping[str, Any], key: str, name: str) -> float:
+    value = rule.get(key, 0.0)
+    top = 1.0 if key == "min_peak_probability" else math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= top or math.isnan(value) \
+            or math.isinf(value):
+        raise ValueError(f"{name}.{key} must be a number from 0{' to 1' if top == 1.0 else ' up'}, not {value!r}")
+    return float(value)
+
+
+def _flag(rule: Mapping[str, Any], key: str, name: str) -> bool:
+    value = rule.get(key, False)
+    if not isinstance(value, bool):  # "false" would be read as true
+        raise ValueError(f"{name}.{key} must be true or false (JSON booleans), not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class ComponentFilter:
     """Per-structure :class:`StructureRule` s (structures without a rule are left alone)."""
@@ -94,14 +115,20 @@ class ComponentFilter:
         if spec is None:
             return None
         try:
+            if not isinstance(spec, Mapping) or not isinstance(spec.get("rules"), Mapping):
+                raise ValueError('expected {"rules": {STRUCTURE: {...}}}')
             rules = {}
-            for name, rule in dict(spec.get("rules", {})).items():
+            for name, rule in spec["rules"].items():
                 if name not in LABEL_OF:
                     raise ValueError(f"unknown structure {name!r} (expected {', '.join(LABEL_OF)})")
-                rules[name] = StructureRule(float(rule.get("min_volume_ml", 0.0)),
-                                            float(rule.get("min_peak_probability", 0.0)),
-                                            bool(rule.get("largest_only", False)),
-                                            bool(rule.get("keep_strongest", False)))
+                if not isinstance(rule, Mapping):
+                    raise ValueError(f"the rule of {name} is not an object")
+                unknown = sorted(set(rule) - set(_RULE_KEYS))
+                if unknown:
+                    raise ValueError(f"{name}: unknown key(s) {', '.join(map(repr, unknown))} "
+                                     f"(known: {', '.join(_RULE_KEYS)})")
+                rules[name] = StructureRule(_number(rule, "min_volume_ml", name), _number(rule, "min_peak_probability", name),
+                                            _flag(rule, "largest_only", name), _flag(rule, "keep_strongest", name))
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{source}: invalid 'postprocess' entry: {exc}") from None
         return cls(rules)

@@ -12,13 +12,15 @@ three files exist and the provenance carries the current preprocessing and cache
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from HNTumorSegLib.pipeline.crop import WINDOW_ZYX
-from HNTumorSegLib.imaging.image_io import write_json, write_npy
+from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.imaging.image_io import read_json, write_json, write_npy
 from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION
 
 #: Changes whenever the files written here would change for the same preprocessing output.
@@ -75,6 +77,7 @@ def write_case(folder: Path, image: np.ndarray, label: np.ndarray, provenance: d
     if not np.isfinite(image16).all():
         raise ValueError("image does not fit float16 (values overflow to infinity)")
     (folder / "provenance.json").unlink(missing_ok=True)
+    remove_leftovers(folder)
     write_npy(image16, folder / "image.npy")
     write_npy(np.ascontiguousarray(label, dtype=np.uint8), folder / "label.npy")
     provenance = {**provenance, "cache": {"format": CACHE_FORMAT_VERSION, "image_dtype": "float16",
@@ -86,11 +89,38 @@ def clear_case(folder: Path) -> None:
     """Remove a case's cache files (a case that is now rejected must not look finished)."""
     for name in CASE_FILES:
         (folder / name).unlink(missing_ok=True)
+    remove_leftovers(folder)
+
+
+#: A temporary file untouched this long has no writer left (a case is written in seconds); a younger one may
+#: be another prepare's, running on the same cache now.
+LEFTOVER_AGE_S = 600.0
+
+
+def remove_leftovers(folder: Path, min_age_s: float = LEFTOVER_AGE_S) -> None:
+    """The temporary files of a prepare killed while it wrote this case (``.image.npy.RANDOM.npy``, see
+    image_io.atomic_path): up to 30 MB each, and no later run would look at them again."""
+    if not folder.is_dir():
+        return
+    prefixes = tuple(f".{name}." for name in CASE_FILES)
+    now = time.time()
+    for leftover in folder.iterdir():
+        try:
+            old = now - leftover.stat().st_mtime >= min_age_s
+        except OSError:
+            continue
+        if leftover.name.startswith(prefixes) and leftover.is_file() and old:
+            leftover.unlink(missing_ok=True)
 
 
 def open_case(cache_dir: str | Path, case_id: str) -> CachedCase:
     """A finished case, arrays memory-mapped read-only."""
     folder = case_dir(cache_dir, case_id)
-    return CachedCase(np.load(folder / "image.npy", mmap_mode="r"),
-                      np.load(folder / "label.npy", mmap_mode="r"),
-                      json.loads((folder / "provenance.json").read_text()))
+    arrays = []
+    for name in ("image.npy", "label.npy"):
+        try:
+            arrays.append(np.load(folder / name, mmap_mode="r"))
+        except (OSError, ValueError) as exc:  # cut short ("mmap length is greater than file size") or damaged
+            raise InputError(f"{folder / name}: cannot read the cached array ({str(exc).splitlines()[0]}); "
+                             "prepare the cache again") from None
+    return CachedCase(arrays[0], arrays[1], read_json(folder / "provenance.json"))

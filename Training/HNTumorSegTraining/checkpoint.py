@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; ValueError if it is not one of ours."""
-    state = torch.load(Path(path), map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(Path(path), map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:  # cut short by a kill, or damaged
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: cannot read the checkpoint ({reason}); damaged or cut short? "
+                         "start the run again, or fine-tune from its last weights with --init-weights") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an HNTumorSeg training checkpoint")
     if state.get("format_version") != CHECKPOINT_VERSION:

@@ -70,7 +70,12 @@ def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.dev
         return device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: use auto, cpu, cuda or cuda:N (training runs on the CPU or CUDA)")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")

@@ -54,7 +54,7 @@ import torch
 
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.imaging.geometry import voxel_volume_ml
-from HNTumorSegLib.imaging.image_io import read_image, write_bytes, write_json
+from HNTumorSegLib.imaging.image_io import read_image, read_json, write_bytes, write_json
 from HNTumorSegLib.pipeline.inference import Network, Segmenter, resolve_device
 from HNTumorSegLib.imaging.label_checks import label_grid_problem, label_values_problem
 from HNTumorSegLib.evaluation.metrics import CaseScores, aggregated_dice, aggregated_f1, score_images
@@ -123,7 +123,7 @@ def run_settings(run: Path) -> dict[str, Any]:
     path = Path(run) / "run.json"
     if not path.is_file():
         raise InputError(f"{run}: not a training run (no run.json)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path)
 
 
 def weights_of(run: Path, which: str) -> Path:
@@ -151,7 +151,7 @@ def make_segmenter(weights: Path, window: InferenceWindow | None, device: str = 
     before model files recorded it); an ensemble's members always say. ``postprocess=False``
     ignores the JSON's component clean-up.
     """
-    meta = json.loads(weights.read_text(encoding="utf-8"))
+    meta = read_json(weights)
     if str(meta.get("preprocessing_version", "")) != PREPROCESSING_VERSION:
         raise InputError(f"{weights}: trained on preprocessing version {meta.get('preprocessing_version')!r}, "
                          f"this software makes version {PREPROCESSING_VERSION!r}")
@@ -178,7 +178,7 @@ def split_case_ids(cache: Path, split: str) -> tuple[list[str], dict[str, Any]]:
     path = Path(cache) / "split.json"
     if not path.is_file():
         raise InputError(f"{path}: split file not found (run hntumorseg-train prepare)")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path)
     ids = list(data["train"]) + list(data["val"]) if split == "all" else list(data[split])
     return ids, data
 
@@ -429,6 +429,8 @@ def evaluate(run: str | Path, *, split: str = "val", which: str = "best", data_r
     ids, split_data = split_case_ids(Path(info["cache"]), split)
     if limit is not None:
         ids = ids[:limit]
+    if not ids:  # a summary of no case would pass for an evaluation (export reads it as one)
+        raise InputError(f"{info['cache']}: split {split!r} holds no case; nothing to evaluate")
     root = Path(data_root) if data_root is not None else Path(split_data["data_root"])
     cases = cases_for(root, ids)
     if segmenter is None:
@@ -506,6 +508,8 @@ def evaluate_folder(data: str | Path | None, out: str | Path, *, model: str | Pa
         cases_from = "folder"
     if limit is not None:
         cases = cases[:limit]
+    if not cases:
+        raise InputError(f"{data}: no case to evaluate" + (" (--limit 0)" if limit == 0 else ""))
     weights: Path | None = None
     window = None
     if run is not None:
@@ -525,7 +529,7 @@ def evaluate_folder(data: str | Path | None, out: str | Path, *, model: str | Pa
     training = training_case_ids(run) if run is not None else None
     overlap = sorted(set(training or []) & {c.case_id for c in cases})
     results = _score(segmenter, cases, progress)
-    meta = json.loads(weights.read_text(encoding="utf-8")) if weights is not None else {}
+    meta = read_json(weights) if weights is not None else {}
     if run is not None and weights is not None and weights.stem in WHICH:
         which = weights.stem
     name = meta.get("name") or (f"{run.name}/{which}" if run is not None else None) \
@@ -550,7 +554,7 @@ def read_summary(run: str | Path, split: str = "val", which: str = "best") -> di
     if not path.is_file():
         raise InputError(f"{run}: not evaluated on {split} with its {which} weights "
                          f"(run: hntumorseg-train evaluate --run {run} --split {split} --weights {which})")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path)
 
 
 def read_evaluation(folder: str | Path) -> dict[str, Any]:

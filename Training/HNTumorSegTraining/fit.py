@@ -61,6 +61,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from HNTumorSegLib.imaging.image_io import read_json
 from HNTumorSegLib.pipeline.model_file import model_paths
 from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION
 from HNTumorSegLib.pipeline.sliding_window import InferenceWindow
@@ -132,7 +133,7 @@ def read_split(cache: Path) -> dict[str, Any]:
     path = cache / "split.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no split; run prepare first or pass train_ids / val_ids")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -241,6 +242,8 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
         raise ValueError(f"need epochs >= 1, batch_size >= 1, val_every >= 0; got {epochs}, {batch_size}, {val_every}")
     if max_steps_per_epoch is not None and max_steps_per_epoch < 1:
         raise ValueError(f"max_steps_per_epoch must be >= 1, got {max_steps_per_epoch}")
+    if grad_clip is not None and not (grad_clip > 0 and math.isfinite(grad_clip)):  # a negative norm flips the step
+        raise ValueError(f"grad_clip must be a positive number, got {grad_clip}")
     cv = None
     if fold is not None or folds is not None:
         if fold is None or folds is None:
@@ -652,7 +655,7 @@ def fit_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     stored: dict[str, Any] = {}
     run_json = Path(args.out) / "run.json"
     if args.resume and run_json.is_file():
-        stored = dict(json.loads(run_json.read_text()).get("fit_arguments", {}))
+        stored = dict(read_json(run_json).get("fit_arguments", {}))
     kwargs = {**stored, **given}
     augmentation = _augmentation_from_args(args, stored.get("augmentation"))
     if augmentation is not None:
@@ -701,12 +704,22 @@ def run_fit(args: argparse.Namespace) -> FitResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m HNTumorSegTraining.fit`` (what torchrun starts): a user's mistake is one line, as for
+    ``hntumorseg-train fit``."""
+    from HNTumorSegLib.cli.guard import run_guarded
+    from HNTumorSegLib.errors import InputError
+
     parser = add_fit_arguments(argparse.ArgumentParser(
         prog="python -m HNTumorSegTraining.fit", description="Train a network on a prepared cache."))
-    result = run_fit(parser.parse_args(argv))
-    if result.best_metric is not None:
-        print(f"best validation mean Dice {result.best_metric:.4f} at epoch {result.best_epoch}", flush=True)
-    return 0
+    args = parser.parse_args(argv)
+
+    def run(args) -> int:
+        result = run_fit(args)
+        if result.best_metric is not None:
+            print(f"best validation mean Dice {result.best_metric:.4f} at epoch {result.best_epoch}", flush=True)
+        return 0
+
+    return run_guarded("python -m HNTumorSegTraining.fit", run, args, user_errors=(InputError, ValueError))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ class EpochSampler(Sampler):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.n_cases, self.seed, self.rank, self.world_size = n_cases, seed, rank, world_size
-        self.samples = int(samples_per_epoch) if samples_per_epoch else n_cases
+        self.samples = n_cases if samples_per_epoch is None else int(samples_per_epoch)  # 0 is no default
         if self.samples < 1:
             raise ValueError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
         self.epoch = 1

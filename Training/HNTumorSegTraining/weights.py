@@ -24,6 +24,7 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from HNTumorSegLib.errors import ModelFileError
+from HNTumorSegLib.imaging.image_io import read_json
 from HNTumorSegLib.pipeline.model_file import load_model, model_paths, save_model
 
 from .checkpoint import atomic_write_bytes
@@ -54,7 +55,7 @@ def save_weights(model: nn.Module, spec: Mapping[str, Any], path: str | os.PathL
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """``(model in eval mode, JSON metadata)`` for either kind written by :func:`save_weights`."""
     paths = model_paths(path)
-    meta = json.loads(paths.json.read_text(encoding="utf-8"))
+    meta = read_json(paths.json)
     if meta.get("format") != WEIGHTS_FORMAT:
         loaded = load_model(path, device)
         if loaded.is_ensemble:

@@ -16,7 +16,7 @@ import torch
 
 from HNTumorSegLib.cli.batch import (DONE, ELSEWHERE, FAILED, LESION_COLUMNS, SKIPPED, BatchCase, BatchOptions,
                                      case_paths, find_batch_cases, parse_shard, process_case, run_batch,
-                                     run_batch_parallel, run_case, shard)
+                                     _earlier_row, run_batch_parallel, run_case, shard)
 from HNTumorSegLib.cli import main
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.pipeline.inference import Segmentation, Segmenter
@@ -151,6 +151,7 @@ def test_an_output_folder_inside_the_input_is_refused_before_anything_is_written
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"hntumorseg: error: {out}: --out ") and "the next run would find its outputs among the cases" in err
         assert len(err.splitlines()) == 1
+        assert ("through a link" in err) == (out.parent.name == "link")  # said only where a link is the reason
     assert not (hecktor_root / "results").exists() and not (hecktor_root / ".batch").exists()
     # beside the input is fine: a sibling whose name merely starts like it
     assert main(["batch", "--input", str(hecktor_root), "--out", str(tmp_path / "hecktor-out"), "--shard", "3/3",
@@ -341,3 +342,61 @@ def test_folder_names_in_any_script_file_formats_and_letter_cases_are_distinct_c
     rows = run_batch([found["Müller_01"], found["meta"]], BatchOptions(tmp_path / "out"),
                      summary=tmp_path / "out" / "summary.csv", make_segmenter=ThresholdSegmenter, progress=False)
     assert [r["status"] for r in rows] == [DONE, DONE], rows
+
+
+def test_a_resumed_batch_redoes_a_case_whose_label_map_is_gone_or_whose_settings_changed(hecktor_root, tmp_path):
+    cases = find_batch_cases(hecktor_root)[:2]
+    options = BatchOptions(tmp_path / "out")
+    stand_in = ThresholdSegmenter()
+    summary = tmp_path / "out" / "summary.csv"
+    run_batch(cases, options, summary=summary, make_segmenter=lambda: stand_in, progress=False)
+    assert stand_in.calls == 2
+    (tmp_path / "out" / "CHUM-001" / "CHUM-001_seg.nii.gz").unlink()  # deleted by hand: not "done earlier"
+    rows = run_batch(cases, options, summary=summary, make_segmenter=lambda: stand_in, progress=False)
+    assert [r["status"] for r in rows] == [DONE, SKIPPED] and stand_in.calls == 3
+    for changed in (dict(tta=True), dict(postprocess=False), dict(model="other.json"), dict(split_lesions=True),
+                    dict(pet_units="suv")):  # results of other settings are not taken for these
+        other = BatchOptions(tmp_path / "out", **changed)
+        assert all(row is None for row in (_earlier_row(c, other) for c in cases)), changed
+    assert all(_earlier_row(c, options) is not None for c in cases)
+
+
+def test_case_folders_never_take_the_names_of_the_batch_tables(tmp_path):
+    root = tmp_path / "in"
+    for name in ("lesions.csv", "summary.csv", "Summary_shard-1-of-2.csv", "plain"):
+        write_case(_case(1, name), root)
+    cases = find_batch_cases(root)
+    ids = [c.case_id for c in cases]
+    assert "plain" in ids and not any(i.lower() in ("lesions.csv", "summary.csv", "summary_shard-1-of-2.csv")
+                                      for i in ids)
+    rows = run_batch(cases, BatchOptions(tmp_path / "out"), summary=tmp_path / "out" / "summary.csv",
+                     make_segmenter=ThresholdSegmenter, progress=False)
+    assert [r["status"] for r in rows] == [DONE] * 4
+    assert set(_summary(tmp_path / "out" / "summary.csv")) == set(ids)
+
+
+def test_a_dicom_study_of_damaged_files_only_is_a_failed_row_not_left_out(tmp_path):
+    root = tmp_path / "in"
+    write_case(_case(1, "CHUM-001"), root)
+    study = root / "study A"
+    write_dicom_case(_case(2, "CHUM-002"), study)
+    for path in study.iterdir():  # every file cut short: no series can be read
+        path.write_bytes(path.read_bytes()[:310])
+    cases = find_batch_cases(root)
+    damaged = [c for c in cases if c.problem]
+    assert len(cases) == 2 and len(damaged) == 1
+    assert str(study) in damaged[0].problem and "no DICOM series could be read" in damaged[0].problem
+    rows = run_batch(cases, BatchOptions(tmp_path / "out"), summary=tmp_path / "out" / "summary.csv",
+                     make_segmenter=ThresholdSegmenter, progress=False)
+    assert sorted(r["status"] for r in rows) == sorted([DONE, FAILED])
+
+
+def test_workers_with_a_model_that_cannot_load_give_one_line(hecktor_root, small_model, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    shutil.copy(small_model, broken / small_model.name)  # its weights left behind
+    code = main(["batch", "--input", str(hecktor_root), "--out", str(tmp_path / "out"), "--workers", "2",
+                 "--model", str(broken / small_model.name)])
+    err = capsys.readouterr().err
+    assert code == 2 and "weights file not found" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -43,6 +43,25 @@ def test_preprocess_ok(tiny_files, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["input.npy", "provenance.json"]
 
 
+def test_preprocess_without_a_label_leaves_no_earlier_label_beside_its_input(tiny_files, tmp_path, capsys):
+    out = tmp_path / "pre"
+    out.mkdir()
+    np.save(out / "label.npy", np.ones((112, 256, 256), np.uint8))  # an earlier run's, with --label
+    code, _, err = run_cli(preprocess_args(tiny_files["ct"], tiny_files["pet"], out), capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["input.npy", "provenance.json"]
+
+
+def test_an_output_under_a_file_is_refused_before_the_run(tiny_files, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    code, _, err = run_cli(["segment", "--ct", tiny_files["ct"], "--pet", tiny_files["pet"],
+                            "--out", blocker / "seg.nii.gz"], capsys)
+    assert_one_line_error(code, err, f"{blocker} is a file, not a folder")
+    code, _, err = run_cli(preprocess_args(tiny_files["ct"], tiny_files["pet"], blocker), capsys)
+    assert_one_line_error(code, err, f"{blocker} is a file, not a folder")
+
+
 def test_missing_file(tiny_files, tmp_path, capsys):
     missing = tmp_path / "nope__PT.nii.gz"
     out = tmp_path / "pre"

@@ -232,3 +232,32 @@ def test_failed_overwrite_keeps_the_old_model(saved, tmp_path, monkeypatch, n):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
     with torch.inference_mode():
         assert torch.equal(load_model(tmp_path / "m").model(_x()), old(_x()))
+
+
+@pytest.mark.parametrize("changes, needle", [
+    (dict(format_version=True), "unsupported format_version True"),
+    (dict(labels={"1": "GTVn", "2": "GTVp"}), "'labels' is {'1': 'GTVn', '2': 'GTVp'}"),
+    (dict(labels=None), "'labels' is None"),
+])
+def test_a_json_that_would_be_misread_is_refused(saved, changes, needle):
+    _, _, j = saved
+    _rewrite_json(j, **changes)
+    assert needle in _error(j)
+
+
+@pytest.mark.parametrize("entry, needle", [
+    ({}, 'expected {"rules"'),
+    ({"rules": {"GTVn": {"largest_only": "false"}}}, "GTVn.largest_only must be true or false"),
+    ({"rules": {"GTVp": {"min_peak_probability": 1.5}}}, "GTVp.min_peak_probability must be a number from 0 to 1"),
+    ({"rules": {"GTVp": {"min_volume_ml": -1}}}, "GTVp.min_volume_ml must be a number from 0 up"),
+    ({"rules": {"GTVp": {"min_volme_ml": 1}}}, "unknown key(s) 'min_volme_ml'"),
+])
+def test_a_postprocess_entry_that_would_be_misread_is_refused_at_load(saved, entry, needle):
+    from HNTumorSegLib.pipeline.inference import Segmenter
+
+    _, _, j = saved
+    _rewrite_json(j, postprocess=entry)
+    for postprocess in (True, False):  # checked even when the clean-up is switched off
+        with pytest.raises(ModelFileError, match=None) as raised:
+            Segmenter(j, device="cpu", postprocess=postprocess)
+        assert needle in str(raised.value) and "\n" not in str(raised.value)

@@ -132,7 +132,7 @@ def test_confusion_figures_match_the_hand_computed_values(hand_folder, tmp_path)
     assert saved["overall"] == json.loads(json.dumps(summary["overall"])) and saved["confusion_rule"]
     assert saved["cases_from"] == "folder" and saved["split"] is None
     assert saved["case_ids"] == ["AAA-001", "AAA-002", "BBB-001"]
-    assert saved["not_scored"] == [{"case_id": "CCC-001", "reason": "no label (CASE.nii.gz)"}]
+    assert saved["not_scored"] == [{"case_id": "CCC-001", "reason": f"{root / 'CCC-001'}: no label (CCC-001.nii.gz)"}]
     md = (out / "summary.md").read_text()
     assert md.startswith("| Set | Cases | Dice GTVp")
     assert "| all | 3 | 0.3125 | 0.0400 | 0.4167 | 0.1000 (1 undef.) |" in md
@@ -163,6 +163,13 @@ def test_a_folder_without_labelled_cases_is_an_error(tmp_path):
         evaluate_folder(tmp_path / "d", tmp_path / "ev", segmenter=LabelSegmenter({}))
     with pytest.raises(InputError, match="case folder not found"):
         evaluate_folder(tmp_path / "nope", tmp_path / "ev", segmenter=LabelSegmenter({}))
+
+
+def test_an_evaluation_of_no_case_is_refused_not_written(hand_folder, tmp_path):
+    root, refs, _ = hand_folder
+    with pytest.raises(InputError, match=r"no case to evaluate \(--limit 0\)"):
+        evaluate_folder(root, tmp_path / "ev", segmenter=LabelSegmenter(refs), limit=0)
+    assert not (tmp_path / "ev").exists()  # nothing export could take for an evaluation
 
 
 # ------------------------------------------------------------------------------------------- real networks

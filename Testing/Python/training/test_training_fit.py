@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 
+from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.imaging.image_io import write_json, write_npy
 from HNTumorSegLib.pipeline.model_file import load_model
 from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION
@@ -383,6 +384,54 @@ def test_fit_refuses_bad_case_lists(small_cache, tmp_path):
     with pytest.raises(FileNotFoundError, match="missing from the cache: USZ-009"):
         fit(small_cache, "unet", tmp_path / "b", epochs=1, train_ids=["USZ-009"], val_ids=[], **_tiny_kwargs("unet"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_fit_refuses_settings_that_would_train_wrongly(small_cache, tmp_path):
+    for bad in (dict(grad_clip=-1.0), dict(grad_clip=float("nan")), dict(samples_per_epoch=0)):
+        with pytest.raises(ValueError, match="grad_clip must be a positive number|samples_per_epoch must be >= 1"):
+            fit(small_cache, "unet", tmp_path / "a", epochs=1, **_tiny_kwargs("unet", **bad))
+    with pytest.raises(ValueError, match="device 'bogus': use auto, cpu, cuda or cuda:N"):
+        fit(small_cache, "unet", tmp_path / "a", epochs=1, **_tiny_kwargs("unet", device="bogus"))
+
+
+def test_damaged_run_and_cache_files_are_named_in_one_line(small_cache, tmp_path, capsys):
+    import shutil
+
+    from HNTumorSegTraining.fit import main as fit_main
+
+    out = tmp_path / "run"
+    fit(small_cache, "unet", out, epochs=1, **_tiny_kwargs("unet"))
+    checkpoint = out / "checkpoint_last.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # killed while copied
+    with pytest.raises(ValueError, match="checkpoint_last.pt: cannot read the checkpoint"):
+        load_checkpoint(checkpoint)
+    (out / "run.json").write_text('{"fit_arguments": ')
+    assert fit_main(["--out", str(out), "--resume"]) == 2  # the torchrun entry point, as the command line
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run.json: not valid JSON" in err[0] and "Traceback" not in err[0]
+    cache = tmp_path / "cache"
+    shutil.copytree(small_cache, cache)
+    image = cache_module.case_dir(cache, TRAIN_IDS[0]) / "image.npy"
+    image.write_bytes(image.read_bytes()[:-100])
+    with pytest.raises(InputError, match="image.npy: cannot read the cached array"):
+        cache_module.open_case(cache, TRAIN_IDS[0])
+    (cache / "split.json").write_text("{")
+    assert fit_main(["--cache", str(cache), "--model", "unet", "--epochs", "1", "--out", str(tmp_path / "r2"),
+                     "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "split.json: not valid JSON" in err[0]
+
+
+def test_prepare_removes_what_a_killed_prepare_left_of_a_case(tmp_path):
+    folder = tmp_path / "cases" / "X"
+    folder.mkdir(parents=True)
+    stale, fresh = folder / ".image.npy.abc123.npy", folder / ".label.npy.def456.npy"
+    stale.write_bytes(b"x" * 100)
+    fresh.write_bytes(b"y" * 100)  # another prepare may be writing this one now
+    os.utime(stale, (0, 0))
+    image, label = _lesion_case(cache_module.LABEL_SHAPE, 0, np.random.default_rng(2))
+    cache_module.write_case(folder, image, label, {"version": PREPROCESSING_VERSION, "case_id": "X"})
+    assert not stale.exists() and fresh.exists() and cache_module.is_finished(folder)
 
 
 class _Interrupt(Exception):
