@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
 from . import STYLES, make_phantom
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m HNTumorSegLib.phantom",
+        description="Print how long each phantom field of view and style takes to generate (seed 7). Phantom "
+                    "cohorts for training are written by `hntumorseg-train phantoms`.").parse_args(argv)
     for fov, kw in (("head", {}), ("head_upper", {}), ("whole_body", {}), ("head", {"brain_cut": True}),
                     ("head_upper", {"small_fov": True}), ("whole_body", {"flip_xy": True})):
         t = time.perf_counter()

@@ -252,3 +252,13 @@ def test_public_names_of_the_former_module_remain():
     assert phantom.PET_SPACINGS_XY == (4.0728, 3.6458, 4.0) and phantom.CT_SLICE_MM == 3.0
     with pytest.raises(ValueError, match="n_nodes"):
         make_phantom(1, "head", n_nodes=5, ct_matrix=64)  # classic: 0-4 nodes, as before
+
+
+def test_the_timing_module_answers_help_without_generating_anything(capsys):
+    from HNTumorSegLib.phantom.__main__ import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m HNTumorSegLib.phantom") and "hntumorseg-train phantoms" in out
