@@ -415,7 +415,8 @@ class HNTumorSegSceneLogic:
         The fingerprint of what was written marks the segmentation as unedited (the edit guard).
         ``split``: GTVn node by node (GTVn_1 .. GTVn_k).
         """
-        written = self._writeLabel(segmentationNode, label, ctNode, split)
+        values, definitions = self._writeLabel(segmentationNode, label, ctNode, split)
+        written = {definition.name: values == definition.label for definition in definitions}
         segmentationNode.SetAttribute(SPLIT_ATTRIBUTE, "true" if split else "false")
         sh = slicer.mrmlScene.GetSubjectHierarchyNode()
         study = sh.GetItemParent(sh.GetItemByDataNode(ctNode))
@@ -452,12 +453,12 @@ class HNTumorSegSceneLogic:
         return tagged or named
 
     @staticmethod
-    def _writeLabel(segmentationNode, label, ctNode, split: bool = False) -> dict:
+    def _writeLabel(segmentationNode, label, ctNode, split: bool = False) -> tuple:
         """A label map on the CT's grid into the GTVp and GTVn segments (created, named, coloured, coded as needed).
 
         ``split``: GTVn as one segment per node, GTVn_1 (the largest) .. GTVn_k; node segments of an
         earlier write that no longer exist (or GTVn when splitting, and the reverse) are removed.
-        Returns the masks written, by segment name, on the CT's grid.
+        Returns the label values written and their segment definitions (value i + 1 is the i-th).
 
         Why one import of an image in memory: slicer.util's per-segment helper makes a scene volume of
         the whole CT grid for each segment; on a whole-body CT the two took 1.0 s on a 2-core CPU, the
@@ -515,7 +516,7 @@ class HNTumorSegSceneLogic:
             raise RuntimeError(f"Slicer could not import the label map into '{segmentationNode.GetName()}'")
         for segmentId in stale:  # node segments of an earlier write that this one does not have
             segmentation.RemoveSegment(segmentId)
-        return {definition.name: values == definition.label for definition in definitions}
+        return values, definitions
 
     # ------------------------------------------------------------------ one-click corrections
     def editAt(self, segmentationNode, ctNode, petNode, pointRas: Sequence[float], action: str,
@@ -663,7 +664,7 @@ class HNTumorSegSceneLogic:
     def showUncertainty(params) -> None:
         """The uncertainty as a colour overlay on every slice view (foreground layer), or not, per the parameter."""
         volume = params.uncertaintyVolume
-        if volume is None or volume.GetScene() is None:
+        if not HNTumorSegSceneLogic.inScene(volume):
             return
         for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
             if params.showUncertainty:

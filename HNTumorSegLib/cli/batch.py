@@ -373,14 +373,11 @@ def _resident_mib() -> float | None:
 def _remove_leftovers(case: BatchCase, options: BatchOptions) -> None:
     """Temporary files of a process killed while writing this case's outputs (``.NAME.RANDOM...`` beside each
     output, see image_io.atomic_path). Safe under the case's claim: no other process writes there now."""
+    from HNTumorSegLib.imaging.image_io import remove_temporaries
+
     paths = case_paths(options, case)
     folder = paths["label"].parent
-    if not folder.is_dir():
-        return
-    prefixes = tuple(f".{path.name}." for path in paths.values() if path.parent == folder)
-    for leftover in folder.iterdir():
-        if leftover.name.startswith(prefixes) and leftover.is_file():
-            leftover.unlink(missing_ok=True)
+    remove_temporaries(folder, [path.name for path in paths.values() if path.parent == folder])
 
 
 def _refreshed(row: dict, case: BatchCase, options: BatchOptions) -> dict:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -183,8 +184,7 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     which writers such as SimpleITK need to pick a file format).
     """
     target = Path(target)
-    if target.is_dir():
-        raise InputError(f"{target}: is a folder; the output must be a file name")
+    _refuse_folder(target)
     suffix = suffix or "".join(target.suffixes) or ".tmp"
     tmp_path = None
     try:
@@ -202,6 +202,28 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     finally:
         if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+def _refuse_folder(target: Path) -> None:
+    if target.is_dir():
+        raise InputError(f"{target}: is a folder; the output must be a file name")
+
+
+def remove_temporaries(folder: Path, names: Iterable[str], min_age_s: float = 0.0) -> None:
+    """Delete what :func:`atomic_path` left in ``folder`` beside the outputs ``names`` when its process was killed
+    (``.NAME.RANDOM...``), if untouched for ``min_age_s`` (a younger one may be another process's, writing now)."""
+    if not folder.is_dir():
+        return
+    prefixes = tuple(f".{name}." for name in names)
+    now = time.time()
+    for leftover in folder.iterdir():
+        if not leftover.name.startswith(prefixes):
+            continue
+        try:
+            if leftover.is_file() and (min_age_s <= 0 or now - leftover.stat().st_mtime >= min_age_s):
+                leftover.unlink(missing_ok=True)
+        except OSError:
+            continue
 
 
 def _of_target(exc: OSError, target: Path) -> OSError:
@@ -256,8 +278,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
 
 
 def _write_detached(image: sitk.Image, path: Path, suffix: str, compress: bool) -> Path:
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; the output must be a file name")
+    _refuse_folder(path)
     try:
         return _write_detached_files(image, path, suffix, compress)
     except OSError as exc:

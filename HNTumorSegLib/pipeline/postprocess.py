@@ -89,8 +89,7 @@ _RULE_KEYS = ("min_volume_ml", "min_peak_probability", "largest_only", "keep_str
 def _number(rule: Mapping[str, Any], key: str, name: str) -> float:
     value = rule.get(key, 0.0)
     top = 1.0 if key == "min_peak_probability" else math.inf
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= top or math.isnan(value) \
-            or math.isinf(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and 0 <= value <= top):
         raise ValueError(f"{name}.{key} must be a number from 0{' to 1' if top == 1.0 else ' up'}, not {value!r}")
     return float(value)
 

@@ -35,7 +35,6 @@ def _model_summary(loaded) -> dict:
 
 def write_uncertainty(seg, path: Path) -> dict | None:
     """The uncertainty map on the CT grid in percent (uint8: small and fast to write; it is for display)."""
-    import numpy as np
     import SimpleITK as sitk
 
     from HNTumorSegLib.imaging.image_io import write_image
@@ -45,7 +44,7 @@ def write_uncertainty(seg, path: Path) -> dict | None:
     if uncertainty is None:
         return None
     values, measure = uncertainty
-    percent = restore_values(seg.window_image(np.clip(values, 0.0, 1.0)), seg.provenance, scale=100.0,
+    percent = restore_values(seg.window_image(values), seg.provenance, scale=100.0,  # values: [0, 1]
                              pixel_id=sitk.sitkUInt8)
     return {"file": str(write_image(percent, path)), "measure": measure, "unit": "%"}
 

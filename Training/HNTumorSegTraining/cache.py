@@ -12,7 +12,6 @@ three files exist and the provenance carries the current preprocessing and cache
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from HNTumorSegLib.pipeline.crop import WINDOW_ZYX
 from HNTumorSegLib.errors import InputError
-from HNTumorSegLib.imaging.image_io import read_json, write_json, write_npy
+from HNTumorSegLib.imaging.image_io import read_json, remove_temporaries, write_json, write_npy
 from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION
 
 #: Changes whenever the files written here would change for the same preprocessing output.
@@ -97,20 +96,10 @@ def clear_case(folder: Path) -> None:
 LEFTOVER_AGE_S = 600.0
 
 
-def remove_leftovers(folder: Path, min_age_s: float = LEFTOVER_AGE_S) -> None:
+def remove_leftovers(folder: Path) -> None:
     """The temporary files of a prepare killed while it wrote this case (``.image.npy.RANDOM.npy``, see
     image_io.atomic_path): up to 30 MB each, and no later run would look at them again."""
-    if not folder.is_dir():
-        return
-    prefixes = tuple(f".{name}." for name in CASE_FILES)
-    now = time.time()
-    for leftover in folder.iterdir():
-        try:
-            old = now - leftover.stat().st_mtime >= min_age_s
-        except OSError:
-            continue
-        if leftover.name.startswith(prefixes) and leftover.is_file() and old:
-            leftover.unlink(missing_ok=True)
+    remove_temporaries(folder, CASE_FILES, min_age_s=LEFTOVER_AGE_S)
 
 
 def open_case(cache_dir: str | Path, case_id: str) -> CachedCase:

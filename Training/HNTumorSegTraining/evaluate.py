@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -563,10 +562,7 @@ def read_evaluation(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{folder}: not an evaluation folder (no {SUMMARY_FILE}; write one with "
                          "hntumorseg-train evaluate ... --out DIR)")
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    summary = read_json(path)
     if not isinstance(summary, dict) or summary.get("format") != "hntumorseg-evaluation":
         raise InputError(f"{path}: not an hntumorseg evaluation summary")
     return summary
