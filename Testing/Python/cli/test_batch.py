@@ -14,8 +14,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from HNTumorSegLib.cli.batch import (DONE, ELSEWHERE, FAILED, LESION_COLUMNS, SKIPPED, BatchCase, BatchOptions,
-                                     case_paths, find_batch_cases, parse_shard, process_case, run_batch,
+from HNTumorSegLib.cli.batch import (BATCH_STATE, DONE, ELSEWHERE, FAILED, LESION_COLUMNS, SKIPPED, BatchCase,
+                                     BatchOptions, case_paths, find_batch_cases, parse_shard, process_case, run_batch,
                                      _earlier_row, run_batch_parallel, run_case, shard)
 from HNTumorSegLib.cli import main
 from HNTumorSegLib.errors import InputError
@@ -400,3 +400,44 @@ def test_workers_with_a_model_that_cannot_load_give_one_line(hecktor_root, small
     err = capsys.readouterr().err
     assert code == 2 and "weights file not found" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_ctrl_c_during_a_parallel_batch_stops_it_and_keeps_the_finished_cases(tmp_path, small_model):
+    """Ctrl-C (SIGINT to the terminal's process group) during ``batch --workers 2``: the command ends with status
+    130 and one line, the queued cases are never started, the summary lists the finished ones and no temporary
+    file is left; the same command run again completes the batch."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "hecktor"
+    n_cases = 6
+    for seed in range(n_cases):
+        write_case(_case(seed, f"CHUM-{seed:03d}"), root)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "HNTumorSegLib.cli", "batch", "--input", str(root), "--out", str(out),
+           "--model", str(small_model), "--device", "cpu", "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                            env={**os.environ, "OMP_NUM_THREADS": "2"}, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (out / "summary.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the batch ended before the first case was written: nothing to interrupt"
+    os.killpg(proc.pid, signal.SIGINT)  # as the terminal does on Ctrl-C
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    finished = _summary(out / "summary.csv")
+    assert 1 <= len(finished) < n_cases
+    assert len(list(out.glob("*/*_seg.nii.gz"))) < n_cases  # the queued cases were cancelled, not run to the end
+    for case, row in finished.items():
+        assert row["status"] == DONE and (out / case / f"{case}_seg.nii.gz").is_file()
+    hidden = [p for p in out.rglob(".*") if p.name != BATCH_STATE and p.parent.name != BATCH_STATE]
+    assert not hidden, hidden  # temporary files are .NAME.RANDOM beside their target; OUT/.batch holds the claims
+    again = subprocess.run(cmd[:-2], capture_output=True, text=True, encoding="utf-8", timeout=600)
+    assert again.returncode == 0, again.stderr
+    summary = _summary(out / "summary.csv")
+    assert len(summary) == n_cases and all(summary[c]["status"] in (DONE, SKIPPED) for c in summary)
+    assert all(summary[c]["status"] == SKIPPED for c in finished)
