@@ -189,14 +189,47 @@ class BatchOptions:
     split_lesions: bool = False
 
     def settings(self) -> dict:
-        """What decides a case's outputs besides its inputs: recorded in each report, compared on resume."""
-        return {"model": str(self.model) if self.model else "bundled", "tta": self.tta,
-                "postprocess": self.postprocess, "split_lesions": self.split_lesions, "pet_units": self.pet_units}
+        """What decides a case's outputs besides its inputs: recorded in each report, compared on resume.
+
+        The model is identified by the digest of its JSON (which holds the weights' digest, checked at load,
+        and the clean-up and inference settings), not by its path: the same model given by another path is the
+        same, and a model file replaced at the same path (retrained, re-exported) is another.
+        """
+        return {"model": str(self.model) if self.model else "bundled", "model_sha256": self._model_digest(),
+                "tta": self.tta, "postprocess": self.postprocess, "split_lesions": self.split_lesions,
+                "pet_units": self.pet_units}
+
+    def _model_digest(self) -> str:
+        from HNTumorSegLib.pipeline.inference import default_model_path
+        from HNTumorSegLib.pipeline.model_info import model_json_path
+        from HNTumorSegLib.errors import ModelFileError
+
+        try:
+            path = model_json_path(self.model) if self.model else default_model_path()
+            stat = path.stat()
+            key = (str(path), stat.st_size, stat.st_mtime_ns)
+            if _MODEL_DIGESTS.get("key") != key:  # once per model file and batch, not once per case
+                _MODEL_DIGESTS.update(key=key, digest=hashlib.sha256(path.read_bytes()).hexdigest())
+            return _MODEL_DIGESTS["digest"]
+        except (OSError, ModelFileError):
+            return "unreadable"  # matches nothing recorded: the case is run, and loading the model says what is wrong
 
     def segmenter(self) -> Segmenter:
         from HNTumorSegLib.pipeline.inference import Segmenter  # torch loads only when a case is segmented
 
         return Segmenter(self.model, device=self.device, tta=self.tta, postprocess=self.postprocess)
+
+
+#: The last model JSON digested (see BatchOptions.settings): its path, size and mtime, and the digest.
+_MODEL_DIGESTS: dict = {}
+
+
+def same_settings(recorded: dict, current: dict) -> bool:
+    """Whether a case's recorded batch settings are these. Reports that record the model's digest are compared on
+    it and not on the model's path; older ones (path only) on everything they record."""
+    ignored = {"model"} if "model_sha256" in recorded else {"model_sha256"}
+    return ({k: v for k, v in recorded.items() if k not in ignored}
+            == {k: v for k, v in current.items() if k not in ignored})
 
 
 #: What each file a case writes is called in a message.
@@ -435,7 +468,10 @@ def _earlier_row(case: BatchCase, options: BatchOptions) -> Optional[dict]:
     if case.dicom and any(wanted and not paths[key].exists()
                           for key, wanted in (("rtstruct", options.rtstruct), ("dicom_seg", options.dicom_seg))):
         return None
-    if report.get("batch_settings", options.settings()) != options.settings():
+    recorded = report.get("batch_settings")
+    if isinstance(recorded, dict) and not same_settings(recorded, options.settings()):
+        return None
+    if recorded is not None and not isinstance(recorded, dict):
         return None
     return _row(case, SKIPPED, float(report.get("timings_s", {}).get("total", 0.0)), report)
 

@@ -361,6 +361,34 @@ def test_a_resumed_batch_redoes_a_case_whose_label_map_is_gone_or_whose_settings
     assert all(_earlier_row(c, options) is not None for c in cases)
 
 
+def test_a_resumed_batch_knows_a_model_by_its_content_not_its_path(hecktor_root, small_model, tmp_path):
+    """The same model under another path is the same (its cases are not run again); another model written over
+    the same path is not (its cases are); a report of an earlier version that records the path only is compared on
+    the path."""
+    import json
+
+    cases = find_batch_cases(hecktor_root)[:2]
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(small_model.with_suffix(suffix), model_dir / f"copy{suffix}")
+    options = BatchOptions(tmp_path / "out", model=str(small_model))
+    run_batch(cases, options, summary=tmp_path / "out" / "summary.csv", make_segmenter=ThresholdSegmenter,
+              progress=False)
+    assert all(_earlier_row(c, options) is not None for c in cases)
+    moved = BatchOptions(tmp_path / "out", model=str(model_dir / "copy.safetensors"))
+    assert all(_earlier_row(c, moved) is not None for c in cases)  # same bytes, other path and spelling
+    meta = json.loads((model_dir / "copy.json").read_text())
+    meta["postprocess"] = None  # re-exported without its clean-up: other results
+    (model_dir / "copy.json").write_text(json.dumps(meta))
+    assert all(_earlier_row(c, moved) is None for c in cases)
+    report_path = tmp_path / "out" / "CHUM-001" / "CHUM-001_seg.json"
+    report = json.loads(report_path.read_text())
+    del report["batch_settings"]["model_sha256"]  # as an earlier version wrote it
+    report_path.write_text(json.dumps(report))
+    assert _earlier_row(cases[0], options) is not None and _earlier_row(cases[0], moved) is None
+
+
 def test_case_folders_never_take_the_names_of_the_batch_tables(tmp_path):
     root = tmp_path / "in"
     for name in ("lesions.csv", "summary.csv", "Summary_shard-1-of-2.csv", "plain"):
