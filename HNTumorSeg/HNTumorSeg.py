@@ -273,16 +273,21 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else:
                 combo.setItemData(index, 0, qt.Qt.UserRole - 1)  # greys the item out (Qt item flags)
         combo.blockSignals(wasBlocked)
-        self.selectDevice(current)
+        shown = self.selectDevice(current)
+        if self._parameterNode is not None and shown != current:
+            # a device this machine lacks (a scene saved on another): what the panel shows is what runs
+            self._parameterNode.device = shown
 
-    def selectDevice(self, value: str) -> None:
+    def selectDevice(self, value: str) -> str:
+        """Show ``value`` in the device box, or "auto" where it is not offered; returns the value shown."""
         combo = self.ui.deviceComboBox
         index = combo.findData(value)
         if index < 0 or value not in self.enabledDevices:
-            index = combo.findData("auto")
+            value, index = "auto", combo.findData("auto")
         wasBlocked = combo.blockSignals(True)
         combo.currentIndex = index
         combo.blockSignals(wasBlocked)
+        return value
 
     def onDeviceChanged(self, index: int) -> None:
         if self._parameterNode is not None and index >= 0:

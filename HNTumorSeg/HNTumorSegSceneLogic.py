@@ -44,7 +44,7 @@ from HNTumorSegLib.slicer_support.dicom_pet import DicomPetSuv, dicom_pet_suv  #
 from HNTumorSegLib.slicer_support.edit_guard import ASK, CREATE, output_policy, segmentation_fingerprint  # noqa: E402
 from HNTumorSegLib.slicer_support.export_checks import (ExportState, dicom_seg_availability,  # noqa: E402
                                                         rtstruct_availability)
-from HNTumorSegLib.slicer_support.results_table import COLUMNS, summary_line, table_rows  # noqa: E402
+from HNTumorSegLib.slicer_support.results_table import COLUMNS, centroid_of_row, summary_line, table_rows  # noqa: E402
 from HNTumorSegLib.slicer_support.scene_geometry import analysis_window_box, image_from_volume_array  # noqa: E402
 from HNTumorSegLib.slicer_support.segmentation_job import (JobFailed, JobResult, SegmentationJob,  # noqa: E402
                                                            worker_environment)
@@ -68,6 +68,9 @@ SPLIT_ATTRIBUTE = "HNTumorSeg.SplitLesions"
 OWNER_TAG = "HNTumorSeg.Structure"
 #: Volume attribute of the module's uncertainty map (never offered as an input).
 UNCERTAINTY_ATTRIBUTE = "HNTumorSeg.UncertaintyMeasure"
+#: Node reference role from the output segmentation to the CT whose grid its segments were written on: clicks
+#: and undo act on that grid only (a reference, not an ID in an attribute, so that it follows a scene import).
+CT_REFERENCE_ROLE = "HNTumorSeg.CT"
 
 
 @dataclass
@@ -93,8 +96,6 @@ class HNTumorSegSceneLogic:
 
     def __init__(self, workerPython: Optional[Sequence[str]] = None) -> None:
         self._workerPython = list(workerPython) if workerPython else None
-        #: The lesions of the results table's rows (the last run's, or recomputed by updateResultsTable).
-        self.lesions: list = []
         #: Per segmentation node ID, (label map before the click, the CT node's ID), the last one on top. A run
         #: into the node empties its stack, and closing the scene empties them all (node IDs are reused then).
         self._undo: dict = {}
@@ -283,21 +284,29 @@ class HNTumorSegSceneLogic:
             job.cleanup()
 
     # ------------------------------------------------------------------ output
-    @staticmethod
-    def segmentMasks(segmentationNode, ctNode, exclude=frozenset()) -> dict:
-        """Every segment of a segmentation (but those named in ``exclude``) as a boolean array on the CT grid,
-        by segment name."""
+    @classmethod
+    def segmentMasks(cls, segmentationNode, ctNode, known: Optional[dict] = None) -> dict:
+        """Every segment of a segmentation as a boolean array on the CT grid, by segment name.
+
+        Two segments of one name (a user's "GTVp" beside the module's) are both there: the later ones as
+        "NAME [segment ID]". ``known``: segment ID -> mask already on the CT grid (just written), not read again.
+        """
         segmentation = segmentationNode.GetSegmentation()
         masks = {}
         for index in range(segmentation.GetNumberOfSegments()):
-            if segmentation.GetNthSegment(index).GetName() in exclude:
-                continue
-            segmentId = segmentation.GetNthSegmentID(index)
-            mask = HNTumorSegSceneLogic.segmentMaskOnCtGrid(segmentationNode, segmentId, ctNode)
-            if mask is None:  # another grid or frame: Slicer resamples it onto the CT's
-                mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, ctNode) != 0
-            masks[segmentation.GetSegment(segmentId).GetName()] = mask
+            segmentId, name = segmentation.GetNthSegmentID(index), segmentation.GetNthSegment(index).GetName()
+            mask = (known or {}).get(segmentId)
+            masks[name if name not in masks else f"{name} [{segmentId}]"] = \
+                mask if mask is not None else cls.segmentMask(segmentationNode, segmentId, ctNode)
         return masks
+
+    @classmethod
+    def segmentMask(cls, segmentationNode, segmentId, ctNode):
+        """One segment as a boolean array on the CT grid."""
+        mask = cls.segmentMaskOnCtGrid(segmentationNode, segmentId, ctNode)
+        if mask is None:  # another grid or frame: Slicer resamples it onto the CT's
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, ctNode) != 0
+        return mask
 
     @staticmethod
     def segmentMaskOnCtGrid(segmentationNode, segmentId, ctNode):
@@ -352,20 +361,17 @@ class HNTumorSegSceneLogic:
 
     @classmethod
     def segmentLabels(cls, segmentationNode, ctNode):
-        """The GTVp/GTVn segments as one label map on the CT grid (1 = GTVp, 2 = GTVn, as the CLI writes it)."""
+        """The module's GTVp/GTVn segments (by owner, not by name: a user's own "GTVp" is not read) as one label
+        map on the CT grid (1 = GTVp, 2 = GTVn, as the CLI writes it; GTVn over GTVp where both are)."""
         import numpy as np
 
-        owned = set(cls.ownedSegments(segmentationNode).values())
-        segmentation = segmentationNode.GetSegmentation()
-        others = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())} - owned
-        masks = cls.segmentMasks(segmentationNode, ctNode, exclude=others)
         label = np.zeros(slicer.util.arrayFromVolume(ctNode).shape, np.uint8)
-        for definition in SEGMENTS:
-            if definition.name in masks:
-                label[masks[definition.name]] = definition.label
-        for name, mask in masks.items():  # GTVn written node by node
-            if NODE_SEGMENT.fullmatch(name):
-                label[mask] = segment_by_name("GTVn").label
+        gtvp = segment_by_name("GTVp").label
+        owned = sorted(cls.ownedSegments(segmentationNode).items(), key=lambda item: item[1] != "GTVp")
+        for segmentId, structure in owned:  # GTVp first
+            if structure == "GTVp" or structure == "GTVn" or NODE_SEGMENT.fullmatch(structure):
+                label[cls.segmentMask(segmentationNode, segmentId, ctNode)] = \
+                    gtvp if structure == "GTVp" else segment_by_name("GTVn").label
         return label
 
     @staticmethod
@@ -388,7 +394,8 @@ class HNTumorSegSceneLogic:
         if label.shape != slicer.util.arrayFromVolume(ctNode).shape:
             raise RuntimeError(f"the result's grid {label.shape} differs from the CT's; was the CT changed meanwhile?")
         policy = self.outputPolicy(outputNode, ctNode)
-        if policy == CREATE or (policy == ASK and whenEdited != "overwrite"):
+        if policy == CREATE or (policy == ASK and whenEdited != "overwrite") or self.frameProblem(outputNode, ctNode):
+            # (a segmentation under another transform than the CT's, holding the user's segments: left as it is)
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                                   slicer.mrmlScene.GenerateUniqueName(
                                                                       f"{ctNode.GetName()} GTVp-GTVn"))
@@ -399,13 +406,12 @@ class HNTumorSegSceneLogic:
         self._undo.pop(segmentationNode.GetID(), None)  # the clicks were on the result this run replaced
 
         structures = result.report["structures"]
-        self.lesions = list(result.report.get("lesions", []))
         segmentationNode.SetAttribute("HNTumorSeg.Summary", summary_line(structures))
         segmentationNode.SetAttribute("HNTumorSeg.Model", str(result.report["model"]["file"]))
         segmentationNode.SetAttribute("HNTumorSeg.Device", str(result.report["device"]))
         params.outputSegmentation = segmentationNode
         self.loadUncertainty(result, ctNode, params)
-        self.fillResultsTable(structures, params, self.lesions)
+        self.fillResultsTable(structures, params, result.report.get("lesions", []))
         self.showAnalysisWindow(result.report["provenance"], params)
         return segmentationNode
 
@@ -415,8 +421,8 @@ class HNTumorSegSceneLogic:
         The fingerprint of what was written marks the segmentation as unedited (the edit guard).
         ``split``: GTVn node by node (GTVn_1 .. GTVn_k).
         """
-        values, definitions = self._writeLabel(segmentationNode, label, ctNode, split)
-        written = {definition.name: values == definition.label for definition in definitions}
+        values, definitions, segmentIds = self._writeLabel(segmentationNode, label, ctNode, split)
+        written = {segmentId: values == definition.label for segmentId, definition in zip(segmentIds, definitions)}
         segmentationNode.SetAttribute(SPLIT_ATTRIBUTE, "true" if split else "false")
         sh = slicer.mrmlScene.GetSubjectHierarchyNode()
         study = sh.GetItemParent(sh.GetItemByDataNode(ctNode))
@@ -424,8 +430,8 @@ class HNTumorSegSceneLogic:
             sh.SetItemParent(sh.GetItemByDataNode(segmentationNode), study)
         # The masks just written, and any other segment (the user's own) as Slicer holds it: what
         # segmentMasks reads back while nothing is edited (the tests check it), without a second export.
-        others = self.segmentMasks(segmentationNode, ctNode, exclude=set(written))
-        segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, segmentation_fingerprint({**others, **written}))
+        segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, segmentation_fingerprint(
+            self.segmentMasks(segmentationNode, ctNode, known=written)))
 
     @classmethod
     def isSplit(cls, segmentationNode) -> bool:
@@ -439,18 +445,22 @@ class HNTumorSegSceneLogic:
 
     @staticmethod
     def ownedSegments(segmentationNode) -> dict:
-        """Segment ID -> name of the segments this module wrote (tagged :data:`OWNER_TAG`). A segmentation
-        without any tagged segment (an earlier version's, or one the user drew): GTVp, GTVn and GTVn_k by name."""
+        """Segment ID -> structure ("GTVp", "GTVn", "GTVn_k") of the segments this module wrote, tagged
+        :data:`OWNER_TAG` (a segment the user renamed is still the module's). A segmentation the module wrote
+        with an earlier version (it carries the module's fingerprint, but no tagged segment): GTVp, GTVn and
+        GTVn_k by name. Any other segmentation (the user's own, chosen as output) holds none of the module's."""
         segmentation = segmentationNode.GetSegmentation()
         tagged, named = {}, {}
         for index in range(segmentation.GetNumberOfSegments()):
             segment, segmentId = segmentation.GetNthSegment(index), segmentation.GetNthSegmentID(index)
-            name = segment.GetName()
-            if segment.GetTag(OWNER_TAG, vtk.reference("")):
-                tagged[segmentId] = name
-            elif name in ("GTVp", "GTVn") or NODE_SEGMENT.fullmatch(name):
-                named[segmentId] = name
-        return tagged or named
+            name, structure = segment.GetName(), vtk.reference("")
+            if segment.GetTag(OWNER_TAG, structure):
+                tagged[segmentId] = str(structure)
+            elif (name in ("GTVp", "GTVn") or NODE_SEGMENT.fullmatch(name)) and name not in named.values():
+                named[segmentId] = name  # the first of a name: the one the earlier version wrote
+        if tagged or not segmentationNode.GetAttribute(FINGERPRINT_ATTRIBUTE):
+            return tagged
+        return named
 
     @staticmethod
     def _writeLabel(segmentationNode, label, ctNode, split: bool = False) -> tuple:
@@ -458,7 +468,9 @@ class HNTumorSegSceneLogic:
 
         ``split``: GTVn as one segment per node, GTVn_1 (the largest) .. GTVn_k; node segments of an
         earlier write that no longer exist (or GTVn when splitting, and the reverse) are removed.
-        Returns the label values written and their segment definitions (value i + 1 is the i-th).
+        Returns the label values written, their segment definitions (value i + 1 is the i-th) and segment IDs.
+        The segmentation is put under the CT's transform and refers to the CT (:data:`CT_REFERENCE_ROLE`); a
+        segmentation under another transform that holds segments of the user's is refused (they would move).
 
         Why one import of an image in memory: slicer.util's per-segment helper makes a scene volume of
         the whole CT grid for each segment; on a whole-body CT the two took 1.0 s on a 2-core CPU, the
@@ -467,8 +479,12 @@ class HNTumorSegSceneLogic:
         import numpy as np
         from vtk.util import numpy_support
 
+        problem = HNTumorSegSceneLogic.frameProblem(segmentationNode, ctNode)
+        if problem:
+            raise InputError(problem)
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(ctNode)
         segmentationNode.SetAndObserveTransformNodeID(ctNode.GetTransformNodeID())
+        segmentationNode.SetNodeReferenceID(CT_REFERENCE_ROLE, ctNode.GetID())
         segmentation = segmentationNode.GetSegmentation()
         binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
         if segmentation.GetSourceRepresentationName() != binary:
@@ -516,7 +532,40 @@ class HNTumorSegSceneLogic:
             raise RuntimeError(f"Slicer could not import the label map into '{segmentationNode.GetName()}'")
         for segmentId in stale:  # node segments of an earlier write that this one does not have
             segmentation.RemoveSegment(segmentId)
-        return values, definitions
+        return values, definitions, [segmentIds.GetValue(i) for i in range(segmentIds.GetNumberOfValues())]
+
+    @classmethod
+    def frameProblem(cls, segmentationNode, ctNode) -> Optional[str]:
+        """Why the module's segments cannot be written into this segmentation on this CT's grid, or None.
+
+        Writing puts the segmentation under the CT's transform; under another transform, that would move any
+        segment of the user's in it (it would no longer lie where the user drew it).
+        """
+        if (segmentationNode.GetTransformNodeID() or "") == (ctNode.GetTransformNodeID() or ""):
+            return None
+        owned = cls.ownedSegments(segmentationNode)
+        segmentation = segmentationNode.GetSegmentation()
+        if all(segmentation.GetNthSegmentID(i) in owned for i in range(segmentation.GetNumberOfSegments())):
+            return None
+        transform = segmentationNode.GetParentTransformNode()
+        return (f"segmentation '{segmentationNode.GetName()}' lies under "
+                f"{f'the transform {transform.GetName()!r}' if transform else 'no transform'} and the CT "
+                f"'{ctNode.GetName()}' does not: writing into it would move the other segments it holds; harden its "
+                "transform (Data module) or choose another output segmentation")
+
+    @classmethod
+    def editProblem(cls, segmentationNode, ctNode, petNode=None) -> Optional[str]:
+        """Why a click or an undo on this segmentation cannot act with these inputs, or None (the PET, where a
+        click needs it, is checked by the caller)."""
+        if segmentationNode is None or ctNode is None:
+            return "needs the output segmentation and the CT"
+        if ctNode is petNode:
+            return "CT and PET are the same volume: select the PET in the PET selector"
+        written = segmentationNode.GetNodeReference(CT_REFERENCE_ROLE)
+        if written is not None and written is not ctNode:
+            return (f"the segments of '{segmentationNode.GetName()}' lie on the grid of CT '{written.GetName()}': "
+                    "select it as the CT to correct them")
+        return cls.frameProblem(segmentationNode, ctNode)
 
     # ------------------------------------------------------------------ one-click corrections
     def editAt(self, segmentationNode, ctNode, petNode, pointRas: Sequence[float], action: str,
@@ -532,8 +581,10 @@ class HNTumorSegSceneLogic:
 
         from HNTumorSegLib.editing import clicks
 
-        if segmentationNode is None or ctNode is None or petNode is None:
-            raise InputError("needs the output segmentation, the CT and the PET")
+        problem = "needs the output segmentation, the CT and the PET" if petNode is None else \
+            self.editProblem(segmentationNode, ctNode, petNode)
+        if problem:
+            raise InputError(problem)
         before = self.segmentLabels(segmentationNode, ctNode)
         ctImage, petImage = self.worldImage(ctNode, "CT"), self.petImage(petNode)
         labelImage = sitk.GetImageFromArray(before)
@@ -553,16 +604,21 @@ class HNTumorSegSceneLogic:
     def undoEdit(self, segmentationNode, ctNode, petNode=None, params=None) -> bool:
         """Put back the segments as they were before the last click; False when there is nothing to undo.
 
-        The step must have been made on this CT: a label map of another grid is never written (InputError,
-        and the steps of that segmentation are dropped).
+        The step must have been made on this CT: a label map of another grid is never written (InputError;
+        the steps stay, for when that CT is selected again).
         """
         if not self.canUndo(segmentationNode):
             return False
         steps = self._undo[segmentationNode.GetID()]
         before, ctId = steps[-1]
         if ctNode is None or ctId != ctNode.GetID() or before.shape != slicer.util.arrayFromVolume(ctNode).shape:
-            steps.clear()
-            raise InputError(f"the clicks on '{segmentationNode.GetName()}' were made on another CT; nothing was undone")
+            made = slicer.mrmlScene.GetNodeByID(ctId)
+            raise InputError(f"the last click on '{segmentationNode.GetName()}' was made on "
+                             f"{f'CT {made.GetName()!r}' if made is not None else 'a CT no longer in the scene'}: "
+                             "select it as the CT to undo it")
+        problem = self.editProblem(segmentationNode, ctNode, petNode)
+        if problem:
+            raise InputError(problem)
         self._writeLabel(segmentationNode, before, ctNode, self.isSplit(segmentationNode))
         steps.pop()
         if params is not None and petNode is not None:
@@ -603,18 +659,21 @@ class HNTumorSegSceneLogic:
         from HNTumorSegLib.evaluation.lesions import measurements
 
         measured = measurements(labelImage, petImage, ctImage)
-        structures, self.lesions = measured["structures"], measured["lesions"]
-        self.fillResultsTable(structures, params, self.lesions)
+        structures = measured["structures"]
+        self.fillResultsTable(structures, params, measured["lesions"])
         segmentationNode.SetAttribute("HNTumorSeg.Summary", summary_line(structures))
         return structures
 
-    def lesionAtRow(self, params, row: int) -> Optional[dict]:
-        """The lesion shown in the results table's ``row`` (None for a segment's row or no table)."""
+    @staticmethod
+    def lesionAtRow(params, row: int) -> Optional[dict]:
+        """The lesion shown in the results table's ``row``: its id and centroid (LPS, mm, as the table shows it);
+        None for a segment's row or no table. Read from the table itself, which is saved with the scene."""
         table = params.resultsTable
         if table is None or not 0 <= row < table.GetNumberOfRows():
             return None
-        lesionId = table.GetCellText(row, 0)
-        return next((lesion for lesion in self.lesions if lesion["id"] == lesionId), None)
+        cells = [table.GetCellText(row, column) for column in range(table.GetNumberOfColumns())]
+        centroid = centroid_of_row(cells)
+        return None if centroid is None else {"id": cells[0], "centroid_mm": list(centroid)}
 
     @staticmethod
     def centreViewsOn(lesion: dict) -> list:

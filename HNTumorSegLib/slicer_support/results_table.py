@@ -4,14 +4,19 @@ Why: the figures come from :func:`HNTumorSegLib.evaluation.metrics.structure_sta
 :func:`HNTumorSegLib.evaluation.lesions.lesion_table` (the same numbers the command line writes to
 its JSON report); this module only decides the columns, their order and how each value is shown,
 so the Slicer table and any text report agree. A lesion's row (``GTVn_2``) follows its segment's
-and adds its side and the network's confidence, marked "review" when low.
+and adds its side, the network's confidence, marked "review" when low, and its centroid: in patient LPS
+millimetres, as the command line's reports and ``hntumorseg edit`` give points, and what a double-click on
+the row centres the views on (read back from the table, so it holds after the scene is saved and loaded).
 """
 
 from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
-COLUMNS = ("Segment", "Volume (mL)", "SUVmax", "SUVmean", "TLG (mL x SUV)", "Side", "Confidence")
+COLUMNS = ("Segment", "Volume (mL)", "SUVmax", "SUVmean", "TLG (mL x SUV)", "Side", "Confidence",
+           "Centroid LPS (mm)")
+#: The column of a lesion's centroid, "x, y, z" (see :func:`centroid_of_row`).
+CENTROID_COLUMN = COLUMNS.index("Centroid LPS (mm)")
 #: Appended to the confidence of a lesion flagged for review.
 REVIEW = "review"
 #: Shown for a segment with no voxels.
@@ -34,16 +39,27 @@ def table_rows(structures: Mapping[str, Mapping], lesions: Sequence[Mapping] = (
     rows = []
     for name, s in structures.items():
         if not s.get("voxels"):
-            rows.append([name, "0.00", NONE_FOUND, "", "", "", ""])
+            rows.append([name, "0.00", NONE_FOUND, "", "", "", "", ""])
             continue
         rows.append([name, _fmt(s["volume_ml"], 2), _fmt(s["suv_max"], 2), _fmt(s["suv_mean"], 2),
-                     _fmt(s["tlg"], 1), "", ""])
+                     _fmt(s["tlg"], 1), "", "", ""])
         for lesion in lesions:
             if lesion["structure"] == name:
                 rows.append([lesion["id"], _fmt(lesion["volume_ml"], 2), _fmt(lesion["suv_max"], 2),
                              _fmt(lesion["suv_mean"], 2), _fmt(lesion["tlg"], 1), lesion.get("side") or "",
-                             _confidence(lesion)])
+                             _confidence(lesion), ", ".join(f"{v:.1f}" for v in lesion["centroid_mm"])])
     return rows
+
+
+def centroid_of_row(cells: Sequence[str]) -> Optional[tuple[float, float, float]]:
+    """A lesion row's centroid (LPS, mm) as the table shows it; None for a segment's row or a table without it."""
+    if len(cells) <= CENTROID_COLUMN:
+        return None
+    try:
+        values = tuple(float(v) for v in cells[CENTROID_COLUMN].split(","))
+    except ValueError:
+        return None
+    return values if len(values) == 3 else None
 
 
 def summary_line(structures: Mapping[str, Mapping]) -> str:

@@ -197,11 +197,15 @@ def test_undo_never_writes_a_step_of_another_run_ct_or_scene(scene):
     cropped.CopyOrientation(ct)
     slicer.util.updateVolumeFromArray(cropped, slicer.util.arrayFromVolume(ct)[:, 10:, 10:].copy())
     before = logic.segmentMasks(seg, ct)
-    with pytest.raises(InputError, match="made on another CT; nothing was undone"):
+    with pytest.raises(InputError, match="was made on CT 'CT': select it as the CT to undo it"):
         logic.undoEdit(seg, cropped)
     after = logic.segmentMasks(seg, ct)
     assert sorted(before) == sorted(after) and all(np.array_equal(before[k], after[k]) for k in before)
-    assert not logic.canUndo(seg)
+    assert logic.canUndo(seg)  # kept: with the CT of the click selected again, it is undone
+    with pytest.raises(InputError, match="lie on the grid of CT 'CT': select it as the CT to correct them"):
+        logic.editAt(seg, cropped, pet, scene["add_ras"], "add", "GTVn")  # nor is a click made on another grid
+    assert logic.undoEdit(seg, ct) and not logic.canUndo(seg)
+    np.testing.assert_array_equal(logic.segmentLabels(seg, ct), scene["result"])
 
     logic.editAt(seg, ct, pet, scene["add_ras"], "add", "GTVn")
     assert logic.canUndo(seg)
@@ -286,3 +290,100 @@ def test_a_users_own_segment_named_like_a_node_is_left_alone(scene):
     logic.writeSegments(seg, result, ct)  # an overwrite
     assert sorted(names_of(seg)) == ["GTVn", "GTVn_1", "GTVp"]
     np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, mine, ct), drawn)
+
+
+def test_a_users_own_segment_named_gtvp_is_neither_read_nor_rewritten(scene):
+    """A user's box named "GTVp" beside the run's: the run's GTVp is what is counted and clicked on; a click on
+    a node leaves both as they are; the edit guard sees the user's addition."""
+    logic, seg, ct, pet = (scene[k] for k in ("logic", "seg", "ct", "pet"))
+    result = scene["result"]
+    box = np.zeros(result.shape, np.uint8)
+    box[2:5, 2:8, 2:8] = 1
+    mine = seg.GetSegmentation().AddEmptySegment("", "GTVp", (0.9, 0.9, 0.1))
+    slicer.util.updateSegmentBinaryLabelmapFromArray(box, seg, mine, ct)
+    np.testing.assert_array_equal(logic.segmentLabels(seg, ct), result)
+    assert logic.outputPolicy(seg, ct) == ASK  # the user added a segment: an edit
+    logic.editAt(seg, ct, pet, scene["fp_ras"], "remove")
+    after = logic.segmentLabels(seg, ct)
+    assert np.array_equal(after == 1, result == 1) and np.count_nonzero(after == 2) < np.count_nonzero(result == 2)
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, mine, ct), box)
+    assert logic.undoEdit(seg, ct, pet)
+    np.testing.assert_array_equal(logic.segmentLabels(seg, ct), result)
+
+
+def test_a_users_own_segmentation_chosen_as_output_keeps_its_segments(scene):
+    """A segmentation the module never wrote (no fingerprint, no tagged segment) holds none of the module's
+    segments, whatever their names: writing into it adds the module's and removes or replaces nothing."""
+    logic, ct = scene["logic"], scene["ct"]
+    result = scene["result"]
+    own = scene["app"].scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "contoured by hand")
+    drawn = np.zeros(result.shape, np.uint8)
+    drawn[2:4, 2:6, 2:6] = 1
+    ids = {}
+    for name in ("GTVp", "GTVn_1"):
+        ids[name] = own.GetSegmentation().AddEmptySegment("", name, (0.1, 0.9, 0.1))
+        slicer.util.updateSegmentBinaryLabelmapFromArray(drawn, own, ids[name], ct)
+    assert logic.ownedSegments(own) == {}
+    logic.writeSegments(own, result, ct)
+    assert sorted(names_of(own)) == ["GTVn", "GTVn_1", "GTVp", "GTVp"]
+    for segment_id in ids.values():
+        np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(own, segment_id, ct), drawn)
+    np.testing.assert_array_equal(logic.segmentLabels(own, ct), result)
+
+
+def test_a_segmentation_under_another_transform_never_moves_the_users_segments(scene):
+    """The output segmentation moved under a transform (the CT is not) and holding a segment of the user's:
+    a click is refused in one line and changes nothing; a run writes a new segmentation and leaves it alone.
+    Holding only the module's segments, it is put back under the CT's frame and rewritten."""
+    logic, seg, ct, pet, app = (scene[k] for k in ("logic", "seg", "ct", "pet", "app"))
+    result = scene["result"]
+    mine = seg.GetSegmentation().AddEmptySegment("", "Parotid", (0.1, 0.9, 0.1))
+    drawn = np.zeros(result.shape, np.uint8)
+    drawn[2:4, 2:6, 2:6] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(drawn, seg, mine, ct)
+    shift = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 40.0)
+    shift.SetMatrixTransformToParent(matrix)
+    seg.SetAndObserveTransformNodeID(shift.GetID())
+    where_seen = slicer.util.arrayFromSegmentBinaryLabelmap(seg, mine, ct)  # the user's segment, in world space
+    with pytest.raises(InputError, match="lies under the transform 'shift'.*would move the other segments"):
+        logic.editAt(seg, ct, pet, scene["fp_ras"], "remove")
+    assert seg.GetTransformNodeID() == shift.GetID() and not logic.canUndo(seg)
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, mine, ct), where_seen)
+
+    label_path = scene["paths"]["ct"].parent / "label.nrrd"
+    image = sitk.GetImageFromArray(result)
+    image.CopyInformation(sitk.ReadImage(str(scene["paths"]["ct"])))
+    sitk.WriteImage(image, str(label_path))
+    report = {"structures": {}, "lesions": [], "model": {"file": "m"}, "device": "cpu", "provenance": None}
+    params = logic.getParameterNode()
+    logic.showAnalysisWindow = lambda provenance, params: None  # the report above has no analysis window
+    written = logic.applyResult(JobResult(label_path, report), ct, pet, seg, "overwrite", params)
+    assert written is not seg and seg.GetTransformNodeID() == shift.GetID()
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, mine, ct), where_seen)
+    np.testing.assert_array_equal(logic.segmentLabels(written, ct), result)
+
+    seg.GetSegmentation().RemoveSegment(mine)  # only the module's segments left: written in the CT's frame
+    logic.editAt(seg, ct, pet, scene["add_ras"], "add", "GTVn")
+    assert not seg.GetTransformNodeID()
+
+
+def test_a_lesion_row_is_found_again_after_the_table_is_saved_and_loaded(scene, tmp_path):
+    """The centroid a double-click centres the views on is read from the table (saved with the scene), not
+    from the last run in memory: another scene's table gives its own lesion."""
+    logic, seg, ct, pet, params = (scene[k] for k in ("logic", "seg", "ct", "pet", "params"))
+    structures = logic.updateResultsTable(seg, ct, pet, params)
+    assert structures["GTVn"]["voxels"] > 0
+    table = params.resultsTable
+    row = next(r for r in range(table.GetNumberOfRows()) if table.GetCellText(r, 0) == "GTVn_1")
+    lesion = logic.lesionAtRow(params, row)
+    storage = scene["app"].scene.AddNewNodeByClass("vtkMRMLTableStorageNode")
+    storage.SetFileName(str(tmp_path / "results.tsv"))
+    assert storage.WriteData(table)  # as the scene is saved
+    logic.editAt(seg, ct, pet, scene["add_ras"], "add", "GTVn")  # the table and the lesions change
+    loaded = scene["app"].scene.AddNewNodeByClass("vtkMRMLTableNode", "loaded")
+    assert storage.ReadData(loaded)
+    params.resultsTable = loaded
+    assert logic.lesionAtRow(params, row) == lesion
+    assert logic.lesionAtRow(params, 0) is None  # GTVp's row

@@ -19,7 +19,7 @@ from HNTumorSegLib.slicer_support.export_checks import (DICOM_SEG_PLUGIN, RTSTRU
 from HNTumorSegLib.evaluation.metrics import structure_statistics
 from HNTumorSegLib.slicer_support.module_requirements import find_missing, torch_version_ok, version_tuple
 from HNTumorSegLib.evaluation.overlay import COLOURS
-from HNTumorSegLib.slicer_support.results_table import COLUMNS, NONE_FOUND, summary_line, table_rows
+from HNTumorSegLib.slicer_support.results_table import centroid_of_row, COLUMNS, NONE_FOUND, summary_line, table_rows
 from HNTumorSegLib.dicom.segment_terminology import GTVN, GTVP, SEGMENTS, segment_by_name
 from HNTumorSegLib.slicer_support.suv_check import ERROR, OK, WARNING, check_suv
 
@@ -140,11 +140,11 @@ def test_results_table_rows_from_structure_statistics():
         img.SetSpacing((2.0, 2.0, 3.0))
     structures = structure_statistics(lab_img, pet_img)
     rows = table_rows(structures)
-    assert len(COLUMNS) == 7 and all(len(row) == len(COLUMNS) for row in rows)
+    assert len(COLUMNS) == 8 and all(len(row) == len(COLUMNS) for row in rows)
     assert rows[0][0] == "GTVp" and rows[0][1] == "0.60" and rows[0][2] == "9.00"
     assert float(rows[0][3]) == pytest.approx((49 * 4 + 9) / 50, abs=0.01)
     assert float(rows[0][4]) == pytest.approx(0.6 * (49 * 4 + 9) / 50, abs=0.05)
-    assert rows[1] == ["GTVn", "0.00", NONE_FOUND, "", "", "", ""]
+    assert rows[1] == ["GTVn", "0.00", NONE_FOUND, "", "", "", "", ""]
     assert summary_line(structures) == "GTVp 0.6 mL (SUVmax 9.0); GTVn none found"
 
 
@@ -153,18 +153,21 @@ def test_results_table_lists_each_lesion_under_its_segment():
                   "GTVn": {"voxels": 5, "volume_ml": 0.9, "suv_max": 4.0, "suv_mean": 3.0, "tlg": 2.7}}
     lesions = [
         {"id": "GTVp_1", "structure": "GTVp", "volume_ml": 1.5, "suv_max": 9.0, "suv_mean": 5.0, "tlg": 7.5,
-         "side": "midline", "confidence_mean": 0.912, "review": False},
+         "side": "midline", "confidence_mean": 0.912, "review": False, "centroid_mm": [1.0, -2.04, 3.06]},
         {"id": "GTVn_1", "structure": "GTVn", "volume_ml": 0.6, "suv_max": 4.0, "suv_mean": 3.1, "tlg": 1.86,
-         "side": "left", "confidence_mean": 0.55, "review": True},
+         "side": "left", "confidence_mean": 0.55, "review": True, "centroid_mm": [-40.25, 10.0, -300.0]},
         {"id": "GTVn_2", "structure": "GTVn", "volume_ml": 0.3, "suv_max": 2.5, "suv_mean": 2.0, "tlg": 0.6,
-         "side": "right", "confidence_mean": None, "review": None},  # an edited lesion: no network confidence
+         "side": "right", "confidence_mean": None, "review": None,  # an edited lesion: no network confidence
+         "centroid_mm": [30.0, 12.5, -310.75]},
     ]
     rows = table_rows(structures, lesions)
     assert [row[0] for row in rows] == ["GTVp", "GTVp_1", "GTVn", "GTVn_1", "GTVn_2"]
-    assert rows[1][5:] == ["midline", "0.91"]
-    assert rows[3][5:] == ["left", "0.55 (review)"]
-    assert rows[4][5:] == ["right", ""]
-    assert rows[2][5:] == ["", ""]
+    assert rows[1][5:] == ["midline", "0.91", "1.0, -2.0, 3.1"]
+    assert rows[3][5:] == ["left", "0.55 (review)", "-40.2, 10.0, -300.0"]
+    assert rows[4][5:] == ["right", "", "30.0, 12.5, -310.8"]
+    assert rows[2][5:] == ["", "", ""]
+    assert centroid_of_row(rows[3]) == (-40.2, 10.0, -300.0)
+    assert centroid_of_row(rows[2]) is None and centroid_of_row(rows[3][:7]) is None  # a segment; an older table
 
 
 # ------------------------------------------------------------------ edit guard
