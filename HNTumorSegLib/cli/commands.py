@@ -119,8 +119,19 @@ def cmd_rtstruct(args) -> int:
     return 0
 
 
+def _seed(text: str) -> int:
+    """A phantom seed: an integer of 0 or more (numpy's generators take no other)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"give an integer of 0 or more, not {text!r}")
+    return value
+
+
 def cmd_demo(args) -> int:
-    from HNTumorSegLib.pipeline.inference import default_model_path
+    from HNTumorSegLib.pipeline.inference import Segmenter, default_model_path
 
     try:
         model = args.model or default_model_path()
@@ -135,10 +146,12 @@ def cmd_demo(args) -> int:
     from HNTumorSegLib.phantom import make_phantom, write_case
 
     out = Path(args.out)
+    # the model and the device first: a demo that cannot run writes nothing (not even its phantom)
+    segmenter = Segmenter(str(model), device=args.device, tta=args.tta, postprocess=not args.no_postprocess)
     case = make_phantom(args.seed, args.fov)
     paths = write_case(case, out / "input")
     seg_path = out / f"{case.case_id}_seg.nii.gz"
-    report, seg, report_path = run_segmentation(paths["ct"], paths["pet"], seg_path, str(model), args.device,
+    report, seg, report_path = run_segmentation(paths["ct"], paths["pet"], seg_path, segmenter, args.device,
                                                 args.tta, reference=case.label, postprocess=not args.no_postprocess)
     pred = sitk.GetArrayViewFromImage(seg.label)
     truth = sitk.GetArrayViewFromImage(case.label)
@@ -261,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("demo", help="segment a synthetic phantom with the bundled model and score it")
     sp.add_argument("--out", required=True, type=Path, help="output folder")
-    sp.add_argument("--seed", type=int, default=DEMO_SEED,
+    sp.add_argument("--seed", type=_seed, default=DEMO_SEED,
                     help=f"phantom seed (default {DEMO_SEED}: not a case the bundled model was trained on)")
     sp.add_argument("--fov", default="head_upper", choices=["head", "head_upper", "whole_body"])
     sp.add_argument("--model", help="model .safetensors/.json (default: the bundled model)")

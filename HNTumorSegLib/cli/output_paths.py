@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.imaging.image_names import written_data_files
 
 #: (what names the path on the command line, the path) of an input or an output.
 Named = tuple[str, Optional[Path]]
@@ -48,6 +49,8 @@ def refuse_clashes(outputs: Sequence[Named], inputs: Sequence[Named],
     be an output folder (``preprocess --out``): files are added to it, none of its images is replaced (an
     output that would replace a CT or PET file inside it is refused). Every output but those named in
     ``folders`` is a file: an existing folder there is refused before anything is written."""
+    from HNTumorSegLib.imaging.input_integrity import data_files_of
+
     allowed, folder_outputs = set(may_overwrite), set(folders)
     input_folders = [(name, Path(path)) for name, path in inputs if path is not None and Path(path).is_dir()]
     inputs = [(name, Path(path)) for name, path in inputs if path is not None and not Path(path).is_dir()]
@@ -58,6 +61,10 @@ def refuse_clashes(outputs: Sequence[Named], inputs: Sequence[Named],
         blocked = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
         if blocked is not None:  # found before the run, not when its result is written
             raise InputError(f"{out}: {out_name} cannot be written: {blocked} is a file, not a folder")
+        dangling = next((parent for parent in out.parents if parent.is_symlink() and not parent.exists()), None)
+        if dangling is not None:
+            raise InputError(f"{out}: {out_name} cannot be written: the folder {dangling} is a link to "
+                             f"{os.readlink(dangling)}, which does not exist")
         for in_name, folder in input_folders:
             image = _image_file_inside(out, folder)
             if image:
@@ -68,11 +75,23 @@ def refuse_clashes(outputs: Sequence[Named], inputs: Sequence[Named],
                 raise InputError(f"{out}: {out_name} is the same file as {in_name} {source}"
                                  f"{_spelling(out, source)}; writing it would overwrite that input: "
                                  "choose another output path")
+            if (out_name, in_name) in allowed:
+                continue
+            for data in written_data_files(out):  # a header and its data file: CT.MHD writes CT.zraw of CT.mhd
+                for used in (source, *data_files_of(source)):
+                    if same_path(data, used):
+                        raise InputError(f"{out}: {out_name} would write its data file {data.name} over "
+                                         f"{'' if used == source else 'the data of '}{in_name} {source}; "
+                                         "choose another output name")
     for i, (name_a, a) in enumerate(outputs):
         for name_b, b in outputs[i + 1:]:
             if same_path(a, b):
                 raise InputError(f"{b}: {name_b} is the same file as {name_a} {a}{_spelling(b, a)}; "
                                  "one would overwrite the other: choose another output path")
+            files_a, files_b = [a, *written_data_files(a)], [b, *written_data_files(b)]
+            if any(same_path(x, y) for x in files_a for y in files_b):
+                raise InputError(f"{b}: {name_b} and {name_a} {a} would write the same data file (a header and "
+                                 "its data file differ only in letter case or suffix); choose another output name")
 
 
 def _image_file_inside(out: Path, folder: Path) -> str | None:

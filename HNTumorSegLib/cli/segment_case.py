@@ -99,6 +99,9 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     timings["statistics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     write_image(seg.label, out)
+    # An earlier run's report beside this run's label map would say they belong together (the report, written
+    # last, marks a complete run; batch takes such a case as done): it goes until this run's report replaces it.
+    report_path.unlink(missing_ok=True)
     more = after_label(seg.label, inputs) if after_label else {}
     if probabilities is not None:
         more["probabilities"] = write_probabilities(seg, probabilities)

@@ -261,6 +261,10 @@ SHIFTED_AIR_MAX, SHIFTED_TISSUE = 200, (824, 1324)
 #: Shares of voxels a shifted CT shows as air and as soft tissue. The tissue share is small because a
 #: head-and-neck CT reconstructed on a 500 mm field of view is mostly air: 5 % body in a neck slice.
 SHIFTED_AIR_FRACTION, SHIFTED_TISSUE_FRACTION = 0.05, 0.01
+#: HU from which a voxel is bone: a head-and-neck CT without air or fat still holds the skull, mandible or spine.
+CT_BONE_HU = 300
+#: HU from which soft tissue begins (fluid and water lie below).
+CT_SOFT_TISSUE_HU = 20
 #: Voxels looked at (a regular subsample of a larger CT): the shares above need no more.
 _CT_SAMPLE = 2_000_000
 
@@ -280,6 +284,10 @@ def ct_offset_problem(ct: sitk.Image | np.ndarray) -> str | None:
     would take to be refused is a crop without air or fat of which a hundredth or more is cortical bone
     (824 to 1324 HU) and little trabecular bone, which no head-and-neck CT is. A CT windowed to soft tissue
     (clipped at, say, -160 and 240 HU) holds fat below -20 and is accepted.
+
+    Also refused: an image with neither air or fat nor bone (nothing at or below -20 HU, nothing at or above
+    300 HU) whose voxels lie mostly below soft tissue (nine in ten under 20 HU): a PET given as the CT (a few
+    SUV); a crop of soft tissue (20 to 80 HU) is kept.
     """
     a = ct if isinstance(ct, np.ndarray) else sitk.GetArrayViewFromImage(ct)
     if a.size == 0:
@@ -289,6 +297,12 @@ def ct_offset_problem(ct: sitk.Image | np.ndarray) -> str | None:
     n = float(sample.size)
     if np.count_nonzero(sample <= CT_AIR_OR_FAT_HU) / n >= CT_NO_AIR_OR_FAT_FRACTION:
         return None
+    if not np.any(sample >= CT_BONE_HU) and not np.any(sample <= CT_AIR_OR_FAT_HU) \
+            and float(np.percentile(sample, 90)) < CT_SOFT_TISSUE_HU:
+        low, high = float(np.min(sample)), float(np.max(sample))
+        return (f"does not look like a CT: its values lie between {low:.4g} and {high:.4g}, with neither air or fat "
+                f"(at or below {CT_AIR_OR_FAT_HU} HU) nor bone (at or above {CT_BONE_HU} HU); is it the PET, or a "
+                "mask? Give the CT in HU")
     air = np.count_nonzero(sample <= SHIFTED_AIR_MAX) / n
     lo, hi = SHIFTED_TISSUE
     tissue = np.count_nonzero((sample >= lo) & (sample <= hi)) / n

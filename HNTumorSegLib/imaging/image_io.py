@@ -181,15 +181,16 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
 
     The temporary name is ``.NAME.RANDOM`` plus ``suffix`` (default: the target's own suffixes,
-    which writers such as SimpleITK need to pick a file format).
+    which writers such as SimpleITK need to pick a file format), NAME cut short where the whole would be longer
+    than a file name may be (a valid 245-character output name failed after the whole run).
     """
     target = Path(target)
     _refuse_folder(target)
-    suffix = suffix or "".join(target.suffixes) or ".tmp"
+    suffix = suffix or "".join(target.suffixes[-2:]) or ".tmp"
     tmp_path = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(target.name), suffix=suffix, dir=target.parent)
         os.fchmod(fd, new_file_mode())
         os.close(fd)
         tmp_path = Path(tmp)
@@ -204,6 +205,18 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
             tmp_path.unlink()
 
 
+#: The longest part of an output's name kept in its temporary name: with the dot, the 8 random characters of
+#: tempfile and a suffix of up to 40 characters, within the 255 bytes most file systems allow a name.
+_TEMP_NAME_KEEP = 200
+
+
+def temporary_prefix(name: str) -> str:
+    """``.NAME.``: how a temporary file or folder beside the output ``name`` begins (NAME cut to fit)."""
+    while len(os.fsencode(name)) > _TEMP_NAME_KEEP:
+        name = name[:-1]
+    return f".{name}."
+
+
 def _refuse_folder(target: Path) -> None:
     if target.is_dir():
         raise InputError(f"{target}: is a folder; the output must be a file name")
@@ -214,7 +227,7 @@ def remove_temporaries(folder: Path, names: Iterable[str], min_age_s: float = 0.
     (``.NAME.RANDOM...``), if untouched for ``min_age_s`` (a younger one may be another process's, writing now)."""
     if not folder.is_dir():
         return
-    prefixes = tuple(f".{name}." for name in names)
+    prefixes = tuple(temporary_prefix(name) for name in names)
     now = time.time()
     for leftover in folder.iterdir():
         if not leftover.name.startswith(prefixes):
@@ -228,7 +241,7 @@ def remove_temporaries(folder: Path, names: Iterable[str], min_age_s: float = 0.
 
 def _of_target(exc: OSError, target: Path) -> OSError:
     """The same error, naming ``target`` (the user's output path) instead of a temporary file beside it."""
-    marker = f".{target.name}."
+    marker = temporary_prefix(target.name)
     for named in (exc.filename, exc.filename2):
         if named is not None and any(part.startswith(marker) for part in Path(os.fsdecode(named)).parts):
             return OSError(exc.errno, exc.strerror or str(exc), str(target))
@@ -287,7 +300,7 @@ def _write_detached(image: sitk.Image, path: Path, suffix: str, compress: bool) 
 
 def _write_detached_files(image: sitk.Image, path: Path, suffix: str, compress: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=temporary_prefix(path.name), dir=path.parent) as tmp:
         header = Path(tmp) / (path.name[: -len(suffix)] + suffix)
         sitk.WriteImage(image, str(header), compress)
         written = sorted(Path(tmp).iterdir(), key=lambda f: f == header)  # the header last

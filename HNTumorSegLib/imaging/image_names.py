@@ -33,3 +33,15 @@ def image_name_problem(path: str | os.PathLike) -> str | None:
             return (f"NIfTI readers refuse a suffix in mixed letter case ({written}): name it {suffix} "
                     f"or {suffix.upper()}")
     return None
+
+
+def written_data_files(path: str | os.PathLike) -> list[Path]:
+    """The separate data files SimpleITK may write beside an output header ``path`` (``A.MHD`` -> ``A.zraw``,
+    ``A.raw``; ``A.nhdr`` -> ``A.raw.gz``, ``A.raw``); [] for a format that holds its own data. ``A.mhd`` and
+    ``A.MHD`` are two headers but one data file."""
+    path = Path(path)
+    suffix = image_suffix(path)
+    if suffix not in DETACHED_HEADER_SUFFIXES:
+        return []
+    stem = path.name[: -len(suffix)]
+    return [path.with_name(stem + data) for data in ((".zraw", ".raw") if suffix == ".mhd" else (".raw.gz", ".raw"))]

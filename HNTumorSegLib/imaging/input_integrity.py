@@ -715,6 +715,28 @@ def text_header_fields(path: str | os.PathLike) -> tuple[str, dict[str, str]] | 
     return None
 
 
+def data_files_of(path: str | os.PathLike) -> list[Path]:
+    """The separate data files a NRRD (``.nhdr``) or MetaImage (``.mhd``) header names; [] for a file that
+    holds its own data, another format, or a header too damaged to read. Why: writing an output over one
+    of them replaces an input's voxels though the header names differ (``CT.mhd`` + ``CT.zraw``)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(7) == b"NRRD000":
+                fh.seek(0)
+                header, spec, kind, key = _read_nrrd_header(fh), None, "NRRD", "data file:"
+                spec = header.fields.get("datafile")
+            elif path.name.lower().endswith(".mhd"):
+                fh.seek(0)
+                header, kind, key = _read_metaimage_header(fh), "MetaImage", "ElementDataFile"
+                spec = header.fields.get("elementdatafile")
+            else:
+                return []
+        return [file for file, _ in _data_files(spec, header, path, kind, key) if file != path]
+    except (OSError, _Damage, _Unrecognised):
+        return []
+
+
 def _check_metaimage(fh: BinaryIO, path: Path) -> None:
     try:
         header = _read_metaimage_header(fh)

@@ -240,6 +240,14 @@ def test_a_ct_in_hu_plus_1024_is_refused(tmp_path, capsys, view):
                       "subtract 1024", "RescaleIntercept")
 
 
+def test_a_pet_given_as_the_ct_is_refused(tmp_path, capsys):
+    """SUV values (a few units, no air, no bone) are no CT: refused in one line (a label map was written)."""
+    paths = pair(tmp_path)
+    as_ct = tmp_path / "in" / "CT_is_the_PET.nii.gz"
+    shutil.copy(paths["pet"], as_ct)
+    refuse_preprocess(tmp_path, capsys, as_ct, paths["pet"], as_ct, "does not look like a CT", "is it the PET")
+
+
 @pytest.mark.parametrize("view", ["whole", "inside_the_body", "soft_tissue_window"])
 def test_a_ct_in_hu_is_accepted_even_without_air(tmp_path, capsys, view):
     """A field of view all inside the body holds no air, but its soft tissue lies near 0 HU, not 1024."""
@@ -379,11 +387,21 @@ def _symlink_to(target: Path, link: Path) -> Path:
     ("out_is_a_link_to_the_ct", ("--out is the same file as --ct", "through a link")),
     ("report_is_the_model_json", ("the report of --out is the same file as --model",)),
     ("probabilities_is_out", ("--probabilities is the same file as --out",)),
+    ("out_writes_the_data_file_of_the_ct", ("--out would write its data file ct.zraw over the data of --ct",)),
+    ("out_and_probabilities_share_a_data_file", ("--probabilities and --out", "would write the same data file")),
+    ("out_under_a_dangling_folder_link", ("--out cannot be written: the folder", "which does not exist")),
 ])
 def test_segment_refuses_an_output_that_is_an_input(tmp_path, capsys, small_model, clash, needles):
     paths = pair(tmp_path)
     model = copy_model(small_model, tmp_path / "in")
     out, extra = tmp_path / "out" / "seg.nii.gz", []
+    if clash == "out_writes_the_data_file_of_the_ct":  # CT.mhd + CT.zraw read; CT.MHD would write CT.zraw
+        sitk.WriteImage(sitk.ReadImage(str(paths["ct"])), str(tmp_path / "in" / "ct.mhd"), True)
+        paths["ct"], out = tmp_path / "in" / "ct.mhd", tmp_path / "in" / "ct.MHD"
+    elif clash == "out_and_probabilities_share_a_data_file":
+        out, extra = tmp_path / "out" / "A.mhd", ["--probabilities", tmp_path / "out" / "A.MHD"]
+    elif clash == "out_under_a_dangling_folder_link":
+        out = _symlink_to(tmp_path / "gone", tmp_path / "results") / "seg.nii.gz"
     if clash == "out_is_ct":
         out = paths["ct"]
     elif clash == "out_is_pet_spelled_differently":
@@ -399,7 +417,9 @@ def test_segment_refuses_an_output_that_is_an_input(tmp_path, capsys, small_mode
     pet = paths["pet"] if clash == "out_is_pet_spelled_differently" else tmp_path / "in" / "missing.nii.gz"
     code, err = run_cli(["segment", "--ct", paths["ct"], "--pet", pet, "--out", out, "--model", model,
                          "--device", "cpu", *extra], capsys)
-    assert_refused(code, err, tmp_path / "in" / "m.json" if clash == "report_is_the_model_json" else out, *needles)
+    named = {"report_is_the_model_json": tmp_path / "in" / "m.json",
+             "out_and_probabilities_share_a_data_file": tmp_path / "out" / "A.MHD"}.get(clash, out)
+    assert_refused(code, err, named, *needles)
     assert {p: p.read_bytes() if p.is_file() else None for p in files_under(tmp_path)} == before
 
 

@@ -6,6 +6,8 @@ the report, model checks, device choice and that failures leave nothing behind.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 
 import numpy as np
@@ -114,6 +116,22 @@ def test_demo_says_plainly_when_no_model_is_bundled(tmp_path, monkeypatch, capsy
     assert code == 1
     assert "no trained model is bundled" in err and "Nothing was written" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "{tmp}/missing.json"], "missing.json"),
+    (["--model", "{tmp}/damaged.json"], "damaged.json"),
+    (["--seed", "-1"], "--seed: give an integer of 0 or more, not '-1'"),
+])
+def test_a_demo_that_cannot_run_says_so_in_one_line_and_writes_nothing(tmp_path, capsys, args, needle):
+    out = tmp_path / "demo"
+    (tmp_path / "damaged.json").write_text("{not json")
+    with pytest.raises(SystemExit) if args[0] == "--seed" else contextlib.nullcontext() as exited:
+        code = main(["demo", "--out", str(out), *[a.format(tmp=tmp_path) for a in args]])
+    err = capsys.readouterr().err
+    assert (exited.value.code if args[0] == "--seed" else code) == 2, err
+    assert needle in err and "Traceback" not in err
+    assert not out.exists() or not any(out.rglob("*"))
 
 
 def test_demo_with_a_given_model(small_model, tmp_path, capsys):

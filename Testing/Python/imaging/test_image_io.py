@@ -171,3 +171,21 @@ def test_a_failed_write_names_the_output_not_its_temporary_file(tmp_path, monkey
         assert raised.value.filename == str(target) and raised.value.errno == errno.ENOSPC
         assert not target.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_an_output_name_of_the_longest_length_a_file_system_allows_is_written(tmp_path):
+    """The temporary name (.NAME.RANDOM + suffix) is longer than NAME: for a valid 250-character output name it
+    was too long, and the write failed after the whole run. Its leftovers are still found and removed."""
+    from HNTumorSegLib.imaging.image_io import remove_temporaries, temporary_prefix, write_image, write_json
+
+    name = "s" * (250 - len(".nii.gz")) + ".nii.gz"
+    image = sitk.Image(4, 4, 4, sitk.sitkUInt8)
+    written = write_image(image, tmp_path / name)
+    assert written.name == name and sitk.ReadImage(str(written)).GetSize() == (4, 4, 4)
+    write_json({"a": 1}, tmp_path / ("r" * 250 + ".json"))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    leftover = tmp_path / (temporary_prefix(name) + "abcd1234.nii.gz")
+    leftover.write_bytes(b"partial")  # as a killed process leaves it
+    assert len(leftover.name) <= 255
+    remove_temporaries(tmp_path, [name])
+    assert not leftover.exists()
