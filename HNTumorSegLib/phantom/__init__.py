@@ -45,7 +45,7 @@ from .shapes import (Blob, Box, Capsule, Difference, Ellipsoid, Grid, Layer, Sha
                      rasterise_label, rasterise_pet, union_volume_ml)
 from .styles import (CLASSIC, DIGITAL, ENDEMIC, LEGACY, MAX_NODES, NODE_LEVELS, PRIMARY_SHAPES, PRIMARY_SITES,
                      STYLES, PhantomStyle, get_style)
-from .writing import write_case
+from .writing import case_paths, write_case
 
 __all__ = [
     "BRAIN_CENTRE", "BRAIN_SEMI", "BRAIN_ZMIN", "Patient", "Posture",
@@ -57,5 +57,5 @@ __all__ = [
     "rasterise_ct", "rasterise_label", "rasterise_pet", "union_volume_ml",
     "CLASSIC", "DIGITAL", "ENDEMIC", "LEGACY", "MAX_NODES", "NODE_LEVELS", "PRIMARY_SHAPES", "PRIMARY_SITES",
     "STYLES", "PhantomStyle", "get_style",
-    "write_case",
+    "case_paths", "write_case",
 ]

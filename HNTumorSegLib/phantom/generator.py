@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
+from HNTumorSegLib.errors import InputError
+
 from .anatomy import (BRAIN_CENTRE, BRAIN_SEMI, BRAIN_ZMIN, Patient, Posture, _airway_layers, _arm_layers,
                       _body_layers, _draw_patient, _head_layers, _no_go_shapes, _skeleton_layers, _skin_shapes,
                       _table_layer, _thorax_abdomen_layers)
@@ -76,11 +78,19 @@ def _posed_extent(posture: Posture, pt: Patient, centre, semi, zmin: float | Non
     return float(posed[:, 2].min()), float(posed[:, 2].max())
 
 
+def check_seed(seed: int) -> None:
+    """Refuse a seed numpy cannot take: a negative one failed deep in ``SeedSequence`` with "expected
+    non-negative integer" and a traceback (``hntumorseg demo --seed -1``), naming no seed."""
+    if int(seed) < 0:
+        raise InputError(f"phantom seed {seed!r}: give a non-negative integer")
+
+
 def plan_phantom(seed: int, fov: str = "head_upper", *, case_id: str | None = None, brain_cut: bool = False,
                  small_fov: bool = False, flip_xy: bool = False, n_nodes: int | None = None,
                  ct_matrix: int | None = None, style: str | PhantomStyle = "classic") -> PhantomPlan:
     """Draw one case (see :func:`make_phantom` for the arguments); nothing is rasterised yet."""
     st = get_style(style)
+    check_seed(seed)
     if fov not in FIELDS_OF_VIEW:
         raise ValueError(f"fov must be one of {FIELDS_OF_VIEW}, got {fov!r}")
     ct_matrix = st.ct_matrix if ct_matrix is None else ct_matrix

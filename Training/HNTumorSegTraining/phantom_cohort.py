@@ -17,10 +17,10 @@ the style of every case.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+import sys
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,8 +28,9 @@ import numpy as np
 from tqdm import tqdm
 
 from HNTumorSegLib.errors import InputError
-from HNTumorSegLib.imaging.image_io import write_json
-from HNTumorSegLib.phantom import make_phantom, write_case
+from HNTumorSegLib.imaging.image_io import read_json, remove_temporaries, write_json
+from HNTumorSegLib.imaging.input_integrity import check_input_file
+from HNTumorSegLib.phantom import case_paths, make_phantom, write_case
 from HNTumorSegLib.phantom.styles import CLASSIC, STYLES, get_style
 
 #: Pseudo-centres of the classic style and their field-of-view mix (head, head_upper, whole_body),
@@ -38,6 +39,9 @@ CENTRES = dict(zip(CLASSIC.centres, CLASSIC.fov_mix))
 FIELDS = ("head", "head_upper", "whole_body")
 #: Marker in the data root: says the cases are synthetic (export labels models trained on them).
 COHORT_FILE = "cohort.json"
+MARKER_FORMAT = "hntumorseg-phantom-cohort"
+#: Case indices of one seed: case ``i`` of seed ``s`` is phantom seed ``s * MAX_INDEX + i``.
+MAX_INDEX = 100_000
 
 
 def cohort_case(index: int, seed: int = 0, style: str = "classic") -> dict:
@@ -51,7 +55,7 @@ def cohort_case(index: int, seed: int = 0, style: str = "classic") -> dict:
     fov = FIELDS[int(rng.choice(3, p=st.fov_mix[index % k]))]
     return {
         "case_id": f"{centre}-{index // k + 1:03d}",
-        "seed": int(seed * 100_000 + index),
+        "seed": int(seed * MAX_INDEX + index),
         "fov": fov,
         "brain_cut": bool(rng.random() < st.p_brain_cut),
         "small_fov": bool(fov == "head" and rng.random() < st.p_small_fov),
@@ -93,19 +97,32 @@ def write_cohort(root: str | os.PathLike, n: int, seed: int = 0, start: int = 0,
                  styles: Sequence[str] | None = None, workers: int = 1) -> list[str]:
     """Write cases ``start .. start + n - 1`` under ``root``; existing cases are kept (resumable).
     ``styles``: spread the cases over these styles (default: the classic cohort). ``workers``: cases
-    drawn in that many processes at once (a cohort of hundreds takes minutes per core)."""
+    drawn in that many processes at once (a cohort of hundreds takes minutes per core).
+
+    A root already holding a cohort is resumed or extended only with the seed and styles its
+    ``cohort.json`` records (:func:`check_settings`): the old cases would otherwise be kept beside
+    new ones of another cohort, under a marker recording the new seed. The marker is written before
+    any case, so that even a run killed before its end has recorded its seed and styles (it may list
+    cases not yet written: the resume draws them). A case is kept only when
+    its three files are whole (:func:`case_problem`); a damaged one is drawn again.
+    """
     root = Path(root)
+    check_range(n, seed, start)
     styles = parse_styles(list(styles)) if styles else []
-    ids = []
-    written: dict[str, dict] = {}
+    recipes = {index: cohort_case(index, seed, style_of(index, styles)) for index in range(start, start + n)}
+    cohort = read_cohort(root)
+    if cohort is not None:
+        check_settings(root, cohort, seed, recipes)
+    write_json(_marker(cohort, seed, recipes), root / COHORT_FILE)
     missing: list[dict] = []
-    for index in range(start, start + n):
-        recipe = cohort_case(index, seed, style_of(index, styles))
-        case_id = recipe["case_id"]
-        ids.append(case_id)
-        written[case_id] = {"index": index, "style": recipe["style"]}
-        folder = root / case_id
-        if not all((folder / f"{case_id}{s}.nii.gz").exists() for s in ("__CT", "__PT", "")):
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # zlib lets go of the GIL
+        problems = list(pool.map(case_problem, [root] * n, [r["case_id"] for r in recipes.values()]))
+    for recipe, problem in zip(recipes.values(), problems):
+        if problem:
+            if problem != "missing":
+                tqdm.write(f"{problem}; drawing {recipe['case_id']} again", file=sys.stderr)
+            names = [path.name for path in case_paths(root, recipe["case_id"]).values()]
+            remove_temporaries(root / recipe["case_id"], names, min_age_s=600)  # a killed run's (not a running one's)
             missing.append(recipe)
     bar = tqdm(total=n, initial=n - len(missing), desc="phantoms", disable=not progress)
     with bar:
@@ -120,38 +137,124 @@ def write_cohort(root: str | os.PathLike, n: int, seed: int = 0, start: int = 0,
                                      mp_context=multiprocessing.get_context("spawn")) as pool:
                 for _ in pool.map(_write_case, missing, [root] * len(missing)):
                     bar.update()
-    cohort = read_cohort(root) or {}
-    indices = sorted(set(cohort.get("indices", [])) | set(range(start, start + n)))
-    case_styles = dict(cohort.get("case_styles", {}))
-    if cohort.get("indices") and not case_styles:  # a marker written before styles existed: classic
-        case_styles = {cohort_case(i, cohort.get("seed", seed))["case_id"]: "classic" for i in cohort["indices"]}
-    case_styles.update({cid: w["style"] for cid, w in written.items()})
+    return [recipe["case_id"] for recipe in recipes.values()]
+
+
+def check_range(n: int, seed: int, start: int) -> None:
+    """Refuse numbers that give no cohort, or one that repeats another: case ``i`` of seed ``s`` is
+    phantom seed ``s * 100000 + i`` (published figures depend on that formula), so index 100000 + i
+    would draw case ``i`` of seed ``s + 1`` again."""
+    for option, value in (("--n", n), ("--seed", seed), ("--start", start)):
+        if value < 0:
+            raise InputError(f"{option} {value}: give a non-negative integer")
+    if start + n > MAX_INDEX:
+        raise InputError(f"--start {start} --n {n}: case indices must stay below {MAX_INDEX} (case i of seed s is "
+                         f"phantom seed s * {MAX_INDEX} + i, so index {MAX_INDEX} + i repeats case i of seed s + 1)")
+
+
+def check_settings(root: Path, cohort: dict[str, Any], seed: int, recipes: dict[int, dict]) -> None:
+    """Refuse to add ``recipes`` (by case index) to the cohort its marker describes unless they are of the same cohort:
+    the recorded seed, and the recorded style for every index already drawn."""
+    path = root / COHORT_FILE
+    if cohort["seed"] != seed:
+        raise InputError(f"{path}: the cases here were drawn with --seed {cohort['seed']}, not --seed {seed}; "
+                         f"give --seed {cohort['seed']} to resume or extend this cohort, or another --out")
+    recorded = _case_styles(cohort)
+    done = set(cohort["indices"])
+    for index, recipe in recipes.items():
+        if index in done and recipe["case_id"] not in recorded:
+            was = next((case for case in (cohort_case(index, seed, name) for name in STYLES)
+                        if case["case_id"] in recorded), None)
+            old = f"style {was['style']} ({was['case_id']})" if was else "another style"
+            raise InputError(f"{path}: case index {index} was drawn as {old}, not style {recipe['style']} "
+                             f"({recipe['case_id']}); give the recorded --style to resume, or extend the cohort "
+                             f"with --start {max(done) + 1}")
+
+
+def case_problem(root: Path, case_id: str) -> str | None:
+    """Why case ``case_id`` under ``root`` is not complete ("missing", or a file's damage), or None.
+
+    Files are written atomically now, but a root written by an earlier version, or copied in part,
+    can hold a cut one that reads without an error (see
+    :mod:`~HNTumorSegLib.imaging.input_integrity`); a resumed run must draw such a case again."""
+    paths = list(case_paths(root, case_id).values())
+    if not all(path.is_file() for path in paths):
+        return "missing"
+    try:
+        for path in paths:
+            check_input_file(path)
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
+def _case_styles(cohort: dict[str, Any]) -> dict[str, str]:
+    """Case id -> style of the cases a marker records."""
+    case_styles = dict(cohort.get("case_styles") or {})
+    if cohort["indices"] and not case_styles:  # a marker written before styles existed: classic
+        case_styles = {cohort_case(i, cohort["seed"])["case_id"]: "classic" for i in cohort["indices"]}
+    return case_styles
+
+
+def _marker(cohort: dict[str, Any] | None, seed: int, recipes: dict[int, dict]) -> dict[str, Any]:
+    """The marker of the cohort ``cohort`` records plus ``recipes`` (by case index)."""
+    cohort = cohort or {"seed": seed, "indices": []}
+    indices = sorted(set(cohort["indices"]) | set(recipes))
+    case_styles = _case_styles(cohort)
+    case_styles.update({r["case_id"]: r["style"] for r in recipes.values()})
     case_styles = dict(sorted(case_styles.items()))
     used = sorted(set(case_styles.values()), key=list(STYLES).index)
-    write_json({"format": "hntumorseg-phantom-cohort", "synthetic": True,
-                "generator": "HNTumorSegLib.phantom.make_phantom", "seed": seed, "indices": indices,
-                "cases": len(case_styles) if case_styles else len(indices),
-                "styles": {name: {"centres": list(STYLES[name].centres),
-                                  "cases": sum(1 for v in case_styles.values() if v == name)} for name in used},
-                "case_styles": case_styles}, root / COHORT_FILE)
-    return ids
+    return {"format": MARKER_FORMAT, "synthetic": True,
+            "generator": "HNTumorSegLib.phantom.make_phantom", "seed": seed, "indices": indices,
+            "cases": len(case_styles) if case_styles else len(indices),
+            "styles": {name: {"centres": list(STYLES[name].centres),
+                              "cases": sum(1 for v in case_styles.values() if v == name)} for name in used},
+            "case_styles": case_styles}
 
 
 def read_cohort(root: str | os.PathLike) -> dict[str, Any] | None:
-    """The cohort marker of a data root, or None when the root holds no (readable) marker."""
+    """The cohort marker of a data root, or None when the root holds none.
+
+    A marker that cannot be read is an InputError naming it: it was silently replaced before, and
+    with it the record of the cases drawn earlier (their seed and styles)."""
     path = Path(root) / COHORT_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if not path.exists() and not path.is_symlink():
         return None
-    return data if isinstance(data, dict) else None
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("format") != MARKER_FORMAT:
+        raise InputError(f"{path}: not a phantom cohort marker (no \"format\": \"{MARKER_FORMAT}\"); "
+                         "damaged, or not written by hntumorseg-train phantoms?")
+    seed, indices, case_styles = data.get("seed"), data.get("indices"), data.get("case_styles", {})
+    if not (_is_index(seed) and isinstance(indices, list) and all(_is_index(i) for i in indices)
+            and isinstance(case_styles, dict) and all(v in STYLES for v in case_styles.values())):
+        raise InputError(f"{path}: phantom cohort marker without a valid seed, indices or case_styles; damaged?")
+    return data
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _whole(least: int):
+    """An argparse type: an integer of at least ``least`` (argparse names the option in its error; a
+    negative --n wrote an empty cohort, and a negative --seed failed in numpy naming no option)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"give an integer of {least} or more, not {text!r}")
+        return value
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="data root to write (HECKTOR layout)")
-    parser.add_argument("--n", type=int, default=240, help="number of cases")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--start", type=int, default=0, help="first case index (to extend a cohort)")
+    parser.add_argument("--n", type=_whole(1), default=240, help="number of cases")
+    parser.add_argument("--seed", type=_whole(0), default=0)
+    parser.add_argument("--start", type=_whole(0), default=0,
+                        help=f"first case index (to extend a cohort; indices stay below {MAX_INDEX})")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes drawing cases at once (the files do not depend on it)")
     parser.add_argument("--style", action="append", metavar="NAME[,NAME...]",
