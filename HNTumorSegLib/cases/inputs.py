@@ -57,9 +57,30 @@ def _read_image_file(path: Path, role: str, series_uid: str | None, flag: str):
         raise InputError(f"{path}: {role} file not found")
     if _is_dicom_folder(path):
         return None
+    _refuse_dicomdir(path, role)
     if series_uid:
         raise InputError(f"{path}: {flag} picks a series in a DICOM folder, but the {role} is a file")
     return read_image(path, role)
+
+
+def _refuse_dicomdir(path: Path, role: str) -> None:
+    """A DICOMDIR (the index of a CD or USB export, SOP class Media Storage Directory Storage) given as the
+    image: say so and point to its folder. Why: it holds no pixels, and the image check called it a
+    truncated image."""
+    from HNTumorSegLib.imaging.input_integrity import looks_like_dicom
+
+    if not looks_like_dicom(path):
+        return
+    from pydicom.filereader import read_file_meta_info
+    from pydicom.uid import MediaStorageDirectoryStorage
+
+    try:
+        sop_class = read_file_meta_info(path).get("MediaStorageSOPClassUID")
+    except Exception:  # noqa: BLE001 - a damaged file meta group: the image check says what is wrong
+        return
+    if sop_class == MediaStorageDirectoryStorage:
+        raise InputError(f"{path}: is a DICOMDIR, the index of a DICOM medium, not an image; give the folder "
+                         f"that holds the {role} series ({path.parent}) instead")
 
 
 def read_ct(path: str | os.PathLike, series_uid: str | None = None):

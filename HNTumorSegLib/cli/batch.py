@@ -126,7 +126,7 @@ def _common_folder(files: Sequence[Path]) -> Path:
 
 
 def _dicom_cases(root: Path) -> list[BatchCase]:
-    from HNTumorSegLib.dicom.series import find_series_and_damage
+    from HNTumorSegLib.dicom.series import candidate_series, find_series_and_damage
 
     try:
         series, damaged = find_series_and_damage(root)
@@ -142,14 +142,13 @@ def _dicom_cases(root: Path) -> list[BatchCase]:
     for s in series:
         studies.setdefault(s.study_uid, []).append(s)
     for study_uid, members in studies.items():
-        cts = [s for s in members if s.modality == "CT"]
-        pets = [s for s in members if s.modality == "PT"]
-        if not cts and not pets:
+        if not any(s.modality in ("CT", "PT") for s in members):
             continue
+        cts, pets = candidate_series(members, "CT"), candidate_series(members, "PT")  # a topogram is no candidate
         first = members[0]
         case_id = _safe(f"{first.patient_id}_{first.study_date}") + "_" + hashlib.sha1(study_uid.encode()).hexdigest()[:6]
         if len(cts) != 1 or len(pets) != 1:
-            listing = "; ".join(s.describe() for s in cts + pets)
+            listing = "; ".join(s.describe() for s in members if s.modality in ("CT", "PT"))
             out.append(BatchCase(case_id, root, root, True, problem=(
                 f"study {study_uid} holds {len(cts)} CT and {len(pets)} PT series (one of each is needed; "
                 f"segment it with --ct-series/--pet-series): {listing}")))

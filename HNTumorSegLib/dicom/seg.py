@@ -48,6 +48,34 @@ def _descriptions(segments: Sequence[SegmentDefinition]):
     return out
 
 
+def _source_headers(ct) -> list:
+    """The CT's slice headers as highdicom can build a Segmentation from them.
+
+    Why: highdicom reads the Type 2 patient and study attributes and SliceThickness of the source images as
+    attributes, so a CT without one (anonymised data; all of them may be absent or empty in a valid CT)
+    made it fail with an AttributeError. Copies of such headers get the missing patient and study attributes
+    empty, as the RTSTRUCT does (:func:`~HNTumorSegLib.dicom.writing.copy_patient_study`), and a missing or
+    empty SliceThickness the spacing between slices (what the Segmentation's Pixel Measures then state).
+    The CT's own headers are left as read.
+    """
+    import copy
+
+    from HNTumorSegLib.dicom.writing import TYPE2_PATIENT_STUDY
+
+    out = []
+    for header in ct.headers:
+        missing = [keyword for keyword in TYPE2_PATIENT_STUDY if keyword not in header]
+        thin = str(header.get("SliceThickness", "") or "").strip() == ""
+        if missing or thin:
+            header = copy.deepcopy(header)
+            for keyword in missing:
+                setattr(header, keyword, "")
+            if thin:
+                header.SliceThickness = f"{ct.image.GetSpacing()[2]:.6g}"
+        out.append(header)
+    return out
+
+
 def build_dicom_seg(label: sitk.Image, ct, *, segments: Sequence[SegmentDefinition] = SEGMENTS,
                     label_name: str = "label", split_lesions: bool = False):
     """The Segmentation dataset of ``label`` (values = segment labels) on the DICOM CT ``ct``.
@@ -67,7 +95,7 @@ def build_dicom_seg(label: sitk.Image, ct, *, segments: Sequence[SegmentDefiniti
     for number, segment in enumerate(segments, start=1):
         mapped[array == segment.label] = number
     return hd.seg.Segmentation(
-        source_images=ct.headers,
+        source_images=_source_headers(ct),
         pixel_array=mapped,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=_descriptions(segments),

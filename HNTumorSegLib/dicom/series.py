@@ -18,7 +18,9 @@ such a series is refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,7 +35,7 @@ from HNTumorSegLib.imaging.input_integrity import (check_dicom_file, dicom_file_
 
 #: Tags read while listing series (the pixel data is never read then).
 _LIST_TAGS = ("SeriesInstanceUID", "Modality", "SeriesDescription", "StudyInstanceUID", "PatientID",
-              "FrameOfReferenceUID", "SeriesNumber", "SOPClassUID", "StudyDate")
+              "FrameOfReferenceUID", "SeriesNumber", "SOPClassUID", "StudyDate", "ImageType")
 #: Farthest a slice may lie (mm, along the normal) from the regular grid through the first and last
 #: slice. Positions written to 0.1 mm (3.27 mm apart: steps of 3.2 and 3.3) lie within 0.05 of it; a
 #: missing slice puts its neighbours half a spacing or more off it.
@@ -43,8 +45,10 @@ IN_PLANE_ATOL = 0.05
 #: Files in a folder that are never DICOM instances of a series.
 _SKIP_NAMES = {"DICOMDIR"}
 #: Suffixes of DICOM files; a file with one of them, none, or a number (a UID as its name) that is empty is
-#: a slice whose copy failed.
+#: a slice whose copy failed (without a suffix: only beside slices named without one, see :func:`_scan`).
 _DICOM_SUFFIXES = {"", ".dcm", ".dicom", ".ima"}
+#: What an empty DICOM file is called.
+_EMPTY = "file is empty (0 bytes; an interrupted copy?)"
 #: Bytes before the end of the DICOM preamble ("DICM" at 128); a .dcm file shorter than this is cut short.
 _PREAMBLE_BYTES = 132
 
@@ -71,6 +75,8 @@ class SeriesInfo:
     #: (file, what is wrong) of damaged DICOM files in the folders of this series' files: files whose
     #: series cannot be told, and which may be slices of this one.
     unreadable: tuple[tuple[Path, str], ...] = ()
+    #: ImageType holds LOCALIZER: a scout (topogram) taken to plan the scan, never the CT or PET to read.
+    localizer: bool = False
 
     @property
     def n_images(self) -> int:
@@ -78,7 +84,8 @@ class SeriesInfo:
 
     def describe(self) -> str:
         """``UID (PT, "WB 3D AC", 97 images)``: what error messages list."""
-        return f"{self.uid} ({self.modality or '?'}, \"{self.description}\", {self.n_images} images)"
+        kind = ", localizer" if self.localizer else ""
+        return f"{self.uid} ({self.modality or '?'}, \"{self.description}\", {self.n_images} images{kind})"
 
     def to_dict(self) -> dict:
         return {"series_instance_uid": self.uid, "modality": self.modality, "description": self.description,
@@ -134,8 +141,15 @@ def _scanned(folder: Path) -> tuple[tuple[SeriesInfo, ...], dict[Path, list[tupl
     """(series, damaged files by folder) under ``folder``, from the cache while no file changed."""
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder of DICOM files")
-    paths = []
-    for root, dirs, names in os.walk(folder):
+    paths, visited = [], set()
+    # Linked folders are followed (a study assembled from links to where its parts lie must read whole),
+    # each real folder once: a link to a folder above it would otherwise be walked without end.
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
         dirs.sort()
         paths.extend(Path(root) / name for name in sorted(names) if name not in _SKIP_NAMES and not name.startswith("."))
     signature = tuple(_file_signature(path) for path in paths)
@@ -188,12 +202,26 @@ def _scan(folder: Path, paths: Sequence[Path]) -> tuple[tuple[SeriesInfo, ...], 
             continue
         g = groups.setdefault(uid, {"ds": ds, "files": []})
         g["files"].append(path)
+    # An empty file without a suffix (a LOCKFILE, a VERSION marker) cannot be a DICOM object; it is taken for a
+    # slice cut to nothing only where slices are named without a suffix too (as on a DICOMDIR medium).
+    named_bare = {f.parent for g in groups.values() for f in g["files"] if not f.suffix}
+    for where in list(unreadable):
+        unreadable[where] = [(p, problem) for p, problem in unreadable[where]
+                             if p.suffix or problem != _EMPTY or where in named_bare]
+        if not unreadable[where]:
+            del unreadable[where]
     found = [SeriesInfo(uid, str(g["ds"].get("Modality", "") or ""), str(g["ds"].get("SeriesDescription", "") or ""),
                         str(g["ds"].get("StudyInstanceUID", "") or ""), str(g["ds"].get("PatientID", "") or ""),
                         str(g["ds"].get("StudyDate", "") or ""), tuple(g["files"]),
-                        _unreadable_beside(g["files"], unreadable))
+                        _unreadable_beside(g["files"], unreadable), _is_localizer(g["ds"]))
              for uid, g in groups.items()]
     return tuple(sorted(found, key=lambda s: (s.modality, s.description, s.uid))), unreadable
+
+
+def _is_localizer(ds) -> bool:
+    """ImageType (0008,0008) holds LOCALIZER (one value or several)."""
+    value = ds.get("ImageType") or []
+    return any(str(v).strip().upper() == "LOCALIZER" for v in ([value] if isinstance(value, str) else value))
 
 
 def _unreadable_file_problem(path: Path, exc: Exception) -> str | None:
@@ -206,7 +234,7 @@ def _unreadable_file_problem(path: Path, exc: Exception) -> str | None:
         return None
     size = path.stat().st_size
     if size == 0:
-        return "file is empty (0 bytes; an interrupted copy?)"
+        return _EMPTY
     if size < _PREAMBLE_BYTES and path.suffix.lower() in _DICOM_SUFFIXES - {""}:
         return f"file is truncated: {size} bytes, too short to be a DICOM file (a partial copy?)"
     return None
@@ -232,9 +260,20 @@ def _damaged_note(series: Sequence[SeriesInfo]) -> str:
     return f"; {len(damaged)} damaged DICOM file{'s' if len(damaged) > 1 else ''} here, e.g. {path}: {problem}"
 
 
+def candidate_series(series: Sequence[SeriesInfo], modality: str) -> list[SeriesInfo]:
+    """The series of ``modality`` that may be the CT or PET of a case: all but localizers.
+
+    Why: a CT export often holds the topogram (a localizer series, modality CT) beside the CT; counting it
+    made ``segment`` ask for --ct-series and ``batch`` fail the study. ``segment`` (:func:`select_series`) and
+    ``batch`` use this one rule, so both take the same series.
+    """
+    return [s for s in series if s.modality == modality and not s.localizer]
+
+
 def select_series(series: Sequence[SeriesInfo], folder: str | os.PathLike, modality: str,
                   uid: str | None = None, option: str = "--series") -> SeriesInfo:
-    """The one series of ``modality`` (or with ``uid``); otherwise an error listing what was found.
+    """The one series of ``modality`` that is not a localizer (:func:`candidate_series`), or the one with
+    ``uid`` (any); otherwise an error listing what was found, localizers included.
 
     ``option`` names the command-line option that picks a series explicitly (for the message).
     """
@@ -246,7 +285,7 @@ def select_series(series: Sequence[SeriesInfo], folder: str | os.PathLike, modal
                                      f"not {modality}")
                 return s
         raise InputError(f"{folder}: no series with UID {uid}; found: {_listing(series)}{_damaged_note(series)}")
-    matches = [s for s in series if s.modality == modality]
+    matches = candidate_series(series, modality)
     if len(matches) == 1:
         return matches[0]
     if not matches:
@@ -305,7 +344,8 @@ def load_volume(series: SeriesInfo, folder: str | os.PathLike) -> DicomVolume:
 
     Refuses, with one line naming the problem: multi-frame (enhanced) images, slices of differing
     orientation / size / pixel spacing, two slices at one position, irregular slice spacing
-    (missing slices) and gantry tilt.
+    (missing slices), gantry tilt, slices of other studies or frames of reference, and a SOPInstanceUID
+    given to two slices.
     """
     pydicom = _pydicom()
     folder = Path(folder)
@@ -329,6 +369,7 @@ def load_volume(series: SeriesInfo, folder: str | os.PathLike) -> DicomVolume:
         if "PixelData" not in ds:
             raise InputError(f"{path}: holds no pixel data (series {series.uid}, {series.modality})")
         slices.append((path, ds))
+    _check_one_study_and_frame(slices, series)
     first = slices[0][1]
     iop = np.asarray([float(v) for v in _required(first, "ImageOrientationPatient", where)], float)
     row, col = iop[:3], iop[3:]
@@ -399,6 +440,36 @@ def load_volume(series: SeriesInfo, folder: str | os.PathLike) -> DicomVolume:
     return DicomVolume(series, folder, image, headers, files)
 
 
+#: UIDs every slice of a series must share: an RTSTRUCT or DICOM SEG cites them once for all the slices.
+_SHARED_UIDS = ("StudyInstanceUID", "FrameOfReferenceUID")
+
+
+def _check_one_study_and_frame(slices: Sequence[tuple[Path, object]], series: SeriesInfo) -> None:
+    """Refuse slices of one series that name other studies or frames of reference, or repeat a SOP instance.
+
+    Why: a merged or badly edited export can carry them; the volume would be stacked as one, an RTSTRUCT
+    would cite the first slice's study and frame for all, and a DICOM SEG could not be built. A repeated
+    SOPInstanceUID (one image copied under two names, or two images given one UID) makes the references of
+    an RTSTRUCT or SEG ambiguous. A UID that is missing is left to the checks of what needs it.
+    """
+    first_path, first = slices[0]
+    expected = {keyword: str(first.get(keyword, "") or "") for keyword in _SHARED_UIDS}
+    seen: dict[str, Path] = {}
+    for path, ds in slices:
+        for keyword, value in expected.items():
+            other = str(ds.get(keyword, "") or "")
+            if value and other and other != value:
+                raise InputError(f"{path}: {keyword} {other} differs from {value} of {first_path.name}, a slice of "
+                                 f"the same series {series.uid}; a series must be of one study and frame of "
+                                 "reference (a merged or edited export?)")
+        uid = str(ds.get("SOPInstanceUID", "") or "")
+        if uid in seen:
+            raise InputError(f"{path}: SOPInstanceUID {uid} is also that of {seen[uid]}; each slice of series "
+                             f"{series.uid} must be its own SOP instance (a duplicated or edited file?)")
+        if uid:
+            seen[uid] = path
+
+
 #: Bytes a voxel takes, beyond its stored value, while a series is assembled: the stored values are rescaled
 #: into float64 (int32 for most CTs: this is the bound), then cast to the volume's type and copied into a
 #: SimpleITK image (4 bytes each at most). More
@@ -428,11 +499,54 @@ def _pixels(ds, path: Path) -> np.ndarray:
     try:
         return ds.pixel_array
     except Exception as exc:  # pydicom raises ValueError, RuntimeError, NotImplementedError, ... per codec
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # one line: pydicom puts each plugin's reason on a line of its own, after "... all available plugins:"
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
     stored = _stored_by_gdcm(ds, path)
     if stored is None:
-        raise InputError(f"{path}: cannot decode the pixel data ({reason})")
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        named = f"{syntax.name} ({syntax}): " if syntax and syntax.name != str(syntax) else \
+            f"transfer syntax {syntax}: " if syntax else ""
+        raise InputError(f"{path}: cannot decode the pixel data, neither with pydicom nor with GDCM ({named}{reason})"
+                         f"{_decoder_hint(syntax)}")
     return stored
+
+
+def _decoder_hint(syntax) -> str:
+    """What pydicom says it would decode ``syntax`` with and is not installed (python-gdcm, pylibjpeg and its
+    plugins), as the end of an error message; empty when it knows no such plugin."""
+    try:
+        from pydicom.pixels import get_decoder
+
+        missing = get_decoder(syntax).missing_dependencies
+    except Exception:  # noqa: BLE001 - no decoder known for this syntax, or an older pydicom
+        return ""
+    if not missing:
+        return ""
+    pip = " (pip install python-gdcm)" if any(m.startswith("gdcm") for m in missing) else ""
+    return f"; pydicom plugins not installed that may decode it: {' or '.join(missing)}{pip}"
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """File descriptor 2 sent to the null device for the ``with`` block.
+
+    Why: GDCM's JPEG decoder (libjpeg) prints its complaints to the process's stderr, several lines per slice
+    before the read fails, which buried the one-line error; the error given instead says what is wrong. A
+    process without a usable descriptor 2 is left as it is.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _stored_by_gdcm(ds, path: Path) -> np.ndarray | None:
@@ -446,7 +560,8 @@ def _stored_by_gdcm(ds, path: Path) -> np.ndarray | None:
     recovered by inverting that and rounding, exactly, and the rescale is applied later as for any slice.
     """
     try:
-        values = sitk.GetArrayFromImage(sitk.ReadImage(str(path), imageIO="GDCMImageIO"))
+        with _stderr_silenced():
+            values = sitk.GetArrayFromImage(sitk.ReadImage(str(path), imageIO="GDCMImageIO"))
     except RuntimeError:
         return None
     if values.size != int(ds.Rows) * int(ds.Columns):

@@ -79,8 +79,10 @@ def _number(ds, keyword: str, tag: str, where: str, lo: float, hi: float, unit: 
 _DT_TEXT = re.compile(r"\d{8}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?([+-]\d{4})?")
 
 
-def _datetime(date: str, time: str, where: str, what: str) -> _dt.datetime:
+def _datetime(date: str, time: str, where: str, what: str, scan=None) -> _dt.datetime:
     """A date and a time of day (or a DT in ``date`` alone), strictly: a malformed value is an InputError.
+    A DT that carries a UTC offset is given in the local time of the data set ``scan`` when it says which
+    (:func:`_local_zone`), so that it compares with the series and acquisition times (TM: local, no offset).
 
     Why strict: pydicom's parser is lenient (a time "10:15" read as 10:00), and a wrong time gives a wrong
     decay factor without a word. The ACR-NEMA forms that the standard still allows on reading (YYYY.MM.DD,
@@ -98,7 +100,29 @@ def _datetime(date: str, time: str, where: str, what: str) -> _dt.datetime:
     if not _DT_TEXT.fullmatch(text):
         shown = f"{str(date).strip()!r}" + (f" and {str(time).strip()!r}" if str(time).strip() else "")
         raise InputError(f"{where}: {what} is {shown}, not a DICOM date and time (YYYYMMDD and HHMMSS); check the tags")
-    return DT(text).replace(tzinfo=None)
+    value = DT(text)
+    zone = _local_zone(scan, where) if value.tzinfo is not None and scan is not None else None
+    if zone is not None:
+        value = value.astimezone(zone)
+    return value.replace(tzinfo=None)
+
+
+def _local_zone(ds, where: str) -> _dt.timezone | None:
+    """The time zone of the data set's times, from TimezoneOffsetFromUTC (0008,0201); None when not given.
+
+    Why: a radiopharmaceutical start written as a DT in UTC ("...083000+0000") beside series times in local
+    time (+0100) was taken as local, an hour of uptake off. Without the tag the local offset is unknown and
+    nothing is converted (a guess could be as wrong as the offset it corrects).
+    """
+    text = str(ds.get("TimezoneOffsetFromUTC", "") or "").strip()
+    if not text:
+        return None
+    match = re.fullmatch(r"([+-])(\d{2})(\d{2})", text)
+    if not match or int(match[2]) > 14 or int(match[3]) >= 60:
+        raise InputError(f"{where}: TimezoneOffsetFromUTC (0008,0201) is {text!r}, not an offset +HHMM or -HHMM; "
+                         "check the tag")
+    minutes = int(match[2]) * 60 + int(match[3])
+    return _dt.timezone(_dt.timedelta(minutes=-minutes if match[1] == "-" else minutes))
 
 
 def _private(ds, group: int, element: int, creator: str):
@@ -123,7 +147,8 @@ def _scan_time(headers: Sequence, where: str, hint: str = OVERRIDE_HINT) -> tupl
     if ge:  # a date and time (DT); older exports hold a time of day only
         text = str(ge).strip()
         what = "GE private scan date/time (0009,100D)"
-        scan = _datetime(text, "", where, what) if len(text) >= 14 else _datetime(first.SeriesDate, text, where, what)
+        scan = _datetime(text, "", where, what, first) if len(text) >= 14 else \
+            _datetime(first.SeriesDate, text, where, what)
         return scan, what
     return min(acquisitions), "earliest AcquisitionDate/AcquisitionTime (0008,0022)/(0008,0032) (series time is later)"
 
@@ -133,7 +158,7 @@ def _injection_time(drug, first, where: str, hint: str = OVERRIDE_HINT) -> tuple
     start_dt = str(drug.get("RadiopharmaceuticalStartDateTime", "") or "").strip()
     if start_dt:
         source = "RadiopharmaceuticalStartDateTime (0018,1078)"
-        return _datetime(start_dt, "", where, source), source, False
+        return _datetime(start_dt, "", where, source, first), source, False
     start = _value(drug, "RadiopharmaceuticalStartTime", "(0018,1072)", where, hint)
     date = _value(first, "SeriesDate", "(0008,0021)", where, hint)
     source = "SeriesDate (0008,0021) + RadiopharmaceuticalStartTime (0018,1072)"

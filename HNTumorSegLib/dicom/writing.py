@@ -25,7 +25,7 @@ PATIENT_STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "Patie
                           "PatientWeight", "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID",
                           "AccessionNumber", "ReferringPhysicianName", "StudyDescription")
 #: Type 2 attributes of those modules: present (possibly empty) in every derived object.
-_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
           "AccessionNumber", "ReferringPhysicianName")
 
 
@@ -69,7 +69,7 @@ def copy_patient_study(source, target) -> None:
     for keyword in PATIENT_STUDY_KEYWORDS:
         if keyword in source:
             setattr(target, keyword, source.data_element(keyword).value)
-        elif keyword in _TYPE2:
+        elif keyword in TYPE2_PATIENT_STUDY:
             setattr(target, keyword, "")
 
 

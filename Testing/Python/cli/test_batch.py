@@ -126,6 +126,29 @@ def test_dicom_tree_studies_become_cases_with_rtstruct(tmp_path):
     assert [r["status"] for r in rows] == [DONE, DONE, FAILED]
 
 
+def test_a_dicom_study_with_a_topogram_beside_its_ct_is_a_case_of_its_ct(tmp_path):
+    """Most CT exports hold the topogram (a localizer series of modality CT): batch takes the study's CT, by the rule
+    segment uses, and does not fail the study as one of two CT series."""
+    import pydicom
+
+    from HNTumorSegLib.dicom.series import read_series
+
+    root = tmp_path / "archive"
+    write_dicom_case(_case(3, "PAT-A"), root / "PAT-A")
+    ct = read_series(root / "PAT-A", "CT")
+    scout_uid = pydicom.uid.generate_uid()
+    for k, path in enumerate(ct.files[:2]):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.ImageType = scout_uid, ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(root / "PAT-A" / f"scout{k}.dcm")
+    (case,) = find_batch_cases(root)
+    assert case.problem is None and case.ct_series == ct.series.uid
+    rows = run_batch([case], BatchOptions(tmp_path / "out"), summary=tmp_path / "out" / "summary.csv",
+                     make_segmenter=ThresholdSegmenter, progress=False)
+    assert [r["status"] for r in rows] == [DONE]
+
+
 def test_shards_partition_the_cohort():
     cases = [BatchCase(f"C-{i:03d}", None, None) for i in range(11)]
     parts = [shard(cases, i, 3) for i in (1, 2, 3)]

@@ -220,7 +220,31 @@ def _edit(path, **changes):
 
 def _duplicated_file(folder, uid, files):
     shutil.copy(files[2], folder / "S2_0002_copy.dcm")  # a second copy of a slice, as a repeated export leaves
+    return (f"{folder / 'S2_0002_copy.dcm'}: SOPInstanceUID {pydicom.dcmread(files[2]).SOPInstanceUID} is also "
+            f"that of {files[2]}; each slice of series {uid} must be its own SOP instance")
+
+
+def _two_instances_at_one_position(folder, uid, files):
+    shutil.copy(files[2], folder / "S2_0002_again.dcm")  # the slice acquired again: another SOP instance
+    _edit(folder / "S2_0002_again.dcm", SOPInstanceUID=pydicom.uid.generate_uid())
     return f"{folder}: series {uid}: two slices share one position"
+
+
+def _one_sop_instance_uid_for_two_slices(folder, uid, files):
+    _edit(files[3], SOPInstanceUID=pydicom.dcmread(files[1]).SOPInstanceUID)
+    return f"{files[3]}: SOPInstanceUID {pydicom.dcmread(files[1]).SOPInstanceUID} is also that of {files[1]}"
+
+
+def _other_frame_of_reference(folder, uid, files):
+    first = pydicom.dcmread(files[0]).FrameOfReferenceUID
+    _edit(files[3], FrameOfReferenceUID="1.2.3.4.5")
+    return f"{files[3]}: FrameOfReferenceUID 1.2.3.4.5 differs from {first} of {files[0].name}"
+
+
+def _other_study(folder, uid, files):
+    first = pydicom.dcmread(files[0]).StudyInstanceUID
+    _edit(files[4], StudyInstanceUID="1.2.3.4.6")
+    return f"{files[4]}: StudyInstanceUID 1.2.3.4.6 differs from {first} of {files[0].name}"
 
 
 def _rotated_slice(folder, uid, files):
@@ -265,7 +289,9 @@ def _one_slice(folder, uid, files):
     return f"{folder}: series {uid}: one slice only; a 3D volume is needed"
 
 
-@pytest.mark.parametrize("damage", [_duplicated_file, _rotated_slice, _other_pixel_spacing, _other_size,
+@pytest.mark.parametrize("damage", [_duplicated_file, _two_instances_at_one_position,
+                                    _one_sop_instance_uid_for_two_slices, _other_frame_of_reference, _other_study,
+                                    _rotated_slice, _other_pixel_spacing, _other_size,
                                     _gantry_tilt, _multi_frame, _no_orientation, _one_slice],
                          ids=lambda f: f.__name__.strip("_"))
 def test_series_geometry_that_is_not_one_grid_is_a_one_line_error(damage, tmp_path, capsys):
@@ -353,6 +379,28 @@ def test_dates_and_times_are_read_strictly(changes, needle):
         with pytest.raises(InputError, match=re.escape(needle)) as err:
             suv_conversion([_pet_header(**changes)], "PET")
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("changes,uptake_s", [
+    ({"TimezoneOffsetFromUTC": "+0100", "RadiopharmaceuticalStartDateTime": "20240305083000+0000"}, 3600),
+    ({"TimezoneOffsetFromUTC": "-0500", "RadiopharmaceuticalStartDateTime": "20240305143000+0000"}, 3600),
+    ({"TimezoneOffsetFromUTC": "+0100", "RadiopharmaceuticalStartDateTime": "20240305093000+0100"}, 3600),
+    ({"RadiopharmaceuticalStartDateTime": "20240305093000+0000"}, 3600),  # local offset unknown: nothing converted
+])
+def test_an_injection_time_with_a_utc_offset_is_taken_in_the_local_time_of_the_scan(changes, uptake_s):
+    """09:30 CET written as 08:30 UTC (+0000) beside series times in CET (TimezoneOffsetFromUTC +0100) was
+    read as 08:30 local: 2 h of uptake instead of 1, an SUV 11% too low."""
+    conv = suv_conversion([_pet_header(**changes)], "PET")
+    assert conv.tags["uptake_s"] == uptake_s
+    assert conv.factor == pytest.approx(HAND_SUV_FACTOR_START, rel=1e-5)
+
+
+def test_a_malformed_timezone_offset_is_a_one_line_error_when_a_time_needs_it():
+    with pytest.raises(InputError, match=re.escape("PET: TimezoneOffsetFromUTC (0008,0201) is '+1:00', not an "
+                                                   "offset +HHMM or -HHMM")):
+        suv_conversion([_pet_header(TimezoneOffsetFromUTC="+1:00",
+                                    RadiopharmaceuticalStartDateTime="20240305083000+0000")], "PET")
+    assert suv_conversion([_pet_header(TimezoneOffsetFromUTC="+1:00")], "PET").tags["uptake_s"] == 3600
 
 
 def test_post_processed_series_time_falls_back_to_the_first_acquisition():
@@ -629,3 +677,111 @@ def test_positions_written_to_a_tenth_of_a_millimetre_are_one_grid_and_a_gap_nea
     files[-2].unlink()
     with pytest.raises(InputError, match="irregular slice spacing"):
         read_series(gap, "CT")
+
+
+def test_a_linked_folder_in_the_study_is_read_and_a_link_loop_is_walked_once(dicom_case, tmp_path):
+    """A study assembled from links (half its CT slices in a linked folder) lost those slices without a word, and
+    the CT read shorter. A link back to a folder above is walked once (no endless walk, no slice twice)."""
+    study, elsewhere = tmp_path / "study", tmp_path / "elsewhere"
+    shutil.copytree(dicom_case[0], study)
+    elsewhere.mkdir()
+    files = read_series(study, "CT").files  # in slice order
+    for path in files[len(files) // 2:]:
+        path.rename(elsewhere / path.name)
+    (study / "part2").symlink_to(elsewhere)
+    (elsewhere / "back").symlink_to(study)
+    volume = read_series(study, "CT")
+    assert len(volume.files) == len(files)
+    assert np.array_equal(sitk.GetArrayFromImage(volume.image),
+                          sitk.GetArrayFromImage(read_series(dicom_case[0], "CT").image))
+
+
+def test_a_localizer_beside_the_ct_is_not_a_candidate_but_is_listed_when_nothing_else_is(dicom_case, tmp_path):
+    """The topogram (ImageType LOCALIZER, modality CT) that most CT exports hold made ``segment`` ask for
+    --ct-series; it is passed over, by the rule batch counts series with, and still named when it is all
+    there is."""
+    from HNTumorSegLib.dicom.series import candidate_series
+
+    folder = tmp_path / "study"
+    shutil.copytree(dicom_case[0], folder)
+    ct = read_series(folder, "CT")
+    scout_uid = pydicom.uid.generate_uid()
+    for k, path in enumerate(ct.files[:2]):  # frontal and lateral views, one image each
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.SeriesDescription = scout_uid, "Topogram 0.6 T20s"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(folder / f"scout{k}.dcm")
+    found = find_series(folder)
+    assert [s.uid for s in candidate_series(found, "CT")] == [ct.series.uid]
+    assert read_series(folder, "CT").series.uid == ct.series.uid
+    assert read_case(folder, folder).series["ct"]["series_instance_uid"] == ct.series.uid
+    for path in ct.files:
+        path.unlink()
+    with pytest.raises(InputError, match=f"no CT series here; found: .*{scout_uid} "
+                                         r"\(CT, \"Topogram 0.6 T20s\", 2 images, localizer\)"):
+        read_series(folder, "CT")
+
+
+def test_a_slice_no_decoder_reads_is_one_line_with_the_reason_and_the_transfer_syntax(tmp_path, capfd):
+    """A JPEG 2000 stream labelled JPEG Extended: GDCM's libjpeg printed lines of its own to stderr, and the
+    error stopped at "... raised by all available plugins:", its reason on the next line. One line now, naming
+    the transfer syntax, the reason and the pydicom plugins that might decode it; nothing else on stderr."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGExtended12Bit
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    uid, files = _small_ct_series(folder)
+    ds = pydicom.dcmread(files[2])
+    ds.file_meta.TransferSyntaxUID = JPEGExtended12Bit
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(60)])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(files[2], enforce_file_format=True)
+    capfd.readouterr()
+    code = main(["preprocess", "--ct", str(folder), "--pet", str(folder), "--out", str(tmp_path / "pre")])
+    err = capfd.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"hntumorseg: error: {files[2]}: cannot decode the pixel data, neither with pydicom nor "
+                          f"with GDCM (JPEG Extended (Process 2 and 4) ({JPEGExtended12Bit}): ")
+    assert "all available plugins: pillow: " in err and "pylibjpeg" in err
+    assert not (tmp_path / "pre").exists()
+
+
+def test_a_dicomdir_given_as_the_ct_is_named_as_one_and_its_folder_suggested(dicom_case, tmp_path, capsys):
+    """The index file of a CD or USB export given as the CT was called an image without its pixels
+    (truncated?)."""
+    from pydicom.fileset import FileSet
+
+    media = tmp_path / "media"
+    fileset = FileSet()
+    for path in read_series(dicom_case[0], "CT").files[:3]:
+        fileset.add(path)
+    fileset.write(media)
+    dicomdir = media / "DICOMDIR"
+    code = main(["preprocess", "--ct", str(dicomdir), "--pet", str(dicom_case[0]), "--out", str(tmp_path / "pre")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"hntumorseg: error: {dicomdir}: is a DICOMDIR, the index of a DICOM medium, not an image; "
+                          f"give the folder that holds the CT series ({media}) instead")
+    assert not (tmp_path / "pre").exists()
+
+
+def test_an_empty_file_without_a_suffix_beside_named_slices_is_ignored_but_not_an_empty_slice(dicom_case, tmp_path):
+    """A LOCKFILE or VERSION marker (0 bytes, no suffix) made the whole study unreadable as an interrupted copy.
+    It cannot be a DICOM object and is ignored beside slices named *.dcm; an empty *.dcm, or an empty file
+    beside slices named without a suffix (as on a DICOMDIR medium), may be a lost slice and is still refused."""
+    named, bare = tmp_path / "named", tmp_path / "bare"  # slices named *.dcm, and without a suffix
+    named.mkdir()
+    shutil.copytree(dicom_case[0], bare)
+    for path in dicom_case[0].iterdir():
+        shutil.copy(path, named / f"{path.name}.dcm")
+    for folder in (named, bare):
+        (folder / "LOCKFILE").write_bytes(b"")
+    assert read_series(named, "CT").image.GetSize() == read_series(dicom_case[0], "CT").image.GetSize()
+    with pytest.raises(InputError, match=re.escape(f"{bare / 'LOCKFILE'}: file is empty")):
+        read_series(bare, "CT")
+    (named / "S9_0000.dcm").write_bytes(b"")
+    with pytest.raises(InputError, match=re.escape(f"{named / 'S9_0000.dcm'}: file is empty")):
+        read_series(named, "CT")

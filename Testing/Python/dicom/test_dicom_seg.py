@@ -176,3 +176,35 @@ def test_a_ct_in_a_japanese_character_set_gets_a_utf8_segmentation_with_the_same
     seg = pydicom.dcmread(write_dicom_seg(study["label"], ct, tmp_path / "SEG.dcm"))
     assert seg.SpecificCharacterSet == "ISO_IR 192" and str(seg.PatientName) == name
     assert seg.PatientID == pydicom.dcmread(next(folder.iterdir())).PatientID
+
+
+def test_an_anonymised_ct_without_type2_patient_study_attributes_or_slice_thickness_gets_a_valid_segmentation(
+        study, tmp_path):
+    """Anonymisers delete the Type 2 patient and study attributes (and some SliceThickness); highdicom read
+    them from the CT and failed with an AttributeError. The SEG has them empty, the slice spacing as its
+    thickness, is a valid IOD, reads back the label, and the CT's headers are left as read."""
+    removed = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber",
+               "StudyDate", "StudyTime", "ReferringPhysicianName", "SliceThickness")
+    folder = tmp_path / "anonymous"
+    shutil.copytree(study["dicom"], folder)
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        for keyword in removed:
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(path)
+    ct = read_series(folder, "CT")
+    path = write_dicom_seg(study["label"], ct, tmp_path / "SEG.dcm")
+    assert not any(keyword in h for h in ct.headers for keyword in removed)
+    ds = pydicom.dcmread(path)
+    assert all(ds[keyword].value in ("", None) for keyword in removed[:-1])
+    measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(ct.image.GetSpacing()[2])
+    seg = hd.seg.segread(path)
+    got = seg.get_pixels_by_source_instance(source_sop_instance_uids=ct.sop_instance_uids,
+                                            combine_segments=True, skip_overlap_checks=True)
+    assert np.array_equal(got, sitk.GetArrayFromImage(study["label"]))
+    dciodvfy = shutil.which("dciodvfy")
+    if dciodvfy:
+        out = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, encoding="utf-8")
+        assert not [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
