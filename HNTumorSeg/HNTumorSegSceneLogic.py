@@ -40,7 +40,8 @@ from HNTumorSegLib.errors import InputError  # noqa: E402
 from HNTumorSegLib.imaging.image_checks import ct_offset_problem  # noqa: E402
 from HNTumorSegLib.imaging.image_io import shape_problem  # noqa: E402
 from HNTumorSegLib.slicer_support.default_inputs import VolumeCandidate, choose_default_inputs  # noqa: E402
-from HNTumorSegLib.slicer_support.dicom_pet import DicomPetSuv, dicom_pet_suv  # noqa: E402
+from HNTumorSegLib.slicer_support.dicom_pet import (DicomPetSuv, dicom_pairing_problem, dicom_pet_suv,  # noqa: E402
+                                                    suv_units_problem)
 from HNTumorSegLib.slicer_support.edit_guard import ASK, CREATE, output_policy, segmentation_fingerprint  # noqa: E402
 from HNTumorSegLib.slicer_support.export_checks import (ExportState, dicom_seg_availability,  # noqa: E402
                                                         rtstruct_availability)
@@ -128,13 +129,17 @@ class HNTumorSegSceneLogic:
         candidates, nodes = [], {}
         sh = slicer.mrmlScene.GetSubjectHierarchyNode()
         for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetHideFromEditors() \
-                    or node.GetAttribute(UNCERTAINTY_ATTRIBUTE) is not None:
+            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.IsA("vtkMRMLVectorVolumeNode") \
+                    or node.GetHideFromEditors() or node.GetAttribute(UNCERTAINTY_ATTRIBUTE) is not None:
                 continue
             item = sh.GetItemByDataNode(node)
             study = sh.GetItemParent(item) if item else 0
-            candidates.append(VolumeCandidate(node.GetID(), node.GetName(), self.dicomModality(node),
-                                              str(study) if study else None))
+            image = node.GetImageData()
+            candidates.append(VolumeCandidate(
+                node.GetID(), node.GetName(), self.dicomModality(node), str(study) if study else None,
+                slices=min(image.GetDimensions()) if image is not None else None,
+                localizer="LOCALIZER" in (self.dicomValue(node, "0008,0008") or "").upper(),
+                attenuation_corrected=self._attenuationCorrected(node)))
             nodes[node.GetID()] = node
         ct, pet = choose_default_inputs(candidates)
         return nodes.get(ct), nodes.get(pet)
@@ -146,14 +151,25 @@ class HNTumorSegSceneLogic:
 
     @classmethod
     def dicomModality(cls, node) -> Optional[str]:
+        return cls.dicomValue(node, "0008,0060")
+
+    @classmethod
+    def dicomValue(cls, node, tag: str) -> Optional[str]:
+        """A tag's value ("gggg,eeee") in the first DICOM file of a node Slicer's DICOM module loaded, or None."""
         uids = cls.dicomInstanceUIDs(node)
         database = getattr(slicer, "dicomDatabase", None)
         if not uids or database is None:
             return None
         try:
-            return database.fileValue(database.fileForInstance(uids[0]), "0008,0060") or None
+            return database.fileValue(database.fileForInstance(uids[0]), tag) or None
         except Exception:
             return None
+
+    @classmethod
+    def _attenuationCorrected(cls, node) -> Optional[bool]:
+        """Whether a PET's CorrectedImage (0028,0051) holds ATTN; None when unknown (not DICOM, tag absent)."""
+        corrected = cls.dicomValue(node, "0028,0051")
+        return None if not corrected else "ATTN" in corrected.upper()
 
     def inputProblems(self, ctNode, petNode) -> list:
         """(level, message) pairs the user should see before a run: errors stop it, warnings ask."""
@@ -164,10 +180,17 @@ class HNTumorSegSceneLogic:
             return [(ERROR, "CT and PET are the same volume: select the PET in the PET selector.")]
         for role, node in (("CT", ctNode), ("PET", petNode)):
             image = node.GetImageData()
-            shape = shape_problem(f"{role} '{node.GetName()}'", 3, tuple(image.GetDimensions()), 1) \
+            shape = shape_problem(f"{role} '{node.GetName()}'", 3, tuple(image.GetDimensions()),
+                                  image.GetNumberOfScalarComponents()) \
                 if image is not None else f"{role} '{node.GetName()}' holds no image data"
             if shape:
                 return [(ERROR, shape)]
+        ctFiles, petFiles = self.dicomFiles(ctNode), self.dicomFiles(petNode)
+        if ctFiles and petFiles and ctFiles[0] and petFiles[0]:  # both from DICOM: one patient, frame and session
+            paired = dicom_pairing_problem(ctFiles[0][0], petFiles[0][0], f"the CT '{ctNode.GetName()}'",
+                                           f"PET '{petNode.GetName()}'")
+            if paired:
+                return [(ERROR, paired)]
         for role, node in (("CT", ctNode), ("PET", petNode)):
             transform = node.GetParentTransformNode()
             if transform is None:
@@ -182,6 +205,10 @@ class HNTumorSegSceneLogic:
         shifted = ct_offset_problem(slicer.util.arrayFromVolume(ctNode))
         if shifted:  # the worker reads the CT as given: this is the Slicer path's only check of its units
             problems.append((ERROR, f"CT '{ctNode.GetName()}': {shifted}"))
+        units = petNode.GetVoxelValueUnits() if hasattr(petNode, "GetVoxelValueUnits") else None
+        otherSuv = suv_units_problem(units.GetCodeValue() if units is not None else None, f"PET '{petNode.GetName()}'")
+        if otherSuv:
+            return problems + [(ERROR, otherSuv)]
         values = slicer.util.arrayFromVolume(petNode)
         try:
             suv = self.petSuv(petNode)
@@ -199,15 +226,16 @@ class HNTumorSegSceneLogic:
 
     @classmethod
     def dicomFiles(cls, node) -> Optional[tuple]:
-        """(files of the node's DICOM instances in Slicer's DICOM database, how many UIDs had no file);
-        None for a node that did not come from the DICOM module, or without a DICOM database."""
+        """(files of the node's DICOM instances in Slicer's DICOM database, how many UIDs had no file, the UID
+        each file was found for); None for a node that did not come from the DICOM module, or without a DICOM
+        database."""
         uids = cls.dicomInstanceUIDs(node)
         database = getattr(slicer, "dicomDatabase", None)
         if not uids or database is None:
             return None
-        files = [database.fileForInstance(uid) for uid in uids]
-        found = [f for f in files if f]
-        return found, len(files) - len(found)
+        found = [(uid, database.fileForInstance(uid)) for uid in uids]
+        found = [(uid, f) for uid, f in found if f]
+        return [f for _, f in found], len(uids) - len(found), [uid for uid, _ in found]
 
     def petSuv(self, petNode) -> Optional[DicomPetSuv]:
         """The SUVbw conversion of a PET loaded with the DICOM module (None for a PET from a file).
@@ -215,11 +243,16 @@ class HNTumorSegSceneLogic:
         The factor comes from the series' tags through the same code as ``hntumorseg segment --pet STUDY/``;
         InputError names a missing or implausible tag.
         """
+        name = f"PET '{petNode.GetName()}'"
+        units = petNode.GetVoxelValueUnits() if hasattr(petNode, "GetVoxelValueUnits") else None
+        problem = suv_units_problem(units.GetCodeValue() if units is not None else None, name)
+        if problem:  # an SUV of another normalisation (Slicer's PET-DICOM extension codes it on the volume)
+            raise InputError(problem)
         found = self.dicomFiles(petNode)
         if found is None:
             return None
-        files, missing = found
-        return dicom_pet_suv(files, missing, slicer.util.arrayFromVolume(petNode), f"PET '{petNode.GetName()}'")
+        files, missing, uids = found
+        return dicom_pet_suv(files, missing, slicer.util.arrayFromVolume(petNode), name, uids)
 
     def petImage(self, petNode):
         """The PET in world coordinates and in SUV: converted from its DICOM tags when it came in Bq/mL."""

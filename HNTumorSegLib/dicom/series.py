@@ -588,11 +588,15 @@ _DATE_TAGS = ("AcquisitionDate", "SeriesDate", "ContentDate", "StudyDate")
 
 
 def acquisition_date(volume: DicomVolume) -> tuple[str, object] | None:
-    """(tag, date) of the first slice's acquisition date (AcquisitionDate, else SeriesDate, ContentDate,
+    """(tag, date) of the first slice's acquisition date (see :func:`header_acquisition_date`)."""
+    return header_acquisition_date(volume.headers[0])
+
+
+def header_acquisition_date(header) -> tuple[str, object] | None:
+    """(tag, date) of a slice header's acquisition date (AcquisitionDate, else SeriesDate, ContentDate,
     StudyDate; AcquisitionDateTime when none of them is given), or None when no valid date is given."""
     import datetime as dt
 
-    header = volume.headers[0]
     for tag in (*_DATE_TAGS, "AcquisitionDateTime"):
         text = str(header.get(tag, "") or "").strip()[:8]
         if len(text) == 8 and text.isdigit():
@@ -607,18 +611,24 @@ def pet_ct_pairing_problem(ct: DicomVolume, pet: DicomVolume) -> str | None:
     """A message (starting with the PET's folder) when a DICOM CT and PET cannot be one PET/CT study: other
     patients (PatientID), other frames of reference (FrameOfReferenceUID: their coordinates are unrelated),
     or acquired more than :data:`MAX_DAYS_APART` days apart. None when they agree, or a tag is missing."""
-    pet_where = f"{pet.folder}: PET series {pet.series.uid}"
-    ct_where = f"the CT ({ct.folder}, series {ct.series.uid})"
-    pet_id, ct_id = str(pet.headers[0].get("PatientID", "") or ""), str(ct.headers[0].get("PatientID", "") or "")
+    return pairing_problem(ct.headers[0], pet.headers[0], f"the CT ({ct.folder}, series {ct.series.uid})",
+                           f"{pet.folder}: PET series {pet.series.uid}")
+
+
+def pairing_problem(ct_header, pet_header, ct_where: str, pet_where: str) -> str | None:
+    """:func:`pet_ct_pairing_problem` from one slice header of each (the Slicer module has no volume of ours):
+    the message starts with ``pet_where`` and names the CT as ``ct_where``."""
+    pet_id, ct_id = str(pet_header.get("PatientID", "") or ""), str(ct_header.get("PatientID", "") or "")
     if pet_id and ct_id and pet_id != ct_id:
         return (f"{pet_where} is of PatientID {pet_id!r} but {ct_where} of {ct_id!r}; PET and CT must be of one "
                 "patient: give the PET and CT of one study")
-    if pet.frame_of_reference_uid and ct.frame_of_reference_uid \
-            and pet.frame_of_reference_uid != ct.frame_of_reference_uid:
-        return (f"{pet_where} has FrameOfReferenceUID {pet.frame_of_reference_uid} but {ct_where} has "
-                f"{ct.frame_of_reference_uid}: their patient coordinates are unrelated; give the PET and CT of one "
+    pet_frame = str(pet_header.get("FrameOfReferenceUID", "") or "")
+    ct_frame = str(ct_header.get("FrameOfReferenceUID", "") or "")
+    if pet_frame and ct_frame and pet_frame != ct_frame:
+        return (f"{pet_where} has FrameOfReferenceUID {pet_frame} but {ct_where} has "
+                f"{ct_frame}: their patient coordinates are unrelated; give the PET and CT of one "
                 "PET/CT acquisition, or a PET registered and resampled onto the CT's frame of reference")
-    pet_date, ct_date = acquisition_date(pet), acquisition_date(ct)
+    pet_date, ct_date = header_acquisition_date(pet_header), header_acquisition_date(ct_header)
     if pet_date and ct_date:
         days = abs((pet_date[1] - ct_date[1]).days)
         if days > MAX_DAYS_APART:

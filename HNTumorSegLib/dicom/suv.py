@@ -204,11 +204,12 @@ def _suvbw_per_bqml(headers: Sequence, where: str, hint: str = OVERRIDE_HINT) ->
     return factor, tags
 
 
-def suv_conversion(headers: Sequence, where: str, hint: str = OVERRIDE_HINT) -> SuvConversion:
+def suv_conversion(headers: Sequence, where: str, hint: str = OVERRIDE_HINT,
+                   choose_series: str = "with --pet-series") -> SuvConversion:
     """The SUVbw factor of a PET series from its slice headers (any order).
 
     ``hint``: what the user can do instead, ending each error (the CLI's ``--pet-units suv``; the Slicer
-    module says its own).
+    module says its own); ``choose_series``: how the user picks another series (an option, or a selector).
     """
     if not headers:
         raise InputError(f"{where}: no PET slices")
@@ -216,7 +217,7 @@ def suv_conversion(headers: Sequence, where: str, hint: str = OVERRIDE_HINT) -> 
     corrected = [str(v).upper() for v in (first.get("CorrectedImage") or [])]
     if corrected and "ATTN" not in corrected:
         raise InputError(f"{where}: CorrectedImage (0028,0051) lacks ATTN: this PET is not attenuation-corrected, "
-                         "so it has no SUV; pick the attenuation-corrected series with --pet-series")
+                         f"so it has no SUV; pick the attenuation-corrected series {choose_series}")
     units = str(_value(first, "Units", "(0054,1001)", where, hint)).strip().upper()
     if units == "GML":
         return SuvConversion(1.0, "Units GML: already SUVbw", "GML", {"Units": "GML"})

@@ -4,7 +4,9 @@ Why: a PET/CT study loaded from DICOM brings two or more volumes; asking the use
 obvious pair is a chance to pick them the wrong way round. Evidence, strongest first: the DICOM
 Modality attribute (CT / PT), then words in the volume's name (HECKTOR's ``__CT`` / ``__PT``,
 "PET", "FDG", "SUV", "CTAC", ...), then, for CT only, values in Hounsfield units (air near -1000).
-A PET in the same study as the chosen CT is preferred.
+A PET in the same study as the chosen CT is preferred, and among PETs an attenuation-corrected one
+(a NAC series has no SUV). A localizer (topogram) or a one-slice volume is never a candidate, nor is
+anything but a 3D volume of one value per voxel (the caller leaves out vector/RGB volumes).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class VolumeCandidate:
     modality: Optional[str] = None    # DICOM (0008,0060), when loaded from DICOM
     study: Optional[str] = None       # study instance UID or subject-hierarchy study item
     minimum: Optional[float] = None   # smallest voxel value, when cheap to know
+    slices: Optional[int] = None      # the smallest dimension (1: a single image, such as a topogram)
+    localizer: bool = False           # DICOM ImageType holds LOCALIZER
+    attenuation_corrected: Optional[bool] = None  # DICOM CorrectedImage holds ATTN (None: not known)
 
 
 def name_words(name: str) -> list[str]:
@@ -42,6 +47,8 @@ def name_words(name: str) -> list[str]:
 
 def classify(volume: VolumeCandidate) -> tuple[Optional[str], int]:
     """("CT" | "PT" | None, evidence strength) for one volume."""
+    if volume.localizer or (volume.slices is not None and volume.slices < 2):
+        return None, 0  # a topogram or a single image: never the CT or PET of a 3D segmentation
     modality = (volume.modality or "").strip().upper()
     if modality in ("CT", "PT"):
         return modality, _BY_MODALITY
@@ -62,7 +69,7 @@ def choose_default_inputs(volumes: Sequence[VolumeCandidate]) -> tuple[Optional[
 
     Among several candidates the strongest evidence wins, then (for the CT) having a PET in its
     study, then the most recently loaded (later in ``volumes``). The PET is taken from the CT's
-    study when one there qualifies.
+    study when one there qualifies, attenuation-corrected before not.
     """
     cts, pets = [], []
     for order, v in enumerate(volumes):
@@ -82,7 +89,7 @@ def choose_default_inputs(volumes: Sequence[VolumeCandidate]) -> tuple[Optional[
     def pet_rank(item):
         strength, order, v = item
         same_study = bool(ct is not None and ct.study and v.study == ct.study)
-        return (same_study, strength, order)
+        return (same_study, strength, v.attenuation_corrected is not False, order)
 
     pet = max(pets, key=pet_rank)[2] if pets else None
     return (ct.key if ct else None, pet.key if pet else None)

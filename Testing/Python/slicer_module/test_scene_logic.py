@@ -388,6 +388,57 @@ def test_pet_loaded_from_dicom_in_bq_per_ml_is_converted_as_the_command_line_doe
 
 
 
+def test_dicom_inputs_of_other_patients_another_suv_or_a_topogram_are_caught_before_a_run(tmp_path, monkeypatch):
+    """As the command line: a PET of another patient than the CT (both loaded from DICOM) is refused; so is a PET
+    in SUVlbm (Slicer's PET-DICOM extension codes it), and an RGB volume names its components. A topogram and
+    the NAC PET are never the default inputs."""
+    from HNTumorSegLib.phantom.dicom import DicomStudy, write_ct_series
+
+    phantom = make_phantom(PHANTOM_SEED, "head", ct_matrix=64, n_nodes=1)
+    study, other = tmp_path / "study", tmp_path / "other"
+    write_dicom_case(phantom, study)
+    write_ct_series(phantom.ct, other, DicomStudy("SOMEONE-ELSE"))
+    monkeypatch.setattr(slicer, "dicomDatabase", DicomDatabase(study), raising=False)
+    app = HeadlessSlicer()
+    try:
+        logic = scene_logic_class()(workerPython=[sys.executable])
+        ct_volume, pet_volume = read_series(study, "CT"), read_series(study, "PT")
+        nodes = {}
+        for name, volume in (("CT", ct_volume), ("PET", pet_volume), ("CT other", read_series(other, "CT"))):
+            sitk.WriteImage(volume.image, str(tmp_path / f"{name}.nrrd"))
+            nodes[name] = app.load_volume(tmp_path / f"{name}.nrrd", name)
+            nodes[name].SetAttribute("DICOM.instanceUIDs", " ".join(volume.sop_instance_uids))
+        ct, pet = nodes["CT"], nodes["PET"]
+        assert [level for level, _ in logic.inputProblems(ct, pet)] == ["info"]
+        slicer.dicomDatabase.files.update(DicomDatabase(other).files)
+        problems = logic.inputProblems(nodes["CT other"], pet)
+        assert [level for level, _ in problems] == ["error"]
+        assert problems[0][1].startswith("PET 'PET' is of PatientID") and "SOMEONE-ELSE" in problems[0][1]
+
+        units = slicer.vtkCodedEntry()
+        units.SetValueSchemeMeaning("{SUVlbm}g/ml", "UCUM", "Standardized Uptake Value lean body mass")
+        sul = app.load_volume(tmp_path / "PET.nrrd", "PET SUL")
+        slicer.util.updateVolumeFromArray(sul, slicer.util.arrayFromVolume(pet) * 2e-4)  # values of an SUV
+        sul.SetVoxelValueUnits(units)
+        problems = logic.inputProblems(ct, sul)
+        assert [level for level, _ in problems] == ["error"] and "SUVlbm (lean body mass), not SUVbw" in problems[0][1]
+        with pytest.raises(InputError, match="not SUVbw"):
+            logic.petImage(sul)
+
+        rgb = app.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "PET CT Fusion")
+        rgb.CopyOrientation(pet)
+        slicer.util.updateVolumeFromArray(rgb, np.zeros((*slicer.util.arrayFromVolume(pet).shape, 3), np.uint8))
+        problems = logic.inputProblems(ct, rgb)
+        assert [level for level, _ in problems] == ["error"] and "3 components" in problems[0][1], problems
+
+        topogram = app.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Topogram")  # loaded last, one image
+        slicer.util.updateVolumeFromArray(topogram, np.full((1, 64, 64), -1000, np.int16))
+        topogram.SetAttribute("DICOM.instanceUIDs", ct_volume.sop_instance_uids[0])
+        assert logic.defaultInputs()[0] in (ct, nodes["CT other"])
+    finally:
+        app.close()
+
+
 def test_a_ct_in_hu_plus_1024_is_refused_before_the_worker_starts(headless_slicer, plain_case, tmp_path, monkeypatch):
     shifted = sitk.Cast(sitk.ReadImage(str(plain_case.ct_path)) + 1024, sitk.sitkUInt16)  # an unsigned export
     sitk.WriteImage(shifted, str(tmp_path / "ct_unsigned.nrrd"))

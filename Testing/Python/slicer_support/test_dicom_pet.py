@@ -18,7 +18,7 @@ from HNTumorSegLib.dicom.series import read_series
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.phantom import make_phantom
 from HNTumorSegLib.phantom.dicom import DicomStudy, PetAcquisition, write_pet_series
-from HNTumorSegLib.slicer_support.dicom_pet import SLICER_HINT, dicom_pet_suv
+from HNTumorSegLib.slicer_support.dicom_pet import SLICER_HINT, dicom_pairing_problem, dicom_pet_suv, suv_units_problem
 from HNTumorSegLib.slicer_support.suv_check import looks_like_activity
 
 
@@ -97,3 +97,44 @@ def test_instances_missing_from_the_database_and_foreign_files_are_refused(phant
     (tmp_path / "junk.dcm").write_bytes(b"not dicom at all")
     with pytest.raises(InputError, match="cannot read its DICOM file .*junk.dcm"):
         dicom_pet_suv([tmp_path / "junk.dcm"], 0, activity, "PET 'pt'")
+
+
+def test_a_file_that_now_holds_another_instance_is_refused(phantom, tmp_path):
+    """A linked import whose files were written over by a later export of another patient (same file names):
+    the database still gives those paths for the loaded PET's instance UIDs; their weight and dose are not
+    the loaded patient's."""
+    files, activity = pet_series(phantom, tmp_path)
+    uids = [str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in files]
+    assert dicom_pet_suv(files, 0, activity, "PET 'pt'", uids).applies
+    other = pydicom.dcmread(files[2])
+    other.SOPInstanceUID = pydicom.uid.generate_uid()
+    other.PatientWeight = "90"
+    other.save_as(files[2])
+    with pytest.raises(InputError, match=rf"its DICOM file .*{files[2].name} now holds instance .*not {uids[2]}"):
+        dicom_pet_suv(files, 0, activity, "PET 'pt'", uids)
+
+
+@pytest.mark.parametrize("units, refused", [("{SUVbw}g/ml", False), ("{SUVlbm}g/ml", True), ("{SUVbsa}cm2/ml", True),
+                                            ("{SUVibw}g/ml", True), ("BQML", False), (None, False)])
+def test_an_suv_of_another_normalisation_is_refused(units, refused):
+    problem = suv_units_problem(units, "PET 'sul'")
+    assert (problem is not None) == refused
+    if refused:
+        assert problem.startswith("PET 'sul' is in SUV") and "not SUVbw" in problem and "\n" not in problem
+
+
+def test_a_ct_and_pet_of_other_patients_or_frames_are_refused_as_the_command_line_refuses(phantom, tmp_path):
+    from HNTumorSegLib.phantom.dicom import write_ct_series
+
+    files, _ = pet_series(phantom, tmp_path / "pet")
+    write_ct_series(phantom.ct, tmp_path / "ct", DicomStudy(phantom.case_id))
+    ct_file = sorted((tmp_path / "ct").iterdir())[0]
+    assert dicom_pairing_problem(ct_file, files[0], "the CT 'ct'", "PET 'pt'") is None
+    write_ct_series(phantom.ct, tmp_path / "other", DicomStudy("SOMEONE-ELSE"))
+    other = sorted((tmp_path / "other").iterdir())[0]
+    problem = dicom_pairing_problem(other, files[0], "the CT 'ct'", "PET 'pt'")
+    assert problem.startswith("PET 'pt' is of PatientID") and "the CT 'ct'" in problem
+    write_ct_series(phantom.ct, tmp_path / "frame", DicomStudy(phantom.case_id,
+                                                                 frame_of_reference_uid="1.2.826.0.1.3680043.2.1125.99"))
+    frame = sorted((tmp_path / "frame").iterdir())[0]
+    assert "FrameOfReferenceUID" in dicom_pairing_problem(frame, files[0], "the CT 'ct'", "PET 'pt'")

@@ -94,6 +94,16 @@ def test_ct_with_a_pet_in_its_study_beats_a_lone_ct():
     assert choose_default_inputs(volumes) == ("ct1", "pet")
 
 
+def test_a_localizer_or_single_image_is_never_a_default_and_an_attenuation_corrected_pet_is_preferred():
+    volumes = [VolumeCandidate("ct", "CT", "CT", "s1", slices=120), VolumeCandidate("ac", "PET AC", "PT", "s1"),
+               VolumeCandidate("nac", "PET NAC", "PT", "s1", attenuation_corrected=False),
+               VolumeCandidate("topogram", "Topogram", "CT", "s1", slices=1),
+               VolumeCandidate("scout", "Scout", "CT", "s1", localizer=True)]
+    assert choose_default_inputs(volumes) == ("ct", "ac")  # the NAC and the localizers were loaded last
+    assert choose_default_inputs(volumes[:1] + volumes[2:]) == ("ct", "nac")  # the only PET: its check says why
+    assert choose_default_inputs(volumes[3:]) == (None, None)
+
+
 # ------------------------------------------------------------------ SUV plausibility
 def _pet(max_value, low=0.0):
     rng = np.random.default_rng(0)
