@@ -7,7 +7,7 @@ Two layouts are accepted, also mixed under one root:
   ``ROOT/labelsTr/CASE.nii.gz``.
 
 ``.nii`` works wherever ``.nii.gz`` does, and so do NRRD and MetaImage files (``.nrrd``, ``.nhdr``,
-``.mha``, ``.mhd``); suffixes match in any letter case. Case ids are ``CENTRE-NNN`` or ``CENTRE_NNN``
+``.mha``, ``.mhd``); suffixes, and the role suffixes ``__CT`` / ``__PT``, match in any letter case. Case ids are ``CENTRE-NNN`` or ``CENTRE_NNN``
 (``CHUM-001``, ``MDA_123``); the centre drives the centre-proportional split. Why so strict:
 a training set that silently loses cases (a PET under a slightly different name, a missing
 label) gives a model trained on less than the user thinks, so every image file that does not
@@ -80,9 +80,10 @@ def _image_stem(path: Path) -> str | None:
 
 
 def _role_of(stem: str) -> tuple[str, str]:
-    """(case id, role) of a file stem: ``X__CT`` -> "ct", ``X__PT`` -> "pet", plain ``X`` -> "label"."""
+    """(case id, role) of a file stem: ``X__CT`` -> "ct", ``X__PT`` -> "pet", plain ``X`` -> "label". The role
+    suffix matches in any letter case (``X__ct``), as it does in a folder of any name (:func:`_plain_role`)."""
     for suffix, role in ROLE_SUFFIXES.items():
-        if stem.endswith(suffix):
+        if stem.upper().endswith(suffix):
             return stem[:-len(suffix)], role
     return stem, "label"
 

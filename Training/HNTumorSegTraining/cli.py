@@ -28,6 +28,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     print(", ".join(f"{k} {v}" for k, v in counts.items()))
     for rejection in report.rejected:
         print(f"  rejected {rejection.case_id} ({rejection.stage}): {'; '.join(rejection.reasons)}")
+    for problem in report.file_problems:
+        print(f"  file problem {problem.case_id}: {'; '.join(problem.reasons)}")
     c = report.containment
     print(f"window 256 x 256 x 112 keeps all GTVp in {c['all_GTVp_inside']}, all GTVn in {c['all_GTVn_inside']} "
           f"of {c['cases']} cases; report: {Path(args.out) / 'prepare_report.json'}")
@@ -100,6 +102,9 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
                              progress=None if args.quiet else report)
     for name, rule in entry["rules"].items():
         dice = entry["chosen_on"]["window_grid_dice"][name]
+        if dice.get("not_chosen"):
+            print(f"{name}: {dice['not_chosen']}")
+            continue
         print(f"{name}: drop components < {rule['min_volume_ml']} mL or peak probability < "
               f"{rule['min_peak_probability']}{', keep the largest only' if rule['largest_only'] else ''}"
               f"{', never all (the strongest stays)' if rule.get('keep_strongest') else ''}; "
@@ -116,17 +121,26 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from HNTumorSegLib.cli.output_paths import refuse_clashes
     from HNTumorSegLib.imaging.image_io import write_bytes
 
-    from .evaluate import SUMMARY_FILE, read_evaluation, read_summary, table3
+    from .evaluate import SUMMARY_FILE, evaluation_dir, read_evaluation, read_summary, table3
 
+    summaries = [Path(path) / SUMMARY_FILE if (Path(path) / SUMMARY_FILE).is_file()
+                 else evaluation_dir(path, args.split, args.weights) / SUMMARY_FILE for path in args.runs]
+    if args.out:  # before anything is written: --out RUN/evaluation/val-best/summary.json is an input
+        refuse_clashes([("--out", args.out)], [("a compared evaluation", s) for s in summaries])
     rows = []
-    for path in args.runs:
+    for path, file in zip(args.runs, summaries):
         if (Path(path) / SUMMARY_FILE).is_file():  # an evaluation folder (evaluate --out DIR)
             summary = read_evaluation(path)
         else:
             summary = read_summary(path, args.split, args.weights)
-        rows.append((f"{Path(path).name} ({summary['model']})", summary))
+        rows.append((f"{Path(path).name} ({summary.get('model', '?')})", summary))
+        try:
+            table3(rows[-1:])
+        except (KeyError, TypeError) as exc:  # a summary cut short or written by hand
+            raise InputError(f"{file}: not a complete evaluation summary (no {exc} entry); evaluate again") from None
     text = table3(rows)
     print(text, end="")
     if args.out:
@@ -144,6 +158,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     kind = f"an ensemble of {len(args.run)} networks" if len(args.run) > 1 else "one network"
     print(f"wrote {config} and {weights} ({weights.stat().st_size / 1e6:.1f} MB, {kind})")
     return 0
+
+
+def _limit(text: str) -> int:
+    """``--limit N``: a number of cases, at least 1 (``ids[:0]`` scores nothing, ``ids[:-1]`` drops the last)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of cases expected, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (a number of cases), got {value}")
+    return value
 
 
 def _val_counts(text: str) -> str | dict[str, int]:
@@ -208,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
     sp.add_argument("--no-postprocess", action="store_true",
                     help="score the raw network output, without the weights' component clean-up")
-    sp.add_argument("--limit", type=int, help="only the first N cases (smoke runs)")
+    sp.add_argument("--limit", type=_limit, help="only the first N cases (smoke runs)")
     sp.add_argument("--quiet", action="store_true", help="no per-case lines")
     sp.set_defaults(func=cmd_evaluate)
 
@@ -230,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--criterion", choices=("mean", "sign"), default="mean",
                     help="mean: the best mean Dice; sign: the best mean among rules that improve more cases "
                          "than they worsen (one-sided sign test, p <= 0.05)")
-    sp.add_argument("--limit", type=int, help="only the first N cases")
+    sp.add_argument("--limit", type=_limit, help="only the first N cases")
     sp.add_argument("--quiet", action="store_true", help="no per-case lines")
     sp.set_defaults(func=cmd_postprocess)
 

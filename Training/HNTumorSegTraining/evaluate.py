@@ -63,6 +63,7 @@ from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION
 from HNTumorSegLib.pipeline.sliding_window import InferenceWindow
 
 from HNTumorSegLib.cases.hecktor import Case, CaseProblem, find_cases
+from .cache import case_dir, read_provenance
 from .validate import inference_window
 from .weights import load_weights
 
@@ -192,6 +193,27 @@ def cases_for(data_root: Path, ids: Sequence[str]) -> list[Case]:
         listed = ", ".join(missing[:5]) + (f", … (+{len(missing) - 5})" if len(missing) > 5 else "")
         raise InputError(f"{data_root}: {len(missing)} case(s) of the split not found: {listed}")
     return [found[i] for i in ids]
+
+
+def _check_limit(limit: int | None) -> None:
+    """InputError for a ``limit`` below 1: ``ids[:0]`` scores nothing and ``ids[:-2]`` silently drops cases."""
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit {limit}: must be at least 1 (a number of cases)")
+
+
+def refuse_other_labels(cache: Path, cases: Sequence[Case]) -> None:
+    """InputError when a case's label file differs in size from the one its cached case was prepared
+    from (recorded in its provenance). Why: ``--data ROOT`` (or an edited data root) may hold other files
+    under the split's ids; scoring against them would report a figure for cases the run never saw."""
+    for case in cases:
+        recorded = ((read_provenance(case_dir(cache, case.case_id)) or {}).get("sources") or {}).get("label") or {}
+        if case.label is None or "bytes" not in recorded:
+            continue  # a cache written without sources (or by hand): nothing to compare
+        size = Path(case.label).stat().st_size
+        if size != recorded["bytes"]:
+            raise InputError(f"{case.label}: label file of {case.case_id} has {size} bytes, the cache "
+                             f"{cache} was prepared from one of {recorded['bytes']}; not the cases the run was "
+                             "split on (prepare again, or evaluate the folder with --out DIR)")
 
 
 def confusion_of(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
@@ -425,6 +447,7 @@ def evaluate(run: str | Path, *, split: str = "val", which: str = "best", data_r
     run = Path(run)
     info = run_settings(run)
     weights = weights_of(run, which)
+    _check_limit(limit)
     ids, split_data = split_case_ids(Path(info["cache"]), split)
     if limit is not None:
         ids = ids[:limit]
@@ -432,6 +455,7 @@ def evaluate(run: str | Path, *, split: str = "val", which: str = "best", data_r
         raise InputError(f"{info['cache']}: split {split!r} holds no case; nothing to evaluate")
     root = Path(data_root) if data_root is not None else Path(split_data["data_root"])
     cases = cases_for(root, ids)
+    refuse_other_labels(Path(info["cache"]), cases)
     if segmenter is None:
         segmenter = make_segmenter(weights, run_window(info), device=device, tta=tta, postprocess=postprocess)
     results = _score(segmenter, cases, progress)
@@ -492,12 +516,15 @@ def evaluate_folder(data: str | Path | None, out: str | Path, *, model: str | Pa
     cases that every fold held out, as a single run is with ``evaluate --run RUN --split val``.
     """
     out = Path(out)
+    if limit is not None and limit < 0:  # (0 is refused below, as no case to evaluate)
+        _check_limit(limit)
     if (model is None) == (run is None) and segmenter is None:
         raise InputError("evaluate a folder with either --model MODEL or --run RUN, not both or neither")
     if cache is not None:
         ids, split_data = split_case_ids(Path(cache), split)
         data = Path(data) if data is not None else Path(split_data["data_root"])
         cases, problems = cases_for(data, ids), []
+        refuse_other_labels(Path(cache), cases)
         cases_from = f"split {split} of cache {Path(cache).name}"
     else:
         if data is None:

@@ -32,12 +32,15 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Mapping, Sequence
 
+from HNTumorSegLib.cli.output_paths import refuse_clashes
 from HNTumorSegLib.errors import InputError
-from HNTumorSegLib.pipeline.model_file import DEFAULT_INTENDED_USE, EnsembleMember, save_ensemble, save_model, tensors_sha256
+from HNTumorSegLib.pipeline.model_file import (DEFAULT_INTENDED_USE, EnsembleMember, model_paths, save_ensemble,
+                                               save_model, tensors_sha256)
 from HNTumorSegLib.pipeline.postprocess import ComponentFilter
+from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION
 
-from .evaluate import (read_evaluation, read_summary, run_settings, run_window, split_case_ids, training_case_ids,
-                       weights_of)
+from .evaluate import (SUMMARY_FILE, evaluation_dir, read_evaluation, read_summary, run_settings, run_window,
+                       split_case_ids, training_case_ids, weights_of)
 from .fit import WEIGHTS_SETTINGS
 from .models import config_of
 from .phantom_cohort import read_cohort
@@ -220,6 +223,15 @@ class _RunWeights:
                              "(HNTumorSegLib builds psam and unet networks only)")
         return cls(run, info, which, model, meta, config, tensors_sha256(model.state_dict()))
 
+    def refuse_other_preprocessing(self) -> None:
+        """InputError unless the weights were trained on this software's preprocessing: ``segment`` (and
+        ``evaluate``) refuse a model file of another version, so it must not be written."""
+        version = self.meta.get("preprocessing_version")
+        if str(version or "") != PREPROCESSING_VERSION:
+            raise InputError(f"{weights_of(self.run, self.which)}: trained on preprocessing version {version!r}, "
+                             f"this software makes version {PREPROCESSING_VERSION!r}; a model file of it could "
+                             "not be used")
+
     @cached_property
     def rules(self) -> dict[str, Any] | None:
         """The weights' own clean-up as ``{"rules": ...}`` (see :func:`_rules_of`)."""
@@ -238,6 +250,38 @@ class _RunWeights:
                 "device": info.get("device"), "torch_version": info.get("torch_version")}
 
 
+def model_name(out: str | Path) -> str:
+    """The model's default name: the file stem the model-file writer uses (``models/m.json`` -> ``m``)."""
+    return model_paths(out).json.stem
+
+
+def refuse_output_clashes(out: str | Path, runs: Sequence[str | Path], *, split: str, which: str,
+                          evaluations: Mapping[str, Path], postprocess_rule: str | Path | None) -> None:
+    """InputError before anything is read or written when the model file ``out`` would replace a file
+    export reads (a run's weights, its ``run.json``, an evaluation summary, the rule file) or is a folder.
+    Why: ``--out RUN/best`` would replace the run's weights with a model file of themselves."""
+    paths = model_paths(out)
+    inputs = []
+    for r in runs:
+        inputs += [("--run", Path(r) / "run.json"), ("--run", evaluation_dir(Path(r), split, which) / SUMMARY_FILE)]
+        for w in ("best", "last"):
+            own = model_paths(Path(r) / w)
+            inputs += [("--run", own.json), ("--run", own.weights)]
+    inputs += [("--evaluation", Path(folder) / SUMMARY_FILE) for folder in evaluations.values()]
+    inputs += [("--postprocess-rule", Path(postprocess_rule))] if postprocess_rule is not None else []
+    refuse_clashes([("--out", paths.json), ("--out", paths.weights)], inputs)
+
+
+def _own_evaluation(w: _RunWeights, split: str, rules: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run's own ``split`` evaluation of ``w``'s weights, checked as an ``--evaluation`` is: it must
+    have scored these very weights (the digest: ``fit --resume`` replaces ``best``), with this clean-up,
+    on none of the run's training cases (``--split train``, or a folder evaluation written there)."""
+    summary = read_summary(w.run, split, w.which)
+    check_evaluation(split, evaluation_dir(w.run, split, w.which), summary, [w.digest], rules,
+                     {w.run.name: training_case_ids(w.run)})
+    return summary
+
+
 def export(run: str | Path | Sequence[str | Path], out: str | Path, *, which: str = "best", split: str = "val",
            require_evaluation: bool = True, description: str | None = None,
            intended_use: str | None = None, name: str | None = None,
@@ -247,9 +291,10 @@ def export(run: str | Path | Sequence[str | Path], out: str | Path, *, which: st
 
     ``run``: one run folder, or several (a list): an ensemble (see the module docstring).
     ``evaluations``: {NAME: evaluation folder}; the model JSON's ``metrics`` then holds them all
-    under ``"evaluations"``. Without it, a single run's ``split`` evaluation is the metrics (refused
-    when missing unless ``require_evaluation`` is False); an ensemble needs ``evaluations`` or
-    ``require_evaluation=False``. ``postprocess=False`` exports without the clean-up;
+    under ``"evaluations"``. Without it, a single run's ``split`` evaluation is the metrics, checked as
+    an ``evaluations`` entry is (refused when missing, or made of other weights, another clean-up or
+    training cases); ``require_evaluation=False`` does not read it (the metrics say so); an ensemble
+    needs ``evaluations`` or ``require_evaluation=False``. ``postprocess=False`` exports without the clean-up;
     ``postprocess_rule``: a rule file (:mod:`.rule_file`) chosen for exactly these weights, whose
     clean-up replaces the runs' own (the way to give an ensemble a rule chosen on its average).
     """
@@ -259,11 +304,14 @@ def export(run: str | Path | Sequence[str | Path], out: str | Path, *, which: st
     if postprocess_rule is not None and not postprocess:
         raise InputError("--postprocess-rule and --no-postprocess contradict each other: give one")
     evaluations = {k: Path(v) for k, v in (evaluations or {}).items()}
+    refuse_output_clashes(out, runs, split=split, which=which, evaluations=evaluations,
+                          postprocess_rule=postprocess_rule)
     if len(runs) > 1:
         return _export_ensemble(runs, out, which=which, require_evaluation=require_evaluation,
                                 description=description, intended_use=intended_use, name=name,
                                 evaluations=evaluations, postprocess=postprocess, postprocess_rule=postprocess_rule)
     w = _RunWeights.read(runs[0], which)
+    w.refuse_other_preprocessing()
     run, info, meta = w.run, w.info, w.meta
     postprocess_entry = meta.get("postprocess")
     if postprocess_rule is not None:
@@ -271,29 +319,20 @@ def export(run: str | Path | Sequence[str | Path], out: str | Path, *, which: st
     rules = _rules_of(postprocess_entry, str(weights_of(run, which))) if postprocess else None
     if evaluations:
         metrics = _evaluations_metrics(evaluations, [w.digest], rules, {run.name: training_case_ids(run)})
-    elif postprocess_rule is not None and require_evaluation:
+    elif not require_evaluation:  # the run's own evaluation is not read: it may be of other weights or clean-up
+        metrics = {"note": "not evaluated with hntumorseg-train evaluate; window validation from training only",
+                   **meta.get("metrics", {})}
+    elif postprocess_rule is not None:
         raise InputError(f"{postprocess_rule}: a clean-up from a rule file is evaluated with the exported file: "
                          + EVALUATE_THE_FILE)
     else:
-        try:
-            summary = read_summary(run, split, which)
-            metrics = _evaluation_metrics(summary)
-        except InputError:
-            if require_evaluation:
-                raise
-            metrics = {"note": "not evaluated with hntumorseg-train evaluate; window validation from training only",
-                       **meta.get("metrics", {})}
-        else:
-            if not same_clean_up(summary.get("postprocess"), rules):
-                raise InputError(f"{run}: the {split} evaluation of the {which} weights was made with clean-up "
-                                 f"{summary.get('postprocess')}, the weights now prescribe {rules}; "
-                                 "run hntumorseg-train evaluate again")
+        metrics = _evaluation_metrics(_own_evaluation(w, split, rules))
     trained_on = data_description(Path(info["cache"]), description)
     if intended_use is None:
         intended_use = PHANTOM_INTENDED_USE if trained_on["synthetic"] else DEFAULT_INTENDED_USE
     window = w.window
     metadata = {
-        "name": name or Path(out).name,
+        "name": name or model_name(out),
         **({"inference": window} if window else {}),
         **({"postprocess": postprocess_entry} if rules else {}),
         "preprocessing_version": meta["preprocessing_version"],
@@ -350,11 +389,18 @@ def _export_ensemble(runs: Sequence[str | Path], out: str | Path, *, which: str,
     if repeated:
         raise InputError(f"--run {repeated[0]} given twice (an ensemble of copies of one network is that network)")
     members = [_RunWeights.read(r, which) for r in runs]
+    first_with: dict[str, Path] = {}
+    for w in members:  # a copy of a run under another path: the same tensors
+        if w.digest in first_with:
+            raise InputError(f"--run {w.run} holds the same network as --run {first_with[w.digest]} (identical "
+                             "tensors); an ensemble of copies of one network is that network")
+        first_with[w.digest] = w.run
     for key, what in (("preprocessing_version", "preprocessing version"), ("labels", "labels")):
         values = {json.dumps(w.meta.get(key), sort_keys=True) for w in members}
         if len(values) > 1:
             listed = ", ".join(f"{w.run.name}: {w.meta.get(key)}" for w in members)
             raise InputError(f"the runs differ in {what} ({listed}); an ensemble needs one")
+    members[0].refuse_other_preprocessing()  # (all share it)
     io = {(w.config.in_channels, w.config.out_channels) for w in members}
     if len(io) > 1:
         raise InputError(f"the runs' networks differ in input/output channels {sorted(io)}; "
@@ -387,8 +433,8 @@ def _export_ensemble(runs: Sequence[str | Path], out: str | Path, *, which: str,
     taken: set[str] = set()
     entries = []
     for w in members:
-        try:
-            own = _evaluation_metrics(read_summary(w.run, "val", w.which))
+        try:  # only an evaluation of these very weights and clean-up describes the member
+            own = _evaluation_metrics(_own_evaluation(w, "val", w.rules))
         except InputError:
             own = None
         source = portable({"run": w.run.name, "weights": w.which, "weights_sha256": w.meta.get("weights_sha256"),
@@ -397,7 +443,7 @@ def _export_ensemble(runs: Sequence[str | Path], out: str | Path, *, which: str,
                            "evaluation_val": own})
         entries.append(EnsembleMember(w.model, w.config, _member_name(w, taken), w.window, source))
     metadata = portable({
-        "name": name or Path(out).name,
+        "name": name or model_name(out),
         **({"postprocess": postprocess_entry} if postprocess_entry else {}),
         "preprocessing_version": members[0].meta["preprocessing_version"],
         "trained_on": trained_on,

@@ -17,7 +17,10 @@ deleted whole primaries on a centre the model had not seen. A mean is moved by o
 
 Choose it on cases the model will not be evaluated on: the run's training cases (the default),
 or better a separate tuning cache (``--cache``), e.g. extra phantoms prepared apart from the
-cohort. The choice, its cases and the Dice before and after are recorded beside the rule.
+cohort; a tuning case that is a validation case of a run (by id, whatever cache holds it) is refused.
+The choice, its cases and the Dice before and after are recorded beside the rule. A structure that no
+tuning case has (no GTVn anywhere) gets no rule: deleting every prediction of it would score best
+there and delete it on the cases that have it.
 
 An ensemble (``--run A --run B``) gets one rule chosen on its averaged probabilities, the output it
 will actually clean up; it is written to a rule file of its own (:mod:`.rule_file`) that ``export
@@ -36,10 +39,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from HNTumorSegLib import LABELS
+from HNTumorSegLib.cli.output_paths import refuse_clashes
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.imaging.geometry import LATTICE_SPACING, voxel_volume_ml
 from HNTumorSegLib.imaging.image_io import write_json
 from HNTumorSegLib.pipeline.inference import Segmenter
+from HNTumorSegLib.pipeline.model_file import model_paths
 from HNTumorSegLib.pipeline.postprocess import ComponentFilter, StructureRule, components, kept_components
 
 from .cache import case_dir, is_finished, open_case
@@ -117,13 +122,15 @@ def best_rule(items: Sequence[CaseStructure], criterion: str = "mean") -> tuple[
     """``(rule, mean Dice without clean-up, mean Dice with the rule)`` for one structure."""
     if criterion not in CRITERIA:
         raise InputError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    if not items:  # no case: a mean of nothing (NaN) must not pick a rule
+        return StructureRule(), float("nan"), float("nan")
     none = per_case_dice(items, StructureRule())
     before = float(none.mean())
     best, best_score = StructureRule(), before
     for rule in candidate_rules():
         per_case = per_case_dice(items, rule)
         score = float(per_case.mean())
-        if score <= best_score + 1e-9:
+        if not score > best_score + 1e-9:  # also never on NaN (no case): nothing to choose from
             continue
         if criterion == "sign" and sign_test(per_case - none)[2] > SIGN_TEST_ALPHA:
             continue
@@ -162,6 +169,14 @@ def choose(found: Mapping[str, Sequence[CaseStructure]],
     the cases it improved and worsened."""
     rules, scores = {}, {}
     for name, items in found.items():
+        if not any(item.reference for item in items):
+            # no reference voxel of it anywhere: every rule that deletes its predictions scores best, and
+            # would delete the structure on cases that have it; nothing is chosen for it
+            rules[name] = StructureRule()
+            scores[name] = {"mean_dice_before": None, "mean_dice_after": None, "cases_improved": 0,
+                            "cases_worsened": 0, "sign_test_p": None,
+                            "not_chosen": f"no tuning case has {name}; no clean-up for it"}
+            continue
         rule, before, after = best_rule(items, criterion)
         rules[name] = rule
         up, down, p = sign_test(per_case_dice(items, rule) - per_case_dice(items, StructureRule()))
@@ -183,6 +198,22 @@ def _segmenter(runs: Sequence[Path], infos: Sequence[Mapping[str, Any]], which: 
         return make_segmenter(config, None, device=device, tta=tta, postprocess=False)
 
 
+def _refuse_validation_cases(runs: Sequence[Path], infos: Sequence[Mapping[str, Any]], cache: Path, split: str,
+                             ids: Sequence[str]) -> None:
+    """InputError when a tuning case is a validation case of a run, by case id: another cache (or a copy
+    of the run's) can hold the same cases, and a rule chosen on them would be evaluated on them."""
+    for r, info in zip(runs, infos):
+        try:
+            val, _ = split_case_ids(Path(info["cache"]), "val")
+        except InputError:
+            continue  # the run's cache is gone: its validation cases cannot be known
+        overlap = sorted(set(ids) & set(val))
+        if overlap:
+            raise InputError(f"{cache}: split {split!r} holds {len(overlap)} of the validation cases of {r} "
+                             f"({', '.join(overlap[:3])}{', …' if len(overlap) > 3 else ''}); choose the clean-up "
+                             "on training cases or a separate tuning cache, not on the cases it will be evaluated on")
+
+
 def tune_postprocess(run: str | Path | Sequence[str | Path], *, which: str = "last",
                      cache: str | Path | None = None, split: str = "train", limit: int | None = None,
                      device: str = "auto", tta: bool = False, criterion: str = "mean",
@@ -200,6 +231,13 @@ def tune_postprocess(run: str | Path | Sequence[str | Path], *, which: str = "la
     if len(runs) > 1 and out is None:
         raise InputError("the clean-up of several runs (an ensemble) belongs to none of them: give --out FILE.json "
                          "and export the ensemble with --postprocess-rule FILE.json")
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit {limit}: must be at least 1 (the number of tuning cases)")
+    if out is not None:  # before anything is read or written: --out RUN/best.json would replace the weights
+        inputs = [("--run", p) for r in runs for w in ("best", "last") for p in (
+            model_paths(r / w).json, model_paths(r / w).weights)]
+        inputs += [("--run", r / "run.json") for r in runs]
+        refuse_clashes([("--out", Path(out))], inputs)
     infos = [run_settings(r) for r in runs]
     own_caches = {Path(info["cache"]).resolve() for info in infos}
     if cache is None:
@@ -207,12 +245,10 @@ def tune_postprocess(run: str | Path | Sequence[str | Path], *, which: str = "la
             raise InputError("the runs were trained on different caches: give the tuning cases with --cache")
         cache = Path(infos[0]["cache"])
     cache = Path(cache)
-    if cache.resolve() in own_caches and split in ("val", "all"):
-        raise InputError(f"{cache}: split {split!r} holds the run's validation cases; choose the clean-up on "
-                         "training cases or a separate tuning cache, not on the cases it will be evaluated on")
     ids = tuning_cases(cache, split)
     if limit is not None:
         ids = ids[:limit]
+    _refuse_validation_cases(runs, infos, cache, split, ids)
     segmenter = _segmenter(runs, infos, which, device, tta)
     chosen, scores = choose(collect(segmenter, cache, ids, progress), criterion)
     entry = {**chosen.to_dict(),

@@ -8,7 +8,8 @@ so training sees exactly what inference will), measure what the window loses of 
 ``split.json`` and ``prepare_report.json``.
 
 Why it never stops at a bad case: on 680 cases, one unreadable file must cost that case, not
-the run. Every rejected case is listed with its reasons. Why resumable: preprocessing all
+the run. Every rejected case is listed with its reasons; image files that belong to no case (a stray
+mask beside a case) are listed apart, as file problems, so that "rejected" counts cases. Why resumable: preprocessing all
 cases takes an hour or more; a rerun after an interruption, a fixed case or a new split only
 does what is missing. A finished case is not read or checked again (it passed when written),
 unless its files changed since (size or modification time differ from those recorded): an edited
@@ -35,7 +36,7 @@ from HNTumorSegLib.imaging.image_io import read_image, write_json
 from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION, preprocess
 
 from . import cache
-from HNTumorSegLib.cases.hecktor import Case, case_sort_key, find_cases
+from HNTumorSegLib.cases.hecktor import CASE_ID_RE, Case, case_sort_key, find_cases
 from .checks import load_checked
 from .containment import lost_voxels, summarise
 from .split import split_cases
@@ -74,18 +75,23 @@ class PrepareReport:
     split: dict
     seconds: float = 0.0
     per_case_containment: dict = field(default_factory=dict)
+    #: Image files that belong to no case (a stray mask, a folder not named by a case id): not cases, so
+    #: not counted among the rejected ones, but listed, so that no file is lost without a word.
+    file_problems: list[Rejection] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
         return {"accepted": len(self.accepted), "processed": len(self.processed),
                 "skipped": len(self.skipped), "rejected": len(self.rejected),
-                "train": len(self.split.get("train", [])), "val": len(self.split.get("val", []))}
+                "train": len(self.split.get("train", [])), "val": len(self.split.get("val", [])),
+                **({"file_problems": len(self.file_problems)} if self.file_problems else {})}
 
     def to_dict(self) -> dict:
         return {"data_root": self.data_root, "cache_dir": self.cache_dir,
                 "preprocessing_version": PREPROCESSING_VERSION, "counts": self.counts,
                 "seconds": round(self.seconds, 2), "accepted": self.accepted, "processed": self.processed,
                 "skipped": self.skipped, "rejected": [asdict(r) for r in self.rejected],
+                "file_problems": [asdict(r) for r in self.file_problems],
                 "containment": {**self.containment, "per_case": self.per_case_containment},
                 "split": {k: v for k, v in self.split.items() if k not in ("train", "val")}}
 
@@ -205,7 +211,13 @@ def prepare(data_root: str | Path, cache_dir: str | Path, workers: int = 1, prog
     cases, problems = find_cases(data_root, require_label=True)
     split_cases(_by_centre(cases), val_fraction, val_counts, seed)  # fail fast on bad arguments
 
-    rejected = [Rejection(p.case_id, "discovery", [p.reason]) for p in problems]
+    # a problem named by a case id that did not become a case is a rejected case; the others (named by a file
+    # or folder name, or a stray file of a case that is complete) are file problems
+    found_ids = {c.case_id for c in cases}
+    rejected, file_problems = [], []
+    for p in problems:
+        case_problem = CASE_ID_RE.match(p.case_id) is not None and p.case_id not in found_ids
+        (rejected if case_problem else file_problems).append(Rejection(p.case_id, "discovery", [p.reason]))
     containment: dict[str, dict] = {}
     skipped, pending, changed = [], [], []
     for case in cases:
@@ -220,6 +232,7 @@ def prepare(data_root: str | Path, cache_dir: str | Path, workers: int = 1, prog
         else:
             skipped.append(case.case_id)
             containment[case.case_id] = found
+            cache.remove_leftovers(folder)  # a prepare killed while rewriting it left a temporary file there
     if changed and progress:
         print(f"prepare: {len(changed)} cached case(s) whose files changed are prepared again: "
               f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}", flush=True)
@@ -239,8 +252,8 @@ def prepare(data_root: str | Path, cache_dir: str | Path, workers: int = 1, prog
     rejected.sort(key=lambda r: case_sort_key(r.case_id))
     accepted = sorted(set(skipped) | set(processed), key=case_sort_key)
     per_case = {cid: containment[cid] for cid in accepted}
-    write_json({"data_root": str(data_root), "count": len(rejected),
-                "rejected": [asdict(r) for r in rejected]}, cache_dir / "rejected.json")
+    write_json({"data_root": str(data_root), "count": len(rejected), "rejected": [asdict(r) for r in rejected],
+                "file_problems": [asdict(r) for r in file_problems]}, cache_dir / "rejected.json")
 
     split_error = None
     try:
@@ -253,7 +266,7 @@ def prepare(data_root: str | Path, cache_dir: str | Path, workers: int = 1, prog
                    cache_dir / "split.json")
     report = PrepareReport(str(data_root), str(cache_dir), accepted, sorted(processed, key=case_sort_key),
                            sorted(skipped, key=case_sort_key), rejected, summarise(per_case), split,
-                           time.perf_counter() - t0, per_case)
+                           time.perf_counter() - t0, per_case, file_problems)
     write_json(report.to_dict(), cache_dir / "prepare_report.json")
     if split_error is not None:
         raise ValueError(f"{split_error} (after rejections; the cache is complete, rerun with other "
