@@ -22,7 +22,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from HNTumorSegSceneLogic import HNTumorSegSceneLogic  # noqa: E402  (also puts HNTumorSegLib on sys.path)
+from HNTumorSegSceneLogic import WARNINGS_ATTRIBUTE, HNTumorSegSceneLogic  # noqa: E402  (also puts HNTumorSegLib on sys.path)
 
 # None of these imports torch: the module loads (and offers to install torch) without it.
 from HNTumorSegLib.dicom.segment_terminology import SEGMENTS  # noqa: E402
@@ -423,7 +423,9 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 segmentationNode = self.logic.applyResult(job.result(), context["ct"], context["pet"],
                                                           context["output"], context["whenEdited"],
                                                           self._parameterNode)
-                self.ui.statusLabel.text = "Done: " + segmentationNode.GetAttribute("HNTumorSeg.Summary")
+                warning = segmentationNode.GetAttribute(WARNINGS_ATTRIBUTE)
+                self.ui.statusLabel.text = ("Done: " + segmentationNode.GetAttribute("HNTumorSeg.Summary")
+                                            + (f". Warning: {warning}" if warning else ""))
                 self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
             elif job.state == FAILED:
                 self.ui.statusLabel.text = f"Failed: {job.error}"

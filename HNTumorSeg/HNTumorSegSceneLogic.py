@@ -72,6 +72,8 @@ UNCERTAINTY_ATTRIBUTE = "HNTumorSeg.UncertaintyMeasure"
 #: Node reference role from the output segmentation to the CT whose grid its segments were written on: clicks
 #: and undo act on that grid only (a reference, not an ID in an attribute, so that it follows a scene import).
 CT_REFERENCE_ROLE = "HNTumorSeg.CT"
+#: Node attribute: what the run warned of (empty when nothing), shown with the result.
+WARNINGS_ATTRIBUTE = "HNTumorSeg.Warnings"
 
 
 @dataclass
@@ -440,6 +442,8 @@ class HNTumorSegSceneLogic:
 
         structures = result.report["structures"]
         segmentationNode.SetAttribute("HNTumorSeg.Summary", summary_line(structures))
+        warnings = (result.report.get("provenance") or {}).get("warnings") or []  # no brain to anchor on, say
+        segmentationNode.SetAttribute(WARNINGS_ATTRIBUTE, "; ".join(warnings))
         segmentationNode.SetAttribute("HNTumorSeg.Model", str(result.report["model"]["file"]))
         segmentationNode.SetAttribute("HNTumorSeg.Device", str(result.report["device"]))
         params.outputSegmentation = segmentationNode

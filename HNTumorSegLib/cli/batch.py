@@ -246,6 +246,9 @@ def case_paths(options: BatchOptions, case: BatchCase) -> dict[str, Path]:
 
 
 def _row(case: BatchCase, status: str, seconds: float, report: Optional[dict] = None, message: str = "") -> dict:
+    said = [*(report or {}).get("input_warnings", []), *((report or {}).get("provenance") or {}).get("warnings", [])]
+    if not message and said:  # a done case with a warning (no brain to anchor on, say): in its row
+        message = "warning: " + "; ".join(said)
     row = {"case": case.case_id, "status": status, "seconds": f"{seconds:.1f}",
            "source": "DICOM" if case.dicom else "files", "message": message}
     for name in ("GTVp", "GTVn"):

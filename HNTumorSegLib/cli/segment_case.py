@@ -6,6 +6,7 @@ completed (``batch`` resumes on that rule).
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -94,6 +95,8 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     seg = segmenter.segment(ct, pet, reference=reference, ct_name=str(ct_path), pet_name=str(pet_path),
                             progress=(lambda stage: print(f"  {stage} ...", flush=True)) if verbose else None)
     timings.update(seg.timings)
+    for line in (seg.provenance or {}).get("warnings", []):  # the run goes on; the report keeps them (provenance)
+        print(f"hntumorseg: warning: {line}", file=sys.stderr)
     t0 = time.perf_counter()
     measured = measurements(seg.label, pet, ct, seg.probability_images())
     timings["statistics"] = time.perf_counter() - t0

@@ -214,11 +214,15 @@ def available_memory_bytes() -> int | None:
     text = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
     if text:
         try:
-            return int(float(text) * (1 << 20))
+            mib = float(text)
         except ValueError:
+            mib = float("nan")
+        if not math.isfinite(mib) or mib <= 0:  # inf overflowed int() with a traceback; -1 was taken as a limit
             from HNTumorSegLib.errors import InputError
 
-            raise InputError(f"{MEMORY_LIMIT_ENV}={text}: not a number of MiB") from None
+            raise InputError(f"{MEMORY_LIMIT_ENV}={text}: not a positive number of MiB (unset it to use the memory "
+                             "the machine has available)")
+        return int(mib * (1 << 20))
     known = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
     return min(known) if known else None
 

@@ -6,7 +6,8 @@ the caller pads (CT -1000 HU, PET 0), so every case reaches the network at one s
 
 The equations look at little of the lattice: the top slices down to the first above tau (eq. 1),
 a 20-slice slab (eqs. 2-4), the z-profile inside the 256 x 256 in-plane window (eq. 7) and the
-top slice (eq. 9). So the PET is asked for box by box (:class:`LatticePet`): an array already on
+top slice (eq. 9); before eq. (10) anchors on the profile's peak, that the peak looks like the brain
+(:func:`brain_like`: the paper assumes the brain in the field of view). So the PET is asked for box by box (:class:`LatticePet`): an array already on
 the lattice (:class:`ArrayLatticePet`), or a sampler that resamples only each box
 (``preprocess``), which never holds the whole lattice (a whole-body PET on 1 x 1 x 3 mm is
 ~300 MB of float32; the window's column ~80 MB). Same numbers either way: a box resampled alone
@@ -20,6 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
+from HNTumorSegLib.imaging.geometry import LATTICE_SPACING
+
 #: Suprathreshold uptake, SUV (eq. 1 and 3).
 TAU = 0.5
 #: Thickness of the slab under the top of the head used for the in-plane centroid (eq. 2).
@@ -32,6 +35,15 @@ TOP_SLICE_MEAN = 0.1
 SHALLOW_PEAK = 50
 #: Eq. (1) looks down from the top this many slices at a time.
 TOP_CHUNK = 16
+#: What makes the profile's peak the brain (checked before eq. 10 anchors on it; not in the paper, which assumes
+#: the brain in the field of view): the hot area of the peak slice (at least BRAIN_FRACTION of its maximum) is
+#: at least BRAIN_MIN_AREA_MM2, and the peak lies at most BRAIN_MAX_DEPTH_MM under the top of the uptake. The
+#: brain's widest slice holds 120-190 cm^2 (27 phantoms anchored on it, of all styles and fields of view: 127-183
+#: cm^2, 63-81 mm deep); a primary tumour or node under 30 cm^2; the bladder of a scan from the skull base down
+#: lies 50 cm deep.
+BRAIN_FRACTION = 0.4
+BRAIN_MIN_AREA_MM2 = 5000.0
+BRAIN_MAX_DEPTH_MM = 150.0
 
 
 class NoUptakeError(ValueError):
@@ -77,6 +89,9 @@ class CropDecision:
     z_peak: int
     centroid_xy: tuple[float, float]
     top_slice_mean: float
+    #: False when eq. (9) chose the peak but the peak is no brain (:func:`brain_like`): the scan holds no brain
+    #: (it starts at the skull base, or below), and the window was anchored at the top instead.
+    brain_found: bool = True
 
 
 def _in_plane_start(centre: float, n: int, half: int) -> int:
@@ -152,6 +167,23 @@ def find_crop_and_column(pet: np.ndarray | LatticePet, tau: float = TAU) -> tupl
     # Eq. (9) on the full most superior slice, then eq. (10) with a fixed depth of 112.
     top_mean = float(top_slice.mean(dtype=np.float64))
     anchor = "top" if (top_mean > TOP_SLICE_MEAN or z_peak <= SHALLOW_PEAK) else "peak"
+    brain_found = anchor == "top" or brain_like(column[z_peak], z_top - z_peak)
+    if not brain_found:  # anchored on a tumour or the bladder, the window would miss the head and neck
+        anchor = "top"
     z2 = n_z if anchor == "top" else z_peak + 1
     window = CropWindow(x1, x2, y1, y2, z2 - depth, z2)
-    return CropDecision(window, anchor, z_top, z_peak, (x_bar, y_bar), top_mean), column
+    return CropDecision(window, anchor, z_top, z_peak, (x_bar, y_bar), top_mean, brain_found), column
+
+
+def brain_like(peak_slice: np.ndarray, depth_slices: int) -> bool:
+    """Whether the profile's peak (its slice of the in-plane window, SUV on the 1 x 1 x 3 mm lattice, and its
+    depth under the top of the uptake in slices) looks like the brain: see :data:`BRAIN_MIN_AREA_MM2`.
+
+    Why: eq. (10) ends the window at the peak of the z-profile, the brain in a head-and-neck scan. A scan
+    without the brain (skull base to thighs; the neck alone) has its peak elsewhere, the bladder or the
+    primary tumour itself, and the window then missed the tumours, or cut the primary in half, silently.
+    """
+    sx, sy, sz = LATTICE_SPACING
+    hottest = float(peak_slice.max()) if peak_slice.size else 0.0
+    area = np.count_nonzero(peak_slice >= BRAIN_FRACTION * hottest) * sx * sy if hottest > 0 else 0.0
+    return area >= BRAIN_MIN_AREA_MM2 and depth_slices * sz <= BRAIN_MAX_DEPTH_MM

@@ -26,6 +26,11 @@ import SimpleITK as sitk
 from HNTumorSegLib import __version__
 from HNTumorSegLib.pipeline.crop import (TAU, WINDOW_ZYX, ArrayLatticePet, CropWindow, NoUptakeError,
                                          find_crop_and_column)
+
+#: Said (printed, and kept in the provenance's "warnings") when the scan holds no brain to anchor on.
+NO_BRAIN_WARNING = ("no brain uptake found at the top of the PET (a scan from the skull base down, or of the neck "
+                    "alone?): the 336 mm window starts at the top of the scan instead of at the brain, as the "
+                    "method assumes; check that it covers the tumours")
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.imaging.geometry import (Geometry, analysis_lattice, orient_lps, outside_buffer, overlap_box,
                                             physical_overlap, resample,
@@ -194,6 +199,8 @@ def preprocess(ct: sitk.Image, pet: sitk.Image, label: sitk.Image | None = None,
         "z_peak": decision.z_peak,
         "centroid_xy": list(decision.centroid_xy),
         "top_slice_mean_suv": decision.top_slice_mean,
+        "brain_found": decision.brain_found,
+        **({} if decision.brain_found else {"warnings": [NO_BRAIN_WARNING]}),
         "tau": TAU,
         "window_size_zyx": list(WINDOW_ZYX),
         "window": lattice.subgrid(window.start_xyz, window.size_xyz).to_dict(),

@@ -327,6 +327,15 @@ def test_the_memory_limit_allows_what_fits(tmp_path, capsys, monkeypatch):
     accept_preprocess(tmp_path, capsys, paths["ct"], paths["pet"])
 
 
+@pytest.mark.parametrize("value", ["inf", "1e400", "-1", "0", "nan", "5 MiB"])
+def test_a_memory_limit_that_is_no_positive_number_is_one_line(tmp_path, capsys, monkeypatch, value):
+    paths = pair(tmp_path)
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, value)
+    code, err = run_cli(["preprocess", "--ct", paths["ct"], "--pet", paths["pet"], "--out", tmp_path / "out"], capsys)
+    assert code == 2 and err.strip() == (f"hntumorseg: error: {MEMORY_LIMIT_ENV}={value}: not a positive number of "
+                                         "MiB (unset it to use the memory the machine has available)"), err
+
+
 # ------------------------------------------------------------------------------- 9. model JSON
 
 def copy_model(small_model: Path, folder: Path, **changes) -> Path:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from HNTumorSegLib.pipeline.crop import CropWindow, NoUptakeError, find_crop
+from HNTumorSegLib.pipeline.crop import CropWindow, NoUptakeError, brain_like, find_crop
 
 
 def box(pet, z, y, x, value):
@@ -12,8 +12,8 @@ def box(pet, z, y, x, value):
 
 def test_peak_anchor_centroid_and_slab():
     pet = np.zeros((200, 300, 320), np.float32)
-    # "Brain": slices 150..179, rows 100..139, cols 200..239 (SUV 8). Top slice 179.
-    box(pet, (150, 180), (100, 140), (200, 240), 8.0)
+    # "Brain": slices 150..179, rows 70..169, cols 170..269 (SUV 8; 100 cm^2, as a brain). Top slice 179.
+    box(pet, (150, 180), (70, 170), (170, 270), 8.0)
     # Uptake below the 20-slice slab must not move the centroid: a hot body far off to one side.
     box(pet, (20, 40), (10, 20), (10, 20), 5.0)
     d = find_crop(pet)
@@ -74,7 +74,7 @@ def test_top_anchor_when_top_slice_is_hot():
 
 def test_top_slice_mean_uses_the_full_slice():
     pet = np.zeros((150, 100, 400), np.float32)
-    box(pet, (100, 120), (40, 60), (40, 60), 3.0)  # in-plane window x in [0, 256)
+    box(pet, (100, 120), (0, 100), (20, 120), 3.0)  # a brain of 100 cm^2, in the in-plane window x in [0, 256)
     pet[149, :, 300:] = 0.36  # below tau; full-slice mean 0.09, window mean 0
     d = find_crop(pet)
     assert d.z_top == 119 and d.anchor == "peak" and d.z_peak == 100
@@ -95,7 +95,7 @@ def test_top_anchor_when_peak_shallow_and_z_padding():
 def test_peak_boundary_at_50_and_51():
     for z_peak, anchor in [(50, "top"), (51, "peak")]:
         pet = np.zeros((200, 256, 256), np.float32)
-        box(pet, (z_peak, z_peak + 5), (100, 150), (100, 150), 6.0)
+        box(pet, (z_peak, z_peak + 5), (78, 178), (78, 178), 6.0)  # 100 cm^2: a brain
         d = find_crop(pet)
         assert (d.z_peak, d.anchor) == (z_peak, anchor)
     # peak-anchored with z_peak = 51: z2 = 52, z1 = 52 - 112 = -60 (padding below).
@@ -104,7 +104,7 @@ def test_peak_boundary_at_50_and_51():
 
 def test_in_plane_padding_when_field_of_view_is_small():
     pet = np.zeros((150, 200, 230), np.float32)
-    box(pet, (120, 140), (90, 110), (100, 130), 5.0)
+    box(pet, (120, 140), (40, 160), (60, 180), 5.0)  # a brain of 144 cm^2
     d = find_crop(pet)
     # X, Y < 256: max(0, X - 256) = 0 so x1 = y1 = 0; the window reaches past the image.
     assert (d.window.x1, d.window.x2, d.window.y1, d.window.y2) == (0, 256, 0, 256)
@@ -121,3 +121,29 @@ def test_left_edge_clamp():
 def test_no_uptake_raises():
     with pytest.raises(NoUptakeError):
         find_crop(np.full((20, 30, 30), 0.5, np.float32))
+
+
+def test_a_peak_that_is_no_brain_anchors_the_window_at_the_top():
+    """A scan without the brain (from the skull base down): the profile's peak is the bladder, far below, or the
+    primary tumour, small. Eq. (10) anchored the window there and missed the head and neck; the window now starts
+    at the top of the scan, and the decision says no brain was found."""
+    pet = np.full((260, 256, 256), 0.05, np.float32)  # top slice mean <= 0.1: eq. (9) looks for the peak
+    box(pet, (200, 259), (100, 156), (100, 156), 1.0)  # neck tissue under the top
+    box(pet, (230, 240), (120, 140), (110, 130), 12.0)  # the primary: 4 cm^2
+    box(pet, (60, 80), (80, 160), (90, 170), 40.0)  # the bladder: 64 cm^2 but 550 mm under the top
+    d = find_crop(pet)
+    assert d.z_peak in range(60, 80) and not d.brain_found and d.anchor == "top"
+    assert (d.window.z1, d.window.z2) == (260 - 112, 260)
+    box(pet, (60, 80), (80, 160), (90, 170), 0.05)  # no bladder: the peak is the primary, too small for a brain
+    d = find_crop(pet)
+    assert d.z_peak in range(230, 240) and not d.brain_found and d.anchor == "top"
+
+
+def test_brain_like_on_area_and_depth():
+    brain = np.zeros((256, 256), np.float32)
+    brain[60:180, 70:170] = 8.0  # 120 cm^2
+    assert brain_like(brain, 25) and not brain_like(brain, 60)  # 75 mm deep; 180 mm
+    assert not brain_like(brain[:50, :50] * 0, 25)  # an empty slice
+    tumour = np.zeros((256, 256), np.float32)
+    tumour[100:150, 100:150] = 15.0  # 25 cm^2
+    assert not brain_like(tumour, 10)

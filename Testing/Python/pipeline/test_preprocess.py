@@ -263,3 +263,36 @@ def test_values_restored_in_the_windows_box_equal_the_whole_grid_resampled(head_
     near_half = np.abs(whole * 100.0 - np.floor(whole * 100.0) - 0.5) < 1e-3  # float noise may round either way
     differs = sitk.GetArrayViewFromImage(percent) != expected
     assert not (differs & ~near_half).any()
+
+
+def test_a_scan_without_the_brain_keeps_the_head_and_neck_in_the_window_and_says_so(small_model, tmp_path, capsys):
+    """A whole-body scan from below the brain (skull base to thighs, as oncology PET/CT often is): the profile's
+    peak is no brain (the pelvis), and the window anchored on it held none of the tumours. It starts at the top of
+    the scan now, and segment warns in one line and records the warning."""
+    from HNTumorSegLib.cli import main
+    from HNTumorSegLib.phantom import write_case
+    from HNTumorSegLib.pipeline.preprocess import NO_BRAIN_WARNING
+
+    case = make_phantom(7, "whole_body")
+    full = preprocess(case.ct, case.pet)
+    assert full.provenance["brain_found"] and full.provenance["anchor"] == "peak"
+    brain_z = full.provenance["resampled"]["origin"][2] + 3.0 * full.provenance["z_peak"]
+
+    def below(image):  # the scan begins 60 mm under the brain's peak slice
+        kept = [k for k in range(image.GetSize()[2]) if image.TransformIndexToPhysicalPoint((0, 0, k))[2] < brain_z - 60]
+        return image[:, :, min(kept):max(kept) + 1]
+
+    ct, pet, label = below(case.ct), below(case.pet), below(case.label)
+    pre = preprocess(ct, pet, label)
+    assert not pre.provenance["brain_found"] and pre.provenance["anchor"] == "top"
+    assert pre.provenance["warnings"] == [NO_BRAIN_WARNING]
+    truth = sitk.GetArrayViewFromImage(label)
+    assert np.count_nonzero(pre.label == 1) == np.count_nonzero(truth == 1) > 0  # the whole primary in the window
+    assert np.count_nonzero(pre.label == 2) >= 0.9 * np.count_nonzero(truth == 2)
+    case.ct, case.pet, case.label = ct, pet, label
+    paths = write_case(case, tmp_path)
+    out = tmp_path / "seg.nii.gz"
+    assert main(["segment", "--ct", str(paths["ct"]), "--pet", str(paths["pet"]), "--out", str(out),
+                 "--model", str(small_model), "--device", "cpu"]) == 0
+    assert f"hntumorseg: warning: {NO_BRAIN_WARNING}" in capsys.readouterr().err
+    assert json.loads(out.with_name("seg.json").read_text())["provenance"]["warnings"] == [NO_BRAIN_WARNING]
