@@ -16,7 +16,7 @@ import torch
 
 from HNTumorSegLib.cli.batch import (BATCH_STATE, DONE, ELSEWHERE, FAILED, LESION_COLUMNS, SKIPPED, BatchCase,
                                      BatchOptions, case_paths, find_batch_cases, parse_shard, process_case, run_batch,
-                                     _earlier_row, run_batch_parallel, run_case, shard)
+                                     _earlier_row, _row, run_batch_parallel, run_case, shard)
 from HNTumorSegLib.cli import main
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.pipeline.inference import Segmentation, Segmenter
@@ -492,3 +492,13 @@ def test_ctrl_c_during_a_parallel_batch_stops_it_and_keeps_the_finished_cases(tm
     summary = _summary(out / "summary.csv")
     assert len(summary) == n_cases and all(summary[c]["status"] in (DONE, SKIPPED) for c in summary)
     assert all(summary[c]["status"] == SKIPPED for c in finished)
+
+
+def test_a_done_case_with_a_warning_says_it_in_its_row():
+    """A case segmented with a warning (no brain to anchor the window on; only one of CT and PET DICOM) is done,
+    and its summary row's message says so; a failure's own message is kept."""
+    case = BatchCase("C-001", None, None)
+    report = {"input_warnings": ["only the CT is DICOM"], "provenance": {"warnings": ["no brain uptake found"]}}
+    assert _row(case, DONE, 1.0, report)["message"] == "warning: only the CT is DICOM; no brain uptake found"
+    assert _row(case, DONE, 1.0, {"provenance": {}})["message"] == ""
+    assert _row(case, FAILED, 1.0, report, message="cannot read")["message"] == "cannot read"

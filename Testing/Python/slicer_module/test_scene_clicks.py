@@ -230,6 +230,11 @@ def test_a_run_into_a_segmentation_empties_its_undo_steps(scene, tmp_path):
     logic.showAnalysisWindow = lambda provenance, params: None  # the report above has no analysis window
     logic.applyResult(JobResult(label_path, report), ct, pet, seg, "overwrite", params)
     assert not logic.canUndo(seg)
+    WARNINGS_ATTRIBUTE = sys.modules[type(logic).__module__].WARNINGS_ATTRIBUTE
+    assert seg.GetAttribute(WARNINGS_ATTRIBUTE) == ""
+    report["provenance"] = {"warnings": ["no brain uptake found"]}  # what the panel's status line shows
+    logic.applyResult(JobResult(label_path, report), ct, pet, seg, "overwrite", params)
+    assert seg.GetAttribute(WARNINGS_ATTRIBUTE) == "no brain uptake found"
 
 
 def test_a_segmentation_of_closed_surfaces_takes_clicks_undo_and_a_rerun(scene):
