@@ -207,8 +207,7 @@ class HNTumorSegSceneLogic:
         shifted = ct_offset_problem(slicer.util.arrayFromVolume(ctNode))
         if shifted:  # the worker reads the CT as given: this is the Slicer path's only check of its units
             problems.append((ERROR, f"CT '{ctNode.GetName()}': {shifted}"))
-        units = petNode.GetVoxelValueUnits() if hasattr(petNode, "GetVoxelValueUnits") else None
-        otherSuv = suv_units_problem(units.GetCodeValue() if units is not None else None, f"PET '{petNode.GetName()}'")
+        otherSuv = self.otherSuvProblem(petNode)
         if otherSuv:
             return problems + [(ERROR, otherSuv)]
         values = slicer.util.arrayFromVolume(petNode)
@@ -239,6 +238,13 @@ class HNTumorSegSceneLogic:
         found = [(uid, f) for uid, f in found if f]
         return [f for _, f in found], len(uids) - len(found), [uid for uid, _ in found]
 
+    @staticmethod
+    def otherSuvProblem(petNode) -> Optional[str]:
+        """Why a PET coded as an SUV other than SUVbw (Slicer's PET-DICOM extension sets its VoxelValueUnits)
+        cannot be used, or None."""
+        units = petNode.GetVoxelValueUnits() if hasattr(petNode, "GetVoxelValueUnits") else None
+        return suv_units_problem(units.GetCodeValue() if units is not None else None, f"PET '{petNode.GetName()}'")
+
     def petSuv(self, petNode) -> Optional[DicomPetSuv]:
         """The SUVbw conversion of a PET loaded with the DICOM module (None for a PET from a file).
 
@@ -246,9 +252,8 @@ class HNTumorSegSceneLogic:
         InputError names a missing or implausible tag.
         """
         name = f"PET '{petNode.GetName()}'"
-        units = petNode.GetVoxelValueUnits() if hasattr(petNode, "GetVoxelValueUnits") else None
-        problem = suv_units_problem(units.GetCodeValue() if units is not None else None, name)
-        if problem:  # an SUV of another normalisation (Slicer's PET-DICOM extension codes it on the volume)
+        problem = self.otherSuvProblem(petNode)
+        if problem:
             raise InputError(problem)
         found = self.dicomFiles(petNode)
         if found is None:

@@ -22,6 +22,7 @@ every case with its final status.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -206,10 +207,7 @@ class BatchOptions:
         try:
             path = model_json_path(self.model) if self.model else default_model_path()
             stat = path.stat()
-            key = (str(path), stat.st_size, stat.st_mtime_ns)
-            if _MODEL_DIGESTS.get("key") != key:  # once per model file and batch, not once per case
-                _MODEL_DIGESTS.update(key=key, digest=hashlib.sha256(path.read_bytes()).hexdigest())
-            return _MODEL_DIGESTS["digest"]
+            return _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
         except (OSError, ModelFileError):
             return "unreadable"  # matches nothing recorded: the case is run, and loading the model says what is wrong
 
@@ -219,8 +217,10 @@ class BatchOptions:
         return Segmenter(self.model, device=self.device, tta=self.tta, postprocess=self.postprocess)
 
 
-#: The last model JSON digested (see BatchOptions.settings): its path, size and mtime, and the digest.
-_MODEL_DIGESTS: dict = {}
+@functools.lru_cache(maxsize=4)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file, once per (path, size, mtime) and batch, not once per case (see BatchOptions.settings)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def same_settings(recorded: dict, current: dict) -> bool:
