@@ -55,7 +55,11 @@ def cmd_preprocess(args) -> int:
     label = read_image(args.label, "label") if args.label else None
     pre = preprocess(ct, pet, label, ct_name=str(args.ct), pet_name=str(args.pet),
                      label_name=str(args.label))
-    if pre.label is None:  # an earlier run's label.npy would pass for this input's
+    # An earlier run's provenance.json goes first and the new one is written last, so a run that fails between
+    # its writes (a full disk) leaves a folder without one, which is incomplete, not an earlier run's record
+    # beside this run's input.npy; an earlier run's label.npy would pass for this input's.
+    (out / "provenance.json").unlink(missing_ok=True)
+    if pre.label is None:
         (out / "label.npy").unlink(missing_ok=True)
     write_npy(pre.image, out / "input.npy")
     if pre.label is not None:

@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 from HNTumorSegLib import LABELS
 from HNTumorSegLib.imaging.geometry import Geometry, voxel_volume_ml
+from HNTumorSegLib.imaging.label_checks import label_value_text
 from HNTumorSegLib.pipeline.preprocess import resample_in_window
 
 
@@ -140,7 +141,7 @@ def _check_label_values(prediction: np.ndarray, reference: np.ndarray) -> None:
     for what, array in (("prediction", prediction), ("reference", reference)):
         bad = ~np.isin(array, (0, *LABELS))
         if bad.any():
-            shown = ", ".join(f"{v:g}" for v in np.unique(array[bad])[:5].tolist())
+            shown = ", ".join(label_value_text(v) for v in np.unique(array[bad])[:5])
             raise ValueError(f"{what} holds label values {shown} outside {{0, 1, 2}} ({int(bad.sum())} voxels); "
                              "map them to 0 (background), 1 (GTVp) or 2 (GTVn) first")
 

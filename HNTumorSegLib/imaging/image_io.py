@@ -7,13 +7,16 @@ complaint; see :mod:`HNTumorSegLib.imaging.input_integrity`), and so is a header
 usable 3D scalar grid or one too large for the memory available (read from the header alone; see
 :mod:`HNTumorSegLib.imaging.image_checks`). Outputs are written to a temporary file
 beside the target and renamed, so a failure never leaves a half-written file where a finished
-one is expected.
+one is expected; a failure is an :class:`OSError` naming the output with a one-line reason (the command
+line and the Slicer worker report it as the user's to fix), SimpleITK's included.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 import time
 from contextlib import contextmanager
@@ -27,7 +30,8 @@ from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.imaging.image_checks import (direction_problem, image_memory_problem, raw_header_spacing_problem,
                                                 spacing_problem, spatial_direction)
 from HNTumorSegLib.imaging.image_names import DETACHED_HEADER_SUFFIXES, image_name_problem, image_suffix
-from HNTumorSegLib.imaging.input_integrity import check_dicom_file, checked_while_reading, looks_like_dicom
+from HNTumorSegLib.imaging.input_integrity import (NIFTI_NAMES, check_dicom_file, check_input_file,
+                                                   checked_while_reading, looks_like_dicom)
 
 
 def _sitk_reason(exc: BaseException) -> str:
@@ -240,7 +244,10 @@ def remove_temporaries(folder: Path, names: Iterable[str], min_age_s: float = 0.
 
 
 def _of_target(exc: OSError, target: Path) -> OSError:
-    """The same error, naming ``target`` (the user's output path) instead of a temporary file beside it."""
+    """The same error, naming ``target`` (the user's output path) instead of a temporary file beside it, or
+    where it named no file (``os.fsync`` of a full NFS share: a bare "No space left on device")."""
+    if exc.filename is None and exc.filename2 is None and exc.errno is not None:
+        return OSError(exc.errno, exc.strerror or str(exc), str(target))
     marker = temporary_prefix(target.name)
     for named in (exc.filename, exc.filename2):
         if named is not None and any(part.startswith(marker) for part in Path(os.fsdecode(named)).parts):
@@ -286,8 +293,66 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
     if suffix in DETACHED_HEADER_SUFFIXES:
         return _write_detached(image, path, suffix, compress)
     with atomic_path(path, suffix=suffix) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
+        _sitk_write(image, tmp, path, compress)
     return path
+
+
+def _sitk_write(image: sitk.Image, file: Path, target: Path, compress: bool) -> None:
+    """``sitk.WriteImage`` to ``file`` (a temporary name of ``target``); a failure is an :class:`OSError` naming
+    ``target`` with one line of reason, as a failing ``open()`` would be.
+
+    Why: SimpleITK raises RuntimeError with its C++ source path and several lines of ITK text (the output
+    folder removed during a run, a full disk), which the command line and the Slicer worker took for a bug.
+    And its NIfTI writer does not fail at all on a full disk: it leaves a cut file and returns (seen on a full
+    tmpfs, ``.nii`` and ``.nii.gz``), which was then renamed into place as a finished output. So a NIfTI file
+    is checked once written, as an input would be (its data decompressed once more: 0.04 s for a whole-body
+    label map; 2.4 s after the 9 s write of a whole-body 2-component probability map). NRRD and MetaImage
+    writers raise on a full disk and are not checked.
+    """
+    try:
+        sitk.WriteImage(image, str(file), compress)
+    except RuntimeError as exc:
+        raise _write_error(target, _sitk_reason(exc), str(exc)) from None
+    if image_suffix(file) in NIFTI_NAMES:
+        try:
+            check_input_file(file)
+        except InputError:
+            raise _write_error(target, "the file written came out incomplete (a full disk or a quota?)") from None
+
+
+#: What a write failure says, by errno; the others say :func:`os.strerror`.
+_WRITE_REASONS = {errno.ENOENT: "its folder no longer exists (removed during the run?)",
+                  errno.ENOSPC: "no space left on the device"}
+#: Errors whose C library text ITK passes on in its messages (strerror's words), checked in this order
+#: (EDQUOT: not on every platform).
+_WRITE_ERRNOS = tuple(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS, errno.EACCES,
+                                        errno.EPERM, errno.ENOENT, errno.EFBIG, errno.EIO) if code is not None)
+
+
+def _write_error(target: Path, reason: str, sitk_text: str = "") -> OSError:
+    """An OSError for an image SimpleITK could not write to ``target``: ``strerror`` one line saying why.
+
+    The errno comes from the words of the C library error in SimpleITK's text; else from the output's folder
+    (gone) or its file system (no space left to anyone); else it is EIO and the line is SimpleITK's own last
+    line, less its object address and temporary file names.
+    """
+    code = next((c for c in _WRITE_ERRNOS if os.strerror(c) in sitk_text), None)
+    if code is None and not target.parent.is_dir():
+        code = errno.ENOENT
+    if code is None and _no_space_left(target.parent):
+        code = errno.ENOSPC
+    if code is not None:
+        return OSError(code, f"cannot write: {_WRITE_REASONS.get(code, os.strerror(code))}", str(target))
+    reason = re.sub(r"^.*\(0x[0-9a-fA-F]+\):\s*", "", reason)  # "ITK ERROR: NiftiImageIO(0x55..): "
+    reason = re.sub(r"\S*" + re.escape(temporary_prefix(target.name)) + r"\S*", target.name, reason)
+    return OSError(errno.EIO, f"cannot write: {reason}", str(target))
+
+
+def _no_space_left(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except (OSError, AttributeError):  # no folder; no statvfs (Windows)
+        return False
 
 
 def _write_detached(image: sitk.Image, path: Path, suffix: str, compress: bool) -> Path:
@@ -302,7 +367,7 @@ def _write_detached_files(image: sitk.Image, path: Path, suffix: str, compress: 
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=temporary_prefix(path.name), dir=path.parent) as tmp:
         header = Path(tmp) / (path.name[: -len(suffix)] + suffix)
-        sitk.WriteImage(image, str(header), compress)
+        _sitk_write(image, header, path, compress)
         written = sorted(Path(tmp).iterdir(), key=lambda f: f == header)  # the header last
         for f in written:
             os.chmod(f, new_file_mode())

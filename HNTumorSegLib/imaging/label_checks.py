@@ -24,8 +24,21 @@ def label_values_problem(label: sitk.Image, name: str) -> str | None:
     if ok.all():
         return None
     bad = np.unique(a[~ok])
-    shown = ", ".join(f"{v:g}" for v in bad[:5].tolist()) + (", ..." if bad.size > 5 else "")
+    shown = ", ".join(label_value_text(v) for v in bad[:5]) + (", ..." if bad.size > 5 else "")
     return f"{name}: label values {shown} outside {{0, 1, 2}} ({int((~ok).sum())} voxels)"
+
+
+def label_value_text(value: np.generic) -> str:
+    """A label value as a message shows it: a whole number without decimals (``3``, ``255``, ``-1``), any
+    other as the shortest text that reads back as the same value of its type (``1.0000001``, ``nan``).
+
+    Why: ``f"{v:g}"`` keeps 6 significant digits, so a label saved as float 1.0000001 was reported
+    as "label values 1 outside {0, 1, 2}", which reads as nonsense and hides the fix (round the label).
+    """
+    number = value.item()
+    if isinstance(number, float) and number.is_integer() and abs(number) < 1e15:
+        return str(int(number))
+    return str(value)  # numpy's shortest round-trip text for the value's own type (float32 1.0000001)
 
 
 def label_grid_problem(label: sitk.Image, ct: sitk.Image, name: str, other: str = "CT") -> str | None:

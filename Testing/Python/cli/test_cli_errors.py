@@ -52,6 +52,43 @@ def test_preprocess_without_a_label_leaves_no_earlier_label_beside_its_input(tin
     assert sorted(p.name for p in out.iterdir()) == ["input.npy", "provenance.json"]
 
 
+def test_a_rerun_that_fails_between_its_writes_leaves_no_earlier_provenance(tiny_files, tmp_path, capsys,
+                                                                            monkeypatch):
+    """A rerun over an earlier complete output that failed at its second write (label.npy, a full disk) left the
+    earlier provenance.json, which described the earlier PET, beside the new input.npy: provenance.json is what
+    says a folder is complete, so it goes first and comes back last."""
+    import errno
+    import json
+    from pathlib import Path
+
+    from HNTumorSegLib.imaging import image_io
+
+    ct, pet = tiny_ct_pet()
+    label = sitk.GetImageFromArray(np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8))
+    label.CopyInformation(ct)
+    files = {"label": tmp_path / "label.nii.gz", "pet3": tmp_path / "pet3.nii.gz"}
+    sitk.WriteImage(label, str(files["label"]))
+    sitk.WriteImage(pet * 3, str(files["pet3"]))
+    out = tmp_path / "pre"
+    argv = preprocess_args(tiny_files["ct"], tiny_files["pet"], out) + ["--label", files["label"]]
+    assert run_cli(argv, capsys)[0] == 0
+    assert json.loads((out / "provenance.json").read_text())["inputs"]["pet"] == str(tiny_files["pet"])
+    earlier_input = (out / "input.npy").read_bytes()
+    real_write_npy = image_io.write_npy
+
+    def full_at_the_label(array, path):
+        if Path(path).name == "label.npy":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write_npy(array, path)
+
+    monkeypatch.setattr(image_io, "write_npy", full_at_the_label)
+    argv = preprocess_args(tiny_files["ct"], files["pet3"], out) + ["--label", files["label"]]
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, str(out / "label.npy"), "No space left on device")
+    assert (out / "input.npy").read_bytes() != earlier_input  # the new input was written ...
+    assert not (out / "provenance.json").exists()  # ... and no record of the earlier run describes it
+
+
 def test_an_output_under_a_file_is_refused_before_the_run(tiny_files, tmp_path, capsys):
     blocker = tmp_path / "afile"
     blocker.write_text("not a folder")

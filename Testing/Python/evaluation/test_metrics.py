@@ -365,3 +365,13 @@ def test_scoring_images_refuses_a_pair_on_different_grids():
     flipped = sitk.Flip(a, (True, False, False))  # same array shape, stored the other way
     with pytest.raises(ValueError, match="direction differs from the reference's"):
         score_images(flipped, sitk.GetImageFromArray(ref), "flipped")
+
+
+def test_a_label_value_that_is_not_whole_reads_as_not_whole():
+    """f"{v:g}" printed a float label's 1.0000001 as "1", as if 1 were outside {0, 1, 2}."""
+    ref = np.zeros((4, 5, 5), np.float32)
+    ref[1, 1:3, 1:3] = 1
+    pred = ref.copy()
+    pred[2, 2, 2] = np.float32(1.0000001)
+    with pytest.raises(ValueError, match=r"prediction holds label values 1\.0000001 outside"):
+        score_case(pred, ref, (1, 1, 1))

@@ -134,8 +134,9 @@ def test_a_detached_image_that_fails_to_write_leaves_nothing(tmp_path, monkeypat
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(image_io.sitk, "WriteImage", fail)
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(OSError, match="disk full") as raised:
         image_io.write_image(sitk.Image(2, 2, 2, sitk.sitkUInt8), tmp_path / "seg.mhd")
+    assert raised.value.filename == str(tmp_path / "seg.mhd")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -189,3 +190,149 @@ def test_an_output_name_of_the_longest_length_a_file_system_allows_is_written(tm
     assert len(leftover.name) <= 255
     remove_temporaries(tmp_path, [name])
     assert not leftover.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# write_image: SimpleITK's write failures are one OSError line naming the output
+# ----------------------------------------------------------------------------------------------
+
+
+def _assert_one_line_write_error(raised, target: Path, code: int, words: str) -> None:
+    """The OSError the command line and the Slicer worker print as ``FILE: REASON`` (a user's problem, not a bug)."""
+    import errno
+
+    exc = raised.value
+    assert (exc.errno, exc.filename) == (code, str(target)), errno.errorcode.get(exc.errno)
+    assert words in exc.strerror
+    assert "\n" not in exc.strerror and "SimpleITK" not in exc.strerror and ".cxx" not in exc.strerror
+    assert f".{target.name}." not in exc.strerror  # no temporary file name
+
+
+@pytest.mark.parametrize("name", ["seg.nii.gz", "seg.nii", "seg.nrrd", "seg.mha", "seg.mhd", "seg.nhdr"])
+def test_an_output_folder_removed_during_the_write_is_one_line_naming_the_output(tmp_path, monkeypatch, name):
+    """A job folder deleted while the worker wrote into it: SimpleITK's RuntimeError (a C++ source path and
+    ITK's lines) was reported as an internal error."""
+    import errno
+    import shutil
+
+    from HNTumorSegLib.imaging import image_io
+
+    folder = tmp_path / "job" / "output"
+    folder.mkdir(parents=True)
+    real_write = sitk.WriteImage
+
+    def remove_folder_then_write(image, file, *args):
+        shutil.rmtree(folder)
+        real_write(image, file, *args)
+
+    monkeypatch.setattr(image_io.sitk, "WriteImage", remove_folder_then_write)
+    with pytest.raises(OSError) as raised:
+        image_io.write_image(sitk.Image(4, 4, 4, sitk.sitkUInt8), folder / name)
+    _assert_one_line_write_error(raised, folder / name, errno.ENOENT, "folder no longer exists")
+    assert not folder.exists()
+
+
+def _full_file_system(monkeypatch) -> None:
+    """statvfs of any folder says no block is left (as on the full disk that made the write fail)."""
+    import os
+    import types
+
+    monkeypatch.setattr(os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=0))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("name", ["seg.nrrd", "seg.mha"])
+@pytest.mark.parametrize("compress", [True, False])
+def test_a_full_disk_is_one_line_naming_the_output(tmp_path, monkeypatch, name, compress):
+    """SimpleITK's own failure on a full device (its temporary file made a link to /dev/full): ENOSPC, one line."""
+    import errno
+
+    from HNTumorSegLib.imaging import image_io
+
+    real_write = sitk.WriteImage
+
+    def onto_a_full_device(image, file, *args):
+        Path(file).unlink(missing_ok=True)
+        Path(file).symlink_to("/dev/full")
+        real_write(image, file, *args)
+
+    monkeypatch.setattr(image_io.sitk, "WriteImage", onto_a_full_device)
+    _full_file_system(monkeypatch)
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((16, 16, 16)))
+    with pytest.raises(OSError) as raised:
+        image_io.write_image(image, tmp_path / name, compress)
+    _assert_one_line_write_error(raised, tmp_path / name, errno.ENOSPC, "no space left")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_write_failure_of_no_known_cause_is_still_one_line(tmp_path, monkeypatch):
+    """When neither SimpleITK's text, the folder nor the file system says why: EIO and ITK's last line, cleaned."""
+    import errno
+
+    from HNTumorSegLib.imaging import image_io
+
+    real_write = sitk.WriteImage
+
+    def onto_a_full_device(image, file, *args):
+        Path(file).unlink(missing_ok=True)
+        Path(file).symlink_to("/dev/full")
+        real_write(image, file, *args)
+
+    monkeypatch.setattr(image_io.sitk, "WriteImage", onto_a_full_device)
+    with pytest.raises(OSError) as raised:
+        image_io.write_image(sitk.GetImageFromArray(np.random.default_rng(0).random((16, 16, 16))), tmp_path / "seg.nrrd")
+    _assert_one_line_write_error(raised, tmp_path / "seg.nrrd", errno.EIO, "cannot write: [nrrd]")
+
+
+@pytest.mark.parametrize("name", ["seg.nii.gz", "seg.nii"])
+@pytest.mark.parametrize("disk_full", [True, False])
+def test_a_nifti_file_cut_short_while_written_does_not_replace_the_output(tmp_path, monkeypatch, name, disk_full):
+    """SimpleITK's NIfTI writer does not fail on a full disk: it leaves the file cut short and returns (seen on a
+    full tmpfs), and the cut file was renamed into place as a finished output."""
+    import errno
+
+    from HNTumorSegLib.imaging import image_io
+
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((16, 16, 16)))
+    target = tmp_path / name
+    image_io.write_image(image, target)
+    earlier = target.read_bytes()
+    real_write = sitk.WriteImage
+
+    def cut_short(image, file, *args):
+        real_write(image, file, *args)
+        data = Path(file).read_bytes()
+        Path(file).write_bytes(data[: len(data) // 3])
+
+    monkeypatch.setattr(image_io.sitk, "WriteImage", cut_short)
+    if disk_full:
+        _full_file_system(monkeypatch)
+    with pytest.raises(OSError) as raised:
+        image_io.write_image(image * 2, target)
+    if disk_full:
+        _assert_one_line_write_error(raised, target, errno.ENOSPC, "no space left")
+    else:
+        _assert_one_line_write_error(raised, target, errno.EIO, "came out incomplete")
+    assert target.read_bytes() == earlier and list(tmp_path.iterdir()) == [target]
+
+
+def test_a_failing_fsync_names_the_output(tmp_path, monkeypatch):
+    """os.fsync's error names no file (a full NFS share reports ENOSPC there): the line said only
+    "No space left on device"."""
+    import errno
+    import os
+
+    from HNTumorSegLib.imaging.image_io import write_image, write_json
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    for write, target in ((lambda p: write_image(sitk.Image(4, 4, 4, sitk.sitkUInt8), p), tmp_path / "seg.nii.gz"),
+                          (lambda p: write_image(sitk.Image(4, 4, 4, sitk.sitkUInt8), p), tmp_path / "seg.mhd"),
+                          (lambda p: write_json({"a": 1}, p), tmp_path / "seg.json")):
+        with pytest.raises(OSError) as raised:
+            write(target)
+        assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(target))
+    assert list(tmp_path.iterdir()) == []

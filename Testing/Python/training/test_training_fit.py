@@ -434,6 +434,31 @@ def test_prepare_removes_what_a_killed_prepare_left_of_a_case(tmp_path):
     assert not stale.exists() and fresh.exists() and cache_module.is_finished(folder)
 
 
+def test_a_rewrite_of_a_case_that_fails_at_its_second_file_leaves_it_unfinished(tmp_path, monkeypatch):
+    """A case prepared again (its label edited) that fails writing label.npy (a full disk) must not keep the
+    earlier provenance.json beside the new image.npy: the case would count as finished, its provenance
+    (sources, containment) describing other data, and resume would skip it."""
+    import errno
+
+    folder = tmp_path / "cases" / "X"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    image, label = _lesion_case(cache_module.LABEL_SHAPE, 0, rng)
+    cache_module.write_case(folder, image, label, {"version": PREPROCESSING_VERSION, "case_id": "X"})
+    assert cache_module.is_finished(folder)
+    real_write_npy = cache_module.write_npy
+
+    def full_at_the_label(array, path):
+        if Path(path).name == "label.npy":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write_npy(array, path)
+
+    monkeypatch.setattr(cache_module, "write_npy", full_at_the_label)
+    with pytest.raises(OSError):
+        cache_module.write_case(folder, image * 0.5, label, {"version": PREPROCESSING_VERSION, "case_id": "X"})
+    assert not (folder / "provenance.json").exists() and not cache_module.is_finished(folder)
+
+
 class _Interrupt(Exception):
     pass
 
