@@ -45,7 +45,12 @@ class JobResult:
     report: dict
 
     def read_label(self) -> sitk.Image:
-        return sitk.ReadImage(str(self.label_path))
+        """The worker's label map. Read as an input is (:func:`~HNTumorSegLib.imaging.image_io.read_image`):
+        a file cut short or damaged since the worker wrote it is one line naming it, where ``sitk.ReadImage``
+        raised a RuntimeError of ITK's lines and a C++ source path."""
+        from HNTumorSegLib.imaging.image_io import read_image
+
+        return read_image(self.label_path, "result label")
 
 
 def worker_command(python: Sequence[str], request_path: str | os.PathLike) -> list[str]:
@@ -92,6 +97,7 @@ class SegmentationJob:
         self.error: Optional[JobFailed] = None
         self._done_event: Optional[dict] = None
         self._error_event: Optional[dict] = None
+        self._result: Optional[JobResult] = None
 
     # ---------------------------------------------------------------- running
     def write_inputs(self, ct: sitk.Image, pet: sitk.Image) -> None:
@@ -136,16 +142,34 @@ class SegmentationJob:
 
     def _conclude(self, returncode: int) -> None:
         if returncode == protocol.EXIT_OK and self._done_event is not None:
+            try:
+                self._result = _read_result(self._done_event)
+            except JobFailed as exc:  # "done" but no usable result: a failure, not a success without a result
+                self.error = exc
+                self.state, self.status = FAILED, f"Failed: {exc}"
+                return
             self.state, self.percent, self.status = SUCCEEDED, 100, "Done"
             return
         if self._error_event is not None:
-            self.error = JobFailed(self._error_event.get("message", "the worker failed"),
-                                   self._error_event.get("kind", "internal"))
+            self.error = JobFailed(self._error_event["message"], self._error_event["kind"])
         else:
-            tail = [line for line in self.process.stderr_tail() if line.strip()]
-            last = f": {tail[-1].strip()}" if tail else ""
-            self.error = JobFailed(f"the segmentation worker {_how_it_stopped(returncode)} before finishing{last}")
+            cause = self._likely_cause(returncode)
+            self.error = JobFailed(f"the segmentation worker {_how_it_stopped(returncode)} before finishing"
+                                   + (f": {cause}" if cause else ""))
         self.state, self.status = FAILED, f"Failed: {self.error}"
+
+    def _likely_cause(self, returncode: int) -> str:
+        """The last line most likely to say why the worker ended without a result, or "".
+
+        Why this order: after a clean exit the worker believed it had reported, so a malformed event is the
+        likeliest cause; after a crash its traceback on stderr is. Other stdout text comes last: stdout carries
+        only events, and what libraries print there is noise (and could be a flood).
+        """
+        stderr = [line.strip() for line in self.process.stderr_tail() if line.strip()]
+        stdout = [line.strip() for line in self.process.stdout_tail() if line.strip()]
+        problems = self.process.protocol_problems()
+        order = (problems, stderr, stdout) if returncode == protocol.EXIT_OK else (stderr, problems, stdout)
+        return next((lines[-1] for lines in order if lines), "")
 
     def run_blocking(self, on_event: Optional[Callable[[dict], None]] = None) -> JobResult:
         """Start (if needed), wait for the end, return the result or raise :class:`JobFailed`."""
@@ -160,10 +184,10 @@ class SegmentationJob:
         return self.result()
 
     def result(self) -> JobResult:
-        if self.state != SUCCEEDED:
-            raise RuntimeError(f"no result: the job is {self.state}")
-        report_path = Path(self._done_event["report"])
-        return JobResult(Path(self._done_event["label"]), json.loads(report_path.read_text(encoding="utf-8")))
+        """The label map's path and the report, read when the worker finished."""
+        if self.state != SUCCEEDED or self._result is None:
+            raise self.error or RuntimeError(f"no result: the job is {self.state}")
+        return self._result
 
     # ---------------------------------------------------------------- ending
     def cancel(self) -> None:
@@ -179,6 +203,38 @@ class SegmentationJob:
 
     def stderr_tail(self, lines: int = 20) -> list[str]:
         return self.process.stderr_tail(lines) if self.process else []
+
+
+def _read_result(done: dict) -> JobResult:
+    """The result a "done" event names, or :class:`JobFailed` naming the file and what is wrong with it.
+
+    Why here, before the job is called a success: a report deleted with the job's folder, cut short by a full
+    disk or not an object is a run the user cannot load; the module must say "Failed" and why, not "Done" and
+    then a traceback when it reads the result.
+    """
+    label, report_path = Path(done["label"]), Path(done["report"])
+    try:
+        text = report_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JobFailed(f"{report_path}: the worker's report is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise JobFailed(f"{report_path}: cannot read the worker's report ({reason})") from None
+    try:
+        report = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise JobFailed(f"{report_path}: the worker's report is not valid JSON ({exc})") from None
+    if not isinstance(report, dict):
+        raise JobFailed(f"{report_path}: the worker's report must be a JSON object, got {_json_type(report)}")
+    if not label.is_file():
+        raise JobFailed(f"{label}: the worker's label map is missing")
+    return JobResult(label, report)
+
+
+def _json_type(value: object) -> str:
+    """What a parsed JSON value is, in JSON's words (a list is an array)."""
+    return {list: "an array", str: "a string", bool: "true or false", int: "a number", float: "a number",
+            type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def _how_it_stopped(returncode: int) -> str:

@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TextIO
 
 from HNTumorSegLib import __version__
 
@@ -135,10 +135,24 @@ def probe() -> dict:
     return found
 
 
+def protocol_stream() -> TextIO:
+    """A stream on the real stdout for the protocol alone; everything else written to stdout goes to stderr.
+
+    Why at the file-descriptor level: native libraries (ITK, torch, CUDA) write to descriptor 1 directly,
+    past ``sys.stdout``; a message without a newline would prefix the next event line ("done") and the
+    front-end would report a finished run as failed. So the protocol gets its own duplicate of the real
+    stdout, and descriptor 1 (and ``sys.stdout``) become stderr, which front-ends keep for diagnostics.
+    """
+    sys.stdout.flush()
+    wire = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return wire
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    wire = sys.stdout
-    sys.stdout = sys.stderr  # stray prints from libraries must not corrupt the protocol
+    wire = protocol_stream()
 
     def emit(event: dict) -> None:
         wire.write(protocol.encode(event) + "\n")

@@ -21,10 +21,13 @@ import sys
 import threading
 from typing import Mapping, Optional, Sequence
 
-from HNTumorSegLib.slicer_support.worker_protocol import decode
+from HNTumorSegLib.slicer_support.worker_protocol import parse_line
 
 #: stderr lines kept for failure reports.
 STDERR_TAIL = 200
+#: stdout lines that are not events, and malformed events, kept apart from stderr. Why apart: a library
+#: that prints thousands of lines to stdout would otherwise push the real cause, on stderr, out of the tail.
+STDOUT_TAIL = 20
 
 
 def _new_group_kwargs() -> dict:
@@ -59,7 +62,9 @@ class WorkerProcess:
         self.process: Optional[subprocess.Popen] = None
         self.cancelled = False
         self._events: "queue.Queue[dict]" = queue.Queue()
-        self._stderr = collections.deque(maxlen=STDERR_TAIL)
+        self._stderr: "collections.deque[str]" = collections.deque(maxlen=STDERR_TAIL)
+        self._stdout_other: "collections.deque[str]" = collections.deque(maxlen=STDOUT_TAIL)
+        self._problems: "collections.deque[str]" = collections.deque(maxlen=STDOUT_TAIL)
         self._readers: list[threading.Thread] = []
 
     def start(self) -> "WorkerProcess":
@@ -75,11 +80,13 @@ class WorkerProcess:
 
     def _read_stdout(self) -> None:
         for line in self.process.stdout:
-            event = decode(line)
-            if event is None:
-                self._stderr.append(line.rstrip("\n"))  # not ours: keep it with the diagnostics
-            else:
+            event, problem = parse_line(line)
+            if event is not None:
                 self._events.put(event)
+                continue
+            self._stdout_other.append(line.rstrip("\n"))  # not ours: keep it for the diagnostics
+            if problem is not None:  # an event we cannot act on: say so, rather than crash or drop it silently
+                self._problems.append(f"malformed worker event: {problem}")
         self.process.stdout.close()
 
     def _read_stderr(self) -> None:
@@ -118,7 +125,16 @@ class WorkerProcess:
         return code
 
     def stderr_tail(self, lines: int = 20) -> list[str]:
+        """The last stderr lines (where the worker's tracebacks and libraries' messages go)."""
         return list(self._stderr)[-lines:]
+
+    def stdout_tail(self, lines: int = 20) -> list[str]:
+        """The last stdout lines that were not events (a launcher's messages, malformed events)."""
+        return list(self._stdout_other)[-lines:]
+
+    def protocol_problems(self) -> list[str]:
+        """One line for each of the last malformed events received (what was wrong with it)."""
+        return list(self._problems)
 
     def cancel(self) -> None:
         """Kill the whole process tree (idempotent)."""

@@ -113,16 +113,62 @@ def encode(event: dict) -> str:
     return json.dumps(event, default=str)
 
 
-def decode(line: str) -> Optional[dict]:
-    """The event on a stdout line, or None for a line that is not one of ours."""
+#: The fields each event type must carry, and their JSON types. Why check them: the front-end indexes and
+#: hashes these values (a stage name looks up the progress bar's text, a "done" event's paths are opened);
+#: an event of the right name with a field of the wrong type or none at all must not crash the poll that
+#: reads it, nor hide the events after it. Event types not listed here pass (a newer worker may add some).
+EVENT_FIELDS: dict[str, dict[str, type]] = {
+    "started": {"pid": int},
+    "stage": {"stage": str},
+    "done": {"label": str, "report": str},
+    "error": {"message": str, "kind": str},
+    "devices": {"torch": str, "cuda_available": bool, "gpus": list},
+}
+ERROR_KINDS = ("input", "internal")
+_TYPE_WORDS = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value as JSON, cut to ``limit`` characters: a problem is one line, whatever the worker sent."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def event_problem(event: dict) -> Optional[str]:
+    """Why ``event`` (a JSON object with an "event" key) is not a well-formed protocol event; None if it is."""
+    kind = event.get("event")
+    if not isinstance(kind, str):
+        return f"'event' must be a string, got {_shown(kind)}"
+    for field, expected in EVENT_FIELDS.get(kind, {}).items():
+        if field not in event:
+            return f"{kind!r} event lacks {field!r}"
+        value = event[field]
+        # bool is an int to Python, not to JSON: a pid of true is malformed
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            return f"{kind!r} event needs {field!r} as {_TYPE_WORDS[expected]}, got {_shown(value)}"
+    if kind == "error" and event["kind"] not in ERROR_KINDS:
+        return f"'error' event needs 'kind' as one of {', '.join(ERROR_KINDS)}, got {_shown(event['kind'])}"
+    return None
+
+
+def parse_line(line: str) -> tuple[Optional[dict], Optional[str]]:
+    """(event, None) for a well-formed event, (None, why) for a malformed one, (None, None) for other text."""
     line = line.strip()
     if not line.startswith("{"):
-        return None
+        return None, None
     try:
         event = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None
+    except (json.JSONDecodeError, RecursionError):
+        return None, None
+    if not isinstance(event, dict) or "event" not in event:
+        return None, None
+    problem = event_problem(event)
+    return (None, problem) if problem else (event, None)
+
+
+def decode(line: str) -> Optional[dict]:
+    """The event on a stdout line, or None for a line that is not one of ours or is a malformed event."""
+    return parse_line(line)[0]
 
 
 def started(pid: int) -> dict:
