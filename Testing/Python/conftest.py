@@ -106,3 +106,16 @@ def assert_batches_independent_of_workers(dataset, seed: int, samples_per_epoch:
     for (i0, l0, c0), (i1, l1, c1) in zip(*batches):
         assert torch.equal(i0, i1) and torch.equal(l0, l1) and c0 == c1
     return len(batches[0])
+
+
+def full_disk_at(name: str, write):
+    """``write(array, path)`` that fails with ENOSPC (as a full disk does) for files called ``name``: to put in
+    place of a module's ``write_npy`` and fail a run between its writes."""
+    import errno
+
+    def writing(array, path):
+        if Path(path).name == name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return write(array, path)
+
+    return writing

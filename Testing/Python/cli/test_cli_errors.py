@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from HNTumorSegLib.cli import main
 
-from conftest import tiny_ct_pet
+from conftest import full_disk_at, tiny_ct_pet
 
 
 def run_cli(argv, capsys):
@@ -57,9 +57,7 @@ def test_a_rerun_that_fails_between_its_writes_leaves_no_earlier_provenance(tiny
     """A rerun over an earlier complete output that failed at its second write (label.npy, a full disk) left the
     earlier provenance.json, which described the earlier PET, beside the new input.npy: provenance.json is what
     says a folder is complete, so it goes first and comes back last."""
-    import errno
     import json
-    from pathlib import Path
 
     from HNTumorSegLib.imaging import image_io
 
@@ -74,14 +72,7 @@ def test_a_rerun_that_fails_between_its_writes_leaves_no_earlier_provenance(tiny
     assert run_cli(argv, capsys)[0] == 0
     assert json.loads((out / "provenance.json").read_text())["inputs"]["pet"] == str(tiny_files["pet"])
     earlier_input = (out / "input.npy").read_bytes()
-    real_write_npy = image_io.write_npy
-
-    def full_at_the_label(array, path):
-        if Path(path).name == "label.npy":
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_write_npy(array, path)
-
-    monkeypatch.setattr(image_io, "write_npy", full_at_the_label)
+    monkeypatch.setattr(image_io, "write_npy", full_disk_at("label.npy", image_io.write_npy))
     argv = preprocess_args(tiny_files["ct"], files["pet3"], out) + ["--label", files["label"]]
     code, _, err = run_cli(argv, capsys)
     assert_one_line_error(code, err, str(out / "label.npy"), "No space left on device")

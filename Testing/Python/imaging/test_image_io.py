@@ -249,14 +249,7 @@ def test_a_full_disk_is_one_line_naming_the_output(tmp_path, monkeypatch, name, 
 
     from HNTumorSegLib.imaging import image_io
 
-    real_write = sitk.WriteImage
-
-    def onto_a_full_device(image, file, *args):
-        Path(file).unlink(missing_ok=True)
-        Path(file).symlink_to("/dev/full")
-        real_write(image, file, *args)
-
-    monkeypatch.setattr(image_io.sitk, "WriteImage", onto_a_full_device)
+    _write_onto_dev_full(monkeypatch)
     _full_file_system(monkeypatch)
     image = sitk.GetImageFromArray(np.random.default_rng(0).random((16, 16, 16)))
     with pytest.raises(OSError) as raised:
@@ -272,14 +265,7 @@ def test_a_write_failure_of_no_known_cause_is_still_one_line(tmp_path, monkeypat
 
     from HNTumorSegLib.imaging import image_io
 
-    real_write = sitk.WriteImage
-
-    def onto_a_full_device(image, file, *args):
-        Path(file).unlink(missing_ok=True)
-        Path(file).symlink_to("/dev/full")
-        real_write(image, file, *args)
-
-    monkeypatch.setattr(image_io.sitk, "WriteImage", onto_a_full_device)
+    _write_onto_dev_full(monkeypatch)
     with pytest.raises(OSError) as raised:
         image_io.write_image(sitk.GetImageFromArray(np.random.default_rng(0).random((16, 16, 16))), tmp_path / "seg.nrrd")
     _assert_one_line_write_error(raised, tmp_path / "seg.nrrd", errno.EIO, "cannot write: [nrrd]")
@@ -336,3 +322,17 @@ def test_a_failing_fsync_names_the_output(tmp_path, monkeypatch):
             write(target)
         assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(target))
     assert list(tmp_path.iterdir()) == []
+
+
+def _write_onto_dev_full(monkeypatch):
+    """SimpleITK writes every file onto /dev/full (its temporary name made a link to it): its own ENOSPC failure."""
+    from HNTumorSegLib.imaging import image_io
+
+    real_write = sitk.WriteImage
+
+    def onto_a_full_device(image, file, *args):
+        Path(file).unlink(missing_ok=True)
+        Path(file).symlink_to("/dev/full")
+        real_write(image, file, *args)
+
+    monkeypatch.setattr(image_io.sitk, "WriteImage", onto_a_full_device)

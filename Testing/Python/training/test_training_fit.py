@@ -41,7 +41,7 @@ from HNTumorSegTraining.runlog import TensorBoardLog, read_history_csv
 from HNTumorSegTraining.sampler import EpochSampler
 from HNTumorSegTraining.weights import load_weights
 
-from conftest import assert_batches_independent_of_workers
+from conftest import assert_batches_independent_of_workers, full_disk_at
 
 TINY = (4, 8, 16, 32, 64)
 TINY_OPTIONS = {"psam": {"psam_channels": [4, 4, 4]}, "unet": {}, "umamba": {"d_state": 4, "scan_chunk": 4},
@@ -438,22 +438,13 @@ def test_a_rewrite_of_a_case_that_fails_at_its_second_file_leaves_it_unfinished(
     """A case prepared again (its label edited) that fails writing label.npy (a full disk) must not keep the
     earlier provenance.json beside the new image.npy: the case would count as finished, its provenance
     (sources, containment) describing other data, and resume would skip it."""
-    import errno
-
     folder = tmp_path / "cases" / "X"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(3)
     image, label = _lesion_case(cache_module.LABEL_SHAPE, 0, rng)
     cache_module.write_case(folder, image, label, {"version": PREPROCESSING_VERSION, "case_id": "X"})
     assert cache_module.is_finished(folder)
-    real_write_npy = cache_module.write_npy
-
-    def full_at_the_label(array, path):
-        if Path(path).name == "label.npy":
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_write_npy(array, path)
-
-    monkeypatch.setattr(cache_module, "write_npy", full_at_the_label)
+    monkeypatch.setattr(cache_module, "write_npy", full_disk_at("label.npy", cache_module.write_npy))
     with pytest.raises(OSError):
         cache_module.write_case(folder, image * 0.5, label, {"version": PREPROCESSING_VERSION, "case_id": "X"})
     assert not (folder / "provenance.json").exists() and not cache_module.is_finished(folder)
