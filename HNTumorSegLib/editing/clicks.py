@@ -37,10 +37,11 @@ naming the point.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from HNTumorSegLib import LABELS
 from HNTumorSegLib.errors import InputError
@@ -54,6 +55,13 @@ DEFAULT_FRACTION = 0.41
 DEFAULT_RADIUS_MM = {"GTVp": 45.0, "GTVn": 25.0}
 #: The hottest voxel is sought within this distance (mm) of the click: clicks land near, not on, the peak.
 SEEK_MM = 6.0
+#: Beside other lesions, the peak of an added region is sought this far (mm) from them: their blur is not
+#: the uptake clicked on (see :func:`avid_region`).
+CLEAR_MM = 3.0
+#: A region that shrinks below 1 / LEAK_RATIO of its volume when the fraction rises by LEAK_STEP had leaked.
+LEAK_STEP = 0.04
+LEAK_STEPS = 6
+LEAK_RATIO = 2.0
 #: The local background is the median SUV in a shell this thick (mm) just beyond ``radius_mm`` of the peak.
 BACKGROUND_SHELL_MM = 10.0
 #: A remove/relabel click within this distance (mm) of a lesion takes that lesion.
@@ -135,16 +143,43 @@ def _replaced(label: sitk.Image, array: np.ndarray) -> sitk.Image:
     return out
 
 
+class AvidRegion(NamedTuple):
+    """The PET-avid region at a click (a mask on the label's grid), the SUVmax it was grown from, the
+    background SUV under its threshold and the fraction it was drawn at."""
+
+    mask: np.ndarray
+    peak_suv: float
+    floor: float
+    fraction: float
+
+
 def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], fraction: float = DEFAULT_FRACTION,
-                radius_mm: float = DEFAULT_RADIUS_MM["GTVn"], background: bool = True) -> tuple[np.ndarray, float, float]:
-    """The PET-avid region at a click, as a mask on the label's grid, the SUVmax it was grown from and
-    the background SUV under its threshold.
+                radius_mm: float = DEFAULT_RADIUS_MM["GTVn"], background: bool = True,
+                free: np.ndarray | None = None) -> AvidRegion:
+    """The PET-avid region at a click, the SUVmax it was grown from, the background SUV under its
+    threshold and the fraction it was drawn at.
 
     From the hottest voxel within :data:`SEEK_MM` of the click: the voxels at or above
     ``background + fraction * (SUVmax - background)``, within ``radius_mm`` of it, 26-connected to
     it, with enclosed holes filled. ``background``: the median SUV in a :data:`BACKGROUND_SHELL_MM`
     shell beyond ``radius_mm`` of the peak; ``background=False`` takes 0 (the plain fraction of
     SUVmax). ``pet`` in SUV on any grid covering the point (resampled linearly onto the label's grid).
+
+    Leaks: where, within :data:`LEAK_STEPS` steps of :data:`LEAK_STEP` above ``fraction``, the region
+    shrinks to less than 1 / :data:`LEAK_RATIO` of its volume in one step, it had run into the uptake
+    beside it (physiological uptake, another node) through a narrow bridge, and the region after the
+    (last such) step is taken. Why: on the 38 lesions of 12 unseen phantoms, each grown from its SUVmax
+    voxel, one weak 1 mL node was drawn as 1.7 mL at 41 % and 45 % (Dice 0.34) and as 0.33 mL at 49 %
+    (0.89); no other lesion shrank by more than 1 / 1.35 in a step between 41 % and 65 %.
+
+    ``free`` (a mask on the label's grid, None: everywhere): the voxels the peak is sought in and the
+    region grows through; the peak is sought at least :data:`CLEAR_MM` from voxels that are not free
+    where any lie within :data:`SEEK_MM` of the click, and the region is what of the threshold region lies
+    within :data:`CLEAR_MM` of its part that far from them. Why: a click on the uncontoured one of two
+    matted nodes, one hot and one weak, means the weak one. Sought everywhere, the peak was the hot
+    node's (already contoured, a few mm away) and the click added nothing; sought among free voxels
+    alone, it was the hot node's blur just outside its contour, hotter than the weak node, and the
+    region was a shell around the hot node.
     """
     if not 0.0 < fraction < 1.0:
         raise InputError(f"threshold fraction {fraction} must lie between 0 and 1 (0.41 is the clinical default)")
@@ -153,7 +188,13 @@ def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], f
     lo, hi = _box_around(label, click, radius_mm + SEEK_MM + (BACKGROUND_SHELL_MM if background else 0.0))
     box = Geometry.of(label).subgrid(lo[::-1].tolist(), (hi - lo)[::-1].tolist())
     suv = values_in_box(pet, box)
-    near = _ball(suv.shape, click - lo, spacing_zyx, SEEK_MM)
+    allowed = np.ones(suv.shape, bool) if free is None else free[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    near = _ball(suv.shape, click - lo, spacing_zyx, SEEK_MM) & allowed
+    if not near.any():
+        raise InputError(f"nothing to add at {_fmt(point_mm)} mm: every voxel within {SEEK_MM:g} mm is in a lesion already")
+    clear = allowed if allowed.all() else ndimage.distance_transform_edt(allowed, sampling=spacing_zyx) >= CLEAR_MM
+    if (near & clear).any():
+        near &= clear
     peak = np.array(np.unravel_index(np.argmax(np.where(near, suv, -np.inf)), suv.shape))
     peak_suv = float(suv[tuple(peak)])
     reach = _ball(suv.shape, peak, spacing_zyx, radius_mm)
@@ -168,12 +209,29 @@ def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], f
     if not peak_suv > floor:
         raise InputError(f"no PET uptake above the background near {_fmt(point_mm)} mm (SUVmax {peak_suv:.2f} "
                          f"within {SEEK_MM:g} mm, background {floor:.2f})")
-    ids, _ = lesion_ids((suv >= floor + fraction * (peak_suv - floor)) & reach)
-    grown = sitk.GetImageFromArray((ids == ids[tuple(peak)]).astype(np.uint8))
-    region = sitk.GetArrayFromImage(sitk.BinaryFillhole(grown, fullyConnected=False, foregroundValue=1)) > 0
+    def grown(at: float) -> np.ndarray:
+        above = (suv >= floor + at * (peak_suv - floor)) & reach & allowed
+        ids, _ = lesion_ids(above)
+        region = ids == ids[tuple(peak)]
+        if clear[tuple(peak)] and not clear.all():
+            core_ids, _ = lesion_ids(above & clear)
+            region &= ndimage.distance_transform_edt(core_ids != core_ids[tuple(peak)], sampling=spacing_zyx) <= CLEAR_MM
+        return region
+
+    used, region = fraction, grown(fraction)
+    previous = np.count_nonzero(region)
+    for step in range(1, LEAK_STEPS + 1):  # a region that ran into the uptake beside it: cut the bridge
+        at = fraction + step * LEAK_STEP
+        if at >= 1.0:
+            break
+        tighter = grown(at)
+        if previous > LEAK_RATIO * np.count_nonzero(tighter):
+            used, region = at, tighter
+        previous = np.count_nonzero(tighter)
+    filled = sitk.BinaryFillhole(sitk.GetImageFromArray(region.astype(np.uint8)), fullyConnected=False, foregroundValue=1)
     mask = np.zeros(label.GetSize()[::-1], bool)
-    mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = region
-    return mask, peak_suv, floor
+    mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = sitk.GetArrayFromImage(filled) > 0
+    return AvidRegion(mask, peak_suv, floor, used)
 
 
 def radius_for(value: int, radius_mm: float | None) -> float:
@@ -185,9 +243,11 @@ def radius_for(value: int, radius_mm: float | None) -> float:
     return float(radius_mm)
 
 
-def _threshold_words(fraction: float, peak_suv: float, floor: float, radius_mm: float) -> str:
-    over = f" over background {floor:.2f}" if floor else ""
-    return f"voxels >= {fraction:.0%} of SUVmax {peak_suv:.2f}{over} within {radius_mm:g} mm"
+def _threshold_words(fraction: float, drawn: AvidRegion, radius_mm: float) -> str:
+    over = f" over background {drawn.floor:.2f}" if drawn.floor else ""
+    raised = (f" (raised from {fraction:.0%}: the region ran into the uptake beside it)"
+              if drawn.fraction > fraction + 1e-9 else "")
+    return f"voxels >= {drawn.fraction:.0%} of SUVmax {drawn.peak_suv:.2f}{over} within {radius_mm:g} mm{raised}"
 
 
 def add_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], structure: str | int,
@@ -197,18 +257,21 @@ def add_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], st
     ``radius_mm`` None: the structure's default (:data:`DEFAULT_RADIUS_MM`)."""
     value = structure_value(structure)
     radius_mm = radius_for(value, radius_mm)
-    region, peak_suv, floor = avid_region(label, pet, point_mm, fraction, radius_mm, background)
     array = sitk.GetArrayFromImage(label)
-    grow = region & (array == 0)  # other lesions, of either structure, stay as they are
+    # On an uncontoured voxel: the uptake there, not that of the lesion beside it. Inside a lesion: what of
+    # its PET-avid region is still uncontoured.
+    free = array == 0 if array[tuple(_index_of(label, point_mm))] == 0 else None
+    drawn = avid_region(label, pet, point_mm, fraction, radius_mm, background, free=free)
+    grow = drawn.mask & (array == 0)  # other lesions, of either structure, stay as they are
     voxels = int(grow.sum())
     if voxels == 0:
         raise InputError(f"nothing to add at {_fmt(point_mm)} mm: the region "
-                         f"({_threshold_words(fraction, peak_suv, floor, radius_mm)}) is already segmented")
+                         f"({_threshold_words(fraction, drawn, radius_mm)}) is already segmented")
     array[grow] = value
     ml = voxels * float(np.prod(label.GetSpacing())) / 1000.0
     return Edit(_replaced(label, array), "add", LABELS[value], voxels, tuple(float(v) for v in point_mm),
                 f"added {ml:.2f} mL to {LABELS[value]} at {_fmt(point_mm)} mm: "
-                f"{_threshold_words(fraction, peak_suv, floor, radius_mm)}")
+                f"{_threshold_words(fraction, drawn, radius_mm)}")
 
 
 def redraw_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], fraction: float = DEFAULT_FRACTION,
@@ -220,7 +283,8 @@ def redraw_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float],
     array = sitk.GetArrayFromImage(label)
     lesion, value = _lesion_at(array, label, point_mm, tolerance_mm)
     radius_mm = radius_for(value, radius_mm)
-    region, peak_suv, floor = avid_region(label, pet, point_mm, fraction, radius_mm, background)
+    drawn = avid_region(label, pet, point_mm, fraction, radius_mm, background, free=(array == 0) | lesion)
+    region = drawn.mask
     before = array.copy()
     array[lesion] = 0
     array[region & (array == 0)] = value
@@ -228,7 +292,7 @@ def redraw_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float],
     ml = float(np.count_nonzero(array[region] == value)) * float(np.prod(label.GetSpacing())) / 1000.0
     return Edit(_replaced(label, array), "redraw", LABELS[value], voxels, tuple(float(v) for v in point_mm),
                 f"redrew the {LABELS[value]} lesion at {_fmt(point_mm)} mm as {ml:.2f} mL: "
-                f"{_threshold_words(fraction, peak_suv, floor, radius_mm)}")
+                f"{_threshold_words(fraction, drawn, radius_mm)}")
 
 
 def _lesion_at(array: np.ndarray, label: sitk.Image, point_mm: Sequence[float],

@@ -9,8 +9,16 @@ remaining error is one lesion, and one click fixes it:
 - a **false-positive** predicted lesion (no voxel of it in the reference) -> *remove* at its hottest voxel;
 - a **mislabelled** predicted lesion (more of it in the other structure's reference than in its
   own) -> *relabel* at its hottest voxel;
+- a **missed part** of a reference lesion that a predicted lesion touches (a blob of it predicted as
+  nothing, at least :data:`MISSED_PART_MM` thick: the weak one of two matted nodes, the half of a node
+  the model left out) -> *add* at the blob's centre (its deepest voxel), to the lesion's structure;
 - a **badly drawn** predicted lesion (Dice below :data:`REDRAW_BELOW` against the reference voxels of
   its structure that it touches) -> *redraw* at the hottest voxel they share.
+
+Why the missed part: HECKTOR's reference draws matted nodes as one lesion, and the model (or a
+first click) often takes the hot node alone. An editor clicks on the part that is left out, not on
+the hot node again (a redraw there draws the hot node again); clicks at the centre of the largest
+missed region are also how the interactive challenges place their corrective clicks.
 
 The worst error is the one with the most voxels at stake (the missed lesion's, the false positive's,
 the mislabelled overlap's, the badly drawn lesion's disagreement). The simulated user does not know
@@ -23,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from HNTumorSegLib import LABELS
 from HNTumorSegLib.editing.clicks import Edit, edit_at
@@ -31,8 +40,13 @@ from HNTumorSegLib.imaging.components import lesion_ids
 from HNTumorSegLib.imaging.geometry import Geometry
 
 
-#: A predicted lesion whose Dice against the reference it touches is below this gets a redraw click.
-REDRAW_BELOW = 0.8
+#: A predicted lesion whose Dice against the reference it touches is below this gets a redraw click. Why 0.9
+#: (0.8 before): the threshold draws primaries at a mean Dice of 0.94 per lesion, so an editor who accepts 0.85
+#: leaves better contours one click away; a redraw that turns out worse is undone (a benchmark's rule).
+REDRAW_BELOW = 0.9
+#: A missed part of a touched reference lesion gets its own add click when it is at least this thick
+#: (the largest distance, mm, from its inside to its edge): thinner misses are a boundary, for redraw.
+MISSED_PART_MM = 3.0
 
 
 @dataclass(frozen=True)
@@ -50,12 +64,32 @@ def _hottest(mask: np.ndarray, suv: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(v) for v in np.unravel_index(np.argmax(np.where(mask, suv, -np.inf)), mask.shape))
 
 
+def _missed_parts(missed: np.ndarray, spacing_zyx) -> list[tuple[tuple[int, int, int], int]]:
+    """(deepest voxel, voxels) of each 26-connected blob of ``missed`` at least :data:`MISSED_PART_MM` thick."""
+    present = np.nonzero(missed)
+    if present[0].size == 0:
+        return []
+    start = [int(a.min()) for a in present]  # the blobs' bounding box: a whole CT grid takes far longer
+    box = missed[tuple(slice(s, int(a.max()) + 1) for s, a in zip(start, present))]
+    ids, n = lesion_ids(box)
+    depth = ndimage.distance_transform_edt(np.pad(box, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    parts = []
+    for k in range(1, n + 1):
+        blob = ids == k
+        deepest = np.unravel_index(np.argmax(np.where(blob, depth, -np.inf)), blob.shape)
+        if depth[deepest] >= MISSED_PART_MM:
+            parts.append((tuple(int(v) + s for v, s in zip(deepest, start)), int(blob.sum())))
+    return parts
+
+
 def candidate_clicks(prediction: sitk.Image, reference: sitk.Image, pet: sitk.Image) -> list[Click]:
     """Every error one click fixes, worst (most voxels at stake) first."""
     pred = sitk.GetArrayViewFromImage(prediction)
     ref = sitk.GetArrayViewFromImage(reference)
     suv = values_in_box(pet, Geometry.of(prediction))
+    spacing_zyx = prediction.GetSpacing()[::-1]
     clicks = []
+    added: set[tuple[int, int, int]] = set()  # missed parts already clicked (a reference lesion two predicted ones touch)
 
     def point(index_zyx) -> tuple[float, float, float]:
         return tuple(float(v) for v in prediction.TransformIndexToPhysicalPoint(tuple(int(i) for i in index_zyx[::-1])))
@@ -74,6 +108,10 @@ def candidate_clicks(prediction: sitk.Image, reference: sitk.Image, pet: sitk.Im
             else:
                 touched = np.isin(ref_ids, np.unique(ref_ids[lesion & (ref_ids > 0)]))
                 agreement = 2 * same / (int(lesion.sum()) + int(touched.sum()))
+                for deepest, voxels in _missed_parts(touched & (pred == 0), spacing_zyx):
+                    if deepest not in added:
+                        added.add(deepest)
+                        clicks.append(Click("add", point(deepest), name, voxels))
                 if agreement < REDRAW_BELOW:
                     disagreement = int(np.count_nonzero(lesion ^ touched))
                     clicks.append(Click("redraw", point(_hottest(lesion & touched, suv)), name, disagreement))

@@ -3,11 +3,11 @@
 On phantoms the bundled model never saw (seeds outside its training cohort, the styles it was
 trained on and the endemic style it was not), the model segments each case, then the simulated
 editor (HNTumorSegLib.editing.simulated_user) clicks the worst remaining error, one click at a
-time: add a missed lesion at its SUVmax voxel, remove a false positive, relabel a mislabelled
-lesion, redraw a badly drawn one from the PET, with the same functions as ``hntumorseg edit`` and
-the module's buttons. A click that cannot act (e.g. nothing above the threshold to add) still
-counts as a click; a redraw that makes its structure worse is undone by the next click (the user
-sees it), which counts too. Printed: per-case
+time: add a missed lesion at its SUVmax voxel or a missed part of a found one at its centre, remove a
+false positive, relabel a mislabelled lesion, redraw a badly drawn one from the PET, with the same
+functions as ``hntumorseg edit`` and the module's buttons. A click that cannot act (e.g. nothing above the threshold to add) still
+counts as a click; an add or a redraw that makes its structure worse is undone by the next click
+(the user sees it), which counts too. Printed: per-case
 mean Dice of GTVp and GTVn (both empty = 1), GTVn F1agg (HECKTOR's lesion detection) and the cases
 with both Dice >= 0.90, after 0, 1, 2, 3 and 5 clicks; written: the figures as JSON and their curve.
 Target: mean Dice >= 0.90 for both structures after at most 3 clicks per case. Run:
@@ -72,7 +72,7 @@ def run_case(segmenter: Segmenter, seed: int, style: str, max_clicks: int) -> di
         except InputError as exc:  # a click that does nothing is still a click
             actions.append(f"{click.action} {click.structure} (no effect: {exc})")
         trail.append(scores(label, case.label))
-        if click.action == "redraw" and trail[-1][click.structure] < trail[-2][click.structure]:
+        if click.action in ("add", "redraw") and trail[-1][click.structure] < trail[-2][click.structure]:
             undo = before  # the user sees a worse contour and undoes it (one more click)
     return {"case": case.case_id, "seed": seed, "style": style, "after_clicks": trail, "clicks": actions}
 

@@ -137,8 +137,9 @@ def test_the_threshold_is_taken_over_the_local_background():
     # 41 % of SUVmax 2.2 lies below the background: the plain threshold fills the whole reach; over the background
     # the node is found
     assert dice(sitk.GetArrayFromImage(corrected.label) == 2, weak) > 0.8
-    assert dice(sitk.GetArrayFromImage(plain.label) == 2, weak) < 0.3
-    assert "over background 1.00" in corrected.message and "background" not in plain.message
+    # (the plain threshold's flood is cut as a leak, at a higher fraction, and is still far off)
+    assert dice(sitk.GetArrayFromImage(plain.label) == 2, weak) < 0.7
+    assert "over background 1.00" in corrected.message and "over background" not in plain.message
     with pytest.raises(InputError, match="no PET uptake above the background"):
         add_lesion(label, image(np.full(SHAPE, 1.0, np.float32)), point_of(MISSED), "GTVn")
 
@@ -234,3 +235,61 @@ def test_a_click_on_a_face_takes_the_same_voxel_however_the_grid_is_stored():
                                       sitk.GetArrayFromImage(on_plain))
     with pytest.raises(InputError, match="outside the label map's grid"):
         remove_lesion(plain, (5.6, 2.0, 1.0))
+
+
+HOT, WEAK = (20, 50, 40), (20, 50, 52)  # matted nodes: the hot one's radius 6 and the weak one's 7 overlap by 1 mm
+
+
+def matted_nodes():
+    """PET of two matted nodes, one hot (SUV 12) and one weak (SUV 3); a label holding the hot one only."""
+    pet = np.full(SHAPE, 1.0, np.float32)
+    pet[sphere(WEAK, 7)] = 3.0
+    pet[sphere(HOT, 6)] = 12.0
+    pet = sitk.SmoothingRecursiveGaussian(image(pet), 2.0)
+    label = sphere(HOT, 6).astype(np.uint8) * 2
+    return image(label), pet
+
+
+def test_a_click_on_the_uncontoured_one_of_matted_nodes_adds_it_not_the_hot_one_beside_it():
+    """Sought everywhere within 6 mm of the click, the peak was the contoured hot node's, whose region was drawn
+    already: the weak node the user clicked on was not added."""
+    label, pet = matted_nodes()
+    edit = add_lesion(label, pet, point_of(WEAK), "GTVn")
+    after = sitk.GetArrayFromImage(edit.label)
+    added = after != sitk.GetArrayFromImage(label)
+    weak_alone = sphere(WEAK, 7) & ~sphere(HOT, 6)
+    assert dice(added, weak_alone) > 0.75
+    assert (after[sphere(HOT, 6)] == 2).all()  # the hot node stays as drawn
+
+
+def test_a_click_inside_a_lesion_adds_what_of_its_avid_region_is_still_uncontoured():
+    pet = np.full(SHAPE, 1.0, np.float32)
+    pet[sphere(PRIMARY, 10)] = 12.0
+    pet = sitk.SmoothingRecursiveGaussian(image(pet), 2.0)
+    tight = image(sphere(PRIMARY, 5).astype(np.uint8))  # a primary drawn far too tight
+    edit = add_lesion(tight, pet, point_of(PRIMARY), "GTVp")
+    after = sitk.GetArrayFromImage(edit.label) == 1
+    assert dice(after, sphere(PRIMARY, 10)) > 0.9
+
+
+def test_a_region_that_runs_into_the_uptake_beside_it_is_cut_at_a_higher_fraction():
+    """A node (SUV 6) touching a gland's uptake (SUV 3.3, above the node's 41 % over the background): at 41 % the
+    region floods the gland (Dice 0.4); one step up it holds the node alone. Without the cut, the user had to find
+    the fraction by hand."""
+    from HNTumorSegLib.editing import clicks
+
+    node, gland = (20, 20, 90), (20, 20, 69)
+    pet = np.full(SHAPE, 1.0, np.float32)
+    pet[sphere(gland, 14)] = 3.3
+    pet[sphere(node, 7)] = 6.0
+    pet = sitk.SmoothingRecursiveGaussian(image(pet), 2.0)
+    empty = image(np.zeros(SHAPE, np.uint8))
+    edit = add_lesion(empty, pet, point_of(node), "GTVn")
+    assert dice(sitk.GetArrayFromImage(edit.label) == 2, sphere(node, 7)) > 0.9
+    assert "voxels >= 45% of SUVmax" in edit.message and "raised from 41%" in edit.message
+    drawn = clicks.avid_region(empty, pet, point_of(node))
+    assert drawn.fraction == pytest.approx(0.45) and dice(drawn.mask, sphere(node, 7)) > 0.9
+    # a lesion alone is drawn at the fraction asked for
+    alone = clicks.avid_region(empty, sitk.SmoothingRecursiveGaussian(image(np.where(sphere(node, 7), 6.0, 1.0)
+                                                                              .astype(np.float32)), 2.0), point_of(node))
+    assert alone.fraction == DEFAULT_FRACTION

@@ -55,3 +55,20 @@ def test_a_badly_drawn_lesion_gets_a_redraw_click_that_follows_the_pet():
     assert clicks[0].voxels_at_stake == np.count_nonzero(sphere(PRIMARY, 10) ^ sphere(PRIMARY, 6))
     after = sitk.GetArrayFromImage(apply_click(image(predicted), pet_image, clicks[0]).label)
     assert dice(after == 1, truth == 1) > 0.85 > dice(predicted == 1, truth == 1)
+
+
+def test_the_missed_one_of_matted_nodes_gets_an_add_click_at_its_centre_before_a_redraw():
+    """HECKTOR draws matted nodes as one lesion; a model (or a first click) that took the hot one alone leaves the
+    weak one out, and a redraw at the hot one draws the hot one again. The editor clicks the part left out first."""
+    from test_clicks import HOT, WEAK, matted_nodes
+
+    label, pet = matted_nodes()
+    truth = ((sphere(HOT, 6) | sphere(WEAK, 7)) * 2).astype(np.uint8)
+    clicks = candidate_clicks(label, image(truth), pet)
+    assert [(c.action, c.structure) for c in clicks] == [("add", "GTVn"), ("redraw", "GTVn")]
+    assert clicks[0].voxels_at_stake == np.count_nonzero(sphere(WEAK, 7) & ~sphere(HOT, 6))
+    index = label.TransformPhysicalPointToIndex(clicks[0].point_mm)[::-1]
+    assert np.abs(np.array(index) - np.array(WEAK)).max() <= 2  # the missed part's deepest voxel: its centre
+    before = dice(sitk.GetArrayFromImage(label) == 2, truth == 2)
+    after = dice(sitk.GetArrayFromImage(apply_click(label, pet, clicks[0]).label) == 2, truth == 2)
+    assert before < 0.6 < 0.85 < after
