@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.cli.output_paths import model_inputs, refuse_clashes
+from HNTumorSegLib.imaging.image_names import written_data_files
 
 if TYPE_CHECKING:
     from HNTumorSegLib.pipeline.inference import Segmenter
@@ -47,7 +48,7 @@ DONE, SKIPPED, FAILED, ELSEWHERE = "done", "done earlier", "failed", "running el
 #: Folder (in OUT) of the claims and failure records that let two processes share an output folder.
 BATCH_STATE = ".batch"
 SUMMARY_COLUMNS = ("case", "status", "seconds", "GTVp_volume_ml", "GTVp_suv_max", "GTVp_tlg",
-                   "GTVn_volume_ml", "GTVn_suv_max", "GTVn_tlg", "suv_factor", "source", "message")
+                   "GTVn_volume_ml", "GTVn_suv_max", "GTVn_tlg", "suv_factor", "source", "message", "input")
 #: One row per lesion of every finished case (see HNTumorSegLib.evaluation.lesions); centroid in LPS mm.
 LESION_COLUMNS = ("case", "lesion", "structure", "volume_ml", "suv_max", "suv_mean", "tlg", "centroid_x_mm",
                   "centroid_y_mm", "centroid_z_mm", "side", "confidence_mean", "confidence_max", "review")
@@ -64,6 +65,38 @@ class BatchCase:
     ct_series: Optional[str] = None
     pet_series: Optional[str] = None
     problem: Optional[str] = None  # set when the case was found but cannot run (reported as failed)
+    files: tuple[Path, ...] = ()  # a DICOM case's CT and PET files (for a case of image files: ct and pet)
+    where: Optional[Path] = None  # the folder the case was found in, for the summary (None: the CT's)
+
+    def input_files(self) -> list[Path]:
+        """The files whose contents decide the case's outputs: the DICOM series' files, or the CT and PET images
+        with any separate data files beside their headers (``CT.mhd`` + ``CT.zraw``)."""
+        if self.files:
+            return list(self.files)
+        images = [self.ct, self.pet]
+        return images + [data for image in images for data in written_data_files(image) if data.exists()]
+
+    def input_fingerprint(self) -> str:
+        """A digest of the case's input files' names, sizes and modification times (as rsync decides what
+        changed): a case whose inputs changed since its report was written is run again on resume (a PET whose
+        PatientWeight was corrected kept its earlier SUVs). Reading every byte of every case's DICOM on each
+        resume would cost far more than a stat."""
+        entries = []
+        for path in self.input_files():
+            try:
+                stat = path.stat()
+                entries.append(f"{path.parent.name}/{path.name}\t{stat.st_size}\t{stat.st_mtime_ns}")
+            except OSError:
+                entries.append(f"{path.parent.name}/{path.name}\tmissing")
+        return hashlib.sha256("\n".join(sorted(entries)).encode("utf-8", "surrogateescape")).hexdigest()
+
+    def location(self) -> Optional[Path]:
+        """Where the case is on disk, for its summary row."""
+        if self.where is not None or self.ct is None or self.pet is None:
+            return self.where
+        if self.dicom:
+            return _common_folder([self.ct / "x", self.pet / "x"])
+        return self.ct if self.ct.is_dir() else self.ct.parent  # a problem found under ROOT names ROOT
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -87,7 +120,7 @@ def _safe(text: str) -> str:
     """``text`` as a file name: letters and digits of any script, ``_``, ``.`` and ``-``; other runs become
     ``_``. A name that had to change gets a hash of the original, so that ``Müller 01`` and ``Müller_01``
     stay two cases (and two output folders), the same ones on every run."""
-    safe = re.sub(r"[^\w.-]+", "_", text).strip("._") or "case"
+    safe = re.sub(r"[^\w.-]+", "_", text).strip("._-") or "case"  # no leading "-": tools read it as an option
     return safe if safe == text else f"{safe}_{_short_hash(text)}"
 
 
@@ -148,15 +181,25 @@ def _dicom_cases(root: Path) -> list[BatchCase]:
         cts, pets = candidate_series(members, "CT"), candidate_series(members, "PT")  # a topogram is no candidate
         first = members[0]
         case_id = _safe(f"{first.patient_id}_{first.study_date}") + "_" + hashlib.sha1(study_uid.encode()).hexdigest()[:6]
+        where = _common_folder([f for s in members for f in s.files])
         if len(cts) != 1 or len(pets) != 1:
             listing = "; ".join(s.describe() for s in members if s.modality in ("CT", "PT"))
             out.append(BatchCase(case_id, root, root, True, problem=(
-                f"study {study_uid} holds {len(cts)} CT and {len(pets)} PT series (one of each is needed; "
-                f"segment it with --ct-series/--pet-series): {listing}")))
+                f"{where}: study {study_uid} holds {len(cts)} CT and {len(pets)} PT series ({_which_fix(cts, pets)}): "
+                f"{listing}"), where=where))
             continue
         out.append(BatchCase(case_id, _common_folder(cts[0].files), _common_folder(pets[0].files), True,
-                             cts[0].uid, pets[0].uid))
+                             cts[0].uid, pets[0].uid, files=(*cts[0].files, *pets[0].files), where=where))
     return out
+
+
+def _which_fix(cts: Sequence, pets: Sequence) -> str:
+    """What the user can do about a study without exactly one CT and one PET series."""
+    if not cts or not pets:
+        missing = "CT" if not cts else "PET"
+        return (f"one of each is needed and the {missing} is not in this study: if it was exported as another "
+                f"study, segment the pair with `hntumorseg segment --ct ... --pet ...`")
+    return "one of each is needed: segment the pair you want with `hntumorseg segment --ct-series/--pet-series`"
 
 
 def find_batch_cases(root: str | Path) -> list[BatchCase]:
@@ -250,7 +293,7 @@ def _row(case: BatchCase, status: str, seconds: float, report: Optional[dict] = 
     if not message and said:  # a done case with a warning (no brain to anchor on, say): in its row
         message = "warning: " + "; ".join(said)
     row = {"case": case.case_id, "status": status, "seconds": f"{seconds:.1f}",
-           "source": "DICOM" if case.dicom else "files", "message": message}
+           "source": "DICOM" if case.dicom else "files", "message": message, "input": str(case.location() or "")}
     for name in ("GTVp", "GTVn"):
         s = (report or {}).get("structures", {}).get(name, {})
         for key, column in (("volume_ml", "volume_ml"), ("suv_max", "suv_max"), ("tlg", "tlg")):
@@ -305,7 +348,9 @@ def run_case(case: BatchCase, options: BatchOptions, segmenter) -> dict:
 
         report, _, _ = run_segmentation(case.ct, case.pet, paths["label"], segmenter, options.device, options.tta,
                                         inputs=inputs, after_label=exports,
-                                        extra={"case": case.case_id, "batch_settings": options.settings()},
+                                        extra={"case": case.case_id, "batch_settings": options.settings(),
+                                               "batch_inputs": {"sha256": case.input_fingerprint(),
+                                                                "files": len(case.input_files())}},
                                         verbose=False)
         return _row(case, DONE, time.perf_counter() - t0, report)
     except (InputError, OSError) as exc:
@@ -457,7 +502,8 @@ def write_summary(rows: Sequence[dict], path: Path) -> Path:
 def _earlier_row(case: BatchCase, options: BatchOptions) -> Optional[dict]:
     """The row of a case finished by an earlier run: its report, its label map and every other output asked
     for are there, and the report was made with these settings (model, TTA, clean-up, nodes one by one, PET
-    units; a report of an earlier version, which does not say, is taken as it is)."""
+    units; a report of an earlier version, which does not say, is taken as it is), from these inputs (their
+    names, sizes and modification times: :meth:`BatchCase.input_fingerprint`)."""
     paths = case_paths(options, case)
     if not paths["report"].exists() or not paths["label"].exists():
         return None
@@ -474,6 +520,9 @@ def _earlier_row(case: BatchCase, options: BatchOptions) -> Optional[dict]:
     if isinstance(recorded, dict) and not same_settings(recorded, options.settings()):
         return None
     if recorded is not None and not isinstance(recorded, dict):
+        return None
+    inputs = report.get("batch_inputs")  # earlier versions did not record the inputs: taken as they are
+    if inputs is not None and (not isinstance(inputs, dict) or inputs.get("sha256") != case.input_fingerprint()):
         return None
     return _row(case, SKIPPED, float(report.get("timings_s", {}).get("total", 0.0)), report)
 

@@ -502,3 +502,74 @@ def test_a_done_case_with_a_warning_says_it_in_its_row():
     assert _row(case, DONE, 1.0, report)["message"] == "warning: only the CT is DICOM; no brain uptake found"
     assert _row(case, DONE, 1.0, {"provenance": {}})["message"] == ""
     assert _row(case, FAILED, 1.0, report, message="cannot read")["message"] == "cannot read"
+
+
+def test_a_resumed_batch_redoes_a_case_whose_inputs_changed(hecktor_root, tmp_path):
+    """Resume went by settings alone: a case whose PET was replaced (or whose DICOM PatientWeight was corrected)
+    kept its earlier SUVs as "done earlier". The report now records a digest of the inputs' names, sizes and
+    modification times, and a case whose inputs changed is run again; a report without it is taken as it is."""
+    import json
+    import os
+
+    cases = find_batch_cases(hecktor_root)[:2]
+    options = BatchOptions(tmp_path / "out")
+    stand_in = ThresholdSegmenter()
+    summary = tmp_path / "out" / "summary.csv"
+    run_batch(cases, options, summary=summary, make_segmenter=lambda: stand_in, progress=False)
+    report = json.loads((tmp_path / "out" / "CHUM-001" / "CHUM-001_seg.json").read_text())
+    assert report["batch_inputs"]["files"] == 2 and len(report["batch_inputs"]["sha256"]) == 64
+    pet = hecktor_root / "CHUM-001" / "CHUM-001__PT.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(pet)) * 1.2, str(pet))  # a corrected PET: the same name, other voxels
+    rows = run_batch(cases, options, summary=summary, make_segmenter=lambda: stand_in, progress=False)
+    assert [r["status"] for r in rows] == [DONE, SKIPPED] and stand_in.calls == 3
+    assert rows[0]["input"] == str(hecktor_root / "CHUM-001")
+    stat = pet.stat()
+    os.utime(pet, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: taken as changed (as rsync does)
+    assert _earlier_row(cases[0], options) is None and _earlier_row(cases[1], options) is not None
+    report_path = tmp_path / "out" / "CHUM-001" / "CHUM-001_seg.json"
+    report = json.loads(report_path.read_text())
+    del report["batch_inputs"]  # as an earlier version wrote it
+    report_path.write_text(json.dumps(report))
+    assert _earlier_row(cases[0], options) is not None
+
+
+def test_a_dicom_case_whose_pet_changed_is_run_again_and_rows_name_the_folder(tmp_path):
+    """A PET's PatientWeight corrected in every file: the SUVs change, so the case must not stay "done earlier".
+    Rows name the study's folder (the case id comes from the DICOM patient and date, not the folder); a study
+    without a PET says so, and not to choose a series."""
+    import pydicom
+
+    root = tmp_path / "archive"
+    write_dicom_case(_case(3, "PAT-A"), root / "patient one" / "scan")
+    lonely = _case(4, "PAT-B")
+    write_ct_series(lonely.ct, root / "-ct only", DicomStudy("PAT-B"), number=2, description="CT", tag="ct")
+    cases = find_batch_cases(root)
+    options = BatchOptions(tmp_path / "out")
+    stand_in = ThresholdSegmenter()
+    rows = run_batch(cases, options, summary=tmp_path / "out" / "summary.csv", make_segmenter=lambda: stand_in,
+                     progress=False)
+    by_status = {r["status"]: r for r in rows}
+    assert by_status[DONE]["input"] == str(root / "patient one" / "scan")
+    failed = by_status[FAILED]
+    assert failed["input"] == str(root / "-ct only") and failed["message"].startswith(str(root / "-ct only"))
+    assert "the PET is not in this study" in failed["message"] and "--ct-series" not in failed["message"]
+    pet_files = [f for f in (root / "patient one").rglob("*") if f.is_file() and pydicom.dcmread(f, stop_before_pixels=True).Modality == "PT"]
+    for f in pet_files:
+        ds = pydicom.dcmread(f)
+        ds.PatientWeight = float(ds.PatientWeight) * 1.2
+        ds.save_as(f)
+    done = next(c for c in cases if not c.problem)
+    assert _earlier_row(done, options) is None
+    again = run_batch(cases, options, summary=tmp_path / "out" / "summary.csv", make_segmenter=lambda: stand_in,
+                      progress=False)
+    assert stand_in.calls == 2 and DONE in [r["status"] for r in again]
+    assert float(next(r for r in again if r["status"] == DONE)["suv_factor"]) == pytest.approx(
+        float(by_status[DONE]["suv_factor"]) * 1.2, rel=1e-4)
+
+
+def test_a_folder_name_with_a_leading_dash_gives_a_case_id_without_one():
+    """An output folder "-dash_01" is read as an option by shell tools (rm, ls, tar)."""
+    from HNTumorSegLib.cli.batch import _safe
+
+    assert not _safe("-dash Müller 01").startswith("-") and _safe("-x") != _safe("x")
+    assert _safe("CHUM-001") == "CHUM-001"
