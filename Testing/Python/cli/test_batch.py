@@ -120,10 +120,21 @@ def test_dicom_tree_studies_become_cases_with_rtstruct(tmp_path):
     assert all(r["source"] == "DICOM" for r in rows)
     assert float(rows[0]["suv_factor"]) == pytest.approx(2.96075e-4, rel=1e-5)
     assert (tmp_path / "out" / cases[0].case_id / f"{cases[0].case_id}_RTSTRUCT.dcm").exists()
-    # asking for a DICOM SEG later re-runs the cases that lack it
+    # asking for a DICOM SEG later writes it from the earlier results, without segmenting again (it did, every case)
+    import json
+
+    stand_in = ThresholdSegmenter()
     rows = run_batch(cases, BatchOptions(tmp_path / "out", rtstruct=True, dicom_seg=True),
-                     summary=tmp_path / "out" / "summary.csv", make_segmenter=ThresholdSegmenter, progress=False)
-    assert [r["status"] for r in rows] == [DONE, DONE, FAILED]
+                     summary=tmp_path / "out" / "summary.csv", make_segmenter=lambda: stand_in, progress=False)
+    assert [r["status"] for r in rows] == [DONE, DONE, FAILED] and stand_in.calls == 0
+    assert "DICOM SEG written from the earlier result" in rows[0]["message"]
+    seg = tmp_path / "out" / cases[0].case_id / f"{cases[0].case_id}_SEG.dcm"
+    assert seg.exists()
+    report = json.loads((tmp_path / "out" / cases[0].case_id / f"{cases[0].case_id}_seg.json").read_text())
+    assert report["dicom_seg"]["file"] == str(seg) and "rtstruct" in report
+    rows = run_batch(cases, BatchOptions(tmp_path / "out", rtstruct=True, dicom_seg=True),
+                     summary=tmp_path / "out" / "summary.csv", make_segmenter=lambda: stand_in, progress=False)
+    assert [r["status"] for r in rows] == [SKIPPED, SKIPPED, FAILED] and stand_in.calls == 0
 
 
 def test_a_dicom_study_with_a_topogram_beside_its_ct_is_a_case_of_its_ct(tmp_path):
