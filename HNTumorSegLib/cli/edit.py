@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import SimpleITK as sitk
+
 from HNTumorSegLib.errors import InputError
 
 CLICK_OPTIONS = ("--add", "--remove", "--relabel", "--redraw")
@@ -56,8 +58,10 @@ class _Click(argparse.Action):
 
 
 def parse_click(action: str, text: str) -> tuple[tuple[float, float, float], str | None]:
-    """"X,Y,Z" or "X,Y,Z:GTVn" to a point (mm) and a structure name (None when not given)."""
+    """"X,Y,Z" or "X,Y,Z:GTVn" to a point (mm) and a structure name (None when not given). The point may be in
+    parentheses or brackets, as this command's messages and reports print points."""
     where, _, structure = text.partition(":")
+    where = where.strip().removeprefix("(").removesuffix(")").removeprefix("[").removesuffix("]")
     structure = structure.strip()  # "X,Y,Z: GTVn", as spaces around the numbers are taken
     try:
         point = tuple(float(v) for v in where.split(","))
@@ -119,15 +123,19 @@ def cmd_edit(args) -> int:
     from HNTumorSegLib.evaluation.lesions import measurements
     from HNTumorSegLib.imaging.image_io import read_image, write_image, write_json
     from HNTumorSegLib.imaging.label_checks import label_grid_problem, label_values_problem
+    from HNTumorSegLib.pipeline.preprocess import check_pet_units
 
     if not args.clicks:
         raise InputError("nothing to do: give at least one --add, --remove, --relabel or --redraw")
     clicks = [(action, *parse_click(action, text)) for action, text in args.clicks]
+    _check_settings(args)
     report_path = sidecar_path(args.out)
     refuse_clashes([("--out", args.out), ("the report of --out", report_path)],
                    [("--labels", args.labels), ("--ct", args.ct), ("--pet", args.pet)],
                    may_overwrite=[("--out", "--labels")])
     inputs = read_dicom_aware_inputs(args)
+    check_pet_units(sitk.GetArrayViewFromImage(inputs.pet), str(args.pet))  # SUVs, TLG and thresholds need SUV
+    _refuse_dicom_objects(args.labels)
     label = read_image(args.labels, "label")
     problem = label_values_problem(label, str(args.labels)) or label_grid_problem(label, inputs.ct, str(args.labels))
     if problem:
@@ -142,8 +150,11 @@ def cmd_edit(args) -> int:
         print(f"  {number}. {edit.message}")
         done.append({"action": edit.action, "point_mm": list(edit.point_mm), "structure": edit.structure,
                      "voxels": edit.voxels, "message": edit.message})
-    write_image(label, args.out)
     measured = measurements(label, inputs.pet, inputs.ct)
+    # The report goes first and comes back last: an interrupted run leaves a label map without a report
+    # (incomplete, as after ``segment``), never beside the report of the map it replaced.
+    report_path.unlink(missing_ok=True)
+    write_image(label, args.out)
     write_json({"software": f"HNTumorSeg {__version__}",
                 "inputs": {"labels": str(args.labels), "ct": str(args.ct), "pet": str(args.pet)},
                 "output": str(args.out), "edits": done,
@@ -153,3 +164,34 @@ def cmd_edit(args) -> int:
     print(f"wrote {args.out} and {report_path}")
     print_measurements(measured["structures"], measured["lesions"])
     return 0
+
+
+def _check_settings(args) -> None:
+    """--fraction and --radius-mm checked before any click or file: the report records them whatever clicks use
+    them, and a bad value found at the third click came after two clicks' lines had been printed."""
+    from HNTumorSegLib.editing.clicks import check_fraction, radius_for
+
+    check_fraction(args.fraction)
+    if args.radius_mm is not None:
+        radius_for(1, args.radius_mm)
+
+
+#: DICOM objects a user may take for a label map: this command's own exports among them.
+_NOT_LABEL_MAPS = {"SEG": "a DICOM SEG", "RTSTRUCT": "an RTSTRUCT"}
+
+
+def _refuse_dicom_objects(path: Path) -> None:
+    """A DICOM SEG or RTSTRUCT given as --labels: say so (it read as "label values 255" or "no pixel data")."""
+    from HNTumorSegLib.imaging.input_integrity import looks_like_dicom
+
+    if not path.is_file() or not looks_like_dicom(path):
+        return
+    import pydicom
+
+    try:
+        modality = str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", ""))
+    except Exception:  # the image reader says what is wrong with it
+        return
+    if modality in _NOT_LABEL_MAPS:
+        raise InputError(f"{path}: {_NOT_LABEL_MAPS[modality]}, not a label map: give the label map it was made from "
+                         "(e.g. the SEG.nii.gz that segment wrote beside it)")

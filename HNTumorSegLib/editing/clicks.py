@@ -181,8 +181,7 @@ def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], f
     alone, it was the hot node's blur just outside its contour, hotter than the weak node, and the
     region was a shell around the hot node.
     """
-    if not 0.0 < fraction < 1.0:
-        raise InputError(f"threshold fraction {fraction} must lie between 0 and 1 (0.41 is the clinical default)")
+    check_fraction(fraction)
     click = _index_of(label, point_mm)
     spacing_zyx = np.array(label.GetSpacing()[::-1])
     lo, hi = _box_around(label, click, radius_mm + SEEK_MM + (BACKGROUND_SHELL_MM if background else 0.0))
@@ -234,6 +233,12 @@ def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], f
     return AvidRegion(mask, peak_suv, floor, used)
 
 
+def check_fraction(fraction: float) -> None:
+    """An InputError unless 0 < ``fraction`` < 1."""
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"threshold fraction {fraction} must lie between 0 and 1 (0.41 is the clinical default)")
+
+
 def radius_for(value: int, radius_mm: float | None) -> float:
     """``radius_mm``, or the structure's default (:data:`DEFAULT_RADIUS_MM`) when it is None."""
     if radius_mm is None:
@@ -258,9 +263,14 @@ def add_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], st
     value = structure_value(structure)
     radius_mm = radius_for(value, radius_mm)
     array = sitk.GetArrayFromImage(label)
-    # On an uncontoured voxel: the uptake there, not that of the lesion beside it. Inside a lesion: what of
-    # its PET-avid region is still uncontoured.
-    free = array == 0 if array[tuple(_index_of(label, point_mm))] == 0 else None
+    at = _nearest_lesion_value(array, label, point_mm, CLEAR_MM)
+    if at not in (0, value):  # the region would be what lies around that lesion: a shell of fragments
+        raise InputError(f"the point {_fmt(point_mm)} mm is on a {LABELS[at]} lesion (or within {CLEAR_MM:g} mm of "
+                         f"it): relabel it to make it {LABELS[value]}, or click on the uptake you mean, "
+                         f"{CLEAR_MM:g} mm or more from it")
+    # Away from every lesion: the uptake there, not that of a lesion beside it. On (or at) a lesion of this
+    # structure: what of its PET-avid region is still uncontoured.
+    free = array == 0 if at == 0 else None
     drawn = avid_region(label, pet, point_mm, fraction, radius_mm, background, free=free)
     grow = drawn.mask & (array == 0)  # other lesions, of either structure, stay as they are
     voxels = int(grow.sum())
@@ -318,6 +328,19 @@ def _lesion_at(array: np.ndarray, label: sitk.Image, point_mm: Sequence[float],
     local = tuple(int(h - s) for h, s in zip(hit, start))
     lesion[start[0]:end[0], start[1]:end[1], start[2]:end[2]] = ids == ids[local]
     return lesion, value
+
+
+def _nearest_lesion_value(array: np.ndarray, label: sitk.Image, point_mm: Sequence[float], radius_mm: float) -> int:
+    """The label value of the lesion voxel nearest the point within ``radius_mm`` (0: none)."""
+    click = _index_of(label, point_mm)
+    lo, hi = _box_around(label, click, radius_mm)
+    window = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    spacing_zyx = np.array(label.GetSpacing()[::-1])
+    candidates = np.argwhere((window > 0) & _ball(window.shape, click - lo, spacing_zyx, radius_mm))
+    if candidates.size == 0:
+        return 0
+    nearest = candidates[np.argmin(np.linalg.norm((candidates - (click - lo)) * spacing_zyx, axis=1))]
+    return int(window[tuple(nearest)])
 
 
 def remove_lesion(label: sitk.Image, point_mm: Sequence[float], tolerance_mm: float = TOLERANCE_MM) -> Edit:

@@ -99,7 +99,8 @@ class ResampledLatticePet:
         return values
 
 
-def _check_pet_units(pet: np.ndarray, pet_name: str) -> None:
+def check_pet_units(pet: np.ndarray, pet_name: str) -> None:
+    """An InputError when the PET's values look like activity (Bq/mL), not SUV: shared by ``segment`` and ``edit``."""
     positive = pet[pet > 0]
     if positive.size and float(np.percentile(positive, 99)) > MAX_PLAUSIBLE_SUV_P99:
         raise InputError(f"{pet_name}: PET values up to {float(positive.max()):.0f} look like Bq/mL, "
@@ -154,7 +155,7 @@ def preprocess(ct: sitk.Image, pet: sitk.Image, label: sitk.Image | None = None,
                          "must be in SUV (values in the thousands look like Bq/mL)") from None
     boxes_seconds = getattr(source, "seconds", 0.0)  # the boxes' resampling, inside the crop's time
     timings["resample_pet"] += boxes_seconds
-    _check_pet_units(column, pet_name)
+    check_pet_units(column, pet_name)
     window = decision.window
     real = window.clipped(source.shape)
     pet_real = column[real.z1:real.z2]

@@ -162,3 +162,72 @@ def test_an_output_that_is_a_folder_is_refused_before_anything_is_written(files,
     assert ".tmp" not in err
     assert sorted(p.name for p in out.parent.iterdir()) == sorted(["ct.nii.gz", "pet.nii.gz", "seg.nii.gz",
                                                                    out.name if folder == "out" else "edited.json"])
+
+
+@pytest.mark.parametrize("as_pet", ["ct", "bqml"])
+def test_a_pet_that_is_not_in_suv_is_refused(files, capsys, as_pet):
+    """edit measured SUVmax 100 (the CT's HU) or 23632 (Bq/mL) and drew regions from them, where segment refuses."""
+    if as_pet == "bqml":
+        bqml = files["pet"].with_name("pet_bqml.nii.gz")
+        sitk.WriteImage(sitk.ReadImage(str(files["pet"])) * 5000.0, str(bqml))
+        files = {**files, "pet": bqml}
+    else:  # a CT with bone, given as the PET
+        ct = sitk.GetArrayFromImage(sitk.ReadImage(str(files["ct"])))
+        ct[:, 30:45, 40:60] = 700
+        sitk.WriteImage(image(ct), str(files["ct"]))
+        files = {**files, "pet": files["ct"]}
+    code, out = run(files, "--remove", point(FALSE))
+    err = capsys.readouterr().err
+    assert code == 2 and "not SUV" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_settings_are_checked_before_any_click_even_when_no_click_uses_them(files, capsys):
+    code, out = run(files, "--remove", point(FALSE), "--fraction", "7")
+    err = capsys.readouterr().err
+    assert code == 2 and "must lie between 0 and 1" in err and "click" not in err and not out.exists()
+    code, out = run(files, "--remove", point(FALSE), "--radius-mm", "-5")
+    assert code == 2 and "positive number of millimetres" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_point_as_the_reports_print_it_is_taken(files, capsys):
+    x, y, z = point(FALSE).split(",")
+    code, out = run(files, "--remove", f"({x}, {y}, {z})", "--remove", f"[{point(NODE)}]")
+    assert code == 0, capsys.readouterr().err
+    after = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert (after[sphere(FALSE, 4)] == 0).all() and (after[sphere(NODE, 6)] == 0).all()
+
+
+def test_an_edit_in_place_that_fails_at_its_report_leaves_no_report_of_the_earlier_map(files, capsys, monkeypatch):
+    """The label map was written before the report: a failure (or a kill) between them left segment's report,
+    describing the earlier map, beside the edited one."""
+    from HNTumorSegLib.imaging import image_io
+
+    report = files["labels"].with_name("seg.json")
+    report.write_text(json.dumps({"lesions": ["the earlier map's"]}))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(report))
+
+    monkeypatch.setattr(image_io, "write_json", full_disk)
+    code, _ = run(files, "--remove", point(FALSE), out=files["labels"])
+    assert code == 2 and "No space left" in capsys.readouterr().err
+    assert not report.exists()
+
+
+def test_a_dicom_seg_or_rtstruct_given_as_the_labels_is_named(files, capsys, tmp_path):
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    for modality, words in (("SEG", "a DICOM SEG, not a label map"), ("RTSTRUCT", "an RTSTRUCT, not a label map")):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = generate_uid(), generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = tmp_path / f"{modality}.dcm"
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.Modality, ds.SOPInstanceUID = modality, meta.MediaStorageSOPInstanceUID
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        code, _ = run({**files, "labels": path}, "--remove", point(FALSE))
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err

@@ -73,13 +73,16 @@ def test_add_grows_the_missed_node_from_a_click_beside_its_peak(case):
 
 def test_add_never_overwrites_the_other_structure_and_follows_the_threshold(case):
     label, pet, truth = case
-    # a click on the primary asking for GTVn: every primary voxel stays GTVp (at most the PET's blur halo is added)
-    edit = add_lesion(label, pet, point_of(PRIMARY), "GTVn", fraction=0.3)
-    after = sitk.GetArrayFromImage(edit.label)
-    assert (after[sphere(PRIMARY, 10)] == 1).all() and 0 < edit.voxels < 0.3 * sphere(PRIMARY, 10).sum()
-    # once the whole region is segmented, there is nothing to add
+    # a click on the primary, or just beside it, asking for GTVn is refused: its region would be a shell of
+    # fragments around the primary (and every primary voxel stays GTVp)
+    for at in (PRIMARY, (PRIMARY[0], PRIMARY[1], PRIMARY[2] + 11)):
+        with pytest.raises(InputError, match=r"is on a GTVp lesion \(or within 3 mm of it\): relabel it"):
+            add_lesion(label, pet, point_of(at), "GTVn", fraction=0.3)
+    # inside it, asking for GTVp: the halo; then, once the whole region is segmented, there is nothing to add
+    grown = add_lesion(label, pet, point_of(PRIMARY), "GTVp", fraction=0.3)
+    assert grown.voxels > 0 and (sitk.GetArrayFromImage(grown.label)[sphere(PRIMARY, 10)] == 1).all()
     with pytest.raises(InputError, match="already segmented"):
-        add_lesion(edit.label, pet, point_of(PRIMARY), "GTVn", fraction=0.3)
+        add_lesion(grown.label, pet, point_of(PRIMARY), "GTVp", fraction=0.3)
     # a higher threshold draws a smaller region
     wide = add_lesion(label, pet, point_of(MISSED), 2, fraction=0.3).voxels
     tight = add_lesion(label, pet, point_of(MISSED), 2, fraction=0.7).voxels
