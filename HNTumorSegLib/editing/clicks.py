@@ -263,7 +263,8 @@ def add_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], st
     value = structure_value(structure)
     radius_mm = radius_for(value, radius_mm)
     array = sitk.GetArrayFromImage(label)
-    at = _nearest_lesion_value(array, label, point_mm, CLEAR_MM)
+    nearest = _nearest_lesion_voxel(array, label, point_mm, CLEAR_MM)
+    at = 0 if nearest is None else int(array[nearest])
     if at not in (0, value):  # the region would be what lies around that lesion: a shell of fragments
         raise InputError(f"the point {_fmt(point_mm)} mm is on a {LABELS[at]} lesion (or within {CLEAR_MM:g} mm of "
                          f"it): relabel it to make it {LABELS[value]}, or click on the uptake you mean, "
@@ -308,16 +309,10 @@ def redraw_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float],
 def _lesion_at(array: np.ndarray, label: sitk.Image, point_mm: Sequence[float],
                tolerance_mm: float) -> tuple[np.ndarray, int]:
     """The mask of the lesion under (or within ``tolerance_mm`` of) the point, and its structure's value."""
-    click = _index_of(label, point_mm)
-    lo, hi = _box_around(label, click, tolerance_mm)
-    window = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    spacing_zyx = np.array(label.GetSpacing()[::-1])
-    candidates = np.argwhere((window > 0) & _ball(window.shape, click - lo, spacing_zyx, tolerance_mm))
-    if candidates.size == 0:
+    hit = _nearest_lesion_voxel(array, label, point_mm, tolerance_mm)
+    if hit is None:
         raise InputError(f"no lesion at {_fmt(point_mm)} mm (none within {tolerance_mm:g} mm)")
-    distances = np.linalg.norm((candidates - (click - lo)) * spacing_zyx, axis=1)
-    hit = candidates[np.argmin(distances)] + lo
-    value = int(array[tuple(hit)])
+    value = int(array[hit])
     same = array == value
     # components within the structure's bounding box only (a whole CT grid takes far longer)
     present = np.nonzero(same)
@@ -330,17 +325,18 @@ def _lesion_at(array: np.ndarray, label: sitk.Image, point_mm: Sequence[float],
     return lesion, value
 
 
-def _nearest_lesion_value(array: np.ndarray, label: sitk.Image, point_mm: Sequence[float], radius_mm: float) -> int:
-    """The label value of the lesion voxel nearest the point within ``radius_mm`` (0: none)."""
+def _nearest_lesion_voxel(array: np.ndarray, label: sitk.Image, point_mm: Sequence[float],
+                          radius_mm: float) -> tuple[int, int, int] | None:
+    """(z, y, x) of the lesion voxel nearest the point within ``radius_mm`` (None: none there)."""
     click = _index_of(label, point_mm)
     lo, hi = _box_around(label, click, radius_mm)
     window = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     spacing_zyx = np.array(label.GetSpacing()[::-1])
     candidates = np.argwhere((window > 0) & _ball(window.shape, click - lo, spacing_zyx, radius_mm))
     if candidates.size == 0:
-        return 0
-    nearest = candidates[np.argmin(np.linalg.norm((candidates - (click - lo)) * spacing_zyx, axis=1))]
-    return int(window[tuple(nearest)])
+        return None
+    nearest = candidates[np.argmin(np.linalg.norm((candidates - (click - lo)) * spacing_zyx, axis=1))] + lo
+    return tuple(int(v) for v in nearest)
 
 
 def remove_lesion(label: sitk.Image, point_mm: Sequence[float], tolerance_mm: float = TOLERANCE_MM) -> Edit:
