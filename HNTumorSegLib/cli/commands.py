@@ -15,7 +15,7 @@ from HNTumorSegLib.cli.guard import run_guarded
 from HNTumorSegLib.cli.edit import add_parser as add_edit_parser, join_click_values
 from HNTumorSegLib.cli.case_inputs import dicom_input_options, print_measurements, read_dicom_aware_inputs
 from HNTumorSegLib.cli.output_paths import model_inputs, refuse_clashes
-from HNTumorSegLib.cli.segment_case import run_segmentation, sidecar_path, uncertainty_path
+from HNTumorSegLib.cli.segment_case import refuse_report_of_another, run_segmentation, sidecar_path, uncertainty_path
 from HNTumorSegLib.errors import InputError
 
 #: Phantom seed of ``demo``: outside the seeds of the default training cohort (0..239, see
@@ -81,6 +81,7 @@ def cmd_segment(args) -> int:
     if args.probabilities:
         outputs.append(("the uncertainty map of --probabilities", uncertainty_path(args.probabilities)))
     refuse_clashes(outputs, [("--ct", args.ct), ("--pet", args.pet), *model_inputs(args.model)])
+    refuse_report_of_another(out)
     for option, value in (("--rtstruct", args.rtstruct), ("--dicom-seg", args.dicom_seg)):
         if value:
             check_dicom_ct(args.ct, option)

@@ -118,7 +118,7 @@ def cmd_edit(args) -> int:
     from HNTumorSegLib import __version__
     from HNTumorSegLib.cli.case_inputs import print_measurements, read_dicom_aware_inputs
     from HNTumorSegLib.cli.output_paths import refuse_clashes
-    from HNTumorSegLib.cli.segment_case import sidecar_path
+    from HNTumorSegLib.cli.segment_case import refuse_report_of_another, sidecar_path
     from HNTumorSegLib.editing.clicks import DEFAULT_RADIUS_MM, edit_at
     from HNTumorSegLib.evaluation.lesions import measurements
     from HNTumorSegLib.imaging.image_io import read_image, write_image, write_json
@@ -133,6 +133,7 @@ def cmd_edit(args) -> int:
     refuse_clashes([("--out", args.out), ("the report of --out", report_path)],
                    [("--labels", args.labels), ("--ct", args.ct), ("--pet", args.pet)],
                    may_overwrite=[("--out", "--labels")])
+    refuse_report_of_another(args.out)
     inputs = read_dicom_aware_inputs(args)
     check_pet_units(sitk.GetArrayViewFromImage(inputs.pet), str(args.pet))  # SUVs, TLG and thresholds need SUV
     _refuse_dicom_objects(args.labels)
@@ -140,6 +141,7 @@ def cmd_edit(args) -> int:
     problem = label_values_problem(label, str(args.labels)) or label_grid_problem(label, inputs.ct, str(args.labels))
     if problem:
         raise InputError(problem)
+    label = sitk.Cast(label, sitk.sitkUInt8)  # values 0, 1, 2 (checked): a float label map comes out as labels
     done = []
     for number, (action, point, structure) in enumerate(clicks, 1):
         try:

@@ -6,6 +6,7 @@ status 2, never a traceback. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from HNTumorSegLib.errors import InputError
@@ -17,8 +18,31 @@ def _command_of(args) -> str:
     return name[len("cmd_"):] if name.startswith("cmd_") else "this command"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a scheduler's time limit, ``docker stop``), raised where the command is, as
+    Ctrl-C is: its clean-up runs (temporary files removed, a batch's summary written) where the default action
+    ended the process on the spot and left hidden temporaries beside the outputs."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def run_guarded(prog: str, func, args, user_errors: tuple[type[BaseException], ...] = (InputError,)) -> int:
-    """Run a command; a user's mistake becomes one ``PROG: error: ...`` line and status 2, no traceback."""
+    """Run a command; a user's mistake becomes one ``PROG: error: ...`` line and status 2, no traceback; Ctrl-C
+    status 130 and SIGTERM 143, each one line, after the command's clean-up."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = None
+    try:
+        return _run(prog, func, args, user_errors)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(prog: str, func, args, user_errors: tuple[type[BaseException], ...]) -> int:
     try:
         return func(args)
     except user_errors as exc:
@@ -35,6 +59,9 @@ def run_guarded(prog: str, func, args, user_errors: tuple[type[BaseException], .
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"{prog}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

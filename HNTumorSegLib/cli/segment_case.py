@@ -30,6 +30,26 @@ def sidecar_path(out: Path) -> Path:
     return out.with_name(_split_image_name(out)[0] + ".json")
 
 
+def refuse_report_of_another(out: Path) -> None:
+    """An InputError when ``out``'s report (:func:`sidecar_path`) is that of another label map still beside it:
+    ``SEG.nrrd`` written next to ``SEG.nii.gz`` replaced ``SEG.json``, and ``SEG.nii.gz`` lost its report (model,
+    provenance, measurements). Reports name their label map in ``output``; compared by name in the report's folder,
+    as a relative path was typed from wherever the command ran."""
+    import json
+
+    report = sidecar_path(out)
+    try:
+        written_for = json.loads(report.read_text(encoding="utf-8")).get("output")
+    except (OSError, ValueError, AttributeError):  # none there, or not a report of ours: nothing to keep
+        return
+    if not isinstance(written_for, str) or not written_for:
+        return
+    other = report.with_name(Path(written_for).name)
+    if other.name != out.name and other.is_file():
+        raise InputError(f"{out}: its report {report.name} is the report of {other.name} beside it; "
+                         f"give --out another name (e.g. {_split_image_name(out)[0]}_2{_split_image_name(out)[1]})")
+
+
 def uncertainty_path(probabilities: Path) -> Path:
     """P.nii.gz -> P_uncertainty.nii.gz (the uncertainty map beside the probabilities)."""
     stem, suffix = _split_image_name(probabilities)

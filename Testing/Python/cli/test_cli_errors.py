@@ -180,3 +180,41 @@ def test_unwritable_output_is_one_line(tiny_files, tmp_path, capsys):
     blocker.write_text("a file where a folder is needed")
     code, _, err = run_cli(preprocess_args(tiny_files["ct"], tiny_files["pet"], blocker / "sub"), capsys)
     assert_one_line_error(code, err, str(blocker))
+
+
+def test_sigterm_during_a_write_cleans_up_and_is_one_line(tmp_path):
+    """SIGTERM (kill, timeout, a scheduler's time limit) ended the process on the spot: an edit killed while
+    writing left hidden temporaries beside its output. It now unwinds as Ctrl-C does: status 143, one line."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "term.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal
+        from HNTumorSegLib.cli.guard import run_guarded
+        from HNTumorSegLib.imaging.image_io import atomic_path
+
+        def command(args):
+            with atomic_path({str(tmp_path / "out" / "seg.nii.gz")!r}) as tmp:
+                tmp.write_bytes(b"half an image")
+                os.kill(os.getpid(), signal.SIGTERM)
+                raise AssertionError("SIGTERM did not stop the command")
+
+        raise SystemExit(run_guarded("hntumorseg", command, None))
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip() == "hntumorseg: terminated"
+    assert list((tmp_path / "out").iterdir()) == []  # no temporary, no output
+
+
+def test_segment_to_an_output_whose_report_is_that_of_another_label_map_is_refused(tiny_files, tmp_path, capsys):
+    import json
+
+    (tmp_path / "seg.nii.gz").write_bytes(b"an earlier label map")
+    (tmp_path / "seg.json").write_text(json.dumps({"output": "elsewhere/seg.nii.gz"}))
+    code, _, err = run_cli(["segment", "--ct", str(tiny_files["ct"]), "--pet", str(tiny_files["pet"]),
+                            "--out", str(tmp_path / "seg.nrrd")], capsys)
+    assert_one_line_error(code, err, "seg.json is the report of seg.nii.gz")
+    assert not (tmp_path / "seg.nrrd").exists()

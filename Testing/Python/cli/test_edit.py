@@ -231,3 +231,24 @@ def test_a_dicom_seg_or_rtstruct_given_as_the_labels_is_named(files, capsys, tmp
         code, _ = run({**files, "labels": path}, "--remove", point(FALSE))
         err = capsys.readouterr().err
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_float_label_map_comes_out_as_labels(files, capsys):
+    label = sitk.Cast(sitk.ReadImage(str(files["labels"])), sitk.sitkFloat32)
+    sitk.WriteImage(label, str(files["labels"]))
+    code, out = run(files, "--remove", point(FALSE))
+    assert code == 0, capsys.readouterr().err
+    assert sitk.ReadImage(str(out)).GetPixelID() == sitk.sitkUInt8
+
+
+def test_an_output_whose_report_is_that_of_another_label_map_is_refused(files, capsys):
+    """--out seg.nrrd beside seg.nii.gz replaced seg.json, segment's report of seg.nii.gz (model, provenance)."""
+    report = files["labels"].with_name("seg.json")
+    report.write_text(json.dumps({"output": str(files["labels"])}))
+    code, out = run(files, "--remove", point(FALSE), out=files["labels"].with_name("seg.nrrd"))
+    err = capsys.readouterr().err
+    assert code == 2 and "seg.json is the report of seg.nii.gz" in err and not out.exists()
+    assert json.loads(report.read_text()) == {"output": str(files["labels"])}
+    code, _ = run(files, "--remove", point(FALSE), out=files["labels"])  # in place: its own report, replaced
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(report.read_text())["edits"]
