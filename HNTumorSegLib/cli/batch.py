@@ -175,7 +175,7 @@ def _dicom_cases(root: Path) -> list[BatchCase]:
     studies: dict[str, list] = {}
     for s in series:
         studies.setdefault(s.study_uid, []).append(s)
-    for study_uid, members in studies.items():
+    for study_uid, members in _paired_studies(studies, candidate_series).items():
         if not any(s.modality in ("CT", "PT") for s in members):
             continue
         cts, pets = candidate_series(members, "CT"), candidate_series(members, "PT")  # a topogram is no candidate
@@ -191,6 +191,25 @@ def _dicom_cases(root: Path) -> list[BatchCase]:
         out.append(BatchCase(case_id, _common_folder(cts[0].files), _common_folder(pets[0].files), True,
                              cts[0].uid, pets[0].uid, files=(*cts[0].files, *pets[0].files), where=where))
     return out
+
+
+def _paired_studies(studies: dict[str, list], candidate_series) -> dict[str, list]:
+    """``studies`` (study UID -> series) with a study holding only a CT and one holding only a PET of the same
+    patient and day joined into one (keyed by both UIDs): some archives file the PET and the CT of one PET/CT
+    session as two studies, which were two failure rows though ``segment`` takes the pair. Reading the pair
+    still checks that they share a frame of reference and a session."""
+    lonely: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for uid, members in studies.items():
+        cts, pets = candidate_series(members, "CT"), candidate_series(members, "PT")
+        if len(cts) + len(pets) == 1 and members[0].patient_id:
+            kind = "CT" if cts else "PT"
+            lonely.setdefault((members[0].patient_id, members[0].study_date), {"CT": [], "PT": []})[kind].append(uid)
+    joined = dict(studies)
+    for found in lonely.values():
+        if len(found["CT"]) == 1 and len(found["PT"]) == 1:
+            ct_uid, pt_uid = found["CT"][0], found["PT"][0]
+            joined[f"{ct_uid}+{pt_uid}"] = joined.pop(ct_uid) + joined.pop(pt_uid)
+    return joined
 
 
 def _which_fix(cts: Sequence, pets: Sequence) -> str:

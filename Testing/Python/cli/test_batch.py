@@ -584,3 +584,19 @@ def test_a_folder_name_with_a_leading_dash_gives_a_case_id_without_one():
 
     assert not _safe("-dash Müller 01").startswith("-") and _safe("-x") != _safe("x")
     assert _safe("CHUM-001") == "CHUM-001"
+
+
+def test_a_ct_and_a_pet_filed_as_two_studies_of_one_patient_and_day_are_one_case(tmp_path):
+    """Some archives file a PET/CT session's PET and CT as two studies: they were two failure rows ("1 CT and 0 PT",
+    "0 CT and 1 PT") though segment takes the pair."""
+    from HNTumorSegLib.phantom.dicom import write_pet_series
+
+    case = _case(6, "PAT-S")
+    root = tmp_path / "archive"
+    write_ct_series(case.ct, root / "PAT-S" / "CT", DicomStudy("PAT-S"))
+    write_pet_series(case.pet, root / "PAT-S" / "PET", DicomStudy("PAT-S", study_uid="1.2.826.0.1.3680043.9.7777.1"))
+    cases = find_batch_cases(root)
+    assert len(cases) == 1 and cases[0].problem is None, cases
+    rows = run_batch(cases, BatchOptions(tmp_path / "out"), summary=tmp_path / "out" / "summary.csv",
+                     make_segmenter=ThresholdSegmenter, progress=False)
+    assert [r["status"] for r in rows] == [DONE] and rows[0]["input"] == str(root / "PAT-S")
