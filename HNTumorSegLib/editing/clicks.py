@@ -41,7 +41,6 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from HNTumorSegLib import LABELS
 from HNTumorSegLib.errors import InputError
@@ -191,7 +190,7 @@ def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], f
     near = _ball(suv.shape, click - lo, spacing_zyx, SEEK_MM) & allowed
     if not near.any():
         raise InputError(f"nothing to add at {_fmt(point_mm)} mm: every voxel within {SEEK_MM:g} mm is in a lesion already")
-    clear = allowed if allowed.all() else ndimage.distance_transform_edt(allowed, sampling=spacing_zyx) >= CLEAR_MM
+    clear = allowed if allowed.all() else _distance_to(~allowed, spacing_zyx) >= CLEAR_MM - _MM_NOISE
     if (near & clear).any():
         near &= clear
     peak = np.array(np.unravel_index(np.argmax(np.where(near, suv, -np.inf)), suv.shape))
@@ -214,7 +213,7 @@ def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], f
         region = ids == ids[tuple(peak)]
         if clear[tuple(peak)] and not clear.all():
             core_ids, _ = lesion_ids(above & clear)
-            region &= ndimage.distance_transform_edt(core_ids != core_ids[tuple(peak)], sampling=spacing_zyx) <= CLEAR_MM
+            region &= _distance_to(core_ids == core_ids[tuple(peak)], spacing_zyx) <= CLEAR_MM + _MM_NOISE
         return region
 
     used, region = fraction, grown(fraction)
@@ -237,6 +236,20 @@ def check_fraction(fraction: float) -> None:
     """An InputError unless 0 < ``fraction`` < 1."""
     if not 0.0 < fraction < 1.0:
         raise InputError(f"threshold fraction {fraction} must lie between 0 and 1 (0.41 is the clinical default)")
+
+
+#: Float32 distance maps are off by ~1e-6 mm: a voxel exactly CLEAR_MM away must not flip on it.
+_MM_NOISE = 1e-3
+
+
+def _distance_to(mask: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """Distance (mm) from each voxel of a (z, y, x) grid to the nearest voxel of ``mask`` (0 on it). SimpleITK's,
+    not scipy's: the Slicer module's Python need not have scipy."""
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.SetSpacing(tuple(float(v) for v in spacing_zyx[::-1]))
+    distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
+                                            useImageSpacing=True, backgroundValue=0)
+    return np.maximum(sitk.GetArrayFromImage(distance), 0.0)
 
 
 def radius_for(value: int, radius_mm: float | None) -> float:
