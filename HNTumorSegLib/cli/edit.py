@@ -136,7 +136,6 @@ def cmd_edit(args) -> int:
     refuse_report_of_another(args.out)
     inputs = read_dicom_aware_inputs(args)
     check_pet_units(sitk.GetArrayViewFromImage(inputs.pet), str(args.pet))  # SUVs, TLG and thresholds need SUV
-    _refuse_dicom_objects(args.labels)
     label = read_image(args.labels, "label")
     problem = label_values_problem(label, str(args.labels)) or label_grid_problem(label, inputs.ct, str(args.labels))
     if problem:
@@ -177,23 +176,3 @@ def _check_settings(args) -> None:
     if args.radius_mm is not None:
         radius_for(1, args.radius_mm)
 
-
-#: DICOM objects a user may take for a label map: this command's own exports among them.
-_NOT_LABEL_MAPS = {"SEG": "a DICOM SEG", "RTSTRUCT": "an RTSTRUCT"}
-
-
-def _refuse_dicom_objects(path: Path) -> None:
-    """A DICOM SEG or RTSTRUCT given as --labels: say so (it read as "label values 255" or "no pixel data")."""
-    from HNTumorSegLib.imaging.input_integrity import looks_like_dicom
-
-    if not path.is_file() or not looks_like_dicom(path):
-        return
-    import pydicom
-
-    try:
-        modality = str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", ""))
-    except Exception:  # the image reader says what is wrong with it
-        return
-    if modality in _NOT_LABEL_MAPS:
-        raise InputError(f"{path}: {_NOT_LABEL_MAPS[modality]}, not a label map: give the label map it was made from "
-                         "(e.g. the SEG.nii.gz that segment wrote beside it)")

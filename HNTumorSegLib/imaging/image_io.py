@@ -143,6 +143,27 @@ def _read_voxels(path: Path, role: str) -> sitk.Image:
         raise InputError(f"{path}: cannot read the {role} image ({_sitk_reason(exc)})") from None
 
 
+#: DICOM objects that are no image to read, though a user may take them for one: our own exports among them.
+_NOT_IMAGES = {"SEG": "a DICOM SEG", "RTSTRUCT": "an RTSTRUCT"}
+
+
+def _refuse_dicom_objects(path: Path, role: str) -> None:
+    """A DICOM SEG or RTSTRUCT given as an image: say so. Read as images, a SEG's frames gave "label values 255"
+    and an RTSTRUCT "no pixel data (truncated or stripped?)"."""
+    if not looks_like_dicom(path):
+        return
+    import pydicom
+
+    try:
+        modality = str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", ""))
+    except Exception:  # the image reader says what is wrong with it
+        return
+    if modality in _NOT_IMAGES:
+        wanted = "label map" if "label" in role else f"{role} image"
+        raise InputError(f"{path}: {_NOT_IMAGES[modality]}, not a {wanted}: give the image it was made from "
+                         "(e.g. the SEG.nii.gz that segment wrote beside it)")
+
+
 def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
     """Read a 3D scalar volume; ``role`` ("CT", "PET", "label") appears in error messages.
 
@@ -156,6 +177,7 @@ def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
     if path.is_dir():
         image = _read_voxels(path, role)
     else:
+        _refuse_dicom_objects(path, role)  # before the damage check, which takes an RTSTRUCT for a stripped image
         with checked_while_reading(path):  # damage found by the check wins over the reader's result
             _check_header(path, role)
             image = _read_voxels(path, role)
