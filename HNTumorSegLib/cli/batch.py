@@ -66,7 +66,7 @@ class BatchCase:
     pet_series: Optional[str] = None
     problem: Optional[str] = None  # set when the case was found but cannot run (reported as failed)
     files: tuple[Path, ...] = ()  # a DICOM case's CT and PET files (for a case of image files: ct and pet)
-    where: Optional[Path] = None  # the folder the case was found in, for the summary (None: the CT's)
+    where: Optional[Path] = None  # the folder a DICOM case was found in, for the summary (None: the CT's)
 
     def input_files(self) -> list[Path]:
         """The files whose contents decide the case's outputs: the DICOM series' files, or the CT and PET images
@@ -92,10 +92,8 @@ class BatchCase:
 
     def location(self) -> Optional[Path]:
         """Where the case is on disk, for its summary row."""
-        if self.where is not None or self.ct is None or self.pet is None:
+        if self.where is not None or self.ct is None:
             return self.where
-        if self.dicom:
-            return _common_folder([self.ct / "x", self.pet / "x"])
         return self.ct if self.ct.is_dir() else self.ct.parent  # a problem found under ROOT names ROOT
 
 
@@ -171,7 +169,8 @@ def _dicom_cases(root: Path) -> list[BatchCase]:
         path, problem = items[0]
         more = f" and {len(items) - 1} more damaged file(s) there" if len(items) > 1 else ""
         out.append(BatchCase(f"{_safe(folder.name or 'dicom')}_{_short_hash(str(folder))}", folder, folder, True,
-                             problem=f"{path}: {problem}{more}; no DICOM series could be read in {folder}"))
+                             problem=f"{path}: {problem}{more}; no DICOM series could be read in {folder}",
+                             where=folder))
     studies: dict[str, list] = {}
     for s in series:
         studies.setdefault(s.study_uid, []).append(s)
@@ -426,11 +425,11 @@ def process_case(case: BatchCase, options: BatchOptions, get_segmenter: Callable
     with case_claim(options, case) as mine:
         if not mine:
             return _row(case, ELSEWHERE, 0.0, message="another batch process is segmenting this case")
-        row = _earlier_row(case, options)  # finished by another process just before we claimed it
-        if row is not None:
-            return row
-        report, missing = _earlier_report(case, options), _missing_exports(case, options)
-        if report is not None and missing:
+        report = _earlier_report(case, options)  # finished by another process just before we claimed it?
+        missing = _missing_exports(case, options)
+        if report is not None and not missing:
+            return _skipped_row(case, report)
+        if report is not None:
             try:
                 return _add_exports(case, options, report, missing)
             except (InputError, OSError):
@@ -529,6 +528,10 @@ def _earlier_row(case: BatchCase, options: BatchOptions) -> Optional[dict]:
     report = _earlier_report(case, options)
     if report is None or _missing_exports(case, options):
         return None
+    return _skipped_row(case, report)
+
+
+def _skipped_row(case: BatchCase, report: dict) -> dict:
     return _row(case, SKIPPED, float(report.get("timings_s", {}).get("total", 0.0)), report)
 
 
@@ -555,9 +558,10 @@ def _add_exports(case: BatchCase, options: BatchOptions, report: dict, missing: 
     written = write_dicom_outputs(label, inputs.ct_dicom, paths["rtstruct"] if "rtstruct" in missing else None,
                                   paths["dicom_seg"] if "dicom_seg" in missing else None,
                                   label_name=str(paths["label"]), split_lesions=options.split_lesions)
-    write_json({**report, **written}, paths["report"])
+    report = {**report, **written}
+    write_json(report, paths["report"])
     names = " and ".join(OUTPUT_NAMES[key].removeprefix("its ") for key in missing)
-    return _row(case, DONE, time.perf_counter() - t0, {**report, **written},
+    return _row(case, DONE, time.perf_counter() - t0, report,
                 message=f"{names} written from the earlier result (not segmented again)")
 
 

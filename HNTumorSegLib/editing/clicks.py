@@ -45,7 +45,7 @@ import SimpleITK as sitk
 from HNTumorSegLib import LABELS
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.evaluation.metrics import values_in_box
-from HNTumorSegLib.imaging.components import lesion_ids
+from HNTumorSegLib.imaging.components import MM_NOISE, distance_to, lesion_ids
 from HNTumorSegLib.imaging.geometry import Geometry, outside_buffer
 
 #: Fraction of the local SUVmax that bounds an added lesion (the clinical 41 % fixed threshold).
@@ -190,7 +190,7 @@ def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], f
     near = _ball(suv.shape, click - lo, spacing_zyx, SEEK_MM) & allowed
     if not near.any():
         raise InputError(f"nothing to add at {_fmt(point_mm)} mm: every voxel within {SEEK_MM:g} mm is in a lesion already")
-    clear = allowed if allowed.all() else _distance_to(~allowed, spacing_zyx) >= CLEAR_MM - _MM_NOISE
+    clear = allowed if allowed.all() else distance_to(~allowed, spacing_zyx) >= CLEAR_MM - MM_NOISE
     if (near & clear).any():
         near &= clear
     peak = np.array(np.unravel_index(np.argmax(np.where(near, suv, -np.inf)), suv.shape))
@@ -207,13 +207,15 @@ def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], f
     if not peak_suv > floor:
         raise InputError(f"no PET uptake above the background near {_fmt(point_mm)} mm (SUVmax {peak_suv:.2f} "
                          f"within {SEEK_MM:g} mm, background {floor:.2f})")
+    near_lesions = bool(clear[tuple(peak)]) and not clear.all()  # a peak kept clear of lesions beside it
+
     def grown(at: float) -> np.ndarray:
         above = (suv >= floor + at * (peak_suv - floor)) & reach & allowed
         ids, _ = lesion_ids(above)
         region = ids == ids[tuple(peak)]
-        if clear[tuple(peak)] and not clear.all():
+        if near_lesions:
             core_ids, _ = lesion_ids(above & clear)
-            region &= _distance_to(core_ids == core_ids[tuple(peak)], spacing_zyx) <= CLEAR_MM + _MM_NOISE
+            region &= distance_to(core_ids == core_ids[tuple(peak)], spacing_zyx) <= CLEAR_MM + MM_NOISE
         return region
 
     used, region = fraction, grown(fraction)
@@ -223,9 +225,10 @@ def avid_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], f
         if at >= 1.0:
             break
         tighter = grown(at)
-        if previous > LEAK_RATIO * np.count_nonzero(tighter):
+        size = np.count_nonzero(tighter)
+        if previous > LEAK_RATIO * size:
             used, region = at, tighter
-        previous = np.count_nonzero(tighter)
+        previous = size
     filled = sitk.BinaryFillhole(sitk.GetImageFromArray(region.astype(np.uint8)), fullyConnected=False, foregroundValue=1)
     mask = np.zeros(label.GetSize()[::-1], bool)
     mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = sitk.GetArrayFromImage(filled) > 0
@@ -236,20 +239,6 @@ def check_fraction(fraction: float) -> None:
     """An InputError unless 0 < ``fraction`` < 1."""
     if not 0.0 < fraction < 1.0:
         raise InputError(f"threshold fraction {fraction} must lie between 0 and 1 (0.41 is the clinical default)")
-
-
-#: Float32 distance maps are off by ~1e-6 mm: a voxel exactly CLEAR_MM away must not flip on it.
-_MM_NOISE = 1e-3
-
-
-def _distance_to(mask: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
-    """Distance (mm) from each voxel of a (z, y, x) grid to the nearest voxel of ``mask`` (0 on it). SimpleITK's,
-    not scipy's: the Slicer module's Python need not have scipy."""
-    image = sitk.GetImageFromArray(mask.astype(np.uint8))
-    image.SetSpacing(tuple(float(v) for v in spacing_zyx[::-1]))
-    distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
-                                            useImageSpacing=True, backgroundValue=0)
-    return np.maximum(sitk.GetArrayFromImage(distance), 0.0)
 
 
 def radius_for(value: int, radius_mm: float | None) -> float:

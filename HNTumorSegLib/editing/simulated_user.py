@@ -31,12 +31,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from HNTumorSegLib import LABELS
 from HNTumorSegLib.editing.clicks import Edit, edit_at
 from HNTumorSegLib.evaluation.metrics import values_in_box
-from HNTumorSegLib.imaging.components import lesion_ids
+from HNTumorSegLib.imaging.components import MM_NOISE, distance_to, lesion_ids
 from HNTumorSegLib.imaging.geometry import Geometry
 
 
@@ -72,12 +71,12 @@ def _missed_parts(missed: np.ndarray, spacing_zyx) -> list[tuple[tuple[int, int,
     start = [int(a.min()) for a in present]  # the blobs' bounding box: a whole CT grid takes far longer
     box = missed[tuple(slice(s, int(a.max()) + 1) for s, a in zip(start, present))]
     ids, n = lesion_ids(box)
-    depth = ndimage.distance_transform_edt(np.pad(box, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    depth = distance_to(~np.pad(box, 1), spacing_zyx)[1:-1, 1:-1, 1:-1]  # from inside a blob to its edge
     parts = []
     for k in range(1, n + 1):
         blob = ids == k
         deepest = np.unravel_index(np.argmax(np.where(blob, depth, -np.inf)), blob.shape)
-        if depth[deepest] >= MISSED_PART_MM:
+        if depth[deepest] >= MISSED_PART_MM - MM_NOISE:
             parts.append((tuple(int(v) + s for v, s in zip(deepest, start)), int(blob.sum())))
     return parts
 

@@ -18,3 +18,18 @@ def lesion_ids(mask: np.ndarray) -> tuple[np.ndarray, int]:
     relabelled = sitk.RelabelComponent(sitk.ConnectedComponent(image, True), 0, True)
     ids = sitk.GetArrayFromImage(relabelled).astype(np.int32, copy=False)
     return ids, int(ids.max()) if ids.size else 0
+
+
+#: SimpleITK's float32 distance maps are off by ~1e-6 mm: a voxel exactly at a bound must not flip on it.
+MM_NOISE = 1e-3
+
+
+def distance_to(mask: np.ndarray, spacing_zyx) -> np.ndarray:
+    """Distance (mm) from each voxel of a (z, y, x) grid to the nearest voxel of ``mask`` (0 on it); compare it
+    with a bound give or take :data:`MM_NOISE`. SimpleITK's, not scipy's: the Slicer module's Python need not
+    have scipy."""
+    image = sitk.GetImageFromArray(np.asarray(mask, dtype=np.uint8))
+    image.SetSpacing(tuple(float(v) for v in spacing_zyx[::-1]))
+    distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
+                                            useImageSpacing=True, backgroundValue=0)
+    return np.maximum(sitk.GetArrayFromImage(distance), 0.0)
