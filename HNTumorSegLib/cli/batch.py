@@ -185,7 +185,7 @@ def _dicom_cases(root: Path) -> list[BatchCase]:
             listing = "; ".join(s.describe() for s in members if s.modality in ("CT", "PT"))
             out.append(BatchCase(case_id, root, root, True, problem=(
                 f"{where}: study {study_uid} holds {len(cts)} CT and {len(pets)} PT series ({_which_fix(cts, pets)}): "
-                f"{listing}"), where=where))
+                f"{listing}"), files=tuple(f for s in members for f in s.files), where=where))
             continue
         out.append(BatchCase(case_id, _common_folder(cts[0].files), _common_folder(pets[0].files), True,
                              cts[0].uid, pets[0].uid, files=(*cts[0].files, *pets[0].files), where=where))
@@ -230,11 +230,70 @@ def find_batch_cases(root: str | Path) -> list[BatchCase]:
         raise InputError(f"{root}: no cases found (neither folders holding a CT and a PET, e.g. CASE/CASE__CT.nii.gz + "
                          "CASE__PT.nii.gz or PATIENT/CT.nii.gz + PATIENT/PET.nii.gz, nor DICOM studies with a CT and "
                          "a PET series)")
-    cases = _distinct(cases)
+    cases = _distinct(cases + _folders_without_a_case(root, cases))
     duplicates = sorted(i for i, n in Counter(c.case_id for c in cases).items() if n > 1)
     if duplicates:  # two DICOM studies or folders that hash alike: not seen, but never write one over the other
         raise InputError(f"{root}: case ids found twice: {', '.join(duplicates)}")
     return sorted(cases, key=lambda c: c.case_id)
+
+
+def _folders_without_a_case(root: Path, cases: Sequence[BatchCase]) -> list[BatchCase]:
+    """A failed case for each folder directly under ``root`` that no case, and no problem, came from: an empty
+    one, one of notes or unreadable files, one whose images lie in sub-folders, one holding DICOM of no CT or PET
+    series. Why: such a patient folder had no row in the summary, and a user counting rows against folders
+    could not tell which was left out, or why."""
+    from HNTumorSegLib.cases.hecktor import FLAT_IMAGES, FLAT_LABELS
+
+    used = set()
+    for case in cases:
+        for path in (case.ct, case.pet, case.where, *case.files):
+            parts = _parts_below(root, path)
+            if parts:
+                used.add(parts[0])
+    out = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if folder.name in used or folder.name in (FLAT_IMAGES, FLAT_LABELS) or _holds_images(folder):
+            continue  # images directly in it: a case, or a problem saying what is wrong with them
+        out.append(BatchCase(_safe(folder.name), folder, folder, problem=f"{folder}: {_no_case_reason(folder)}",
+                             where=folder))
+    return out
+
+
+def _parts_below(root: Path, path: Optional[Path]) -> tuple[str, ...]:
+    """The parts of ``path`` below ``root`` (both as found, from ``root``), or () when it is not below it."""
+    try:
+        return Path(path).relative_to(root).parts if path is not None else ()
+    except ValueError:
+        return ()
+
+
+def _holds_images(folder: Path) -> bool:
+    """Image files (by name) directly in ``folder``: the HECKTOR search makes a case or a problem of each."""
+    from HNTumorSegLib.imaging.image_names import image_suffix
+
+    return any(not p.name.startswith(".") and image_suffix(p) is not None and p.is_file() for p in folder.iterdir())
+
+
+def _no_case_reason(folder: Path) -> str:
+    """Why a folder under the batch's input gave no case: what is, or is not, in it."""
+    from HNTumorSegLib.imaging.image_names import image_suffix
+    from HNTumorSegLib.imaging.input_integrity import dicom_without_preamble, looks_like_dicom
+
+    files = []
+    for where, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [Path(where) / name for name in sorted(names) if not name.startswith(".")]
+    if not files:
+        return "empty folder: no CT and PET images in it"
+    deeper = next((f for f in files if image_suffix(f) is not None), None)
+    if deeper is not None:
+        return (f"no CT or PET directly in it; image files only in its sub-folders (e.g. {deeper.relative_to(folder)}): "
+                "a case is a folder holding its CT and PET, or a DICOM study")
+    if any(looks_like_dicom(f) or dicom_without_preamble(f) for f in files):
+        return "its DICOM files hold no CT or PET series"
+    shown = ", ".join(str(f.relative_to(folder)) for f in files[:3])
+    return (f"no image or DICOM file in it ({len(files)} other file(s): {shown}{', ...' if len(files) > 3 else ''}); "
+            "a case needs a CT and a PET (NIfTI, NRRD, MetaImage or DICOM)")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from HNTumorSegLib import LABELS, __version__
 from HNTumorSegLib.cli.guard import run_guarded
 from HNTumorSegLib.cli.edit import add_parser as add_edit_parser, join_click_values
 from HNTumorSegLib.cli.case_inputs import dicom_input_options, print_measurements, read_dicom_aware_inputs
-from HNTumorSegLib.cli.output_paths import model_inputs, refuse_clashes
+from HNTumorSegLib.cli.output_paths import model_inputs, refuse_clashes, resolved_path
 from HNTumorSegLib.cli.segment_case import refuse_report_of_another, run_segmentation, sidecar_path, uncertainty_path
 from HNTumorSegLib.errors import InputError
 
@@ -64,7 +64,7 @@ def cmd_preprocess(args) -> int:
     write_npy(pre.image, out / "input.npy")
     if pre.label is not None:
         write_npy(pre.label, out / "label.npy")
-    write_json({**pre.provenance, "inputs": {"ct": str(args.ct), "pet": str(args.pet)}, **inputs.report(),
+    write_json({**pre.provenance, "inputs": {"ct": str(resolved_path(args.ct)), "pet": str(resolved_path(args.pet))}, **inputs.report(),
                 "timings_s": pre.timings}, out / "provenance.json")
     w = pre.provenance["crop"]
     print(f"window x[{w['x1']}:{w['x2']}] y[{w['y1']}:{w['y2']}] z[{w['z1']}:{w['z2']}] "

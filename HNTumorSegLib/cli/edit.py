@@ -11,6 +11,8 @@ it did, and the structures and lesions measured on the result (as ``segment`` re
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -29,7 +31,7 @@ def join_click_values(argv: list[str]) -> list[str]:
     i = 0
     while i < len(argv):
         token = argv[i]
-        if _click_option(token) and i + 1 < len(argv) and _negative_number(argv[i + 1]):
+        if _click_option(token) and i + 1 < len(argv) and _point_value(argv[i + 1]):
             out.append(f"{token}={argv[i + 1]}")
             i += 2
             continue
@@ -43,9 +45,14 @@ def _click_option(token: str) -> bool:
     return token in CLICK_OPTIONS or (len(token) > 3 and sum(o.startswith(token) for o in CLICK_OPTIONS) == 1)
 
 
-def _negative_number(token: str) -> bool:
-    """"-35,...", "-.5,...": a value that starts like a negative number, not like an option."""
-    return token[:1] == "-" and (token[1:2].isdigit() or (token[1:2] == "." and token[2:3].isdigit()))
+def _point_value(token: str) -> bool:
+    """"-35,...", "-.5,...", and "-inf,...", "-nan,..." or anything else after a single "-" holding a comma (no option
+    does): a point's value, not an option. The last kinds are joined too, so that parse_click names the value and
+    what is wrong with it, where argparse said "expected one argument"."""
+    if token[:1] != "-" or token[1:2] == "-":
+        return False
+    return (token[1:2].isdigit() or (token[1:2] == "." and token[2:3].isdigit())
+            or token[1:4].lower() in ("inf", "nan") or "," in token)
 
 
 class _Click(argparse.Action):
@@ -63,12 +70,15 @@ def parse_click(action: str, text: str) -> tuple[tuple[float, float, float], str
     where, _, structure = text.partition(":")
     where = where.strip().removeprefix("(").removesuffix(")").removeprefix("[").removesuffix("]")
     structure = structure.strip()  # "X,Y,Z: GTVn", as spaces around the numbers are taken
-    try:
-        point = tuple(float(v) for v in where.split(","))
-    except ValueError:
-        point = ()
-    if len(point) != 3:
-        raise InputError(f"--{action} {text}: expected X,Y,Z in mm (LPS){':STRUCTURE' if action in ('add', 'relabel') else ''}")
+    expected = f"expected X,Y,Z in mm (LPS){':STRUCTURE' if action in ('add', 'relabel') else ''}"
+    values = [v.strip() for v in where.split(",")]
+    if len(values) != 3:
+        raise InputError(f"--{action} {text}: {expected}")
+    for value in values:
+        problem = _coordinate_problem(value)
+        if problem:
+            raise InputError(f"--{action} {text}: {problem}; {expected}")
+    point = tuple(float(v) for v in values)
     if action == "add" and not structure:
         raise InputError(f"--add {text}: name the structure to add to, e.g. {where}:GTVn")
     if action in ("remove", "redraw") and structure:
@@ -81,6 +91,24 @@ def parse_click(action: str, text: str) -> tuple[tuple[float, float, float], str
         except InputError as exc:
             raise InputError(f"--{action} {text}: {exc}") from None
     return point, structure or None
+
+
+#: A plain decimal number: optionally signed, with a decimal point and/or an exponent; ASCII digits only.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _coordinate_problem(value: str) -> str | None:
+    """What is wrong with one coordinate of a point, or None. Why not float() alone: it takes "1_0" as 10 (a slip of
+    the keyboard became a point 9 mm away), and "inf" or "nan", which are no place in the patient."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number is not None and not math.isfinite(number):  # "inf", "-nan", "1e400"
+        return f"coordinate {value!r} is not a finite number"
+    if number is None or _DECIMAL.fullmatch(value) is None:
+        return f"{value!r} is not a plain decimal number (digits, a decimal point, an exponent)"
+    return None
 
 
 def add_parser(sub) -> None:
@@ -117,7 +145,7 @@ def add_parser(sub) -> None:
 def cmd_edit(args) -> int:
     from HNTumorSegLib import __version__
     from HNTumorSegLib.cli.case_inputs import print_measurements, read_dicom_aware_inputs
-    from HNTumorSegLib.cli.output_paths import refuse_clashes
+    from HNTumorSegLib.cli.output_paths import refuse_clashes, refuse_unwritable, resolved_path
     from HNTumorSegLib.cli.segment_case import refuse_report_of_another, sidecar_path
     from HNTumorSegLib.editing.clicks import DEFAULT_RADIUS_MM, edit_at
     from HNTumorSegLib.evaluation.lesions import measurements
@@ -133,6 +161,7 @@ def cmd_edit(args) -> int:
     refuse_clashes([("--out", args.out), ("the report of --out", report_path)],
                    [("--labels", args.labels), ("--ct", args.ct), ("--pet", args.pet)],
                    may_overwrite=[("--out", "--labels")])
+    refuse_unwritable([("--out", args.out)])  # its report goes beside it
     refuse_report_of_another(args.out)
     inputs = read_dicom_aware_inputs(args)
     check_pet_units(sitk.GetArrayViewFromImage(inputs.pet), str(args.pet))  # SUVs, TLG and thresholds need SUV
@@ -157,7 +186,9 @@ def cmd_edit(args) -> int:
     report_path.unlink(missing_ok=True)
     write_image(label, args.out)
     write_json({"software": f"HNTumorSeg {__version__}",
-                "inputs": {"labels": str(args.labels), "ct": str(args.ct), "pet": str(args.pet)},
+                # absolute: the report means the same files read from any working directory
+                "inputs": {name: str(resolved_path(path)) for name, path in
+                           (("labels", args.labels), ("ct", args.ct), ("pet", args.pet))},
                 "output": str(args.out), "edits": done,
                 "settings": {"fraction": args.fraction,
                              "radius_mm": DEFAULT_RADIUS_MM if args.radius_mm is None else args.radius_mm,

@@ -20,7 +20,9 @@ from HNTumorSegLib.imaging.image_names import written_data_files
 Named = tuple[str, Optional[Path]]
 
 
-def _resolved(path: Path) -> Path:
+def resolved_path(path: str | os.PathLike) -> Path:
+    """``path`` absolute, with links and ``..`` resolved (it need not exist): the file a path means from any
+    working directory, as reports record their inputs."""
     return Path(os.path.abspath(path)).resolve(strict=False)
 
 
@@ -32,7 +34,7 @@ def same_path(a: Path, b: Path) -> bool:
             return os.path.samefile(a, b)
     except OSError:
         pass
-    return _resolved(a) == _resolved(b)
+    return resolved_path(a) == resolved_path(b)
 
 
 def _spelling(given: Path, other: Path) -> str:
@@ -94,10 +96,38 @@ def refuse_clashes(outputs: Sequence[Named], inputs: Sequence[Named],
                                  "its data file differ only in letter case or suffix); choose another output name")
 
 
+def refuse_unwritable(outputs: Sequence[Named]) -> None:
+    """Raise :class:`InputError` ``"OUT: --out cannot be written: ..."`` when no file can be created where an output
+    goes: in its folder, or, where that folder is still to be made (the writers make it), in the nearest one
+    that exists. Tried by creating (and removing) a hidden file there, as only that answers for root, a
+    read-only mount, ``/proc`` or a network share alike. Why: an output found unwritable when the result was
+    written came after the run's work, and after ``edit`` had printed each click as done."""
+    from HNTumorSegLib.imaging.image_io import new_temporary_file, temporary_prefix
+
+    tried: set[Path] = set()
+    for name, path in outputs:
+        if path is None:
+            continue
+        path = Path(path)
+        folder = next((p for p in (path.parent, *path.parent.parents) if p.is_dir()), Path("."))
+        if folder in tried:
+            continue
+        made: list[Path] = []
+        try:
+            os.close(new_temporary_file(folder, temporary_prefix(path.name), ".probe", made))
+        except OSError as exc:
+            raise InputError(f"{path}: {name} cannot be written: no file can be made in {folder} "
+                             f"({exc.strerror or exc})") from None
+        finally:
+            for probe in made:
+                probe.unlink(missing_ok=True)
+        tried.add(folder)
+
+
 def _image_file_inside(out: Path, folder: Path) -> str | None:
     """The modality of ``out`` when it is an existing DICOM image inside the input folder ``folder`` (a file
     of the study the command reads), else None. An RTSTRUCT or SEG there (an earlier run's) may be replaced."""
-    if not out.is_file() or _resolved(folder) not in _resolved(out).parents:
+    if not out.is_file() or resolved_path(folder) not in resolved_path(out).parents:
         return None
     from HNTumorSegLib.imaging.input_integrity import looks_like_dicom
 
@@ -116,7 +146,7 @@ def refuse_folder_inside(out: Path, out_name: str, source: Path, source_name: st
     """Raise :class:`InputError` when the output folder ``out`` is the input folder ``source`` or lies inside it
     (through links too). Why: ``batch`` searches ``--input`` for cases, so outputs written there become inputs
     of the next run (its state folder a failed case, a written label map a case's file)."""
-    folder, inside = _resolved(Path(source)), _resolved(Path(out))
+    folder, inside = resolved_path(Path(source)), resolved_path(Path(out))
     if inside == folder or folder in inside.parents:
         where = "is" if inside == folder else "lies inside"
         plain, plain_out = Path(os.path.abspath(source)), Path(os.path.abspath(out))

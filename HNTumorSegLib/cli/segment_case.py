@@ -12,6 +12,7 @@ from pathlib import Path
 
 from HNTumorSegLib import LABELS, __version__
 from HNTumorSegLib.errors import InputError
+from HNTumorSegLib.cli.output_paths import resolved_path
 from HNTumorSegLib.imaging.image_names import IMAGE_SUFFIXES, image_name_problem, image_suffix
 from HNTumorSegLib.pipeline.model_info import model_summary
 
@@ -132,7 +133,7 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     timings["total"] = time.perf_counter() - t_start + read_before
     report = {
         "software": f"HNTumorSeg {__version__}",
-        "inputs": {"ct": str(ct_path), "pet": str(pet_path)},
+        "inputs": {"ct": str(resolved_path(ct_path)), "pet": str(resolved_path(pet_path))},  # from any folder
         "output": str(out),
         "labels": {str(k): v for k, v in LABELS.items()},
         "model": _model_summary(segmenter.loaded),

@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import re
+import secrets
 import tempfile
 import time
 from contextlib import contextmanager
@@ -213,13 +214,11 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     target = Path(target)
     _refuse_folder(target)
     suffix = suffix or "".join(target.suffixes[-2:]) or ".tmp"
-    tmp_path = None
+    made: list[Path] = []  # named before it is created: see new_temporary_file
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(target.name), suffix=suffix, dir=target.parent)
-        os.fchmod(fd, new_file_mode())
-        os.close(fd)
-        tmp_path = Path(tmp)
+        os.close(new_temporary_file(target.parent, temporary_prefix(target.name), suffix, made))
+        tmp_path = made[-1]
         yield tmp_path
         with open(tmp_path, "rb") as fh:  # on disk before the rename, so a crash cannot leave a torn file
             os.fsync(fh.fileno())
@@ -227,8 +226,35 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     except OSError as exc:  # a full disk, no permission: said of the output, not of its hidden temporary name
         raise _of_target(exc, target) from None
     finally:
-        if tmp_path is not None and tmp_path.exists():
-            tmp_path.unlink()
+        for leftover in made:  # gone once renamed onto the target
+            if leftover.exists():
+                leftover.unlink()
+
+
+def new_temporary_file(folder: Path, prefix: str, suffix: str, names: list[Path]) -> int:
+    """Create an empty file ``folder/PREFIX + 8 random characters + SUFFIX`` (mode as ``open()`` gives,
+    :func:`new_file_mode`) and return its open descriptor.
+
+    The name is appended to ``names`` *before* the file is created, so a caller that removes the files of
+    ``names`` in a ``finally`` removes it even when Ctrl-C (or SIGTERM, see cli.guard) lands just as it was
+    created. Why: with ``tempfile.mkstemp`` the name was known only once mkstemp had returned, and an interrupt
+    in between left a 0-byte hidden file beside the output. A name that turns out to be taken is dropped from
+    ``names`` (that file is another writer's).
+    """
+    for _ in range(100):
+        path = Path(folder) / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        names.append(path)
+        try:
+            return _create_file(path)
+        except FileExistsError:
+            names.pop()
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(folder))
+
+
+def _create_file(path: Path) -> int:
+    """Create ``path``, which must not exist yet (as mkstemp: never through a link, never another's file)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    return os.open(path, flags, new_file_mode())
 
 
 #: The longest part of an output's name kept in its temporary name: with the dot, the 8 random characters of

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -42,7 +41,7 @@ from torch import nn
 
 from HNTumorSegLib import LABELS
 from HNTumorSegLib.errors import ModelFileError
-from HNTumorSegLib.imaging.image_io import new_file_mode
+from HNTumorSegLib.imaging.image_io import new_temporary_file
 from HNTumorSegLib.pipeline.model_info import ENSEMBLE_FORMAT_VERSION
 from HNTumorSegLib.network import NetworkConfig, build_network
 
@@ -184,19 +183,17 @@ def _expected_shapes(config: NetworkConfig) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in net.state_dict().items()}
 
 
-def _write_temp(final: Path, data: bytes) -> Path:
-    """Write ``data`` to a fresh, fsynced temp file beside ``final`` (same file system for os.replace)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    try:
-        os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
+def _write_temp(final: Path, data: bytes, temps: list[Path]) -> Path:
+    """Write ``data`` to a fresh, fsynced temp file beside ``final`` (same file system for os.replace).
+
+    Its name goes on ``temps`` before the file is created (image_io.new_temporary_file), so the caller's clean-up
+    removes it whenever it was interrupted: a Ctrl-C as the file was created, or between this function's return
+    and the caller's noting of the name, left a hidden file beside the model."""
+    with os.fdopen(new_temporary_file(final.parent, f".{final.name}.", ".tmp", temps), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return temps[-1]
 
 
 def _write_pair(paths: ModelPaths, weights: bytes, text: str) -> None:
@@ -205,8 +202,8 @@ def _write_pair(paths: ModelPaths, weights: bytes, text: str) -> None:
     weights_existed = paths.weights.exists()
     temps: list[Path] = []
     try:
-        temps.append(_write_temp(paths.weights, weights))
-        temps.append(_write_temp(paths.json, text.encode("utf-8")))
+        _write_temp(paths.weights, weights, temps)
+        _write_temp(paths.json, text.encode("utf-8"), temps)
         os.replace(temps[0], paths.weights)
         try:
             os.replace(temps[1], paths.json)

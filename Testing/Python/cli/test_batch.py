@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -600,3 +601,31 @@ def test_a_ct_and_a_pet_filed_as_two_studies_of_one_patient_and_day_are_one_case
     rows = run_batch(cases, BatchOptions(tmp_path / "out"), summary=tmp_path / "out" / "summary.csv",
                      make_segmenter=ThresholdSegmenter, progress=False)
     assert [r["status"] for r in rows] == [DONE] and rows[0]["input"] == str(root / "PAT-S")
+
+
+def test_empty_and_junk_folders_get_a_failed_row_saying_what_is_wrong(tmp_path, capsys):
+    """A patient folder that gave no case (empty, notes only, images one level down) had no row: the summary did
+    not account for every folder of the input."""
+    root = tmp_path / "in"
+    (root / "empty").mkdir(parents=True)
+    (root / "junk").mkdir()
+    (root / "junk" / "notes.txt").write_text("scan booked again")
+    (root / "junk" / "scan.zip").write_bytes(b"PK\x03\x04 cut short")
+    (root / "nested" / "old").mkdir(parents=True)
+    (root / "nested" / "old" / "CT.nii.gz").write_bytes(b"not read")
+    (root / "masks").mkdir()  # a folder reported before (an image that is no CT or PET)
+    (root / "masks" / "mask.nii.gz").write_bytes(b"not read")
+    (root / ".hidden").mkdir()  # hidden folders are no patients
+    out = tmp_path / "out"
+    assert main(["batch", "--input", str(root), "--out", str(out), "--device", "cpu"]) == 1, capsys.readouterr().err
+    summary = _summary(out / "summary.csv")
+    assert sorted(summary) == ["empty", "junk", "masks", "nested"]
+    assert {row["status"] for row in summary.values()} == {FAILED}
+    assert all(summary[name]["input"] == str(root / name) for name in ("empty", "junk", "nested"))
+    assert summary["empty"]["message"] == f"{root / 'empty'}: empty folder: no CT and PET images in it"
+    assert summary["junk"]["message"].startswith(f"{root / 'junk'}: no image or DICOM file in it "
+                                                 "(2 other file(s): notes.txt, scan.zip)")
+    assert summary["nested"]["message"].startswith(f"{root / 'nested'}: no CT or PET directly in it; image files "
+                                                   f"only in its sub-folders (e.g. {Path('old') / 'CT.nii.gz'})")
+    assert "no CT or PET file" in summary["masks"]["message"]
+    assert all(len(row["message"].splitlines()) == 1 for row in summary.values())

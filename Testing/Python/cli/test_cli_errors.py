@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -70,7 +71,7 @@ def test_a_rerun_that_fails_between_its_writes_leaves_no_earlier_provenance(tiny
     out = tmp_path / "pre"
     argv = preprocess_args(tiny_files["ct"], tiny_files["pet"], out) + ["--label", files["label"]]
     assert run_cli(argv, capsys)[0] == 0
-    assert json.loads((out / "provenance.json").read_text())["inputs"]["pet"] == str(tiny_files["pet"])
+    assert json.loads((out / "provenance.json").read_text())["inputs"]["pet"] == str(Path(tiny_files["pet"]).resolve())
     earlier_input = (out / "input.npy").read_bytes()
     monkeypatch.setattr(image_io, "write_npy", full_disk_at("label.npy", image_io.write_npy))
     argv = preprocess_args(tiny_files["ct"], files["pet3"], out) + ["--label", files["label"]]

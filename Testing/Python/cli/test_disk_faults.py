@@ -31,7 +31,7 @@ class Disk:
     def __init__(self, monkeypatch, fault: str, fail_at: int):
         self.fault, self.fail_at, self.writes = fault, fail_at, 0
         real_write_image, real_write_text = sitk.WriteImage, pathlib.Path.write_text
-        real_mkstemp = image_io.tempfile.mkstemp
+        real_create_file = image_io._create_file
 
         def full(path, write):
             """Write, then keep only part of the bytes and raise ENOSPC (when it is the failing write)."""
@@ -50,14 +50,14 @@ class Disk:
                 return real_write_text(path, text, *args, **kwargs)
             full(path, lambda: real_write_text(path, text, *args, **kwargs))
 
-        def mkstemp(*args, **kwargs):
+        def create_file(path):
             if self.fault == "EROFS" and self.writes + 1 == self.fail_at:
-                raise OSError(errno.EROFS, "Read-only file system", kwargs.get("dir"))
-            return real_mkstemp(*args, **kwargs)
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+            return real_create_file(path)
 
         monkeypatch.setattr(sitk, "WriteImage", write_image)
         monkeypatch.setattr(pathlib.Path, "write_text", write_text)
-        monkeypatch.setattr(image_io.tempfile, "mkstemp", mkstemp)
+        monkeypatch.setattr(image_io, "_create_file", create_file)
 
 
 def segment(files, model, out, capsys):
@@ -127,3 +127,45 @@ def test_a_failing_write_is_one_line_and_leaves_no_partial_file(complete, small_
     for name, value in after.items():
         if not name.endswith(".json"):
             assert value == reference[name], name
+
+
+def _interrupt_as_a_temporary_is_created(monkeypatch, at: int) -> None:
+    """Ctrl-C landing right after the ``at``-th hidden temporary file is created, before the creating call has
+    returned (inside mkstemp, where it happened): the file is on disk and the writer has not seen its name."""
+    import os
+
+    real_open, created = os.open, []
+
+    def open_then_interrupt(path, flags, *args, **kwargs):
+        fd = real_open(path, flags, *args, **kwargs)
+        if flags & os.O_CREAT and os.path.basename(os.fsdecode(path)).startswith("."):
+            created.append(path)
+            if len(created) == at:
+                os.close(fd)
+                raise KeyboardInterrupt
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_interrupt)
+
+
+def test_ctrl_c_as_an_outputs_temporary_file_is_created_leaves_no_file(tmp_path, monkeypatch):
+    """atomic_path (every output of segment, edit, batch) left a 0-byte ``.report.json.XXXX.json`` behind."""
+    out = tmp_path / "out"
+    out.mkdir()
+    _interrupt_as_a_temporary_is_created(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        image_io.write_json({"a": 1}, out / "report.json")
+    monkeypatch.undo()
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("at", [1, 2], ids=["weights", "json"])
+def test_ctrl_c_as_a_models_temporary_file_is_created_leaves_no_file(tmp_path, monkeypatch, at):
+    """The model's pair of files (weights, then JSON) is written through temporaries of its own."""
+    from HNTumorSegLib.pipeline.model_file import _write_pair, model_paths
+
+    _interrupt_as_a_temporary_is_created(monkeypatch, at)
+    with pytest.raises(KeyboardInterrupt):
+        _write_pair(model_paths(tmp_path / "m"), b"weights", "{}")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,6 +110,14 @@ def test_click_order_matters(files, capsys):
     (("--relabel", "0,0,0:GTVx"), "unknown structure 'GTVx'"),
     (("--remove", "500,0,0"), "click 1 (--remove): point (500.0, 0.0, 0.0) mm lies outside"),
     ((), "give at least one --add"),
+    # float() took "1_0" as 10; "-inf" (as "-35") stopped argparse ("expected one argument"), then "inf" came to
+    # "lies outside" only after the images were read
+    (("--remove", "1_0,0,0"), "--remove 1_0,0,0: '1_0' is not a plain decimal number"),
+    (("--add", "0,٣,0:GTVn"), "'٣' is not a plain decimal number"),
+    (("--remove", "-inf,0,0"), "--remove -inf,0,0: coordinate '-inf' is not a finite number"),
+    (("--add", "-nan,0,0:GTVn"), "coordinate '-nan' is not a finite number"),
+    (("--remove", "inf,0,0"), "coordinate 'inf' is not a finite number"),
+    (("--remove", "1e999,0,0"), "coordinate '1e999' is not a finite number"),
 ])
 def test_bad_clicks_are_one_line_errors_and_write_nothing(files, capsys, clicks, needle):
     code, out = run(files, *clicks)
@@ -252,3 +261,47 @@ def test_an_output_whose_report_is_that_of_another_label_map_is_refused(files, c
     code, _ = run(files, "--remove", point(FALSE), out=files["labels"])  # in place: its own report, replaced
     assert code == 0, capsys.readouterr().err
     assert json.loads(report.read_text())["edits"]
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_click(files, capsys, monkeypatch):
+    """--out /proc/x.nii.gz failed when the result was written, after every click had been printed as done."""
+    out = Path("/proc/edited.nii.gz")  # no file can be made there, not even by root
+    if not out.parent.joinpath("self").is_dir():  # no /proc: a read-only folder, as the file system says it
+        import errno
+
+        from HNTumorSegLib.imaging import image_io
+
+        out = files["labels"].with_name("read-only") / "edited.nii.gz"
+        out.parent.mkdir()
+
+        def read_only(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+        monkeypatch.setattr(image_io, "_create_file", read_only)
+    code, _ = run(files, "--remove", point(FALSE), out=out)
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "", captured.out
+    err = captured.err.strip()
+    assert err.startswith(f"hntumorseg: error: {out}: --out cannot be written") and len(err.splitlines()) == 1
+
+
+def test_an_output_in_a_folder_still_to_be_made_is_written_and_no_probe_is_left(files, capsys):
+    out = files["labels"].parent / "new" / "deeper" / "edited.nii.gz"
+    code, _ = run(files, "--remove", point(FALSE), out=out)
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["edited.json", "edited.nii.gz"]
+    assert sorted(p.name for p in files["labels"].parent.iterdir()) == ["ct.nii.gz", "new", "pet.nii.gz", "seg.nii.gz"]
+
+
+def test_the_report_records_its_inputs_as_absolute_paths(files, capsys, monkeypatch, tmp_path):
+    """Typed relative, they meant other files (or none) to whoever read the report from another folder."""
+    (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code = main(["edit", "--labels", "seg.nii.gz", "--ct", "./link/ct.nii.gz", "--pet", "sub/../pet.nii.gz",
+                 "--remove", point(FALSE), "--out", "edited.nii.gz"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "edited.json").read_text())
+    real = tmp_path.resolve()
+    assert report["inputs"] == {"labels": str(real / "seg.nii.gz"), "ct": str(real / "ct.nii.gz"),
+                                "pet": str(real / "pet.nii.gz")}

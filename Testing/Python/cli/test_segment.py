@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,10 +29,13 @@ from conftest import tiny_ct_pet
 
 
 
-def test_segment_writes_label_on_ct_grid_and_report(tiny_files, small_model, tmp_path, capsys):
+def test_segment_writes_label_on_ct_grid_and_report(tiny_files, small_model, tmp_path, capsys, monkeypatch):
+    """... and the report names its inputs by absolute paths, given relative ones: it means the same files
+    read from any working directory."""
     out = tmp_path / "res" / "seg.nii.gz"
-    code = main(["segment", "--ct", str(tiny_files["ct"]), "--pet", str(tiny_files["pet"]), "--out", str(out),
-                 "--model", str(small_model), "--device", "cpu"])
+    monkeypatch.chdir(tmp_path)
+    code = main(["segment", "--ct", os.path.relpath(tiny_files["ct"]), "--pet", os.path.relpath(tiny_files["pet"]),
+                 "--out", str(out), "--model", str(small_model), "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     label = sitk.ReadImage(str(out))
     ct = sitk.ReadImage(str(tiny_files["ct"]))
@@ -44,6 +49,7 @@ def test_segment_writes_label_on_ct_grid_and_report(tiny_files, small_model, tmp
     for stage in ("read_inputs", "preprocess", "network", "restore", "statistics", "write", "total"):
         assert stage in report["timings_s"]
     assert report["provenance"]["crop"]["x2"] - report["provenance"]["crop"]["x1"] == 256
+    assert report["inputs"] == {"ct": str(Path(tiny_files["ct"]).resolve()), "pet": str(Path(tiny_files["pet"]).resolve())}
     assert sorted(p.name for p in out.parent.iterdir()) == ["seg.json", "seg.nii.gz"]
 
 
