@@ -43,11 +43,15 @@ class JobFailed(RuntimeError):
 class JobResult:
     label_path: Path
     report: dict
+    #: The label map as read when the job ended (None: read on demand, as results made by hand are).
+    label: Optional[sitk.Image] = None
 
     def read_label(self) -> sitk.Image:
         """The worker's label map. Read as an input is (:func:`~HNTumorSegLib.imaging.image_io.read_image`):
         a file cut short or damaged since the worker wrote it is one line naming it, where ``sitk.ReadImage``
         raised a RuntimeError of ITK's lines and a C++ source path."""
+        if self.label is not None:
+            return self.label
         from HNTumorSegLib.imaging.image_io import read_image
 
         return read_image(self.label_path, "result label")
@@ -228,7 +232,14 @@ def _read_result(done: dict) -> JobResult:
         raise JobFailed(f"{report_path}: the worker's report must be a JSON object, got {_json_type(report)}")
     if not label.is_file():
         raise JobFailed(f"{label}: the worker's label map is missing")
-    return JobResult(label, report)
+    from HNTumorSegLib.errors import InputError
+    from HNTumorSegLib.imaging.image_io import read_image
+
+    try:  # read now: a label map cut short after "done" (a full disk) is a failed job, not "Done" and then an error
+        image = read_image(label, "result label")
+    except (InputError, OSError) as exc:
+        raise JobFailed(str(exc)) from None
+    return JobResult(label, report, image)
 
 
 def _json_type(value: object) -> str:

@@ -28,7 +28,8 @@ from HNTumorSegLib.slicer_support import worker, worker_protocol as protocol
 def run_request(request, emit):
     out = Path(request.output_dir)
     out.mkdir(parents=True)
-    (out / protocol.LABEL_FILE).write_bytes(b"stand-in")
+    import numpy as np, SimpleITK as sitk
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 2, 2), np.uint8)), str(out / protocol.LABEL_FILE))
     os.write(1, {NATIVE_NOISE!r})
     (out / protocol.REPORT_FILE).write_text('{{"structures": {{}}}}')
     emit(protocol.done(str(out / protocol.LABEL_FILE), str(out / protocol.REPORT_FILE)))
@@ -168,3 +169,27 @@ def test_a_result_label_cut_short_is_one_line_naming_it(tmp_path, keep):
         JobResult(path, {}).read_label()
     message = str(raised.value)
     assert message.startswith(f"{path}: ") and "\n" not in message and "truncated" in message
+
+
+def test_a_label_cut_short_after_done_fails_the_job_when_it_ends(tmp_path):
+    """A worker that said "done" over a label map cut short (a full disk as it was written): the job said
+    "Done" and the module failed only when it read the label; now the job ends failed, naming the file."""
+    code = ("import numpy as np, SimpleITK as sitk; path = out / 'label.nrrd'; "
+            "sitk.WriteImage(sitk.GetImageFromArray(np.ones((8, 8, 8), np.uint8)), str(path), False); "
+            "path.write_bytes(path.read_bytes()[:-100]); (out / 'result.json').write_text('{}'); " + DONE)
+    job = run_stand_in(tmp_path, code)
+    assert job.state == FAILED and isinstance(job.error, JobFailed)
+    message = str(job.error)
+    assert "label.nrrd: " in message and "truncated" in message and "\n" not in message
+
+
+def test_a_finished_job_hands_over_the_label_it_checked(tmp_path):
+    """The label map read when the job ended is the one read_label gives (not read a second time)."""
+    code = ("import numpy as np, SimpleITK as sitk; path = out / 'label.nrrd'; "
+            "sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 5, 6), 2, np.uint8)), str(path), False); "
+            "(out / 'result.json').write_text('{}'); " + DONE)
+    job = run_stand_in(tmp_path, code)
+    assert job.state == SUCCEEDED
+    result = job.result()
+    result.label_path.unlink()
+    assert result.read_label().GetSize() == (6, 5, 4)
