@@ -168,6 +168,7 @@ def plan_phantom(seed: int, fov: str = "head_upper", *, case_id: str | None = No
         "suv": {k: float(v) for k, v in pt.suv.items()},
         **lesions.summary,
     }
+    info.setdefault("n_nodes_requested", info["n_nodes"])  # the sites model leaves out nodes with no room
     info["style"] = st.name
     info["patient"].update({"neck_tilt_deg": float(posture.tilt_deg), "arms": "down" if arms_down else "up"})
     info["posture"] = posture.summary()
@@ -221,7 +222,8 @@ def make_phantom(seed: int, fov: str = "head_upper", *, case_id: str | None = No
     slice lies inside the brain. ``small_fov``: a CT reconstruction of 200-240 mm at the usual
     spacing (fewer voxels), so a 256 mm window must be padded. ``flip_xy``: CT, PET and label
     stored with direction diag(-1,-1,1), the same physical content. ``n_nodes``: lymph nodes,
-    0-4 for ``classic``, 0-6 for the other styles (random when None). ``ct_matrix``: in-plane CT
+    0-4 for ``classic``, 0-6 for the other styles (random when None); a node that finds no room is
+    left out (``info["n_nodes"]`` drawn, ``info["n_nodes_requested"]`` asked for). ``ct_matrix``: in-plane CT
     voxels for the style's reconstruction field of view (default the style's, 512).
     ``style``: a name of :data:`~HNTumorSegLib.phantom.styles.STYLES` or a
     :class:`~HNTumorSegLib.phantom.styles.PhantomStyle`; the default ``classic`` is the generator
