@@ -67,6 +67,8 @@ class BatchCase:
     problem: Optional[str] = None  # set when the case was found but cannot run (reported as failed)
     files: tuple[Path, ...] = ()  # a DICOM case's CT and PET files (for a case of image files: ct and pet)
     where: Optional[Path] = None  # the folder a DICOM case was found in, for the summary (None: the CT's)
+    ct_count: int = 0  # how many of a DICOM case's files are its CT's (the rest are its PET's)
+    note: str = ""  # said in the case's summary row whatever its status (e.g. images beside it not segmented)
 
     def input_files(self) -> list[Path]:
         """The files whose contents decide the case's outputs: the DICOM series' files, or the CT and PET images
@@ -188,8 +190,69 @@ def _dicom_cases(root: Path) -> list[BatchCase]:
                 f"{listing}"), files=tuple(f for s in members for f in s.files), where=where))
             continue
         out.append(BatchCase(case_id, _common_folder(cts[0].files), _common_folder(pets[0].files), True,
-                             cts[0].uid, pets[0].uid, files=(*cts[0].files, *pets[0].files), where=where))
+                             cts[0].uid, pets[0].uid, files=(*cts[0].files, *pets[0].files), where=where,
+                             ct_count=len(cts[0].files)))
     return out
+
+
+def _one_case_per_scan(image_cases: Sequence[BatchCase], dicom_cases: Sequence[BatchCase]) -> list[BatchCase]:
+    """The cases, with a patient folder's CT and PET image files and a DICOM study of the same scan one case.
+
+    Why: a patient folder holding ``CT.nii.gz`` + ``PET.nii.gz`` and the DICOM study they were converted from
+    (dcm2niix output kept beside its source, a HECKTOR export kept with its DICOM) became two cases, the same
+    patient segmented twice and counted twice in the summary.
+
+    The rule: when a folder holding one case of image files also holds (in it or below it) a DICOM study with
+    one CT and one PET series of the very voxel grids of those images (the same numbers of columns, rows and
+    slices, CT and PET), they are one scan and one case, the DICOM one: its headers carry the SUV metadata
+    (weight, dose, injection time) and it can be exported as RTSTRUCT / DICOM SEG. Its row says that the image
+    files were not segmented. A study of other grids (another scan, or images resampled or cropped after
+    conversion) is not taken for them: both stay cases, and each row names the other's folder, the ``source``
+    column saying which is the DICOM (whose id is its PatientID, StudyDate and a hash of its Study UID).
+    """
+    per_folder = Counter(c.ct.parent for c in image_cases if not c.problem)
+    out, notes, merged = [], {}, set()
+    for case in image_cases:
+        folder = case.ct.parent
+        if case.problem or per_folder[folder] != 1 or case.pet.parent != folder:  # imagesTr/: a folder of cases
+            out.append(case)
+            continue
+        studies = [d for d in dicom_cases if not d.problem and d.case_id not in merged and d.where is not None
+                   and (d.where == folder or folder in d.where.parents)]
+        same = next((d for d in studies if _same_grids(case, d)), None)
+        if same is not None:
+            merged.add(same.case_id)
+            notes[same.case_id] = (f"{case.ct.name} and {case.pet.name} in {folder} have this study's voxel grids "
+                                   "(converted from it?) and were not segmented separately")
+            continue
+        if studies:
+            case = replace(case, note=f"DICOM study of other voxel grids in {', '.join(str(d.where) for d in studies)}"
+                                      ": a case of its own")
+            for d in studies:
+                notes.setdefault(d.case_id, f"{case.ct.name} and {case.pet.name} in {folder} are of other voxel "
+                                            "grids: a case of their own")
+        out.append(case)
+    return out + [replace(d, note=notes[d.case_id]) if d.case_id in notes else d for d in dicom_cases]
+
+
+def _same_grids(images: BatchCase, study: BatchCase) -> bool:
+    """Whether a case's CT and PET image files have the sizes (columns, rows, slices) of a DICOM study's CT and
+    PET series. Only headers are read; a file that cannot be read is no match (its case then says why)."""
+    import pydicom
+    import SimpleITK as sitk
+
+    sizes = []
+    for image, slices in ((images.ct, study.files[:study.ct_count]), (images.pet, study.files[study.ct_count:])):
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(image))
+            reader.ReadImageInformation()
+            header = pydicom.dcmread(slices[0], stop_before_pixels=True, specific_tags=["Rows", "Columns"],
+                                     force=True)  # (force: also a slice written without the preamble)
+            sizes.append((tuple(reader.GetSize()), (int(header.Columns), int(header.Rows), len(slices))))
+        except Exception:  # noqa: BLE001 - unreadable header, or no slices: not the same scan as far as we know
+            return False
+    return all(a == b for a, b in sizes)
 
 
 def _paired_studies(studies: dict[str, list], candidate_series) -> dict[str, list]:
@@ -221,11 +284,12 @@ def _which_fix(cts: Sequence, pets: Sequence) -> str:
 
 
 def find_batch_cases(root: str | Path) -> list[BatchCase]:
-    """HECKTOR-layout cases and DICOM studies under ``root``, sorted by case id."""
+    """HECKTOR-layout cases and DICOM studies under ``root``, sorted by case id; a folder's CT and PET image files
+    and a DICOM study there of the same voxel grids are one case, the DICOM one (:func:`_one_case_per_scan`)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: not a folder")
-    cases = _hecktor_cases(root) + _dicom_cases(root)
+    cases = _one_case_per_scan(_hecktor_cases(root), _dicom_cases(root))
     if not cases:
         raise InputError(f"{root}: no cases found (neither folders holding a CT and a PET, e.g. CASE/CASE__CT.nii.gz + "
                          "CASE__PT.nii.gz or PATIENT/CT.nii.gz + PATIENT/PET.nii.gz, nor DICOM studies with a CT and "
@@ -369,6 +433,8 @@ def _row(case: BatchCase, status: str, seconds: float, report: Optional[dict] = 
     said = [*(report or {}).get("input_warnings", []), *((report or {}).get("provenance") or {}).get("warnings", [])]
     if not message and said:  # a done case with a warning (no brain to anchor on, say): in its row
         message = "warning: " + "; ".join(said)
+    if case.note:
+        message = f"{message}; {case.note}" if message else case.note
     row = {"case": case.case_id, "status": status, "seconds": f"{seconds:.1f}",
            "source": "DICOM" if case.dicom else "files", "message": message, "input": str(case.location() or "")}
     for name in ("GTVp", "GTVn"):

@@ -45,7 +45,8 @@ IN_PLANE_ATOL = 0.05
 #: Files in a folder that are never DICOM instances of a series.
 _SKIP_NAMES = {"DICOMDIR"}
 #: Suffixes of DICOM files; a file with one of them, none, or a number (a UID as its name) that is empty is
-#: a slice whose copy failed (without a suffix: only beside slices named without one, see :func:`_scan`).
+#: a slice whose copy failed (without a suffix: only beside slices named without one, and named like them,
+#: see :func:`_bare_slice_name`).
 _DICOM_SUFFIXES = {"", ".dcm", ".dicom", ".ima"}
 #: What an empty DICOM file is called.
 _EMPTY = "file is empty (0 bytes; an interrupted copy?)"
@@ -202,12 +203,12 @@ def _scan(folder: Path, paths: Sequence[Path]) -> tuple[tuple[SeriesInfo, ...], 
             continue
         g = groups.setdefault(uid, {"ds": ds, "files": []})
         g["files"].append(path)
-    # An empty file without a suffix (a LOCKFILE, a VERSION marker) cannot be a DICOM object; it is taken for a
-    # slice cut to nothing only where slices are named without a suffix too (as on a DICOMDIR medium).
-    named_bare = {f.parent for g in groups.values() for f in g["files"] if not f.suffix}
+    bare_lengths: dict[Path, set[int]] = {}  # lengths of the slice names without a suffix, by folder
+    for f in (f for g in groups.values() for f in g["files"] if not f.suffix):
+        bare_lengths.setdefault(f.parent, set()).add(len(f.name))
     for where in list(unreadable):
         unreadable[where] = [(p, problem) for p, problem in unreadable[where]
-                             if p.suffix or problem != _EMPTY or where in named_bare]
+                             if p.suffix or problem != _EMPTY or _bare_slice_name(p.name, bare_lengths.get(where))]
         if not unreadable[where]:
             del unreadable[where]
     found = [SeriesInfo(uid, str(g["ds"].get("Modality", "") or ""), str(g["ds"].get("SeriesDescription", "") or ""),
@@ -216,6 +217,18 @@ def _scan(folder: Path, paths: Sequence[Path]) -> tuple[tuple[SeriesInfo, ...], 
                         _unreadable_beside(g["files"], unreadable), _is_localizer(g["ds"]))
              for uid, g in groups.items()]
     return tuple(sorted(found, key=lambda s: (s.modality, s.description, s.uid))), unreadable
+
+
+def _bare_slice_name(name: str, slice_name_lengths: set[int] | None) -> bool:
+    """Whether an empty file ``name`` without a suffix may be a slice cut to nothing: slices beside it are named
+    without a suffix too (as on a DICOMDIR medium), and ``name`` is shaped like theirs, with a digit (slices are
+    numbered, or named by a UID or a hash: ``IM000123``, ``S2_0017``, ``EF2A34B1``) and the length of one of them.
+
+    Why: an empty file without a suffix cannot be a DICOM object; a lost slice must still stop the series (a
+    missing end slice would silently shorten the volume), but a ``LOCK`` file, a ``LOCKFILE`` or a ``VERSION``
+    marker, which PACS exports and DICOMDIR-style dumps leave beside such slices, made the whole study fail.
+    """
+    return bool(slice_name_lengths) and any(c.isdigit() for c in name) and len(name) in slice_name_lengths
 
 
 def _is_localizer(ds) -> bool:

@@ -629,3 +629,66 @@ def test_empty_and_junk_folders_get_a_failed_row_saying_what_is_wrong(tmp_path, 
                                                    f"only in its sub-folders (e.g. {Path('old') / 'CT.nii.gz'})")
     assert "no CT or PET file" in summary["masks"]["message"]
     assert all(len(row["message"].splitlines()) == 1 for row in summary.values())
+
+
+def test_an_empty_lock_file_beside_slices_named_without_a_suffix_is_ignored(tmp_path):
+    """An empty ``LOCK`` (or ``LOCKFILE``, ``VERSION``) file, as PACS exports and DICOMDIR-style dumps leave, beside
+    slices named without a suffix failed the study as "file is empty ... (an interrupted copy?)"; it cannot be a
+    DICOM object. An empty file named like the slices (a slice whose copy failed) still fails the case, in one
+    line naming it."""
+    root = tmp_path / "in"
+    study = root / "PAT-A"
+    write_dicom_case(_case(3, "PAT-A"), study)  # slices named S2_0017, S3_0004: no suffix
+    assert not any(path.suffix for path in study.iterdir())
+    for marker in ("LOCK", "LOCKFILE", "VERSION"):
+        (study / marker).write_bytes(b"")
+    (case,) = find_batch_cases(root)
+    assert case.problem is None and case.dicom
+    assert not any(path.name in ("LOCK", "LOCKFILE", "VERSION") for path in case.input_files())
+    out = tmp_path / "out"
+    rows = run_batch([case], BatchOptions(out), summary=out / "summary.csv", make_segmenter=ThresholdSegmenter,
+                     progress=False)
+    assert [r["status"] for r in rows] == [DONE], rows
+    lost = study / "S2_9999"  # a slice cut to nothing: the volume may be short, so the case fails
+    lost.write_bytes(b"")
+    (case,) = find_batch_cases(root)
+    row = run_case(case, BatchOptions(tmp_path / "out2"), ThresholdSegmenter())
+    assert row["status"] == FAILED and row["message"].startswith(f"{lost}: file is empty"), row
+    assert len(row["message"].splitlines()) == 1
+
+
+def test_image_files_and_the_dicom_study_of_the_same_scan_in_one_folder_are_one_case(tmp_path):
+    """A patient folder holding CT.nii.gz + PET.nii.gz and the DICOM study they were converted from became two
+    cases (the same patient segmented twice). One case now: the DICOM one (SUV metadata, DICOM exports), its row
+    saying the image files were not segmented. Image files of other voxel grids than the study's (another scan)
+    stay a case of their own, and both rows say so."""
+    root = tmp_path / "in"
+    same = _case(3, "PAT-A")
+    write_dicom_case(same, root / "PAT-A" / "dicom")  # beside the converted images, one level down
+    sitk.WriteImage(same.ct, str(root / "PAT-A" / "CT.nii.gz"))
+    sitk.WriteImage(same.pet, str(root / "PAT-A" / "PET.nii.gz"))
+    beside = _case(4, "PAT-B")
+    write_dicom_case(beside, root / "PAT-B")  # slices and images in one folder
+    sitk.WriteImage(beside.ct, str(root / "PAT-B" / "ct.nii.gz"))
+    sitk.WriteImage(beside.pet, str(root / "PAT-B" / "pt.nii.gz"))
+    write_dicom_case(_case(5, "PAT-C"), root / "PAT-C" / "dicom")
+    other = make_phantom(6, "head", ct_matrix=80, n_nodes=1, case_id="PAT-C")  # another scan: other grids
+    sitk.WriteImage(other.ct, str(root / "PAT-C" / "CT.nii.gz"))
+    sitk.WriteImage(other.pet, str(root / "PAT-C" / "PET.nii.gz"))
+    cases = find_batch_cases(root)
+    assert len(cases) == 4 and not any(c.problem for c in cases), cases
+    by_folder = {}
+    for c in cases:
+        by_folder.setdefault(c.location().relative_to(root).parts[0], []).append(c)
+    for name in ("PAT-A", "PAT-B"):
+        (case,) = by_folder[name]
+        assert case.dicom and "were not segmented separately" in case.note
+    images, study = sorted(by_folder["PAT-C"], key=lambda c: c.dicom)
+    assert images.case_id == "PAT-C" and not images.dicom and str(root / "PAT-C" / "dicom") in images.note
+    assert study.dicom and study.case_id.startswith("PAT-C_") and "CT.nii.gz and PET.nii.gz" in study.note
+    out = tmp_path / "out"
+    rows = run_batch(by_folder["PAT-A"], BatchOptions(out), summary=out / "summary.csv",
+                     make_segmenter=ThresholdSegmenter, progress=False)
+    assert [(r["status"], r["source"]) for r in rows] == [(DONE, "DICOM")]
+    assert rows[0]["message"] == (f"CT.nii.gz and PET.nii.gz in {root / 'PAT-A'} have this study's voxel grids "
+                                  "(converted from it?) and were not segmented separately")

@@ -770,8 +770,9 @@ def test_a_dicomdir_given_as_the_ct_is_named_as_one_and_its_folder_suggested(dic
 
 def test_an_empty_file_without_a_suffix_beside_named_slices_is_ignored_but_not_an_empty_slice(dicom_case, tmp_path):
     """A LOCKFILE or VERSION marker (0 bytes, no suffix) made the whole study unreadable as an interrupted copy.
-    It cannot be a DICOM object and is ignored beside slices named *.dcm; an empty *.dcm, or an empty file
-    beside slices named without a suffix (as on a DICOMDIR medium), may be a lost slice and is still refused."""
+    It cannot be a DICOM object and is ignored beside slices named *.dcm, and beside slices named without a
+    suffix (as on a DICOMDIR medium) when its name is not shaped like theirs; an empty *.dcm, or an empty file
+    named like the bare slices, may be a lost slice and is still refused."""
     named, bare = tmp_path / "named", tmp_path / "bare"  # slices named *.dcm, and without a suffix
     named.mkdir()
     shutil.copytree(dicom_case[0], bare)
@@ -780,7 +781,10 @@ def test_an_empty_file_without_a_suffix_beside_named_slices_is_ignored_but_not_a
     for folder in (named, bare):
         (folder / "LOCKFILE").write_bytes(b"")
     assert read_series(named, "CT").image.GetSize() == read_series(dicom_case[0], "CT").image.GetSize()
-    with pytest.raises(InputError, match=re.escape(f"{bare / 'LOCKFILE'}: file is empty")):
+    assert read_series(bare, "CT").image.GetSize() == read_series(dicom_case[0], "CT").image.GetSize()
+    lost = bare / ("S9" + next(p.name for p in bare.iterdir() if p.name != "LOCKFILE")[2:])  # shaped like a slice
+    lost.write_bytes(b"")
+    with pytest.raises(InputError, match=re.escape(f"{lost}: file is empty")):
         read_series(bare, "CT")
     (named / "S9_0000.dcm").write_bytes(b"")
     with pytest.raises(InputError, match=re.escape(f"{named / 'S9_0000.dcm'}: file is empty")):
