@@ -81,7 +81,8 @@ class HNTumorSegParameterNode:
     useTTA: left-right flip test-time augmentation. showAnalysisWindow: show the network's window.
     showUncertainty: the network's uncertainty as a colour overlay on the slice views. splitLesions:
     GTVn written node by node (segments GTVn_1 .. GTVn_k). clickThresholdPercent: the share of the local
-    SUVmax over the background that Add and Redraw take (41 %, the clinical threshold).
+    SUVmax over the background that Add and Redraw take (41 %, the clinical threshold). clickModelForNodes:
+    Add GTVn and Redraw on a node draw with the bundled click model (unchecked: the threshold).
     resultsTable, analysisWindowROI, uncertaintyVolume: what the last run produced.
     """
 
@@ -98,6 +99,7 @@ class HNTumorSegParameterNode:
     showUncertainty: bool = False
     splitLesions: bool = False
     clickThresholdPercent: float = 41.0
+    clickModelForNodes: bool = True
 
 
 #
@@ -506,7 +508,8 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         params = self._parameterNode
         try:
             message = self.logic.editAt(params.outputSegmentation, params.inputCT, params.inputPET, pointRas, action,
-                                        structure, params=params, fraction=params.clickThresholdPercent / 100.0)
+                                        structure, params=params, fraction=params.clickThresholdPercent / 100.0,
+                                        method="auto" if params.clickModelForNodes else "threshold")
         except (InputError, RuntimeError) as exc:  # RuntimeError: Slicer refused the segments (said in one line)
             self.ui.statusLabel.text = f"Nothing changed: {exc}"
             return

@@ -611,8 +611,10 @@ class HNTumorSegSceneLogic:
 
     # ------------------------------------------------------------------ one-click corrections
     def editAt(self, segmentationNode, ctNode, petNode, pointRas: Sequence[float], action: str,
-               structure: Optional[str] = None, params=None, fraction: float = DEFAULT_FRACTION) -> str:
+               structure: Optional[str] = None, params=None, fraction: float = DEFAULT_FRACTION,
+               method: str = "auto") -> str:
         """One click's correction at a world RAS point: "add" (to ``structure``), "remove", "relabel", "redraw".
+        ``method``: how add and redraw draw ("auto": the click model for nodes; see clicks.draw_region).
 
         The library's functions do the work (HNTumorSegLib.editing.clicks, as ``hntumorseg edit``);
         the segments are rewritten without a new fingerprint, so the edit guard sees an edited
@@ -633,7 +635,7 @@ class HNTumorSegSceneLogic:
         labelImage.CopyInformation(ctImage)  # the segments lie on the CT's grid
         r, a, s = (float(v) for v in pointRas)
         pointLps = (-r, -a, s)  # the library works in patient LPS, the scene in RAS
-        edit = clicks.edit_at(labelImage, petImage, action, pointLps, structure, fraction)
+        edit = clicks.edit_at(labelImage, petImage, action, pointLps, structure, fraction, ct=ctImage, method=method)
         self._writeLabel(segmentationNode, sitk.GetArrayFromImage(edit.label), ctNode, self.isSplit(segmentationNode))
         self._undo.setdefault(segmentationNode.GetID(), []).append((before, ctNode.GetID()))  # once written
         if params is not None:

@@ -114,7 +114,7 @@ def _coordinate_problem(value: str) -> str | None:
 def add_parser(sub) -> None:
     """The ``edit`` sub-command's options."""
     from HNTumorSegLib.cli.case_inputs import dicom_input_options
-    from HNTumorSegLib.editing.clicks import DEFAULT_FRACTION, DEFAULT_RADIUS_MM
+    from HNTumorSegLib.editing.clicks import DEFAULT_FRACTION, DEFAULT_RADIUS_MM, METHODS
 
     sp = sub.add_parser("edit", help="correct a label map: add, remove or relabel the lesion at a point (mm, LPS)")
     sp.add_argument("--labels", required=True, type=Path, help="label map on the CT's grid (1 GTVp, 2 GTVn)")
@@ -138,6 +138,9 @@ def add_parser(sub) -> None:
     defaults = ", ".join(f"{radius:g} for {name}" for name, radius in DEFAULT_RADIUS_MM.items())
     sp.add_argument("--radius-mm", type=float, default=None,
                     help=f"--add/--redraw: the region stays within this distance of its peak (default {defaults})")
+    sp.add_argument("--method", choices=METHODS, default="auto",
+                    help="--add/--redraw: how the lesion is drawn: auto (default: the bundled click model for GTVn, "
+                         "the threshold for GTVp), threshold (--fraction, --radius-mm) or network (GTVn only)")
     sp.add_argument("--out", required=True, type=Path, help="corrected label map to write (may be --labels itself)")
     sp.set_defaults(func=cmd_edit, clicks=[])
 
@@ -173,7 +176,8 @@ def cmd_edit(args) -> int:
     done = []
     for number, (action, point, structure) in enumerate(clicks, 1):
         try:
-            edit = edit_at(label, inputs.pet, action, point, structure, args.fraction, args.radius_mm, args.background)
+            edit = edit_at(label, inputs.pet, action, point, structure, args.fraction, args.radius_mm, args.background,
+                           ct=inputs.ct, method=args.method)
         except InputError as exc:
             raise InputError(f"click {number} (--{action}): {exc}; nothing was written") from None
         label = edit.label
@@ -192,7 +196,7 @@ def cmd_edit(args) -> int:
                 "output": str(args.out), "edits": done,
                 "settings": {"fraction": args.fraction,
                              "radius_mm": DEFAULT_RADIUS_MM if args.radius_mm is None else args.radius_mm,
-                             "background_corrected": args.background}, **measured, **inputs.report()}, report_path)
+                             "background_corrected": args.background, "method": args.method}, **measured, **inputs.report()}, report_path)
     print(f"wrote {args.out} and {report_path}")
     print_measurements(measured["structures"], measured["lesions"])
     return 0

@@ -121,6 +121,9 @@ def candidate_clicks(prediction: sitk.Image, reference: sitk.Image, pet: sitk.Im
     return sorted(clicks, key=lambda c: -c.voxels_at_stake)
 
 
-def apply_click(label: sitk.Image, pet: sitk.Image, click: Click) -> Edit:
-    """What the editor's button does for ``click`` (HNTumorSegLib.editing.clicks, default settings)."""
-    return edit_at(label, pet, click.action, click.point_mm, click.structure if click.action == "add" else None)
+def apply_click(label: sitk.Image, pet: sitk.Image, click: Click, ct: sitk.Image | None = None,
+                method: str = "auto") -> Edit:
+    """What the editor's button does for ``click`` (HNTumorSegLib.editing.clicks, default settings; with the CT,
+    the click model draws the nodes)."""
+    return edit_at(label, pet, click.action, click.point_mm, click.structure if click.action == "add" else None,
+                   ct=ct, method=method)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from HNTumorSegLib.editing.clicks import METHODS
 from HNTumorSegLib.editing.simulated_user import apply_click, candidate_clicks
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.evaluation.metrics import dice, match_lesions
@@ -45,7 +46,7 @@ def scores(label: sitk.Image, truth: sitk.Image) -> dict:
     return {"GTVp": dice(pred, ref, 1), "GTVn": dice(pred, ref, 2), "tp": tp, "fp": fp, "fn": fn}
 
 
-def run_case(segmenter: Segmenter, seed: int, style: str, max_clicks: int) -> dict:
+def run_case(segmenter: Segmenter, seed: int, style: str, max_clicks: int, method: str = "auto") -> dict:
     case = make_phantom(seed, "head_upper", style=style)
     label = segmenter.segment(case.ct, case.pet).label
     trail = [scores(label, case.label)]
@@ -67,7 +68,7 @@ def run_case(segmenter: Segmenter, seed: int, style: str, max_clicks: int) -> di
         tried.add((click.action, click.point_mm))
         before = label
         try:
-            label = apply_click(label, case.pet, click).label
+            label = apply_click(label, case.pet, click, case.ct, method).label
             actions.append(f"{click.action} {click.structure}")
         except InputError as exc:  # a click that does nothing is still a click
             actions.append(f"{click.action} {click.structure} (no effect: {exc})")
@@ -114,6 +115,8 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=12, help="phantom cases (styles in turn)")
     parser.add_argument("--model", help="model JSON (default: the bundled model)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--method", choices=METHODS, default="auto",
+                        help="how adds and redraws draw (auto: the click model for nodes, the threshold otherwise)")
     parser.add_argument("--out", type=Path, default=Path("edit_clicks"), help="folder for the JSON and the curve")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +125,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for i in range(args.cases):
         style = STYLES[i % len(STYLES)]
-        cases.append(run_case(segmenter, FIRST_SEED + i, style, max(REPORTED)))
+        cases.append(run_case(segmenter, FIRST_SEED + i, style, max(REPORTED), args.method))
         trail = cases[-1]["after_clicks"]
         print(f"{cases[-1]['case']} ({style}): Dice GTVp/GTVn {trail[0]['GTVp']:.2f}/{trail[0]['GTVn']:.2f} -> "
               f"{trail[3]['GTVp']:.2f}/{trail[3]['GTVn']:.2f} after 3 clicks ({', '.join(cases[-1]['clicks'][:3])})",

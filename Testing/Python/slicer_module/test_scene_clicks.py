@@ -77,13 +77,15 @@ def test_clicks_correct_the_segments_update_the_table_and_undo(scene):
 
 
 def test_the_threshold_the_user_sets_bounds_a_redraw(scene):
-    """The panel's threshold slider (clickThresholdPercent) reaches the click: a lower threshold redraws the same
-    node wider, a higher one tighter, and undo steps back through both."""
+    """The panel's threshold slider (clickThresholdPercent) reaches the click: with the click model unchecked
+    (method "threshold", as the panel passes it), a lower threshold redraws the same node wider, a higher one
+    tighter, and undo steps back through both. Checked (the default), the node is the click model's drawing."""
     logic, seg, ct, pet, params = (scene[k] for k in ("logic", "seg", "ct", "pet", "params"))
-    logic.editAt(seg, ct, pet, scene["add_ras"], "add", "GTVn", params=params)
+    assert "click model" in logic.editAt(seg, ct, pet, scene["add_ras"], "add", "GTVn", params=params)
     sizes = {}
     for percent in (25, 60):
-        logic.editAt(seg, ct, pet, scene["add_ras"], "redraw", params=params, fraction=percent / 100.0)
+        logic.editAt(seg, ct, pet, scene["add_ras"], "redraw", params=params, fraction=percent / 100.0,
+                     method="threshold")
         labels = logic.segmentLabels(seg, ct)
         sizes[percent] = int(np.count_nonzero((labels == 2) & (scene["result"] != 2)))  # the redrawn node
     assert sizes[25] > sizes[60] > 0

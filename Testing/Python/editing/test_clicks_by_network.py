@@ -1,0 +1,142 @@
+"""Adds and redraws drawn by the bundled click model (HNTumorSegLib.editing.click_model), and when they are not."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from HNTumorSegLib.editing import click_model
+from HNTumorSegLib.editing.click_model import DEFAULT_CLICK_MODEL, ClickModel, crop_grid, network_inputs
+from HNTumorSegLib.editing.clicks import add_lesion, edit_at, redraw_lesion
+from HNTumorSegLib.errors import InputError, ModelFileError
+
+SPACING = (0.98, 0.98, 3.0)  # a CT grid: the network sees a 2 mm crop of it
+SHAPE = (30, 110, 110)  # z, y, x
+NODE_ZYX, NODE_RADII_MM = (15, 55, 55), (9.0, 7.0, 6.0)  # an ellipsoid node: x, y, z semi-axes
+HOT_ZYX = (15, 55, 78)  # a hot node beside it (the other structure in the label map)
+
+
+def grid_image(array, flipped=False):
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(SPACING)
+    if flipped:  # the same patient stored with its x and y axes reversed (as some scanners write)
+        img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+        img.SetOrigin((SPACING[0] * (SHAPE[2] - 1), SPACING[1] * (SHAPE[1] - 1), 0.0))
+    return img
+
+
+def ellipsoid(centre_zyx, radii_xyz):
+    z, y, x = np.indices(SHAPE, dtype=float)
+    cz, cy, cx = centre_zyx
+    rx, ry, rz = radii_xyz
+    return (((x - cx) * SPACING[0] / rx) ** 2 + ((y - cy) * SPACING[1] / ry) ** 2
+            + ((z - cz) * SPACING[2] / rz) ** 2) <= 1.0
+
+
+@pytest.fixture(scope="module")
+def node_case():
+    """A weak node (SUV 3 over 0.7) blurred as a PET of 7 mm FWHM with noise, a hot GTVp beside it, soft-tissue CT."""
+    rng = np.random.default_rng(5)
+    node, hot = ellipsoid(NODE_ZYX, NODE_RADII_MM), ellipsoid(HOT_ZYX, (6.0, 6.0, 6.0))
+    activity = np.full(SHAPE, 0.7, np.float32)
+    activity[node], activity[hot] = 3.0, 9.0
+    pet = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(grid_image(activity), 7.0 / 2.3548))
+    pet = pet + rng.normal(0, 0.1, SHAPE).astype(np.float32) * np.sqrt(pet)
+    ct = np.where(node | hot, 45.0, 30.0).astype(np.float32) + rng.normal(0, 10, SHAPE).astype(np.float32)
+    label = np.where(hot, 1, 0).astype(np.uint8)
+    return label, pet.astype(np.float32), ct, node
+
+
+def images(node_case, flipped=False):
+    label, pet, ct, node = node_case
+    if flipped:  # index order reversed along x and y: the same physical images
+        label, pet, ct = (a[:, ::-1, ::-1].copy() for a in (label, pet, ct))
+    return grid_image(label, flipped), grid_image(pet, flipped), grid_image(ct, flipped)
+
+
+def centre_point(label):
+    return label.TransformIndexToPhysicalPoint(tuple(int(v) for v in NODE_ZYX[::-1]))
+
+
+def dice(a, b):
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def test_the_click_model_draws_a_weak_node_and_leaves_the_other_lesion(node_case):
+    label, pet, ct = images(node_case)
+    edit = add_lesion(label, pet, centre_point(label), "GTVn", ct=ct, method="network")
+    after = sitk.GetArrayFromImage(edit.label)
+    assert "click model" in edit.message and edit.structure == "GTVn"
+    assert dice(after == 2, node_case[3]) > 0.75
+    np.testing.assert_array_equal(after == 1, node_case[0] == 1)  # the GTVp beside it stays as it was
+
+
+def test_the_click_model_draws_the_same_node_on_a_grid_stored_flipped(node_case):
+    plain = add_lesion(*images(node_case)[:2], centre_point(images(node_case)[0]), "GTVn", ct=images(node_case)[2])
+    label, pet, ct = images(node_case, flipped=True)
+    flipped = add_lesion(label, pet, centre_point(images(node_case)[0]), "GTVn", ct=ct)
+    a = sitk.GetArrayFromImage(plain.label)
+    b = sitk.GetArrayFromImage(flipped.label)[:, ::-1, ::-1]
+    assert dice(a == 2, b == 2) > 0.97  # resampling rounds differently at a few edge voxels
+
+
+def test_auto_draws_nodes_with_the_network_and_primaries_or_without_ct_by_threshold(node_case):
+    label, pet, ct = images(node_case)
+    at = centre_point(label)
+    assert "click model" in add_lesion(label, pet, at, "GTVn", ct=ct).message
+    assert "41%" in add_lesion(label, pet, at, "GTVn").message  # no CT: the threshold
+    assert "41%" in add_lesion(label, pet, at, "GTVn", ct=ct, method="threshold").message
+    node_label = sitk.GetImageFromArray(np.where(node_case[3], 2, 0).astype(np.uint8))
+    node_label.CopyInformation(label)
+    as_primary = edit_at(node_label, pet, "relabel", at)
+    assert "41%" in redraw_lesion(as_primary.label, pet, at, ct=ct).message  # GTVp: the threshold
+
+
+def test_network_where_it_cannot_draw_is_a_one_line_error(node_case):
+    label, pet, ct = images(node_case)
+    at = centre_point(label)
+    with pytest.raises(InputError, match="^cannot draw with the click model: it needs the CT$"):
+        add_lesion(label, pet, at, "GTVn", method="network")
+    with pytest.raises(InputError, match="^cannot draw with the click model: it draws GTVn, not GTVp$"):
+        add_lesion(label, pet, at, "GTVp", ct=ct, method="network")
+    with pytest.raises(InputError, match="unknown drawing method 'unet'"):
+        add_lesion(label, pet, at, "GTVn", ct=ct, method="unet")
+
+
+def test_without_torch_auto_falls_back_to_the_threshold_and_network_says_why(node_case, monkeypatch):
+    label, pet, ct = images(node_case)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    assert "41%" in add_lesion(label, pet, centre_point(label), "GTVn", ct=ct).message
+    with pytest.raises(InputError, match="torch is not installed"):
+        add_lesion(label, pet, centre_point(label), "GTVn", ct=ct, method="network")
+
+
+def test_a_segmentation_model_or_a_model_of_another_contract_is_refused(tmp_path):
+    segmentation = DEFAULT_CLICK_MODEL.with_name("hntumorseg_phantom_psam.json")
+    with pytest.raises(ModelFileError, match="not a click model"):
+        ClickModel(segmentation)
+    meta = json.loads(DEFAULT_CLICK_MODEL.read_text())
+    meta["click_model"]["crop_voxels"] = 64
+    (tmp_path / "m.json").write_text(json.dumps(meta))
+    (tmp_path / "m.safetensors").write_bytes(DEFAULT_CLICK_MODEL.with_suffix(".safetensors").read_bytes())
+    with pytest.raises(ModelFileError, match=r"^m.json: a click model of another version \(its crop_voxels differ"):
+        ClickModel(tmp_path / "m.json")
+
+
+def test_the_crop_is_centred_on_the_click_and_inputs_follow_the_contract():
+    grid = crop_grid((10.0, -20.0, 30.0))
+    centre = grid.TransformIndexToPhysicalPoint([click_model.CROP_VOXELS // 2] * 3)
+    assert centre == pytest.approx((10.0, -20.0, 30.0))
+    n = click_model.CROP_VOXELS
+    ct = np.full((1, n, n, n), 1000.0)
+    pet = np.full((1, n, n, n), 1.0)
+    pet[0, n // 2, n // 2, n // 2] = 4.0  # the peak near the click scales the PET
+    x = network_inputs(ct, pet)
+    assert x.shape == (1, 3, n, n, n) and x.dtype == np.float32
+    assert x[0, 0].max() == 1.0 and x[0, 1].max() == 1.0 and x[0, 1, 0, 0, 0] == 0.25
+    assert x[0, 2, 0, 0, 0] == pytest.approx(np.log(2.0) / 2)
