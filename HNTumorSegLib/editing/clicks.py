@@ -311,11 +311,7 @@ def _network_region(model, label: sitk.Image, ct: sitk.Image, pet: sitk.Image, p
         raise InputError(f"the click model finds no lesion within {SEEK_MM:g} mm of {_fmt(point_mm)} mm: click on the "
                          "node, or draw it with the threshold (edit --method threshold; in Slicer, uncheck the click "
                          "model)")
-    if ids[tuple(click - lo)]:
-        keep = ids[tuple(click - lo)]
-    else:  # the nearest voxel of the region
-        candidates = np.argwhere(near)
-        keep = ids[tuple(candidates[np.argmin(np.linalg.norm((candidates - (click - lo)) * spacing_zyx, axis=1))])]
+    keep = ids[_nearest_voxel(near, click - lo, spacing_zyx)]  # the click's own voxel where it is on the region
     filled = sitk.BinaryFillhole(sitk.GetImageFromArray((ids == keep).astype(np.uint8)), fullyConnected=False,
                                  foregroundValue=1)
     mask = np.zeros(label.GetSize()[::-1], bool)
@@ -420,11 +416,17 @@ def _nearest_lesion_voxel(array: np.ndarray, label: sitk.Image, point_mm: Sequen
     lo, hi = _box_around(label, click, radius_mm)
     window = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     spacing_zyx = np.array(label.GetSpacing()[::-1])
-    candidates = np.argwhere((window > 0) & _ball(window.shape, click - lo, spacing_zyx, radius_mm))
-    if candidates.size == 0:
+    inside = (window > 0) & _ball(window.shape, click - lo, spacing_zyx, radius_mm)
+    if not inside.any():
         return None
-    nearest = candidates[np.argmin(np.linalg.norm((candidates - (click - lo)) * spacing_zyx, axis=1))] + lo
-    return tuple(int(v) for v in nearest)
+    return tuple(int(v) for v in np.add(_nearest_voxel(inside, click - lo, spacing_zyx), lo))
+
+
+def _nearest_voxel(mask: np.ndarray, index: Sequence[int], spacing_zyx: Sequence[float]) -> tuple[int, int, int]:
+    """(z, y, x) of the voxel of ``mask`` (not empty) nearest voxel ``index`` in mm (the first of equals)."""
+    candidates = np.argwhere(mask)
+    distances = np.linalg.norm((candidates - np.asarray(index)) * np.asarray(spacing_zyx), axis=1)
+    return tuple(int(v) for v in candidates[np.argmin(distances)])
 
 
 def remove_lesion(label: sitk.Image, point_mm: Sequence[float], tolerance_mm: float = TOLERANCE_MM) -> Edit:

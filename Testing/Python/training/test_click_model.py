@@ -22,9 +22,9 @@ from HNTumorSegLib.imaging.components import lesion_ids
 from HNTumorSegLib.imaging.geometry import Geometry
 from HNTumorSegLib.network import build_network
 from HNTumorSegLib.pipeline.model_file import save_model
-from HNTumorSegTraining.click_model import (NETWORK, Samples, draw_phantom, export, load_samples, main,
-                                            make_samples, model_metadata, node_samples, sample_path,
-                                            threshold_region, train)
+from HNTumorSegTraining.click_model import (NETWORK, SHARE_STEPS, Samples, as_mask, draw_phantom, export,
+                                            lesion_loss, load_samples, main, make_samples, model_metadata,
+                                            node_samples, sample_path, target_crop, threshold_region, train)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -47,11 +47,13 @@ def test_samples_are_crops_centred_on_the_clicked_lesion():
     assert [s.kind for s in samples] == ["peak", "deep", "random"] * 3  # three nodes, three clicks each
     for s in samples:
         assert s.ct.shape == s.pet.shape == s.target.shape == (CROP_VOXELS,) * 3
-        assert s.ct.dtype == s.pet.dtype == np.float16 and s.target.dtype == bool
-        assert s.target.any() and not s.target.all()
+        assert s.ct.dtype == s.pet.dtype == np.float16 and s.target.dtype == np.uint8
+        assert as_mask(s.target).any() and not as_mask(s.target).all()
+        edge = (s.target > 0) & (s.target < SHARE_STEPS)
+        assert edge.any()  # the lesion's edge covers parts of voxels
         assert -1024 <= s.ct.min() and s.ct.max() < 3000 and s.pet.min() >= 0  # air is -1024, outside -1000
         if s.kind != "random":  # the click is a voxel of the lesion (the random one is jittered off it)
-            assert s.target[CENTRE]
+            assert as_mask(s.target)[CENTRE]
     peak = samples[0]
     assert peak.pet[CENTRE] > 2 * np.median(peak.pet)  # the click is on uptake
     assert 26 * np.count_nonzero(peak.target) < peak.target.size  # the clicked node, not the neck
@@ -75,6 +77,40 @@ def test_sample_files_resume_and_load(folder: Path):
         load_samples(folder, [NO_NODES_SEED])
 
 
+def test_prototype_files_of_masks_load_as_whole_shares(folder: Path, tmp_path: Path):
+    with np.load(sample_path(folder, TRAIN_SEED)) as data:
+        arrays = {k: data[k] for k in ("ct", "pet", "t", "kind")}
+    np.savez(sample_path(tmp_path, 7), **{**arrays, "t": as_mask(arrays["t"])})
+    np.savez(sample_path(tmp_path, 8), **{**arrays, "t": arrays["t"].astype(np.float32)})
+    assert np.array_equal(load_samples(tmp_path, [7]).target, as_mask(arrays["t"]) * np.uint8(SHARE_STEPS))
+    with pytest.raises(InputError, match="s8.npz: targets of type float32"):
+        load_samples(tmp_path, [8])
+
+
+def test_the_target_is_the_lesion_share_of_each_crop_voxel():
+    lesion = sitk.Image([40, 40, 20], sitk.sitkFloat32)
+    lesion.SetSpacing([1.0, 1.0, 3.0])
+    lesion[10:30, 10:30, 5:15] = 1.0  # a box 20 x 20 x 30 mm, from 10 to 29 mm in x and y
+    share = target_crop(lesion, (19.5, 20.0, 30.0)).astype(float) / SHARE_STEPS
+    assert share.max() == 1.0 and share.min() == 0.0
+    # crop voxels at x = 19.5 + 2k mm: the one at the box's edge (9.5, 29.5 mm) is half covered, not in or out
+    centre = CROP_VOXELS // 2
+    assert share[centre, centre, centre + 4] == share[centre, centre, centre - 4] == 1.0
+    assert share[centre, centre, centre + 5] == share[centre, centre, centre - 5] == pytest.approx(0.5, abs=0.01)
+    assert share[centre, centre, centre + 6] == share[centre, centre, centre - 6] == 0.0
+    along_z = share[:, centre, centre]
+    assert 0.0 < along_z.min(initial=1.0, where=along_z > 0) < 1.0  # 3 mm slices on 2 mm voxels: parts
+
+
+def test_the_loss_takes_shares_and_is_least_at_them():
+    target = torch.tensor([0.0, 0.25, 0.75, 1.0]).reshape(1, 1, 1, 4).expand(1, 2, 2, 4)
+    def loss_at(p: torch.Tensor) -> float:
+        logit = torch.log(p / (1 - p))
+        return float(lesion_loss(torch.stack([torch.zeros_like(logit), logit], dim=1), target))
+    at_shares = loss_at(target.clamp(0.02, 0.98))
+    assert at_shares < loss_at(torch.full_like(target, 0.5)) and at_shares < loss_at((target >= 0.5).float().clamp(0.02, 0.98))
+
+
 def test_threshold_region_is_the_hot_ball_at_the_click():
     zz, yy, xx = np.ogrid[:CROP_VOXELS, :CROP_VOXELS, :CROP_VOXELS]
     r2 = (zz - 24) ** 2 + (yy - 25) ** 2 + (xx - 23) ** 2
@@ -82,6 +118,9 @@ def test_threshold_region_is_the_hot_ball_at_the_click():
     pet = np.where(ball, 10.0, 1.0).astype(np.float32)
     pet[(zz - 24) ** 2 + (yy - 25) ** 2 + (xx - 33) ** 2 <= 9] = 12.0  # a hotter node 20 mm away, not touching
     assert np.array_equal(threshold_region(pet), ball)
+    pet[ball & (r2 <= 1)] = 1.0  # a cold core: the editor fills it (avid_region itself, not a copy without that)
+    assert np.array_equal(threshold_region(pet), ball)
+    assert not threshold_region(np.ones_like(pet)).any()  # no uptake above the background: nothing
 
 
 def test_train_export_and_load(folder: Path, tmp_path: Path):
@@ -138,6 +177,24 @@ def test_command_trains_and_writes_a_click_model(folder: Path, tmp_path: Path, c
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["trained_on"]["seeds"] == f"{TRAIN_SEED}:{TRAIN_SEED + 2}" and meta["trained_on"]["phantoms"] == 2
     assert ClickModel(out).structure == "GTVn"
+
+    # --init: training goes on from that model's weights (one step of a small learning rate moves them little)
+    again = tmp_path / "models" / "clicks_more"
+    assert main([*args[:1], str(again), *args[2:], "--init", str(out), "--lr", "1e-6"]) == 0
+    assert json.loads(again.with_suffix(".json").read_text())["trained_on"]["init"] == "clicks"
+    before, after = ClickModel(out).network.state_dict(), ClickModel(again).network.state_dict()
+    fresh = build_network(NETWORK).state_dict()
+    name = "encoders.0.conv1.conv.weight"
+    assert torch.allclose(before[name], after[name], atol=1e-4) and not torch.allclose(fresh[name], after[name])
+
+
+def test_command_refuses_an_init_that_is_not_a_click_model(tmp_path: Path, capsys):
+    save_model(build_network(NETWORK), NETWORK, tmp_path / "segmenter", metadata={"trained_on": "nothing"})
+    assert main(["--out", str(tmp_path / "m"), "--data", str(tmp_path / "d"), "--seeds", "940000:940002",
+                 "--val-seeds", "940002:940003", "--budget-s", "10", "--init", str(tmp_path / "segmenter")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a click model" in err
+    assert not (tmp_path / "d").exists()  # refused before any phantom was drawn
 
 
 @pytest.mark.parametrize("change, message", [
