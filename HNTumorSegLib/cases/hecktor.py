@@ -51,10 +51,12 @@ class Case:
 
 @dataclass(frozen=True)
 class CaseProblem:
-    """A case (or a stray image file, named by its file name) that cannot be used, and why."""
+    """A case (or a stray image file, named by its file name) that cannot be used, why, and the folder it is in
+    (None where its files lie in several)."""
 
     case_id: str
     reason: str
+    where: Path | None = None
 
 
 def parse_case_id(case_id: str) -> str:
@@ -104,13 +106,13 @@ class _Collector:
         case_id, role = _role_of(_image_stem(path) or "")
         if CASE_ID_RE.match(case_id) is None:
             self.problems.append(CaseProblem(path.name, f"{path}: file name is not CASE__CT, CASE__PT "
-                                             "or CASE with a case id CENTRE-NNN or CENTRE_NNN"))
+                                             "or CASE with a case id CENTRE-NNN or CENTRE_NNN", path.parent))
         elif role not in allowed_roles:
             self.problems.append(CaseProblem(case_id, f"{path}: a {role} file does not belong in "
-                                             f"{path.parent.name}/"))
+                                             f"{path.parent.name}/", path.parent))
         elif expected_id is not None and case_id != expected_id:
             self.problems.append(CaseProblem(case_id, f"{path}: file of case {case_id} in the folder of "
-                                             f"case {expected_id}"))
+                                             f"case {expected_id}", path.parent))
         else:
             self.files.setdefault(case_id, {}).setdefault(role, []).append(path)
 
@@ -135,14 +137,15 @@ def _report_deeper_images(folder: Path, col: _Collector) -> None:
                 if not name.startswith(".") and _image_stem(path) is not None:
                     col.problems.append(CaseProblem(path.name, f"{path}: image file below {folder.name}/, where no "
                                                     "case is searched: cases are ROOT/CASE/ folders (or "
-                                                    f"ROOT/{FLAT_IMAGES}/, ROOT/{FLAT_LABELS}/); move it up"))
+                                                    f"ROOT/{FLAT_IMAGES}/, ROOT/{FLAT_LABELS}/); move it up",
+                                                    path.parent))
 
 
 def _collect(root: Path, any_folder_name: bool = False) -> _Collector:
     col = _Collector()
     for path in _image_files(root):
         col.problems.append(CaseProblem(path.name, f"{path}: image file directly under the data root; "
-                                        f"expected ROOT/CASE/ or ROOT/{FLAT_IMAGES}/, ROOT/{FLAT_LABELS}/"))
+                                        f"expected ROOT/CASE/ or ROOT/{FLAT_IMAGES}/, ROOT/{FLAT_LABELS}/", root))
     for name, roles in ((FLAT_IMAGES, ("ct", "pet")), (FLAT_LABELS, ("label",))):
         if (root / name).is_dir():
             for path in _image_files(root / name):
@@ -161,10 +164,11 @@ def _collect(root: Path, any_folder_name: bool = False) -> _Collector:
                         col.files.setdefault(folder.name, {}).setdefault(role, []).append(path)
                 if folder.name not in col.files:
                     col.problems.append(CaseProblem(folder.name, f"{folder}: no CT or PET file (name them *__CT / "
-                                                    "*__PT, or CT / PT / PET, as .nii.gz, .nii, .nrrd or .mha)"))
+                                                    "*__PT, or CT / PT / PET, as .nii.gz, .nii, .nrrd or .mha)",
+                                                    folder))
             elif files:
                 col.problems.append(CaseProblem(folder.name, f"{folder}: folder with image files whose name "
-                                                "is not a case id (CENTRE-NNN or CENTRE_NNN)"))
+                                                "is not a case id (CENTRE-NNN or CENTRE_NNN)", folder))
             continue
         for path in files:
             plain = PLAIN_STEMS.get((_image_stem(path) or "").upper()) if any_folder_name else None
@@ -203,7 +207,8 @@ def find_cases(root: str | Path, require_label: bool = True,
         if reasons:
             folders = sorted({str(p.parent) for paths in roles.values() for p in paths})
             where = f"{folders[0]}: " if len(folders) == 1 else ""  # the case's folder, where the file is missing
-            problems.append(CaseProblem(case_id, where + "; ".join(reasons)))
+            problems.append(CaseProblem(case_id, where + "; ".join(reasons),
+                                        Path(folders[0]) if len(folders) == 1 else None))
             continue
         label = roles.get("label", [None])[0]
         centre = parse_case_id(case_id) if CASE_ID_RE.match(case_id) else ""

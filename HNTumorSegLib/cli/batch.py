@@ -129,7 +129,7 @@ def _hecktor_cases(root: Path) -> list[BatchCase]:
 
     cases, problems = find_cases(root, require_label=False, any_folder_name=True)
     out = [BatchCase(_safe(c.case_id), c.ct, c.pet) for c in cases]
-    out += [BatchCase(_safe(p.case_id), root, root, problem=p.reason) for p in problems]
+    out += [BatchCase(_safe(p.case_id), root, root, problem=p.reason, where=p.where) for p in problems]
     return out
 
 

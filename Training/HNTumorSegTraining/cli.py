@@ -182,6 +182,7 @@ def _val_counts(text: str) -> str | dict[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import click_model
     from .fit import add_fit_arguments
 
     parser = argparse.ArgumentParser(prog="hntumorseg-train", description="Train HNTumorSeg models on HECKTOR data.")
@@ -286,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--description", help="what the model was trained on (default: from the data root)")
     sp.add_argument("--intended-use", help="the intended-use statement written into the model JSON")
     sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("click-model", help="train the editor's click model (draws a lymph node at a click) on "
+                                             "phantoms", description=click_model.DESCRIPTION)
+    click_model.add_arguments(sp)
+    sp.set_defaults(func=click_model.run)
     return parser
 
 

@@ -30,8 +30,9 @@ number of epochs), cross-entropy plus soft Dice of the lesion, flips and a PET s
 validation Dice is reported beside that of the clinical 41 % threshold on the same crops
 (:func:`threshold_region`), so the model file says what the network beat.
 
-Command: ``python -m HNTumorSegTraining.click_model --out MODEL --data DIR --seeds A:B --val-seeds C:D
---budget-s S`` draws the samples (resuming), trains and writes the model file (:func:`export`).
+Command: ``hntumorseg-train click-model --out MODEL --data DIR --seeds A:B --val-seeds C:D --budget-s S``
+(or ``python -m HNTumorSegTraining.click_model ...``) draws the samples (resuming), trains (``--init MODEL``: on
+from a click model's weights) and writes the model file (:func:`export`).
 """
 
 from __future__ import annotations
@@ -541,9 +542,15 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+DESCRIPTION = "Train the click model (draws the lymph node at a click) on phantoms and write its model file."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Train the click model (draws the lymph node at a "
-                                     "click) on phantoms and write its model file.")
+    return add_arguments(argparse.ArgumentParser(prog=PROG, description=DESCRIPTION))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The command's options on ``parser`` (this module's command, or ``hntumorseg-train click-model``)."""
     parser.add_argument("--out", required=True, type=Path, help="model path without suffix, e.g. models/NAME")
     parser.add_argument("--data", required=True, type=Path,
                         help="folder of the samples (one s{SEED}.npz per phantom; drawn where missing)")

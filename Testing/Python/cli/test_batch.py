@@ -606,6 +606,8 @@ def test_a_ct_and_a_pet_filed_as_two_studies_of_one_patient_and_day_are_one_case
 def test_empty_and_junk_folders_get_a_failed_row_saying_what_is_wrong(tmp_path, capsys):
     """A patient folder that gave no case (empty, notes only, images one level down) had no row: the summary did
     not account for every folder of the input."""
+    from HNTumorSegLib.cli.batch import _safe
+
     root = tmp_path / "in"
     (root / "empty").mkdir(parents=True)
     (root / "junk").mkdir()
@@ -615,13 +617,16 @@ def test_empty_and_junk_folders_get_a_failed_row_saying_what_is_wrong(tmp_path, 
     (root / "nested" / "old" / "CT.nii.gz").write_bytes(b"not read")
     (root / "masks").mkdir()  # a folder reported before (an image that is no CT or PET)
     (root / "masks" / "mask.nii.gz").write_bytes(b"not read")
+    (root / "ct only").mkdir()  # a case without its PET: its row names its folder, not the input root
+    (root / "ct only" / "CT.nii.gz").write_bytes(b"not read")
     (root / ".hidden").mkdir()  # hidden folders are no patients
     out = tmp_path / "out"
     assert main(["batch", "--input", str(root), "--out", str(out), "--device", "cpu"]) == 1, capsys.readouterr().err
     summary = _summary(out / "summary.csv")
-    assert sorted(summary) == ["empty", "junk", "masks", "nested"]
+    assert sorted(summary) == sorted(_safe(name) for name in ("ct only", "empty", "junk", "masks", "nested"))
     assert {row["status"] for row in summary.values()} == {FAILED}
-    assert all(summary[name]["input"] == str(root / name) for name in ("empty", "junk", "nested"))
+    assert all(summary[_safe(name)]["input"] == str(root / name)
+               for name in ("empty", "junk", "nested", "masks", "ct only"))
     assert summary["empty"]["message"] == f"{root / 'empty'}: empty folder: no CT and PET images in it"
     assert summary["junk"]["message"].startswith(f"{root / 'junk'}: no image or DICOM file in it "
                                                  "(2 other file(s): notes.txt, scan.zip)")

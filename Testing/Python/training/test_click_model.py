@@ -211,6 +211,15 @@ def test_command_mistakes_are_one_line(tmp_path: Path, capsys, change: dict, mes
     assert not (tmp_path / "d").exists()  # refused before anything was drawn
 
 
+def test_hntumorseg_train_has_the_command(tmp_path: Path, capsys):
+    from HNTumorSegTraining.cli import main as train_main
+
+    assert train_main(["click-model", "--out", str(tmp_path / "m"), "--data", str(tmp_path / "d"), "--seeds",
+                       "940000:940005", "--val-seeds", "940004:940006", "--budget-s", "10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "share 1 phantoms" in err and not (tmp_path / "d").exists()
+
+
 @pytest.mark.parametrize("option, value", [("--seeds", "5:3"), ("--seeds", "x"), ("--budget-s", "0"),
                                            ("--budget-s", "nan"), ("--workers", "0")])
 def test_command_refuses_bad_values(tmp_path: Path, capsys, option: str, value: str):
