@@ -22,7 +22,7 @@ from HNTumorSegLib.imaging.components import lesion_ids
 from HNTumorSegLib.imaging.geometry import Geometry
 from HNTumorSegLib.network import build_network
 from HNTumorSegLib.pipeline.model_file import save_model
-from HNTumorSegTraining.click_model import (NETWORK, SHARE_STEPS, Samples, as_mask, draw_phantom, export,
+from HNTumorSegTraining.click_model import (NETWORK, SHARE_STEPS, Samples, as_mask, at_1mm, draw_phantom, export,
                                             lesion_loss, load_samples, main, make_samples, model_metadata,
                                             node_samples, sample_path, target_crop, threshold_region, train)
 
@@ -102,6 +102,16 @@ def test_the_target_is_the_lesion_share_of_each_crop_voxel():
     assert 0.0 < along_z.min(initial=1.0, where=along_z > 0) < 1.0  # 3 mm slices on 2 mm voxels: parts
 
 
+def test_at_1mm_reads_a_crop_linearly_at_twice_its_resolution():
+    crop = np.zeros((CROP_VOXELS,) * 3, np.float32)
+    crop[20:28, 20:28, 20:28] = 1.0
+    crop[20:28, 20:28, 28] = 0.5  # half a voxel more along x: at 1 mm, one more voxel of the two
+    fine = at_1mm(crop)
+    assert fine.shape == (2 * CROP_VOXELS,) * 3
+    assert fine[48, 48, 40:57].all() and not fine[48, 48, 57:].any() and not fine[48, 48, :40].any()
+    assert 16 ** 3 < np.count_nonzero(fine) < 16 * 16 * 17  # (its rim of the half voxel reads below 1/2)
+
+
 def test_the_loss_takes_shares_and_is_least_at_them():
     target = torch.tensor([0.0, 0.25, 0.75, 1.0]).reshape(1, 1, 1, 4).expand(1, 2, 2, 4)
     def loss_at(p: torch.Tensor) -> float:
@@ -138,6 +148,7 @@ def test_train_export_and_load(folder: Path, tmp_path: Path):
     assert meta["trained_on"]["samples"] == 9 and meta["trained_on"]["steps"] == 2
     assert meta["metrics"]["val_dice"] == result.val_dice["all"]
     assert meta["metrics"]["val_dice_threshold_41"] == result.val_dice_threshold_41["all"]
+    assert meta["metrics"]["val_dice_1mm"] == result.val_dice_1mm["all"] == result.history[-1]["val_dice_1mm"]["all"]
 
     model = ClickModel(json_path)
     case = draw_phantom(VAL_SEED, np.random.default_rng(VAL_SEED), CT_MATRIX)
