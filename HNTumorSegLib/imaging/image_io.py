@@ -18,7 +18,7 @@ import json
 import os
 import re
 import secrets
-import tempfile
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -241,14 +241,31 @@ def new_temporary_file(folder: Path, prefix: str, suffix: str, names: list[Path]
     in between left a 0-byte hidden file beside the output. A name that turns out to be taken is dropped from
     ``names`` (that file is another writer's).
     """
+    return _new_temporary(folder, prefix, suffix, names, _create_file)
+
+
+def new_temporary_folder(folder: Path, prefix: str, names: list[Path]) -> Path:
+    """Create an empty folder ``folder/PREFIX + 8 random characters`` (mode 0700) and return its path, named in
+    ``names`` before it is created, as :func:`new_temporary_file` (``tempfile.TemporaryDirectory`` left an empty
+    hidden folder beside the output when Ctrl-C landed as it was created)."""
+    _new_temporary(folder, prefix, "", names, _create_folder)
+    return names[-1]
+
+
+def _new_temporary(folder: Path, prefix: str, suffix: str, names: list[Path], create):
     for _ in range(100):
         path = Path(folder) / f"{prefix}{secrets.token_hex(4)}{suffix}"
         names.append(path)
         try:
-            return _create_file(path)
+            return create(path)
         except FileExistsError:
             names.pop()
-    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(folder))
+    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(folder))
+
+
+def _create_folder(path: Path) -> None:
+    """Create the folder ``path``, which must not exist yet, readable by its owner only (as mkdtemp)."""
+    os.mkdir(path, 0o700)
 
 
 def _create_file(path: Path) -> int:
@@ -413,16 +430,21 @@ def _write_detached(image: sitk.Image, path: Path, suffix: str, compress: bool) 
 
 def _write_detached_files(image: sitk.Image, path: Path, suffix: str, compress: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=temporary_prefix(path.name), dir=path.parent) as tmp:
-        header = Path(tmp) / (path.name[: -len(suffix)] + suffix)
+    names: list[Path] = []
+    try:
+        tmp = new_temporary_folder(path.parent, temporary_prefix(path.name), names)
+        header = tmp / (path.name[: -len(suffix)] + suffix)
         _sitk_write(image, header, path, compress)
-        written = sorted(Path(tmp).iterdir(), key=lambda f: f == header)  # the header last
+        written = sorted(tmp.iterdir(), key=lambda f: f == header)  # the header last
         for f in written:
             os.chmod(f, new_file_mode())
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         for f in written:
             os.replace(f, path if f == header else path.parent / f.name)
+    finally:
+        for folder in names:
+            shutil.rmtree(folder, ignore_errors=True)
     return path
 
 

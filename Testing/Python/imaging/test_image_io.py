@@ -174,6 +174,26 @@ def test_a_failed_write_names_the_output_not_its_temporary_file(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary file left behind
 
 
+def test_ctrl_c_as_a_detached_header_s_temporary_folder_is_created_leaves_nothing(tmp_path, monkeypatch):
+    """``seg.mhd`` is written in a temporary folder beside it: with TemporaryDirectory its name was known only once
+    it existed, and Ctrl-C in between left an empty hidden folder in the user's output folder."""
+    from HNTumorSegLib.imaging import image_io
+
+    real_create_folder = image_io._create_folder
+
+    def interrupted(path):
+        real_create_folder(path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(image_io, "_create_folder", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        image_io.write_image(sitk.Image([4, 4, 4], sitk.sitkUInt8), tmp_path / "seg.mhd")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(image_io, "_create_folder", real_create_folder)
+    image_io.write_image(sitk.Image([4, 4, 4], sitk.sitkUInt8), tmp_path / "seg.mhd")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.mhd", "seg.zraw"]
+
+
 def test_an_output_name_of_the_longest_length_a_file_system_allows_is_written(tmp_path):
     """The temporary name (.NAME.RANDOM + suffix) is longer than NAME: for a valid 250-character output name it
     was too long, and the write failed after the whole run. Its leftovers are still found and removed."""
