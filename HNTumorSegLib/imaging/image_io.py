@@ -248,8 +248,7 @@ def new_temporary_folder(folder: Path, prefix: str, names: list[Path]) -> Path:
     """Create an empty folder ``folder/PREFIX + 8 random characters`` (mode 0700) and return its path, named in
     ``names`` before it is created, as :func:`new_temporary_file` (``tempfile.TemporaryDirectory`` left an empty
     hidden folder beside the output when Ctrl-C landed as it was created)."""
-    _new_temporary(folder, prefix, "", names, _create_folder)
-    return names[-1]
+    return _new_temporary(folder, prefix, "", names, _create_folder)
 
 
 def _new_temporary(folder: Path, prefix: str, suffix: str, names: list[Path], create):
@@ -263,9 +262,10 @@ def _new_temporary(folder: Path, prefix: str, suffix: str, names: list[Path], cr
     raise FileExistsError(errno.EEXIST, "no unused temporary name", str(folder))
 
 
-def _create_folder(path: Path) -> None:
+def _create_folder(path: Path) -> Path:
     """Create the folder ``path``, which must not exist yet, readable by its owner only (as mkdtemp)."""
     os.mkdir(path, 0o700)
+    return path
 
 
 def _create_file(path: Path) -> int:

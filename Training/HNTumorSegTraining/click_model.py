@@ -142,6 +142,11 @@ def as_mask(share: np.ndarray) -> np.ndarray:
     return np.asarray(share) >= SHARE_STEPS / 2
 
 
+def as_share(share: np.ndarray) -> np.ndarray:
+    """Shares (1/:data:`SHARE_STEPS` steps) as float32 fractions in [0, 1]."""
+    return np.asarray(share).astype(np.float32) / SHARE_STEPS
+
+
 def click_voxels(inside: np.ndarray, suv: np.ndarray, depth: np.ndarray,
                  rng: np.random.Generator) -> list[tuple[str, tuple[int, ...]]]:
     """The clicks on one lesion (indices into its box): its SUVmax voxel, its deepest voxel and, where it has
@@ -380,7 +385,7 @@ def training_batch(samples: Samples, rng: np.random.Generator, batch: int) -> tu
     index = rng.integers(len(samples), size=batch)
     scale = rng.uniform(*PET_SCALE, (batch, 1, 1, 1)).astype(np.float32)
     x = network_inputs(samples.ct[index], samples.pet[index].astype(np.float32) * scale)
-    y = samples.target[index].astype(np.float32) / SHARE_STEPS
+    y = as_share(samples.target[index])
     for axis in (1, 2, 3):
         if rng.uniform() < 0.5:
             x, y = np.flip(x, axis + 1), np.flip(y, axis)
@@ -411,10 +416,9 @@ def network_dice(network: nn.Module, samples: Samples) -> tuple[dict[str, float]
     """Mean per-sample Dice of the network's lesion against the target, over all and per kind: on the crop's
     2 mm voxels (probability and share >= 1/2) and at 1 mm (:func:`at_1mm` of both), where what the shares
     teach shows: the edge of a node within a 2 mm voxel."""
-    probability = predict(network, samples)
-    share = [t.astype(np.float32) / SHARE_STEPS for t in samples.target]
-    return (by_kind([dice(p >= 0.5, as_mask(t)) for p, t in zip(probability, samples.target)], samples.kind),
-            by_kind([dice(at_1mm(p), at_1mm(t)) for p, t in zip(probability, share)], samples.kind))
+    pairs = list(zip(predict(network, samples), samples.target))
+    return (by_kind([dice(p >= 0.5, as_mask(t)) for p, t in pairs], samples.kind),
+            by_kind([dice(at_1mm(p), at_1mm(as_share(t))) for p, t in pairs], samples.kind))
 
 
 def _as_samples(data: Samples | str | os.PathLike) -> Samples:
