@@ -34,8 +34,12 @@ class CaseInputs:
     warnings: list = field(default_factory=list)  # one line each: what could not be checked
 
     def report(self) -> dict:
-        """What the JSON report and provenance.json record about the inputs."""
-        out: dict = {}
+        """What the JSON report and provenance.json record about the inputs: the CT's digest
+        (:func:`~HNTumorSegLib.imaging.label_checks.ct_digest`: ``edit`` ties a label map to its CT by it), the
+        DICOM series read and the SUV conversion."""
+        from HNTumorSegLib.imaging.label_checks import ct_digest
+
+        out: dict = {"ct_digest": ct_digest(self.ct)}
         if self.series:
             out["input_series"] = self.series
         if self.suv is not None:

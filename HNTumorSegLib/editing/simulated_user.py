@@ -46,6 +46,11 @@ REDRAW_BELOW = 0.9
 #: A missed part of a touched reference lesion gets its own add click when it is at least this thick
 #: (the largest distance, mm, from its inside to its edge): thinner misses are a boundary, for redraw.
 MISSED_PART_MM = 3.0
+#: Where a click on a lesion goes: its SUVmax voxel ("peak", where a PET reader looks first), or its centre, the
+#: voxel farthest from its edge ("centre", autoPET IV's simulated clicks). A missed part is clicked at its centre
+#: either way. Why both: a lesion's SUVmax voxel can be its hot neighbour's spill (a weak node beside a hot one,
+#: the weak one of matted nodes), where a click asks for the neighbour; a reader clicks such a lesion inside.
+CLICK_PLACES = ("peak", "centre")
 
 
 @dataclass(frozen=True)
@@ -63,15 +68,29 @@ def _hottest(mask: np.ndarray, suv: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(v) for v in np.unravel_index(np.argmax(np.where(mask, suv, -np.inf)), mask.shape))
 
 
+def _in_box(mask: np.ndarray, spacing_zyx) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """``mask``'s bounding box (a whole CT grid takes far longer), the depth (mm) of each voxel of it from the
+    mask's edge, and the box's start (z, y, x)."""
+    present = np.nonzero(mask)
+    start = [int(a.min()) for a in present]
+    box = mask[tuple(slice(s, int(a.max()) + 1) for s, a in zip(start, present))]
+    return box, distance_to(~np.pad(box, 1), spacing_zyx)[1:-1, 1:-1, 1:-1], start
+
+
+def _deepest(mask: np.ndarray, spacing_zyx) -> tuple[int, int, int]:
+    """(z, y, x) of the voxel of ``mask`` farthest from its edge: its centre, where autoPET IV's simulated
+    clicks go (the argmax of the lesion's Euclidean distance transform)."""
+    box, depth, start = _in_box(mask, spacing_zyx)
+    deepest = np.unravel_index(np.argmax(np.where(box, depth, -np.inf)), box.shape)
+    return tuple(int(v) + s for v, s in zip(deepest, start))
+
+
 def _missed_parts(missed: np.ndarray, spacing_zyx) -> list[tuple[tuple[int, int, int], int]]:
     """(deepest voxel, voxels) of each 26-connected blob of ``missed`` at least :data:`MISSED_PART_MM` thick."""
-    present = np.nonzero(missed)
-    if present[0].size == 0:
+    if not np.any(missed):
         return []
-    start = [int(a.min()) for a in present]  # the blobs' bounding box: a whole CT grid takes far longer
-    box = missed[tuple(slice(s, int(a.max()) + 1) for s, a in zip(start, present))]
+    box, depth, start = _in_box(missed, spacing_zyx)
     ids, n = lesion_ids(box)
-    depth = distance_to(~np.pad(box, 1), spacing_zyx)[1:-1, 1:-1, 1:-1]  # from inside a blob to its edge
     parts = []
     for k in range(1, n + 1):
         blob = ids == k
@@ -81,13 +100,20 @@ def _missed_parts(missed: np.ndarray, spacing_zyx) -> list[tuple[tuple[int, int,
     return parts
 
 
-def candidate_clicks(prediction: sitk.Image, reference: sitk.Image, pet: sitk.Image) -> list[Click]:
-    """Every error one click fixes, worst (most voxels at stake) first."""
+def candidate_clicks(prediction: sitk.Image, reference: sitk.Image, pet: sitk.Image,
+                     at: str = "peak") -> list[Click]:
+    """Every error one click fixes, worst (most voxels at stake) first; ``at`` (:data:`CLICK_PLACES`): where a
+    click on a lesion goes."""
+    if at not in CLICK_PLACES:
+        raise ValueError(f"click place {at!r}: expected one of {', '.join(CLICK_PLACES)}")
     pred = sitk.GetArrayViewFromImage(prediction)
     ref = sitk.GetArrayViewFromImage(reference)
     suv = values_in_box(pet, Geometry.of(prediction))
     spacing_zyx = prediction.GetSpacing()[::-1]
     clicks = []
+
+    def on(mask: np.ndarray) -> tuple[int, int, int]:
+        return _hottest(mask, suv) if at == "peak" else _deepest(mask, spacing_zyx)
     added: set[tuple[int, int, int]] = set()  # missed parts already clicked (a reference lesion two predicted ones touch)
 
     def point(index_zyx) -> tuple[float, float, float]:
@@ -101,9 +127,9 @@ def candidate_clicks(prediction: sitk.Image, reference: sitk.Image, pet: sitk.Im
             lesion = ids == k
             same, wrong = int(np.count_nonzero(lesion & (ref == value))), int(np.count_nonzero(lesion & (ref == other)))
             if same == 0 and wrong == 0:
-                clicks.append(Click("remove", point(_hottest(lesion, suv)), name, int(lesion.sum())))
+                clicks.append(Click("remove", point(on(lesion)), name, int(lesion.sum())))
             elif wrong > same:
-                clicks.append(Click("relabel", point(_hottest(lesion, suv)), name, wrong))
+                clicks.append(Click("relabel", point(on(lesion)), name, wrong))
             else:
                 touched = np.isin(ref_ids, np.unique(ref_ids[lesion & (ref_ids > 0)]))
                 agreement = 2 * same / (int(lesion.sum()) + int(touched.sum()))
@@ -113,11 +139,11 @@ def candidate_clicks(prediction: sitk.Image, reference: sitk.Image, pet: sitk.Im
                         clicks.append(Click("add", point(deepest), name, voxels))
                 if agreement < REDRAW_BELOW:
                     disagreement = int(np.count_nonzero(lesion ^ touched))
-                    clicks.append(Click("redraw", point(_hottest(lesion & touched, suv)), name, disagreement))
+                    clicks.append(Click("redraw", point(on(lesion & touched)), name, disagreement))
         for k in range(1, int(ref_ids.max()) + 1):
             lesion = ref_ids == k
             if not np.any(lesion & (pred > 0)):
-                clicks.append(Click("add", point(_hottest(lesion, suv)), name, int(lesion.sum())))
+                clicks.append(Click("add", point(on(lesion)), name, int(lesion.sum())))
     return sorted(clicks, key=lambda c: -c.voxels_at_stake)
 
 

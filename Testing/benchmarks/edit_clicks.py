@@ -5,14 +5,16 @@ trained on and the endemic style it was not), the model segments each case, then
 editor (HNTumorSegLib.editing.simulated_user) clicks the worst remaining error, one click at a
 time: add a missed lesion at its SUVmax voxel or a missed part of a found one at its centre, remove a
 false positive, relabel a mislabelled lesion, redraw a badly drawn one from the PET, with the same
-functions as ``hntumorseg edit`` and the module's buttons. A click that cannot act (e.g. nothing above the threshold to add) still
+functions as ``hntumorseg edit`` and the module's buttons. ``--click-at centre`` clicks each lesion at
+its centre (the voxel farthest from its edge: autoPET IV's simulated clicks) instead of its SUVmax
+voxel: how much the result depends on where a reader clicks. A click that cannot act (e.g. nothing above the threshold to add) still
 counts as a click; an add or a redraw that makes its structure worse is undone by the next click
 (the user sees it), which counts too. Printed: per-case
 mean Dice of GTVp and GTVn (both empty = 1), GTVn F1agg (HECKTOR's lesion detection) and the cases
 with both Dice >= 0.90, after 0, 1, 2, 3 and 5 clicks; written: the figures as JSON and their curve.
 Target: mean Dice >= 0.90 for both structures after at most 3 clicks per case. Run:
 
-    python Testing/benchmarks/edit_clicks.py [--cases 12] [--out edit_clicks/]
+    python Testing/benchmarks/edit_clicks.py [--cases 12] [--click-at peak|centre] [--out edit_clicks/]
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from HNTumorSegLib.editing.clicks import METHODS
-from HNTumorSegLib.editing.simulated_user import apply_click, candidate_clicks
+from HNTumorSegLib.editing.simulated_user import CLICK_PLACES, apply_click, candidate_clicks
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.evaluation.metrics import dice, match_lesions
 from HNTumorSegLib.phantom import make_phantom
@@ -46,7 +48,8 @@ def scores(label: sitk.Image, truth: sitk.Image) -> dict:
     return {"GTVp": dice(pred, ref, 1), "GTVn": dice(pred, ref, 2), "tp": tp, "fp": fp, "fn": fn}
 
 
-def run_case(segmenter: Segmenter, seed: int, style: str, max_clicks: int, method: str = "auto") -> dict:
+def run_case(segmenter: Segmenter, seed: int, style: str, max_clicks: int, method: str = "auto",
+             at: str = "peak") -> dict:
     case = make_phantom(seed, "head_upper", style=style)
     label = segmenter.segment(case.ct, case.pet).label
     trail = [scores(label, case.label)]
@@ -59,7 +62,7 @@ def run_case(segmenter: Segmenter, seed: int, style: str, max_clicks: int, metho
             actions.append("undo")
             trail.append(scores(label, case.label))
             continue
-        candidates = [c for c in candidate_clicks(label, case.label, case.pet) if (c.action, c.point_mm) not in tried]
+        candidates = [c for c in candidate_clicks(label, case.label, case.pet, at) if (c.action, c.point_mm) not in tried]
         if not candidates:
             trail.append(trail[-1])
             actions.append("none left")
@@ -117,6 +120,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--method", choices=METHODS, default="auto",
                         help="how adds and redraws draw (auto: the click model for nodes, the threshold otherwise)")
+    parser.add_argument("--click-at", choices=CLICK_PLACES, default="peak",
+                        help="where the simulated editor clicks a lesion: its SUVmax voxel or its centre")
     parser.add_argument("--out", type=Path, default=Path("edit_clicks"), help="folder for the JSON and the curve")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +130,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for i in range(args.cases):
         style = STYLES[i % len(STYLES)]
-        cases.append(run_case(segmenter, FIRST_SEED + i, style, max(REPORTED), args.method))
+        cases.append(run_case(segmenter, FIRST_SEED + i, style, max(REPORTED), args.method, args.click_at))
         trail = cases[-1]["after_clicks"]
         print(f"{cases[-1]['case']} ({style}): Dice GTVp/GTVn {trail[0]['GTVp']:.2f}/{trail[0]['GTVn']:.2f} -> "
               f"{trail[3]['GTVp']:.2f}/{trail[3]['GTVn']:.2f} after 3 clicks ({', '.join(cases[-1]['clicks'][:3])})",
@@ -141,7 +146,8 @@ def main() -> None:
         for r in rows:
             print(f"| {r['clicks']} | {r['dice_GTVp']:.3f} | {r['dice_GTVn']:.3f} | {r['f1agg']:.3f} | "
                   f"{r['cases_both_0.90']} of {n} |")
-    (args.out / "edit_clicks.json").write_text(json.dumps({"summaries": summaries, "cases": cases}, indent=1))
+    (args.out / "edit_clicks.json").write_text(json.dumps({"click_at": args.click_at, "method": args.method,
+                                                        "summaries": summaries, "cases": cases}, indent=1))
     plot(summaries, args.out / "edit_clicks.png")
     print(f"\n{len(cases)} cases in {time.perf_counter() - t0:.0f} s; wrote {args.out / 'edit_clicks.json'} "
           f"and {args.out / 'edit_clicks.png'}")

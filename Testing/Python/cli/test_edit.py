@@ -317,3 +317,28 @@ def test_method_chooses_how_a_node_is_drawn_and_the_report_says_which(files, cap
         assert code == 0, capsys.readouterr().err
         assert said in capsys.readouterr().out
         assert json.loads(out.with_name("edited.json").read_text())["settings"]["method"] == (method or "auto")
+
+
+def test_a_label_map_of_another_ct_on_the_same_grid_is_refused_by_its_report(files, capsys):
+    """The grid check passes a label map of another case on the same grid (cases resampled to one grid), and
+    the clicks then drew from the wrong patient's PET. The report beside a label map records its CT's digest;
+    the same CT saved in another format is still the same CT."""
+    code, edited = run(files, "--remove", point(FALSE))
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(edited.with_name("edited.json").read_text())["ct_digest"].startswith("sha256:")
+    other = sitk.GetArrayFromImage(sitk.ReadImage(str(files["ct"])))
+    other[:, 30:50, 20:60] = 300  # another patient's anatomy, the same grid
+    other_ct = files["ct"].with_name("other_ct.nii.gz")
+    sitk.WriteImage(image(other), str(other_ct))
+    resaved = files["ct"].with_name("ct_again.nrrd")  # the same CT as float NRRD
+    sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(files["ct"])), sitk.sitkFloat32), str(resaved))
+    again = {**files, "labels": edited}
+    code, out = run({**again, "ct": other_ct}, "--add", point(MISSED) + ":GTVn", out=edited.with_name("twice.nii.gz"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists() and len(err.splitlines()) == 1
+    assert f"{edited}: drawn on another CT than {other_ct}" in err and "edited.json" in err and str(files["ct"]) in err
+    code, out = run({**again, "ct": resaved}, "--add", point(MISSED) + ":GTVn", out=edited.with_name("twice.nii.gz"))
+    assert code == 0 and out.exists(), capsys.readouterr().err
+    (edited.with_name("edited.json")).unlink()  # no report: nothing to compare, as before reports held the digest
+    code, _ = run({**again, "ct": other_ct}, "--remove", point(NODE), out=edited.with_name("thrice.nii.gz"))
+    assert code == 0, capsys.readouterr().err

@@ -21,6 +21,7 @@ from HNTumorSegLib.pipeline import inference
 from HNTumorSegLib.cli import main
 from HNTumorSegLib.errors import InputError, ModelFileError
 from HNTumorSegLib.imaging.geometry import Geometry
+from HNTumorSegLib.imaging.label_checks import ct_digest
 from HNTumorSegLib.pipeline.inference import Segmenter, resolve_device
 from HNTumorSegLib.evaluation.metrics import structure_statistics
 
@@ -50,6 +51,7 @@ def test_segment_writes_label_on_ct_grid_and_report(tiny_files, small_model, tmp
         assert stage in report["timings_s"]
     assert report["provenance"]["crop"]["x2"] - report["provenance"]["crop"]["x1"] == 256
     assert report["inputs"] == {"ct": str(Path(tiny_files["ct"]).resolve()), "pet": str(Path(tiny_files["pet"]).resolve())}
+    assert report["ct_digest"] == ct_digest(sitk.ReadImage(str(tiny_files["ct"])))  # ties the label map to its CT
     assert sorted(p.name for p in out.parent.iterdir()) == ["seg.json", "seg.nii.gz"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from HNTumorSegLib.editing.simulated_user import apply_click, candidate_clicks
@@ -72,3 +73,32 @@ def test_the_missed_one_of_matted_nodes_gets_an_add_click_at_its_centre_before_a
     before = dice(sitk.GetArrayFromImage(label) == 2, truth == 2)
     after = dice(sitk.GetArrayFromImage(apply_click(label, pet, clicks[0]).label) == 2, truth == 2)
     assert before < 0.6 < 0.85 < after
+
+
+def test_clicks_at_centres_go_where_autopet_places_them_not_to_a_hot_neighbours_spill():
+    """A weak node beside a hot one: the weak node's SUVmax voxel is its edge by the hot node (the hot node's
+    spill), where a click asks for the hot node. ``at="centre"`` clicks it at the voxel farthest from its edge (the
+    argmax of its distance transform, as autoPET IV's simulated clicks), and that add draws the weak node."""
+    hot, weak = (20, 50, 40), (20, 50, 56)  # radius 6 and 8: 2 mm apart, separate lesions
+    pet = np.full(SHAPE, 1.0, np.float32)
+    pet[sphere(weak, 8)] = 3.0
+    pet[sphere(hot, 6)] = 20.0
+    pet_image = sitk.SmoothingRecursiveGaussian(image(pet), 3.0)  # a 7 mm FWHM scanner
+    truth = ((sphere(hot, 6) | sphere(weak, 8)) * 2).astype(np.uint8)
+    label = image((sphere(hot, 6) * 2).astype(np.uint8))  # the weak node missed
+
+    def add_click(at):
+        clicks = candidate_clicks(label, image(truth), pet_image, at=at)
+        assert [(c.action, c.structure) for c in clicks] == [("add", "GTVn")]
+        return clicks[0], np.array(label.TransformPhysicalPointToIndex(clicks[0].point_mm)[::-1])
+
+    peak, at_peak = add_click("peak")
+    centre, at_centre = add_click("centre")
+    assert at_peak[2] <= weak[2] - 6  # the weak node's edge by the hot one
+    assert np.abs(at_centre - np.array(weak)).max() <= 1
+    assert centre.voxels_at_stake == peak.voxels_at_stake == np.count_nonzero(sphere(weak, 8))
+    drawn = {at: dice((sitk.GetArrayFromImage(apply_click(label, pet_image, click).label) == 2) & ~sphere(hot, 6),
+                      sphere(weak, 8)) for at, click in (("peak", peak), ("centre", centre))}
+    assert drawn["peak"] < 0.2 < 0.4 < drawn["centre"]  # at the spill the add takes the hot node, drawn already
+    with pytest.raises(ValueError, match="click place"):
+        candidate_clicks(label, image(truth), pet_image, at="edge")
