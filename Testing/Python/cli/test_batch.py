@@ -17,7 +17,7 @@ import torch
 
 from HNTumorSegLib.cli.batch import (BATCH_STATE, DONE, ELSEWHERE, FAILED, LESION_COLUMNS, SKIPPED, BatchCase,
                                      BatchOptions, case_paths, find_batch_cases, parse_shard, process_case, run_batch,
-                                     _earlier_row, _row, run_batch_parallel, run_case, shard)
+                                     _earlier_row, _row, _safe, run_batch_parallel, run_case, shard)
 from HNTumorSegLib.cli import main
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.pipeline.inference import Segmentation, Segmenter
@@ -581,7 +581,6 @@ def test_a_dicom_case_whose_pet_changed_is_run_again_and_rows_name_the_folder(tm
 
 def test_a_folder_name_with_a_leading_dash_gives_a_case_id_without_one():
     """An output folder "-dash_01" is read as an option by shell tools (rm, ls, tar)."""
-    from HNTumorSegLib.cli.batch import _safe
 
     assert not _safe("-dash Müller 01").startswith("-") and _safe("-x") != _safe("x")
     assert _safe("CHUM-001") == "CHUM-001"
@@ -606,7 +605,6 @@ def test_a_ct_and_a_pet_filed_as_two_studies_of_one_patient_and_day_are_one_case
 def test_empty_and_junk_folders_get_a_failed_row_saying_what_is_wrong(tmp_path, capsys):
     """A patient folder that gave no case (empty, notes only, images one level down) had no row: the summary did
     not account for every folder of the input."""
-    from HNTumorSegLib.cli.batch import _safe
 
     root = tmp_path / "in"
     (root / "empty").mkdir(parents=True)
