@@ -111,13 +111,14 @@ def candidate_clicks(prediction: sitk.Image, reference: sitk.Image, pet: sitk.Im
     suv = values_in_box(pet, Geometry.of(prediction))
     spacing_zyx = prediction.GetSpacing()[::-1]
     clicks = []
-
-    def on(mask: np.ndarray) -> tuple[int, int, int]:
-        return _hottest(mask, suv) if at == "peak" else _deepest(mask, spacing_zyx)
     added: set[tuple[int, int, int]] = set()  # missed parts already clicked (a reference lesion two predicted ones touch)
 
     def point(index_zyx) -> tuple[float, float, float]:
         return tuple(float(v) for v in prediction.TransformIndexToPhysicalPoint(tuple(int(i) for i in index_zyx[::-1])))
+
+    def on(mask: np.ndarray) -> tuple[int, int, int]:
+        """Where a click on ``mask`` goes (``at``)."""
+        return _hottest(mask, suv) if at == "peak" else _deepest(mask, spacing_zyx)
 
     for value, name in LABELS.items():
         other = next(v for v in LABELS if v != value)
