@@ -15,7 +15,8 @@ from HNTumorSegLib.cli.guard import run_guarded
 from HNTumorSegLib.cli.edit import add_parser as add_edit_parser, join_click_values
 from HNTumorSegLib.cli.case_inputs import dicom_input_options, print_measurements, read_dicom_aware_inputs
 from HNTumorSegLib.cli.output_paths import model_inputs, refuse_clashes, resolved_path
-from HNTumorSegLib.cli.segment_case import refuse_report_of_another, run_segmentation, sidecar_path, uncertainty_path
+from HNTumorSegLib.cli.segment_case import (labels_of_another_ct, refuse_report_of_another, run_segmentation,
+                                            sidecar_path, uncertainty_path)
 from HNTumorSegLib.errors import InputError
 
 #: Phantom seed of ``demo``: outside the seeds of the default training cohort (0..239, see
@@ -116,8 +117,11 @@ def cmd_rtstruct(args) -> int:
 
     refuse_clashes([("--out", args.out)], [("--ct", args.ct), ("--labels", args.labels)])
     check_dicom_ct(args.ct, "rtstruct")
-    _, ct_dicom = read_ct(args.ct, args.ct_series)
+    ct, ct_dicom = read_ct(args.ct, args.ct_series)
     label = read_image(args.labels, "label")
+    problem = labels_of_another_ct(args.labels, ct, args.ct)
+    if problem:
+        raise InputError(problem)
     summaries = write_rtstruct(label, ct_dicom, args.out, label_name=str(args.labels),
                                roi_generation=args.roi_generation, split_lesions=args.split_lesions)
     print(f"wrote {args.out} (CT series {ct_dicom.series.uid}): {summary_line(summaries)}")

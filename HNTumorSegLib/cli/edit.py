@@ -149,7 +149,7 @@ def cmd_edit(args) -> int:
     from HNTumorSegLib import __version__
     from HNTumorSegLib.cli.case_inputs import print_measurements, read_dicom_aware_inputs
     from HNTumorSegLib.cli.output_paths import refuse_clashes, refuse_unwritable, resolved_path
-    from HNTumorSegLib.cli.segment_case import refuse_report_of_another, sidecar_path
+    from HNTumorSegLib.cli.segment_case import labels_of_another_ct, refuse_report_of_another, sidecar_path
     from HNTumorSegLib.editing.clicks import DEFAULT_RADIUS_MM, edit_at
     from HNTumorSegLib.evaluation.lesions import measurements
     from HNTumorSegLib.imaging.image_io import read_image, write_image, write_json
@@ -201,34 +201,6 @@ def cmd_edit(args) -> int:
     print(f"wrote {args.out} and {report_path}")
     print_measurements(measured["structures"], measured["lesions"])
     return 0
-
-
-def labels_of_another_ct(labels: Path, ct: sitk.Image, ct_name) -> str | None:
-    """A message when the report beside ``labels`` (``SEG.json``, written by ``segment``, ``batch`` or ``edit``
-    with the label map) records the digest of another CT than ``ct``, else None (no report, a report of another
-    label map, or one written before reports held the digest: nothing to compare).
-
-    Why: the grid check passes a label map of another case on the same grid, and every click would then draw
-    from the wrong patient's PET. Compared by the CT's voxels, not its path: a CT moved, renamed or saved in
-    another format is the same CT."""
-    import json
-
-    from HNTumorSegLib.cli.segment_case import sidecar_path
-    from HNTumorSegLib.imaging.label_checks import ct_digest
-
-    report = sidecar_path(labels)
-    try:
-        recorded = json.loads(report.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(recorded, dict) or Path(str(recorded.get("output", ""))).name != Path(labels).name:
-        return None
-    digest = recorded.get("ct_digest")
-    if not isinstance(digest, str) or digest == ct_digest(ct):
-        return None
-    drawn_on = (recorded.get("inputs") or {}).get("ct") if isinstance(recorded.get("inputs"), dict) else None
-    return (f"{labels}: drawn on another CT than {ct_name} (same grid, other voxels: {report.name} records the CT "
-            f"it was made from{f', {drawn_on}' if drawn_on else ''}); give that case's CT and PET")
 
 
 def _check_settings(args) -> None:

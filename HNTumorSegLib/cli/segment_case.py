@@ -9,12 +9,16 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from HNTumorSegLib import LABELS, __version__
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.cli.output_paths import resolved_path
 from HNTumorSegLib.imaging.image_names import IMAGE_SUFFIXES, image_name_problem, image_suffix
 from HNTumorSegLib.pipeline.model_info import model_summary
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 def _split_image_name(out: Path) -> tuple[str, str]:
     suffix = image_suffix(out)
@@ -49,6 +53,34 @@ def refuse_report_of_another(out: Path) -> None:
     if other.name != out.name and other.is_file():
         raise InputError(f"{out}: its report {report.name} is the report of {other.name} beside it; "
                          f"give --out another name (e.g. {_split_image_name(out)[0]}_2{_split_image_name(out)[1]})")
+
+
+def labels_of_another_ct(labels: Path, ct: sitk.Image, ct_name) -> str | None:
+    """A message when the report beside ``labels`` (``SEG.json``, written by ``segment``, ``batch`` or ``edit``
+    with the label map) records the digest of another CT than ``ct``, else None (no report, a report of another
+    label map, or one written before reports held the digest: nothing to compare).
+
+    Why: the grid check passes a label map of another case on the same grid; ``edit`` then drew every click
+    from the wrong patient's PET, and ``rtstruct`` wrote one patient's contours into a structure set that
+    references another's CT. Compared by the CT's voxels, not its path: a CT moved, renamed or saved in
+    another format is the same CT."""
+    import json
+
+    from HNTumorSegLib.imaging.label_checks import ct_digest
+
+    report = sidecar_path(labels)
+    try:
+        recorded = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(recorded, dict) or Path(str(recorded.get("output", ""))).name != Path(labels).name:
+        return None
+    digest = recorded.get("ct_digest")
+    if not isinstance(digest, str) or digest == ct_digest(ct):
+        return None
+    drawn_on = (recorded.get("inputs") or {}).get("ct") if isinstance(recorded.get("inputs"), dict) else None
+    return (f"{labels}: drawn on another CT than {ct_name} (same grid, other voxels: {report.name} records the CT "
+            f"it was made from{f', {drawn_on}' if drawn_on else ''}); give the CT it was drawn on")
 
 
 def uncertainty_path(probabilities: Path) -> Path:

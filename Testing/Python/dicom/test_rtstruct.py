@@ -191,6 +191,31 @@ def test_label_on_another_grid_is_a_clear_error(study, tmp_path, capsys):
     assert not (tmp_path / "RS.dcm").exists()
 
 
+def test_a_label_map_whose_report_records_another_ct_is_refused(study, tmp_path, capsys):
+    """On a shared grid the grid check passed a label map of another case, and the structure set put one patient's
+    contours on another's CT. The report beside a label map records its CT's digest (segment, batch, edit)."""
+    import json
+
+    from HNTumorSegLib.imaging.label_checks import ct_digest
+
+    label = tmp_path / "seg.nii.gz"
+    shutil.copy(study["label_path"], label)
+    other = sitk.GetArrayFromImage(study["ct"].image)
+    other[:, 40:60, 40:60] += 200  # another patient's anatomy on the same grid
+    other_ct = sitk.GetImageFromArray(other)
+    other_ct.CopyInformation(study["ct"].image)
+    for digest, drawn_on, expected in ((ct_digest(other_ct), "/cases/B/ct", 2), (ct_digest(study["ct"].image), "", 0)):
+        (tmp_path / "seg.json").write_text(json.dumps({"output": str(label), "ct_digest": digest,
+                                                       "inputs": {"ct": drawn_on}}))
+        code = main(["rtstruct", "--ct", str(study["dicom"]), "--labels", str(label), "--out", str(tmp_path / "RS.dcm")])
+        err = capsys.readouterr().err
+        assert code == expected, err
+        assert (tmp_path / "RS.dcm").exists() == (expected == 0)
+        if expected:
+            assert f"{label}: drawn on another CT than {study['dicom']}" in err and "/cases/B/ct" in err
+            assert err.count("\n") == 1
+
+
 def test_rtstruct_with_a_nifti_ct_says_so_plainly(study, tmp_path, capsys):
     sitk.WriteImage(study["case"].ct, str(tmp_path / "ct.nii.gz"))
     code = main(["rtstruct", "--ct", str(tmp_path / "ct.nii.gz"), "--labels", str(study["label_path"]),
