@@ -8,6 +8,7 @@ meant, converts the PET to SUVbw and records what was read, so every command rep
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,13 +34,18 @@ class CaseInputs:
     seconds: float = 0.0      # time spent reading
     warnings: list = field(default_factory=list)  # one line each: what could not be checked
 
-    def report(self) -> dict:
-        """What the JSON report and provenance.json record about the inputs: the CT's digest
-        (:func:`~HNTumorSegLib.imaging.label_checks.ct_digest`: ``edit`` ties a label map to its CT by it), the
-        DICOM series read and the SUV conversion."""
+    @functools.cached_property
+    def ct_digest(self) -> str:
+        """:func:`~HNTumorSegLib.imaging.label_checks.ct_digest` of the CT, computed once (``edit`` compares it
+        with a label map's report, then records it)."""
         from HNTumorSegLib.imaging.label_checks import ct_digest
 
-        out: dict = {"ct_digest": ct_digest(self.ct)}
+        return ct_digest(self.ct)
+
+    def report(self) -> dict:
+        """What the JSON report and provenance.json record about the inputs: the CT's digest (``edit`` and
+        ``rtstruct`` tie a label map to its CT by it), the DICOM series read and the SUV conversion."""
+        out: dict = {"ct_digest": self.ct_digest}
         if self.series:
             out["input_series"] = self.series
         if self.suv is not None:

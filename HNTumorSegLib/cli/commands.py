@@ -113,13 +113,14 @@ def cmd_rtstruct(args) -> int:
     from HNTumorSegLib.cases.inputs import read_ct
     from HNTumorSegLib.dicom.exports import check_dicom_ct
     from HNTumorSegLib.imaging.image_io import read_image
+    from HNTumorSegLib.imaging.label_checks import ct_digest
     from HNTumorSegLib.dicom.rtstruct import summary_line, write_rtstruct
 
     refuse_clashes([("--out", args.out)], [("--ct", args.ct), ("--labels", args.labels)])
     check_dicom_ct(args.ct, "rtstruct")
     ct, ct_dicom = read_ct(args.ct, args.ct_series)
     label = read_image(args.labels, "label")
-    problem = labels_of_another_ct(args.labels, ct, args.ct)
+    problem = labels_of_another_ct(args.labels, ct_digest(ct), args.ct)
     if problem:
         raise InputError(problem)
     summaries = write_rtstruct(label, ct_dicom, args.out, label_name=str(args.labels),

@@ -170,7 +170,7 @@ def cmd_edit(args) -> int:
     check_pet_units(sitk.GetArrayViewFromImage(inputs.pet), str(args.pet))  # SUVs, TLG and thresholds need SUV
     label = read_image(args.labels, "label")
     problem = (label_values_problem(label, str(args.labels)) or label_grid_problem(label, inputs.ct, str(args.labels))
-               or labels_of_another_ct(args.labels, inputs.ct, args.ct))
+               or labels_of_another_ct(args.labels, inputs.ct_digest, args.ct))
     if problem:
         raise InputError(problem)
     label = sitk.Cast(label, sitk.sitkUInt8)  # values 0, 1, 2 (checked): a float label map comes out as labels

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from HNTumorSegLib import LABELS, __version__
 from HNTumorSegLib.errors import InputError
@@ -17,8 +16,6 @@ from HNTumorSegLib.cli.output_paths import resolved_path
 from HNTumorSegLib.imaging.image_names import IMAGE_SUFFIXES, image_name_problem, image_suffix
 from HNTumorSegLib.pipeline.model_info import model_summary
 
-if TYPE_CHECKING:
-    import SimpleITK as sitk
 
 def _split_image_name(out: Path) -> tuple[str, str]:
     suffix = image_suffix(out)
@@ -55,9 +52,10 @@ def refuse_report_of_another(out: Path) -> None:
                          f"give --out another name (e.g. {_split_image_name(out)[0]}_2{_split_image_name(out)[1]})")
 
 
-def labels_of_another_ct(labels: Path, ct: sitk.Image, ct_name) -> str | None:
+def labels_of_another_ct(labels: Path, digest: str, ct_name) -> str | None:
     """A message when the report beside ``labels`` (``SEG.json``, written by ``segment``, ``batch`` or ``edit``
-    with the label map) records the digest of another CT than ``ct``, else None (no report, a report of another
+    with the label map) records another digest than ``digest``, the given CT's
+    (:func:`~HNTumorSegLib.imaging.label_checks.ct_digest`), else None (no report, a report of another
     label map, or one written before reports held the digest: nothing to compare).
 
     Why: the grid check passes a label map of another case on the same grid; ``edit`` then drew every click
@@ -66,8 +64,6 @@ def labels_of_another_ct(labels: Path, ct: sitk.Image, ct_name) -> str | None:
     another format is the same CT."""
     import json
 
-    from HNTumorSegLib.imaging.label_checks import ct_digest
-
     report = sidecar_path(labels)
     try:
         recorded = json.loads(report.read_text(encoding="utf-8"))
@@ -75,10 +71,10 @@ def labels_of_another_ct(labels: Path, ct: sitk.Image, ct_name) -> str | None:
         return None
     if not isinstance(recorded, dict) or Path(str(recorded.get("output", ""))).name != Path(labels).name:
         return None
-    digest = recorded.get("ct_digest")
-    if not isinstance(digest, str) or digest == ct_digest(ct):
+    recorded_digest, inputs = recorded.get("ct_digest"), recorded.get("inputs")
+    if not isinstance(recorded_digest, str) or recorded_digest == digest:
         return None
-    drawn_on = (recorded.get("inputs") or {}).get("ct") if isinstance(recorded.get("inputs"), dict) else None
+    drawn_on = inputs.get("ct") if isinstance(inputs, dict) else None
     return (f"{labels}: drawn on another CT than {ct_name} (same grid, other voxels: {report.name} records the CT "
             f"it was made from{f', {drawn_on}' if drawn_on else ''}); give the CT it was drawn on")
 
