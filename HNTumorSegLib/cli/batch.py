@@ -695,14 +695,13 @@ def _earlier_report(case: BatchCase, options: BatchOptions) -> Optional[dict]:
     there, and the report was made with these settings (model, TTA, clean-up, nodes one by one, PET units; a
     report of an earlier version, which does not say, is taken as it is), from these inputs (their names, sizes
     and modification times: :meth:`BatchCase.input_fingerprint`)."""
+    from HNTumorSegLib.cli.segment_case import report_or_none
+
     paths = case_paths(options, case)
     if not paths["report"].exists() or not paths["label"].exists():
         return None
-    try:
-        report = json.loads(paths["report"].read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(report, dict):
+    report = report_or_none(paths["report"])
+    if report is None:
         return None
     recorded = report.get("batch_settings")
     if isinstance(recorded, dict) and not same_settings(recorded, options.settings()):

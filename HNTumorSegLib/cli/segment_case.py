@@ -32,18 +32,26 @@ def sidecar_path(out: Path) -> Path:
     return out.with_name(_split_image_name(out)[0] + ".json")
 
 
+def report_or_none(path: Path) -> dict | None:
+    """The JSON report at ``path``, or None where there is none, it cannot be read or it is not a JSON object:
+    whoever looks at an earlier report (the checks here, ``batch`` on resume) takes those alike as no report
+    of ours."""
+    import json
+
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
 def refuse_report_of_another(out: Path) -> None:
     """An InputError when ``out``'s report (:func:`sidecar_path`) is that of another label map still beside it:
     ``SEG.nrrd`` written next to ``SEG.nii.gz`` replaced ``SEG.json``, and ``SEG.nii.gz`` lost its report (model,
     provenance, measurements). Reports name their label map in ``output``; compared by name in the report's folder,
     as a relative path was typed from wherever the command ran."""
-    import json
-
     report = sidecar_path(out)
-    try:
-        written_for = json.loads(report.read_text(encoding="utf-8")).get("output")
-    except (OSError, ValueError, AttributeError):  # none there, or not a report of ours: nothing to keep
-        return
+    written_for = (report_or_none(report) or {}).get("output")  # none there, or not ours: nothing to keep
     if not isinstance(written_for, str) or not written_for:
         return
     other = report.with_name(Path(written_for).name)
@@ -62,14 +70,9 @@ def labels_of_another_ct(labels: Path, digest: str, ct_name) -> str | None:
     from the wrong patient's PET, and ``rtstruct`` wrote one patient's contours into a structure set that
     references another's CT. Compared by the CT's voxels, not its path: a CT moved, renamed or saved in
     another format is the same CT."""
-    import json
-
     report = sidecar_path(labels)
-    try:
-        recorded = json.loads(report.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(recorded, dict) or Path(str(recorded.get("output", ""))).name != Path(labels).name:
+    recorded = report_or_none(report)
+    if recorded is None or Path(str(recorded.get("output", ""))).name != Path(labels).name:
         return None
     recorded_digest, inputs = recorded.get("ct_digest"), recorded.get("inputs")
     if not isinstance(recorded_digest, str) or recorded_digest == digest:

@@ -35,7 +35,7 @@ import SimpleITK as sitk
 from HNTumorSegLib import LABELS
 from HNTumorSegLib.editing.clicks import Edit, edit_at
 from HNTumorSegLib.evaluation.metrics import values_in_box
-from HNTumorSegLib.imaging.components import MM_NOISE, distance_to, lesion_ids
+from HNTumorSegLib.imaging.components import MM_NOISE, depth_in_box, lesion_ids
 from HNTumorSegLib.imaging.geometry import Geometry
 
 
@@ -68,19 +68,10 @@ def _hottest(mask: np.ndarray, suv: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(v) for v in np.unravel_index(np.argmax(np.where(mask, suv, -np.inf)), mask.shape))
 
 
-def _in_box(mask: np.ndarray, spacing_zyx) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """``mask``'s bounding box (a whole CT grid takes far longer), the depth (mm) of each voxel of it from the
-    mask's edge, and the box's start (z, y, x)."""
-    present = np.nonzero(mask)
-    start = [int(a.min()) for a in present]
-    box = mask[tuple(slice(s, int(a.max()) + 1) for s, a in zip(start, present))]
-    return box, distance_to(~np.pad(box, 1), spacing_zyx)[1:-1, 1:-1, 1:-1], start
-
-
 def _deepest(mask: np.ndarray, spacing_zyx) -> tuple[int, int, int]:
     """(z, y, x) of the voxel of ``mask`` farthest from its edge: its centre, where autoPET IV's simulated
     clicks go (the argmax of the lesion's Euclidean distance transform)."""
-    box, depth, start = _in_box(mask, spacing_zyx)
+    box, depth, start = depth_in_box(mask, spacing_zyx)
     deepest = np.unravel_index(np.argmax(np.where(box, depth, -np.inf)), box.shape)
     return tuple(int(v) + s for v, s in zip(deepest, start))
 
@@ -89,7 +80,7 @@ def _missed_parts(missed: np.ndarray, spacing_zyx) -> list[tuple[tuple[int, int,
     """(deepest voxel, voxels) of each 26-connected blob of ``missed`` at least :data:`MISSED_PART_MM` thick."""
     if not np.any(missed):
         return []
-    box, depth, start = _in_box(missed, spacing_zyx)
+    box, depth, start = depth_in_box(missed, spacing_zyx)
     ids, n = lesion_ids(box)
     parts = []
     for k in range(1, n + 1):

@@ -33,3 +33,14 @@ def distance_to(mask: np.ndarray, spacing_zyx) -> np.ndarray:
     distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
                                             useImageSpacing=True, backgroundValue=0)
     return np.maximum(sitk.GetArrayFromImage(distance), 0.0)
+
+
+def depth_in_box(mask: np.ndarray, spacing_zyx) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """A non-empty ``mask``'s bounding box, the depth (mm) of each voxel of the box from the mask's edge (the
+    distance to the nearest voxel outside the mask; 0 outside it), and the box's start (z, y, x). On the box only:
+    a distance map of a whole CT grid takes far longer. The simulated editor's centre clicks and the click model's
+    training clicks find a lesion's deepest voxel by it."""
+    present = np.nonzero(mask)
+    start = [int(a.min()) for a in present]
+    box = np.asarray(mask)[tuple(slice(s, int(a.max()) + 1) for s, a in zip(start, present))]
+    return box, distance_to(~np.pad(box, 1), spacing_zyx)[1:-1, 1:-1, 1:-1], start

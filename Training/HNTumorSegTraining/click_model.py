@@ -62,7 +62,7 @@ from HNTumorSegLib.editing.click_model import (CLICK_MODEL_KEY, CONTRACT, CROP_V
 from HNTumorSegLib.editing.clicks import DEFAULT_FRACTION, DEFAULT_RADIUS_MM, avid_region
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.evaluation.metrics import values_in_box
-from HNTumorSegLib.imaging.components import MM_NOISE, distance_to, lesion_ids
+from HNTumorSegLib.imaging.components import MM_NOISE, depth_in_box, lesion_ids
 from HNTumorSegLib.imaging.geometry import Geometry
 from HNTumorSegLib.imaging.image_io import atomic_path, remove_temporaries
 from HNTumorSegLib.network import NetworkConfig, build_network
@@ -166,11 +166,10 @@ def lesion_samples(case: PhantomCase, lesion: np.ndarray, rng: np.random.Generat
     512 x 512 label grid took most of a phantom's time for a few hundred voxels used."""
     grid = Geometry.of(case.label)
     spacing_zyx = np.array(grid.spacing[::-1])
-    voxels = np.argwhere(lesion)
-    lo, hi = voxels.min(axis=0), voxels.max(axis=0) + 1
+    inside, depth, start = depth_in_box(lesion, spacing_zyx)  # depth: mm to the nearest voxel outside
+    lo = np.array(start)
+    hi = lo + inside.shape
     suv = values_in_box(case.pet, grid.subgrid(lo[::-1].tolist(), (hi - lo)[::-1].tolist()))
-    inside = lesion[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    depth = distance_to(~np.pad(inside, 1), spacing_zyx)[1:-1, 1:-1, 1:-1]  # mm to the nearest voxel outside
     target = _lesion_image(lesion, lo, hi, grid)
     samples = []
     for kind, index in click_voxels(inside, suv, depth, rng):
