@@ -141,6 +141,9 @@ def add_parser(sub) -> None:
     sp.add_argument("--method", choices=METHODS, default="auto",
                     help="--add/--redraw: how the lesion is drawn: auto (default: the bundled click model for GTVn, "
                          "the threshold for GTVp), threshold (--fraction, --radius-mm) or network (GTVn only)")
+    sp.add_argument("--click-model", type=Path, metavar="MODEL.json",
+                    help="--add/--redraw of nodes: draw with this click model (one trained with hntumorseg-train "
+                         "click-model) instead of the bundled one")
     sp.add_argument("--out", required=True, type=Path, help="corrected label map to write (may be --labels itself)")
     sp.set_defaults(func=cmd_edit, clicks=[])
 
@@ -160,6 +163,7 @@ def cmd_edit(args) -> int:
         raise InputError("nothing to do: give at least one --add, --remove, --relabel or --redraw")
     clicks = [(action, *parse_click(action, text)) for action, text in args.clicks]
     _check_settings(args)
+    click_model = _click_model_path(args)
     report_path = sidecar_path(args.out)
     refuse_clashes([("--out", args.out), ("the report of --out", report_path)],
                    [("--labels", args.labels), ("--ct", args.ct), ("--pet", args.pet)],
@@ -178,7 +182,7 @@ def cmd_edit(args) -> int:
     for number, (action, point, structure) in enumerate(clicks, 1):
         try:
             edit = edit_at(label, inputs.pet, action, point, structure, args.fraction, args.radius_mm, args.background,
-                           ct=inputs.ct, method=args.method)
+                           ct=inputs.ct, method=args.method, click_model=click_model)
         except InputError as exc:
             raise InputError(f"click {number} (--{action}): {exc}; nothing was written") from None
         label = edit.label
@@ -197,10 +201,28 @@ def cmd_edit(args) -> int:
                 "output": str(args.out), "edits": done,
                 "settings": {"fraction": args.fraction,
                              "radius_mm": DEFAULT_RADIUS_MM if args.radius_mm is None else args.radius_mm,
-                             "background_corrected": args.background, "method": args.method}, **measured, **inputs.report()}, report_path)
+                             "background_corrected": args.background, "method": args.method,
+                             "click_model": str(click_model) if click_model else "bundled"},
+                **measured, **inputs.report()}, report_path)
     print(f"wrote {args.out} and {report_path}")
     print_measurements(measured["structures"], measured["lesions"])
     return 0
+
+
+def _click_model_path(args) -> Path | None:
+    """--click-model resolved and loaded (checked) before any file is read: a file that is not a click model is
+    one line naming it, not a failure at the first node click after the inputs were read."""
+    if args.click_model is None:
+        return None
+    if args.method == "threshold":
+        raise InputError(f"--click-model {args.click_model} with --method threshold: the threshold draws every "
+                         "lesion, the click model would not be used; give one or the other")
+    from HNTumorSegLib.cli.output_paths import resolved_path
+    from HNTumorSegLib.editing.click_model import load_click_model
+
+    path = resolved_path(args.click_model)
+    load_click_model(str(path))
+    return path
 
 
 def _check_settings(args) -> None:

@@ -40,7 +40,9 @@ naming the point.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -251,9 +253,10 @@ class Drawn(NamedTuple):
 
 def draw_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], value: int, fraction: float,
                 radius_mm: float, background: bool, free: np.ndarray | None, ct: sitk.Image | None = None,
-                method: str = "auto") -> Drawn:
+                method: str = "auto", click_model: str | os.PathLike | None = None) -> Drawn:
     """The lesion of structure ``value`` at a click, drawn by the click model or by the threshold (``method``,
-    :data:`METHODS`); ``free`` as for :func:`avid_region`.
+    :data:`METHODS`); ``free`` as for :func:`avid_region`. ``click_model``: the click model file (its JSON) to
+    draw with, None for the bundled one (a researcher's own, trained with ``hntumorseg-train click-model``).
 
     Why the click model for nodes: drawn from their SUVmax voxel, 26 nodes of 12 unseen phantoms had a mean Dice
     of 0.74 by the threshold (0.79 with the best fraction chosen per node, knowing the reference) and higher by the
@@ -263,7 +266,7 @@ def draw_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], v
     """
     if method not in METHODS:
         raise InputError(f"unknown drawing method {method!r}: use {', '.join(METHODS)}")
-    model = _click_model_for(value, ct, method)
+    model = _click_model_for(value, ct, method, click_model)
     if model is None:
         drawn = avid_region(label, pet, point_mm, fraction, radius_mm, background, free=free)
         return Drawn(drawn.mask, _threshold_words(fraction, drawn, radius_mm))
@@ -272,8 +275,9 @@ def draw_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], v
     return Drawn(_network_region(model, label, ct, pet, point_mm, free), f"drawn by the click model {model.name}")
 
 
-def _click_model_for(value: int, ct: sitk.Image | None, method: str):
-    """The click model to draw ``value`` with, or None for the threshold (an InputError where "network" cannot)."""
+def _click_model_for(value: int, ct: sitk.Image | None, method: str, path: str | os.PathLike | None = None):
+    """The click model to draw ``value`` with (the file at ``path``, default the bundled one), or None for the
+    threshold (an InputError where "network" cannot)."""
     if method == "threshold":
         return None
     from HNTumorSegLib.editing.click_model import load_click_model
@@ -286,7 +290,7 @@ def _click_model_for(value: int, ct: sitk.Image | None, method: str):
         return refuse("it needs the CT")
     if importlib.util.find_spec("torch") is None:  # the Slicer module, before its first segmentation installs it
         return refuse("torch is not installed")
-    model = load_click_model()
+    model = load_click_model() if path is None else load_click_model(str(Path(path).resolve()))
     if model.structure != LABELS[value]:
         return refuse(f"it draws {model.structure}, not {LABELS[value]}")
     return model
@@ -343,7 +347,8 @@ def _threshold_words(fraction: float, drawn: AvidRegion, radius_mm: float) -> st
 
 def add_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], structure: str | int,
                fraction: float = DEFAULT_FRACTION, radius_mm: float | None = None,
-               background: bool = True, ct: sitk.Image | None = None, method: str = "auto") -> Edit:
+               background: bool = True, ct: sitk.Image | None = None, method: str = "auto",
+               click_model: str | os.PathLike | None = None) -> Edit:
     """Add the lesion at ``point_mm`` (:func:`draw_region`: the click model, or the PET-avid region of
     :func:`avid_region`) to ``structure``; other lesions stay. ``radius_mm`` None: the structure's default
     (:data:`DEFAULT_RADIUS_MM`)."""
@@ -359,7 +364,7 @@ def add_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], st
     # Away from every lesion: the uptake there, not that of a lesion beside it. On (or at) a lesion of this
     # structure: what of its PET-avid region is still uncontoured.
     free = array == 0 if at == 0 else None
-    drawn = draw_region(label, pet, point_mm, value, fraction, radius_mm, background, free, ct, method)
+    drawn = draw_region(label, pet, point_mm, value, fraction, radius_mm, background, free, ct, method, click_model)
     grow = drawn.mask & (array == 0)  # other lesions, of either structure, stay as they are
     voxels = int(grow.sum())
     if voxels == 0:
@@ -372,14 +377,16 @@ def add_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], st
 
 def redraw_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], fraction: float = DEFAULT_FRACTION,
                   radius_mm: float | None = None, tolerance_mm: float = TOLERANCE_MM,
-                  background: bool = True, ct: sitk.Image | None = None, method: str = "auto") -> Edit:
+                  background: bool = True, ct: sitk.Image | None = None, method: str = "auto",
+                  click_model: str | os.PathLike | None = None) -> Edit:
     """Replace the lesion at ``point_mm`` by the PET-avid region there (:func:`avid_region`): a boundary too
     tight or too wide, fixed in one click. The lesion keeps its structure; the other structure is untouched.
     ``radius_mm`` None: the lesion's structure's default (:data:`DEFAULT_RADIUS_MM`)."""
     array = sitk.GetArrayFromImage(label)
     lesion, value = _lesion_at(array, label, point_mm, tolerance_mm)
     radius_mm = radius_for(value, radius_mm)
-    drawn = draw_region(label, pet, point_mm, value, fraction, radius_mm, background, (array == 0) | lesion, ct, method)
+    drawn = draw_region(label, pet, point_mm, value, fraction, radius_mm, background, (array == 0) | lesion, ct, method,
+                        click_model)
     region = drawn.mask
     before = array.copy()
     array[lesion] = 0
@@ -462,20 +469,21 @@ ACTIONS = ("add", "remove", "relabel", "redraw")
 def edit_at(label: sitk.Image, pet: sitk.Image, action: str, point_mm: Sequence[float],
             structure: str | int | None = None, fraction: float = DEFAULT_FRACTION,
             radius_mm: float | None = None, background: bool = True, ct: sitk.Image | None = None,
-            method: str = "auto") -> Edit:
+            method: str = "auto", click_model: str | os.PathLike | None = None) -> Edit:
     """One click by name, as the command line, the module and the simulated editor make it.
 
     ``structure``: the structure to add to ("add"), the one to switch to ("relabel"; None: the other);
     ignored by "remove" and "redraw". ``fraction``, ``radius_mm`` and ``background`` bound "add" and
     "redraw" where the threshold draws (:func:`avid_region`); ``radius_mm`` None takes the structure's default.
-    ``ct`` and ``method``: see :func:`draw_region`.
+    ``ct``, ``method`` and ``click_model``: see :func:`draw_region`.
     """
     if action == "add":
-        return add_lesion(label, pet, point_mm, structure, fraction, radius_mm, background, ct, method)
+        return add_lesion(label, pet, point_mm, structure, fraction, radius_mm, background, ct, method, click_model)
     if action == "remove":
         return remove_lesion(label, point_mm)
     if action == "relabel":
         return relabel_lesion(label, point_mm, structure)
     if action == "redraw":
-        return redraw_lesion(label, pet, point_mm, fraction, radius_mm, background=background, ct=ct, method=method)
+        return redraw_lesion(label, pet, point_mm, fraction, radius_mm, background=background, ct=ct, method=method,
+                             click_model=click_model)
     raise ValueError(f"unknown click action {action!r}; known: {', '.join(ACTIONS)}")

@@ -27,6 +27,7 @@ whether a redraw will be better; a benchmark judges that after the click (and ma
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,8 +141,8 @@ def candidate_clicks(prediction: sitk.Image, reference: sitk.Image, pet: sitk.Im
 
 
 def apply_click(label: sitk.Image, pet: sitk.Image, click: Click, ct: sitk.Image | None = None,
-                method: str = "auto") -> Edit:
+                method: str = "auto", click_model: str | os.PathLike | None = None) -> Edit:
     """What the editor's button does for ``click`` (HNTumorSegLib.editing.clicks, default settings; with the CT,
-    the click model draws the nodes)."""
+    the click model draws the nodes: ``click_model``'s file, default the bundled one)."""
     return edit_at(label, pet, click.action, click.point_mm, click.structure if click.action == "add" else None,
-                   ct=ct, method=method)
+                   ct=ct, method=method, click_model=click_model)

@@ -15,6 +15,9 @@ with both Dice >= 0.90, after 0, 1, 2, 3 and 5 clicks; written: the figures as J
 Target: mean Dice >= 0.90 for both structures after at most 3 clicks per case. Run:
 
     python Testing/benchmarks/edit_clicks.py [--cases 12] [--click-at peak|centre] [--out edit_clicks/]
+
+``--click-model M.json`` draws the nodes with a click model of one's own (``hntumorseg-train click-model``);
+``--first-seed`` benchmarks other phantoms (keep them apart from the click model's training seeds).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def scores(label: sitk.Image, truth: sitk.Image) -> dict:
 
 
 def run_case(segmenter: Segmenter, seed: int, style: str, max_clicks: int, method: str = "auto",
-             at: str = "peak") -> dict:
+             at: str = "peak", click_model: str | None = None) -> dict:
     case = make_phantom(seed, "head_upper", style=style)
     label = segmenter.segment(case.ct, case.pet).label
     trail = [scores(label, case.label)]
@@ -71,7 +74,7 @@ def run_case(segmenter: Segmenter, seed: int, style: str, max_clicks: int, metho
         tried.add((click.action, click.point_mm))
         before = label
         try:
-            label = apply_click(label, case.pet, click, case.ct, method).label
+            label = apply_click(label, case.pet, click, case.ct, method, click_model).label
             actions.append(f"{click.action} {click.structure}")
         except InputError as exc:  # a click that does nothing is still a click
             actions.append(f"{click.action} {click.structure} (no effect: {exc})")
@@ -122,6 +125,9 @@ def main() -> None:
                         help="how adds and redraws draw (auto: the click model for nodes, the threshold otherwise)")
     parser.add_argument("--click-at", choices=CLICK_PLACES, default="peak",
                         help="where the simulated editor clicks a lesion: its SUVmax voxel or its centre")
+    parser.add_argument("--click-model", help="click model JSON to draw nodes with (default: the bundled one)")
+    parser.add_argument("--first-seed", type=int, default=FIRST_SEED,
+                        help=f"seed of the first phantom (default {FIRST_SEED}: the README's cases; others for more)")
     parser.add_argument("--out", type=Path, default=Path("edit_clicks"), help="folder for the JSON and the curve")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -130,7 +136,8 @@ def main() -> None:
     t0 = time.perf_counter()
     for i in range(args.cases):
         style = STYLES[i % len(STYLES)]
-        cases.append(run_case(segmenter, FIRST_SEED + i, style, max(REPORTED), args.method, args.click_at))
+        cases.append(run_case(segmenter, args.first_seed + i, style, max(REPORTED), args.method, args.click_at,
+                              args.click_model))
         trail = cases[-1]["after_clicks"]
         print(f"{cases[-1]['case']} ({style}): Dice GTVp/GTVn {trail[0]['GTVp']:.2f}/{trail[0]['GTVn']:.2f} -> "
               f"{trail[3]['GTVp']:.2f}/{trail[3]['GTVn']:.2f} after 3 clicks ({', '.join(cases[-1]['clicks'][:3])})",
@@ -147,7 +154,8 @@ def main() -> None:
             print(f"| {r['clicks']} | {r['dice_GTVp']:.3f} | {r['dice_GTVn']:.3f} | {r['f1agg']:.3f} | "
                   f"{r['cases_both_0.90']} of {n} |")
     (args.out / "edit_clicks.json").write_text(json.dumps({"click_at": args.click_at, "method": args.method,
-                                                        "summaries": summaries, "cases": cases}, indent=1))
+                                                        "click_model": args.click_model or "bundled",
+                                                        "first_seed": args.first_seed, "summaries": summaries, "cases": cases}, indent=1))
     plot(summaries, args.out / "edit_clicks.png")
     print(f"\n{len(cases)} cases in {time.perf_counter() - t0:.0f} s; wrote {args.out / 'edit_clicks.json'} "
           f"and {args.out / 'edit_clicks.png'}")

@@ -342,3 +342,51 @@ def test_a_label_map_of_another_ct_on_the_same_grid_is_refused_by_its_report(fil
     (edited.with_name("edited.json")).unlink()  # no report: nothing to compare, as before reports held the digest
     code, _ = run({**again, "ct": other_ct}, "--remove", point(NODE), out=edited.with_name("thrice.nii.gz"))
     assert code == 0, capsys.readouterr().err
+
+
+def _own_click_model(folder: Path) -> Path:
+    """A click model of one's own: the bundled one's files under another name (a researcher's retrained model
+    is such a file, with other weights)."""
+    from HNTumorSegLib.editing.click_model import DEFAULT_CLICK_MODEL
+
+    own = folder / "my_clicks.json"
+    own.write_bytes(DEFAULT_CLICK_MODEL.read_bytes())
+    own.with_suffix(".safetensors").write_bytes(DEFAULT_CLICK_MODEL.with_suffix(".safetensors").read_bytes())
+    return own
+
+
+def test_a_click_model_of_ones_own_draws_the_nodes_and_the_report_names_it(files, capsys):
+    own = _own_click_model(files["ct"].parent)
+    code, out = run(files, "--add", point(MISSED) + ":GTVn", "--click-model", str(own))
+    assert code == 0, capsys.readouterr().err
+    assert "drawn by the click model my_clicks.json" in capsys.readouterr().out
+    assert json.loads(out.with_name("edited.json").read_text())["settings"]["click_model"] == str(own.resolve())
+    code, out = run(files, "--add", point(MISSED) + ":GTVn")
+    assert code == 0 and "hntumorseg_phantom_node_clicks.json" in capsys.readouterr().out
+    assert json.loads(out.with_name("edited.json").read_text())["settings"]["click_model"] == "bundled"
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda folder: folder / "missing.json", "missing.json: model config file not found"),
+    (lambda folder: _segmentation_model(folder), "seg_model.json: not a click model"),
+])
+def test_a_click_model_that_is_none_is_refused_before_anything_is_read(files, capsys, make, needle):
+    code, out = run(files, "--add", point(MISSED) + ":GTVn", "--click-model", str(make(files["ct"].parent)))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and needle in err and not out.exists()
+
+
+def _segmentation_model(folder: Path) -> Path:
+    from HNTumorSegLib.editing.click_model import DEFAULT_CLICK_MODEL
+
+    bundled = DEFAULT_CLICK_MODEL.with_name("hntumorseg_phantom_psam")
+    for suffix in (".json", ".safetensors"):
+        (folder / f"seg_model{suffix}").write_bytes(bundled.with_suffix(suffix).read_bytes())
+    return folder / "seg_model.json"
+
+
+def test_a_click_model_with_the_threshold_method_is_refused(files, capsys):
+    own = _own_click_model(files["ct"].parent)
+    code, out = run(files, "--add", point(MISSED) + ":GTVn", "--click-model", str(own), "--method", "threshold")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "would not be used" in err and not out.exists()

@@ -140,3 +140,25 @@ def test_the_crop_is_centred_on_the_click_and_inputs_follow_the_contract():
     assert x.shape == (1, 3, n, n, n) and x.dtype == np.float32
     assert x[0, 0].max() == 1.0 and x[0, 1].max() == 1.0 and x[0, 1, 0, 0, 0] == 0.25
     assert x[0, 2, 0, 0, 0] == pytest.approx(np.log(2.0) / 2)
+
+
+def test_a_click_model_of_ones_own_is_the_one_that_draws(node_case, tmp_path):
+    """A researcher's click model (here the bundled network with its lesion output lowered: it draws less) draws
+    instead of the bundled one, by the file given."""
+    import torch
+
+    from HNTumorSegLib.pipeline.model_file import save_model
+
+    label, pet, ct = images(node_case)
+    at = centre_point(label)
+    bundled = add_lesion(label, pet, at, "GTVn", ct=ct)
+    network = ClickModel(DEFAULT_CLICK_MODEL).network
+    with torch.no_grad():
+        network.head.bias[1] -= 2.0  # the output layer's lesion channel (background, lesion)
+    meta = json.loads(DEFAULT_CLICK_MODEL.read_text())
+    save_model(network, network.config, tmp_path / "tight", metadata={"click_model": meta["click_model"]})
+    own = add_lesion(label, pet, at, "GTVn", ct=ct, click_model=tmp_path / "tight.json")
+    assert "tight.json" in own.message and "hntumorseg_phantom_node_clicks" in bundled.message
+    assert 0 < own.voxels < bundled.voxels
+    with pytest.raises(ModelFileError, match="nothing.json: model config file not found"):
+        add_lesion(label, pet, at, "GTVn", ct=ct, click_model=tmp_path / "nothing.json")
