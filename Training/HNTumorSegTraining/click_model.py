@@ -27,7 +27,10 @@ phantom without nodes has an empty file, so that a rerun knows it was drawn. Eac
 a rerun resumes where a killed one stopped. The layout is the prototype's, whose folders resume as they are.
 
 Training (:func:`train`): AdamW, cosine learning rate over a time budget (what a CPU session can give, not a
-number of epochs), cross-entropy plus soft Dice of the lesion, flips and a PET scale as augmentation. Its
+number of epochs), cross-entropy plus soft Dice of the lesion, flips and a PET scale as augmentation. On a GPU
+(``--device``, CUDA when there is one) the forward pass runs under bf16 autocast (never on the CPU: ~100x slower
+there) and loader processes (``--loader-workers``) build the augmented batches while the GPU trains; the bundled
+network is narrow because a CPU trained it, ``--channels`` widens it where a GPU trains. Its
 validation Dice is reported beside that of the clinical 41 % threshold on the same crops
 (:func:`threshold_region`), so the model file says what the network beat.
 
@@ -39,6 +42,7 @@ from a click model's weights) and writes the model file (:func:`export`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -47,12 +51,13 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from HNTumorSegLib import LABELS
@@ -68,6 +73,10 @@ from HNTumorSegLib.imaging.image_io import atomic_path, remove_temporaries
 from HNTumorSegLib.network import NetworkConfig, build_network
 from HNTumorSegLib.phantom import PhantomCase, make_phantom
 from HNTumorSegLib.phantom.styles import STYLES
+
+from .distributed import resolve_device
+from .fit import AMP_CHOICES, resolve_amp
+from .validate import autocast_context
 
 PROG = "python -m HNTumorSegTraining.click_model"
 #: The structure a click model draws, and its label value.
@@ -391,14 +400,40 @@ def training_batch(samples: Samples, rng: np.random.Generator, batch: int) -> tu
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
 
 
+class _Batches(IterableDataset):
+    """Endless :func:`training_batch` batches. In the main process (no loader workers) they come from one stream
+    seeded by ``seed``; loader worker ``w`` draws from its own stream seeded by ``(seed, w)``."""
+
+    def __init__(self, samples: Samples, seed: int, batch: int):
+        self.samples, self.seed, self.batch = samples, seed, batch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        rng = np.random.default_rng(self.seed if info is None else [self.seed, info.id])
+        while True:
+            yield training_batch(self.samples, rng, self.batch)
+
+
+def training_batches(samples: Samples, seed: int, batch: int, workers: int = 0,
+                     pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Augmented batches without end, built by ``workers`` loader processes (0: here, between steps). Why
+    workers: a GPU steps faster than one CPU core crops, scales and flips (forked, they share the samples'
+    arrays; nothing is copied)."""
+    loader = DataLoader(_Batches(samples, seed, batch), batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                        prefetch_factor=4 if workers else None)
+    return iter(loader)
+
+
 def predict(network: nn.Module, samples: Samples, batch: int = 8) -> np.ndarray:
-    """The lesion's probability the network gives, (M, N, N, N) float32; the network is left in train mode."""
+    """The lesion's probability the network gives, (M, N, N, N) float32 (in float32, on the network's device);
+    the network is left in train mode."""
     network.eval()
+    device = next(network.parameters()).device
     out = []
     with torch.inference_mode():
         for i in range(0, len(samples), batch):
-            x = torch.from_numpy(network_inputs(samples.ct[i:i + batch], samples.pet[i:i + batch]))
-            out.append(torch.softmax(network(x).float(), dim=1)[:, 1].numpy())
+            x = torch.from_numpy(network_inputs(samples.ct[i:i + batch], samples.pet[i:i + batch])).to(device)
+            out.append(torch.softmax(network(x).float(), dim=1)[:, 1].cpu().numpy())
     network.train()
     return np.concatenate(out)
 
@@ -426,26 +461,38 @@ def _as_samples(data: Samples | str | os.PathLike) -> Samples:
 
 def train(train_data: Samples | str | os.PathLike, val_data: Samples | str | os.PathLike, budget_s: float,
           lr: float = 2e-3, batch: int = 4, seed: int = 0, *, eval_every: int = 200, max_steps: int | None = None,
-          config: NetworkConfig = NETWORK, init: nn.Module | None = None,
-          log: Callable[[str], None] | None = print) -> TrainResult:
+          config: NetworkConfig = NETWORK, init: nn.Module | None = None, device: str | torch.device = "auto",
+          amp: str = "auto", loader_workers: int = 0, log: Callable[[str], None] | None = print) -> TrainResult:
     """Train a click network on ``train_data`` (samples or their folder) for ``budget_s`` seconds (or
     ``max_steps`` steps, whichever ends first), validating on ``val_data`` every ``eval_every`` steps and at the
     end. The learning rate falls from ``lr`` along a cosine over the budget, so the run ends annealed whenever
     the machine's speed lets it end; the last weights are kept (choosing the best on the validation set would
     make its Dice a selected, not a held-out, figure). ``init``: a network to go on training (a click model's,
-    :func:`start_from`) instead of a new one of ``config``. ``log``: progress lines (None: quiet)."""
-    if budget_s <= 0 or batch < 1 or lr <= 0 or eval_every < 1:
-        raise ValueError(f"budget_s {budget_s}, batch {batch}, lr {lr}, eval_every {eval_every}: give positive values")
+    :func:`start_from`) instead of a new one of ``config``. ``device``: "auto" (CUDA when there is one), "cpu",
+    "cuda[:N]"; ``amp``: the autocast on CUDA (:data:`.fit.AMP_CHOICES`; none on the CPU, whatever it says);
+    ``loader_workers``: processes building batches (:func:`training_batches`). The network comes back on the CPU.
+    ``log``: progress lines (None: quiet)."""
+    if budget_s <= 0 or batch < 1 or lr <= 0 or eval_every < 1 or loader_workers < 0:
+        raise ValueError(f"budget_s {budget_s}, batch {batch}, lr {lr}, eval_every {eval_every}, loader_workers "
+                         f"{loader_workers}: give positive values (loader_workers 0 or more)")
+    device = resolve_device(device)
+    amp_dtype = resolve_amp(amp, device)
     train_set, val_set = _as_samples(train_data), _as_samples(val_data)
     say = log or (lambda line: None)
     baseline = threshold_dice(val_set)
     say(f"train {len(train_set)} samples of {len(train_set.phantoms)} phantoms {train_set.counts()}; "
         f"validation {len(val_set)} of {len(val_set.phantoms)}; 41 % threshold val Dice {baseline}")
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    network = build_network(config) if init is None else init
+    network = (build_network(config) if init is None else init).to(device)
+    n_parameters = sum(p.numel() for p in network.parameters())
+    say(f"network {list(network.config.channels)} ({n_parameters / 1e6:.2f} M parameters) on {device}"
+        f"{f' with {amp_dtype} autocast' if amp_dtype else ''}, batch {batch}, {loader_workers} loader workers")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size throughout: the fastest kernels are worth finding
     network.train()
     optimiser = torch.optim.AdamW(network.parameters(), lr, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    batches = training_batches(train_set, seed, batch, loader_workers, pin_memory=device.type == "cuda")
     history: list[dict[str, float]] = []
     losses: list[float] = []
     start, steps = time.monotonic(), 0
@@ -457,18 +504,22 @@ def train(train_data: Samples | str | os.PathLike, val_data: Samples | str | os.
             break
         for group in optimiser.param_groups:
             group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * done))
-        x, y = training_batch(train_set, rng, batch)
-        loss = lesion_loss(network(x), y)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+        x, y = (t.to(device, non_blocking=True) for t in next(batches))
+        with autocast_context(device, amp_dtype):
+            logits = network(x)
+        loss = lesion_loss(logits, y)  # in float32
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
         steps += 1
         losses.append(loss.item())
         if steps % eval_every == 0:
             history.append(_checkpoint_line(network, val_set, steps, start, losses[-eval_every:], say))
     if not history or history[-1]["step"] != steps:
         history.append(_checkpoint_line(network, val_set, steps, start, losses[-eval_every:], say))
-    network.eval()
+    del batches  # its loader workers end
+    network.to("cpu").eval()
     return TrainResult(network, steps, round(time.monotonic() - start, 1), history[-1]["val_dice"], baseline,
                        history, history[-1]["val_dice_1mm"])
 
@@ -589,7 +640,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--ct-matrix", type=_positive(int),
                         help="in-plane CT voxels of the phantoms (default the style's; small for smoke runs)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar while drawing phantoms")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when there is one; default), cpu, cuda, cuda:N")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
+                        help="autocast on CUDA: auto (bf16 where supported), bf16, fp16, none; never on the CPU")
+    parser.add_argument("--loader-workers", type=_positive_or_zero, default=0,
+                        help="processes building the augmented batches (default 0: between steps; on a GPU, "
+                             "a few keep it busy)")
+    parser.add_argument("--channels", type=_channels, metavar="C1,C2,C3,C4",
+                        help=f"the network's width per level (default {','.join(map(str, NETWORK.channels))}: "
+                             "CPU-trainable); not with --init, whose network is kept")
     return parser
+
+
+def _positive_or_zero(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"give 0 or a positive integer, not {text!r}")
+    return int(text)
+
+
+def _channels(text: str) -> tuple[int, ...]:
+    """``C1,C2,C3,C4``: the channels of the network's four levels, each a positive integer (an argparse type)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != len(NETWORK.channels) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"give {len(NETWORK.channels)} positive integers separated by commas "
+                                         f"(one per level, e.g. 16,32,64,128), not {text!r}")
+    return tuple(int(p) for p in parts)
 
 
 def _check_out(out: Path) -> None:
@@ -612,17 +687,26 @@ def run(args: argparse.Namespace) -> int:
     if args.ct_matrix is not None and args.ct_matrix < 64:
         raise InputError(f"--ct-matrix {args.ct_matrix}: give 64 or more")
     _check_out(args.out)
-    init = start_from(args.init) if args.init is not None else None  # before hours of drawing phantoms
+    if args.init is not None and args.channels is not None:
+        raise InputError(f"--channels with --init {args.init}: training goes on with that model's network; "
+                         "give one or the other")
+    device = resolve_device(args.device)  # before hours of drawing phantoms, as the rest
+    config = NETWORK if args.channels is None else dataclasses.replace(NETWORK, channels=args.channels)
+    init = start_from(args.init) if args.init is not None else None
     failed = make_samples(list(args.seeds) + list(args.val_seeds), args.data, workers=args.workers,
                           ct_matrix=args.ct_matrix, progress=not args.no_progress)
     train_set, val_set = load_samples(args.data, args.seeds), load_samples(args.data, args.val_seeds)
     result = train(train_set, val_set, args.budget_s, lr=args.lr, batch=args.batch, seed=args.seed,
-                   eval_every=args.eval_every, max_steps=args.max_steps, init=init,
-                   log=lambda line: print(line, flush=True))
+                   eval_every=args.eval_every, max_steps=args.max_steps, config=config, init=init, device=device,
+                   amp=args.amp, loader_workers=args.loader_workers, log=lambda line: print(line, flush=True))
     settings = {"seeds": f"{args.seeds.start}:{args.seeds.stop}",
                 "val_seeds": f"{args.val_seeds.start}:{args.val_seeds.stop}",
                 "ct_matrix": args.ct_matrix, "budget_s": args.budget_s, "lr": args.lr, "batch": args.batch,
-                "seed": args.seed, "init": args.init.name if args.init is not None else None}
+                "seed": args.seed, "init": args.init.name if args.init is not None else None,
+                "channels": list(result.network.config.channels),
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "amp": str(resolve_amp(args.amp, device) or "none").replace("torch.", ""),
+                "loader_workers": args.loader_workers}
     weights, config = export(result.network, args.out, model_metadata(result, train_set, val_set, settings, failed))
     print(f"wrote {config} and {weights}: val Dice {result.val_dice['all']:.4f} (41 % threshold "
           f"{result.val_dice_threshold_41['all']:.4f}) after {result.steps} steps")

@@ -78,9 +78,12 @@ def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.dev
         raise ValueError(f"device {device!r}: use auto, cpu, cuda or cuda:N (training runs on the CPU or CUDA)")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available")
+            raise ValueError(f"device {device!r} requested but CUDA is not available")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
+        if dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0")
     return dev
 
 

@@ -24,7 +24,8 @@ from HNTumorSegLib.network import build_network
 from HNTumorSegLib.pipeline.model_file import save_model
 from HNTumorSegTraining.click_model import (NETWORK, SHARE_STEPS, Samples, as_mask, at_1mm, draw_phantom, export,
                                             lesion_loss, load_samples, main, make_samples, model_metadata,
-                                            node_samples, sample_path, target_crop, threshold_region, train)
+                                            node_samples, sample_path, target_crop, threshold_region, train,
+                                            training_batch, training_batches)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -138,7 +139,7 @@ def test_train_export_and_load(folder: Path, tmp_path: Path):
     lines: list[str] = []
     result = train(train_set, val_set, budget_s=120, batch=2, max_steps=2, eval_every=1, log=lines.append)
     assert result.steps == 2 and [h["step"] for h in result.history] == [1, 2]
-    assert len(lines) == 3 and "41 % threshold" in lines[0]
+    assert len(lines) == 4 and "41 % threshold" in lines[0] and "M parameters) on cpu" in lines[1]
     assert set(result.val_dice) == {"all", "peak", "deep", "random"}
     assert 0.0 <= result.val_dice["all"] <= 1.0 and 0.3 < result.val_dice_threshold_41["all"] <= 1.0
     settings = {"seeds": f"{TRAIN_SEED}:{TRAIN_SEED + 1}", "val_seeds": f"{VAL_SEED}:{VAL_SEED + 1}"}
@@ -245,3 +246,86 @@ def test_samples_dataclass_counts_kinds():
     empty = np.zeros((2,) + (CROP_VOXELS,) * 3, np.float16)
     samples = Samples(empty, empty, empty.astype(bool), np.array(["peak", "random"]), [1])
     assert len(samples) == 2 and samples.counts() == {"peak": 1, "deep": 0, "random": 1}
+
+
+def test_batches_here_are_the_seeded_stream_and_each_loader_worker_draws_its_own(folder: Path):
+    """Without loader workers the batches are training_batch's from one generator seeded by the seed (as
+    before loaders existed); with workers, each draws from a stream of its own: copies of one stream would
+    train on every batch twice."""
+    samples = load_samples(folder, [TRAIN_SEED])
+    rng = np.random.default_rng(3)
+    here = training_batches(samples, seed=3, batch=2)
+    for _ in range(3):
+        (x, y), (x0, y0) = next(here), training_batch(samples, rng, 2)
+        assert torch.equal(x, x0) and torch.equal(y, y0)
+    loaded = training_batches(samples, seed=3, batch=2, workers=2)
+    batches = [next(loaded)[0] for _ in range(6)]
+    del loaded
+    assert all(b.shape == (2, 3, CROP_VOXELS, CROP_VOXELS, CROP_VOXELS) for b in batches)
+    assert not any(torch.equal(a, b) for i, a in enumerate(batches) for b in batches[i + 1:])
+
+
+def test_a_wider_network_trained_with_loader_workers_is_a_click_model_the_editor_draws_with(folder: Path,
+                                                                                             tmp_path: Path, capsys):
+    """--channels widens the network (what a GPU can train), --loader-workers builds batches in processes;
+    the file is a click model as any other: ``hntumorseg edit --click-model`` draws a node with it."""
+    from HNTumorSegLib.cli import main as hntumorseg
+
+    out = tmp_path / "wide"
+    assert main(["--out", str(out), "--data", str(folder), "--seeds", f"{TRAIN_SEED}:{TRAIN_SEED + 1}",
+                 "--val-seeds", f"{VAL_SEED}:{VAL_SEED + 1}", "--budget-s", "120", "--max-steps", "2",
+                 "--ct-matrix", str(CT_MATRIX), "--no-progress", "--channels", "4,8,16,24",
+                 "--loader-workers", "2", "--device", "cpu", "--amp", "bf16"]) == 0
+    printed = capsys.readouterr().out
+    assert "network [4, 8, 16, 24]" in printed and "on cpu, batch 4, 2 loader workers" in printed
+    assert "autocast" not in printed  # never on the CPU, whatever --amp says
+    trained = json.loads(out.with_suffix(".json").read_text())["trained_on"]
+    assert trained["channels"] == [4, 8, 16, 24] and trained["device"] == "cpu" and trained["amp"] == "none"
+    assert trained["loader_workers"] == 2
+    assert ClickModel(out.with_suffix(".json")).network.config.channels == (4, 8, 16, 24)
+
+    case = draw_phantom(VAL_SEED, np.random.default_rng(VAL_SEED), CT_MATRIX)
+    files = {name: tmp_path / f"{name}.nrrd" for name in ("ct", "pet", "labels")}
+    for name, image in (("ct", case.ct), ("pet", case.pet), ("labels", case.label)):
+        sitk.WriteImage(image, str(files[name]))
+    ids, _ = lesion_ids(sitk.GetArrayViewFromImage(case.label) == 2)
+    point = Geometry.of(case.label).index_to_point(np.argwhere(ids == 1)[0][::-1])
+    args = ["edit", "--labels", str(files["labels"]), "--ct", str(files["ct"]), "--pet", str(files["pet"]),
+            "--redraw", ",".join(f"{v:.2f}" for v in point), "--click-model", str(out.with_suffix(".json")),
+            "--out", str(tmp_path / "edited.nrrd")]
+    code = hntumorseg(args)
+    printed, err = capsys.readouterr()
+    # two steps of training draw something or nothing at the click: either way, the model named is this one
+    assert (code == 0 and "click model wide.json" in printed) or (code == 2 and "click model wide.json finds" in err)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--channels", "4,8,16,24", "--init", "x.json"], "--channels with --init"),
+    (["--device", "cuda:7"], "device 'cuda:7'"),
+    (["--device", "tpu"], "device 'tpu'"),
+])
+def test_device_and_width_mistakes_are_one_line_before_anything_is_drawn(tmp_path: Path, capsys, extra, message):
+    options = ["--out", str(tmp_path / "m"), "--data", str(tmp_path / "d"), "--seeds", "940000:940005",
+               "--val-seeds", "940008:940009", "--budget-s", "10", *extra]
+    assert main(options) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("value", ["8,16,32", "8,16,32,0", "8,16,x,64", ""])
+def test_channels_that_are_not_four_positive_integers_are_refused(tmp_path: Path, capsys, value: str):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "m"), "--data", str(tmp_path / "d"), "--seeds", "0:2", "--val-seeds", "2:3",
+              "--budget-s", "10", "--channels", value])
+    assert exit_info.value.code == 2 and "--channels" in capsys.readouterr().err
+
+
+def test_a_cuda_device_this_machine_lacks_is_named(monkeypatch):
+    from HNTumorSegTraining.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="has 1 CUDA device"):
+        resolve_device("cuda:1")
