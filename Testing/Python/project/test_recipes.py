@@ -11,6 +11,7 @@ packing) is real.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -124,3 +125,39 @@ def test_the_fold_ensemble_recipe_trains_each_fold_and_exports_one_evaluated_ens
     final = commands[-1]
     assert final.count("--evaluation") == evaluations and "--unevaluated" not in final
 
+
+
+def test_the_gpu_click_model_recipe_rehearsed_on_the_cpu_draws_trains_both_runs_and_benchmarks_them(tmp_path):
+    """For real, small: the recipe's rehearsal (its header's command) on this CPU. A lent GPU's minutes are
+    too few to find a shell mistake there: samples drawn by spawned processes, both runs trained and
+    written, each benchmarked with the simulated editor, what comes back packed in at most 8 files."""
+    from HNTumorSegLib.editing.click_model import ClickModel
+
+    out, data = tmp_path / "out", tmp_path / "data"
+    done = _run("gpu_click_model.sh", {"OUT": str(out), "DATA": str(data), "DEVICE": "cpu", "PY": sys.executable,
+                                       "SEEDS": "940000:940003", "VAL_SEEDS": "940650:940651", "CT_MATRIX": "64",
+                                       "BATCH": "2", "BENCH_CASES": "1", "BUDGET_S": "240", "LOADERS": "1",
+                                       "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'Training'}"})
+    assert done.returncode == 0, (done.stderr[-2000:], (out / "session.log").read_text()[-2000:])
+    assert sorted(p.name for p in out.iterdir()) == ["bench_bundled.log", "bench_wide.log", "benchmarks.tgz",
+                                                     "models.tgz", "session.log", "summary.txt", "train_bundled.log",
+                                                     "train_wide.log"]
+    summary = (out / "summary.txt").read_text()
+    assert "network [16, 32, 64, 128]" in summary and "network [8, 16, 32, 64]" in summary
+    assert summary.count("after 3 clicks") == 2 and summary.count("| 3 |") >= 2 and "1 loader workers" in summary
+    with tarfile.open(out / "models.tgz") as packed:
+        assert {"models/click_wide.json", "models/click_bundled.safetensors"} <= set(packed.getnames())
+    assert ClickModel(data / "models" / "click_wide.json").network.config.channels == (16, 32, 64, 128)
+    bundled = json.loads((data / "models" / "click_bundled.json").read_text())["trained_on"]
+    assert bundled["init"] == "hntumorseg_phantom_node_clicks" and bundled["lr"] == 5e-4
+    with tarfile.open(out / "benchmarks.tgz") as packed:
+        assert {"benchmarks/wide/edit_clicks.json", "benchmarks/bundled/edit_clicks.json"} <= set(packed.getnames())
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the machine has CUDA: nothing to refuse")
+def test_the_gpu_click_model_recipe_without_cuda_stops_before_drawing_anything(tmp_path):
+    done = _run("gpu_click_model.sh", {"OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"),
+                                       "PY": sys.executable,
+                                       "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'Training'}"})
+    assert done.returncode == 1 and "torch sees no CUDA device" in done.stderr
+    assert not list((tmp_path / "data").glob("s*.npz"))
