@@ -46,6 +46,7 @@ import dataclasses
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import zipfile
@@ -61,6 +62,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from HNTumorSegLib import LABELS
+from HNTumorSegLib.cli.guard import Terminated
 from HNTumorSegLib.cli.guard import run_guarded
 from HNTumorSegLib.editing.click_model import (CLICK_MODEL_KEY, CONTRACT, CROP_VOXELS, crop_grid,
                                                crops, network_inputs)
@@ -372,6 +374,8 @@ class TrainResult:
     val_dice_threshold_41: dict[str, float]
     history: list[dict[str, Any]]
     val_dice_1mm: dict[str, float] = field(default_factory=dict)
+    #: "Ctrl-C" or "SIGTERM" where the training was stopped before its budget (the network is what it had learnt).
+    interrupted: str | None = None
 
 
 def lesion_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -420,8 +424,17 @@ def training_batches(samples: Samples, seed: int, batch: int, workers: int = 0,
     workers: a GPU steps faster than one CPU core crops, scales and flips (forked, they share the samples'
     arrays; nothing is copied)."""
     loader = DataLoader(_Batches(samples, seed, batch), batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                        prefetch_factor=4 if workers else None)
+                        prefetch_factor=4 if workers else None, worker_init_fn=_leave_stops_to_the_trainer)
     return iter(loader)
+
+
+def _leave_stops_to_the_trainer(worker_id: int) -> None:
+    """A loader worker ignores Ctrl-C and SIGTERM: ``timeout``, a scheduler or a terminal sends them to the whole
+    process group, and a worker killed by one made torch raise "DataLoader worker ... is killed" in the trainer
+    (a traceback, the network lost) before it could keep what it had learnt. The trainer stops the workers
+    itself; a worker whose trainer dies ends on its own (torch watches the parent)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def predict(network: nn.Module, samples: Samples, batch: int = 8) -> np.ndarray:
@@ -495,33 +508,40 @@ def train(train_data: Samples | str | os.PathLike, val_data: Samples | str | os.
     batches = training_batches(train_set, seed, batch, loader_workers, pin_memory=device.type == "cuda")
     history: list[dict[str, float]] = []
     losses: list[float] = []
-    start, steps = time.monotonic(), 0
-    while True:
-        done = (time.monotonic() - start) / budget_s
-        if max_steps is not None:
-            done = max(done, steps / max_steps)
-        if done >= 1.0:
-            break
-        for group in optimiser.param_groups:
-            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * done))
-        x, y = (t.to(device, non_blocking=True) for t in next(batches))
-        with autocast_context(device, amp_dtype):
-            logits = network(x)
-        loss = lesion_loss(logits, y)  # in float32
-        optimiser.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimiser)
-        scaler.update()
-        steps += 1
-        losses.append(loss.item())
-        if steps % eval_every == 0:
-            history.append(_checkpoint_line(network, val_set, steps, start, losses[-eval_every:], say))
+    start, steps, interrupted = time.monotonic(), 0, None
+    try:
+        while True:
+            done = (time.monotonic() - start) / budget_s
+            if max_steps is not None:
+                done = max(done, steps / max_steps)
+            if done >= 1.0:
+                break
+            for group in optimiser.param_groups:
+                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * done))
+            x, y = (t.to(device, non_blocking=True) for t in next(batches))
+            with autocast_context(device, amp_dtype):
+                logits = network(x)
+            loss = lesion_loss(logits, y)  # in float32
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            steps += 1
+            losses.append(loss.item())
+            if steps % eval_every == 0:
+                history.append(_checkpoint_line(network, val_set, steps, start, losses[-eval_every:], say))
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as the command lines raise it (guard.Terminated)
+        if steps == 0:
+            raise  # nothing learnt to keep
+        interrupted = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+        say(f"{interrupted} at step {steps}: validating the network trained so far to keep it (again to stop "
+            "without it)")
     if not history or history[-1]["step"] != steps:
         history.append(_checkpoint_line(network, val_set, steps, start, losses[-eval_every:], say))
     del batches  # its loader workers end
     network.to("cpu").eval()
     return TrainResult(network, steps, round(time.monotonic() - start, 1), history[-1]["val_dice"], baseline,
-                       history, history[-1]["val_dice_1mm"])
+                       history, history[-1]["val_dice_1mm"], interrupted)
 
 
 def _checkpoint_line(network: nn.Module, val_set: Samples, steps: int, start: float, losses: list[float],
@@ -572,6 +592,7 @@ def model_metadata(result: TrainResult, train_set: Samples, val_set: Samples, se
             "val_phantoms": len(val_set.phantoms), "val_samples": len(val_set),
             "phantoms_not_drawn": sorted(failed),
             "steps": result.steps, "seconds": result.seconds,
+            "interrupted": result.interrupted,  # by Ctrl-C or SIGTERM before its budget: not annealed
         },
         "metrics": {
             "val_dice": result.val_dice["all"], "val_dice_threshold_41": result.val_dice_threshold_41["all"],
@@ -709,8 +730,10 @@ def run(args: argparse.Namespace) -> int:
                 "loader_workers": args.loader_workers}
     weights, config = export(result.network, args.out, model_metadata(result, train_set, val_set, settings, failed))
     print(f"wrote {config} and {weights}: val Dice {result.val_dice['all']:.4f} (41 % threshold "
-          f"{result.val_dice_threshold_41['all']:.4f}) after {result.steps} steps")
-    return 0
+          f"{result.val_dice_threshold_41['all']:.4f}) after {result.steps} steps"
+          f"{f' ({result.interrupted} before the budget was spent)' if result.interrupted else ''}")
+    # a script that stopped the run learns it was stopped; the model is kept all the same
+    return {None: 0, "Ctrl-C": 130, "SIGTERM": 143}[result.interrupted]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -329,3 +329,80 @@ def test_a_cuda_device_this_machine_lacks_is_named(monkeypatch):
     assert resolve_device("cuda") == torch.device("cuda", 0)
     with pytest.raises(ValueError, match="has 1 CUDA device"):
         resolve_device("cuda:1")
+
+
+@pytest.mark.parametrize("stop, status", [(KeyboardInterrupt, 130), ("Terminated", 143)])
+def test_a_run_stopped_before_its_budget_keeps_the_network_it_trained(folder: Path, tmp_path: Path, capsys,
+                                                                      monkeypatch, stop, status):
+    """Ctrl-C (or SIGTERM: a scheduler's time limit) an hour into a run wrote nothing before; now the network
+    trained so far is validated and written, marked as stopped, and the status says it was stopped."""
+    import HNTumorSegTraining.click_model as module
+    from HNTumorSegLib.cli.guard import Terminated
+
+    stop = Terminated if stop == "Terminated" else stop
+    calls = []
+    real = module.lesion_loss
+
+    def stopping_loss(logits, target):
+        calls.append(1)
+        if len(calls) == 3:
+            raise stop()
+        return real(logits, target)
+
+    monkeypatch.setattr(module, "lesion_loss", stopping_loss)
+    out = tmp_path / "stopped"
+    assert main(["--out", str(out), "--data", str(folder), "--seeds", f"{TRAIN_SEED}:{TRAIN_SEED + 1}",
+                 "--val-seeds", f"{VAL_SEED}:{VAL_SEED + 1}", "--budget-s", "600", "--max-steps", "50",
+                 "--ct-matrix", str(CT_MATRIX), "--no-progress", "--eval-every", "100"]) == status
+    printed = capsys.readouterr().out
+    name = "SIGTERM" if status == 143 else "Ctrl-C"
+    assert f"{name} at step 2" in printed and f"after 2 steps ({name} before the budget was spent)" in printed
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["trained_on"]["steps"] == 2 and meta["trained_on"]["interrupted"] == name
+    assert meta["metrics"]["history"][-1]["step"] == 2
+    ClickModel(out.with_suffix(".json"))
+
+
+def test_a_run_stopped_before_its_first_step_writes_nothing(folder: Path, tmp_path: Path, capsys, monkeypatch):
+    import HNTumorSegTraining.click_model as module
+
+    def stopping_loss(logits, target):
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(module, "lesion_loss", stopping_loss)
+    out = tmp_path / "never"
+    assert main(["--out", str(out), "--data", str(folder), "--seeds", f"{TRAIN_SEED}:{TRAIN_SEED + 1}",
+                 "--val-seeds", f"{VAL_SEED}:{VAL_SEED + 1}", "--budget-s", "600", "--max-steps", "5",
+                 "--ct-matrix", str(CT_MATRIX), "--no-progress"]) == 130
+    assert "interrupted" in capsys.readouterr().err and not list(tmp_path.glob("never*"))
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_keeps_the_network(folder: Path, tmp_path: Path):
+    """``timeout`` and schedulers send SIGTERM to every process of the job, loader workers too: a worker killed
+    by it made torch raise "DataLoader worker ... is killed" in the trainer (a traceback, status 1, no model).
+    Now the workers leave the stop to the trainer, which keeps what it learnt and ends with status 143."""
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    out = tmp_path / "m"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "HNTumorSegTraining.cli", "click-model", "--out", str(out), "--data", str(folder),
+         "--seeds", f"{TRAIN_SEED}:{TRAIN_SEED + 1}", "--val-seeds", f"{VAL_SEED}:{VAL_SEED + 1}",
+         "--budget-s", "600", "--ct-matrix", str(CT_MATRIX), "--no-progress", "--loader-workers", "2",
+         "--eval-every", "1", "--batch", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "Training")])})
+    try:
+        for line in process.stdout:  # the first validation line: training is under way, the workers running
+            if line.startswith("step 1 "):
+                break
+        os.killpg(process.pid, signal.SIGTERM)
+        rest, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and "SIGTERM before the budget was spent" in rest
+    assert json.loads(out.with_suffix(".json").read_text())["trained_on"]["interrupted"] == "SIGTERM"
