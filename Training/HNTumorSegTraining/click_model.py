@@ -46,7 +46,6 @@ import dataclasses
 import math
 import multiprocessing
 import os
-import signal
 import sys
 import time
 import zipfile
@@ -76,6 +75,7 @@ from HNTumorSegLib.network import NetworkConfig, build_network
 from HNTumorSegLib.phantom import PhantomCase, make_phantom
 from HNTumorSegLib.phantom.styles import STYLES
 
+from .data import leave_stops_to_the_trainer
 from .distributed import resolve_device
 from .fit import AMP_CHOICES, resolve_amp
 from .validate import autocast_context
@@ -424,17 +424,9 @@ def training_batches(samples: Samples, seed: int, batch: int, workers: int = 0,
     workers: a GPU steps faster than one CPU core crops, scales and flips (forked, they share the samples'
     arrays; nothing is copied)."""
     loader = DataLoader(_Batches(samples, seed, batch), batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                        prefetch_factor=4 if workers else None, worker_init_fn=_leave_stops_to_the_trainer)
+                        prefetch_factor=4 if workers else None, worker_init_fn=leave_stops_to_the_trainer)
     return iter(loader)
 
-
-def _leave_stops_to_the_trainer(worker_id: int) -> None:
-    """A loader worker ignores Ctrl-C and SIGTERM: ``timeout``, a scheduler or a terminal sends them to the whole
-    process group, and a worker killed by one made torch raise "DataLoader worker ... is killed" in the trainer
-    (a traceback, the network lost) before it could keep what it had learnt. The trainer stops the workers
-    itself; a worker whose trainer dies ends on its own (torch watches the parent)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def predict(network: nn.Module, samples: Samples, batch: int = 8) -> np.ndarray:

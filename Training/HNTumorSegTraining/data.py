@@ -34,7 +34,9 @@ Validation (:class:`ValDataset`): full volumes, no augmentation.
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -212,13 +214,30 @@ class ValDataset(Dataset):
                 "label": torch.from_numpy(np.array(case.label)), "case_id": self.reader.case_ids[int(index)]}
 
 
+def leave_stops_to_the_trainer(worker_id: int = 0) -> None:
+    """A loader worker leaves Ctrl-C to the trainer and ends quietly (status 0) on SIGTERM. ``timeout``, a
+    scheduler or a terminal sends the stop to every process of the job; a worker killed by SIGTERM made torch
+    raise "DataLoader worker ... is killed by signal" in the trainer (a traceback; for the click model, the
+    network lost) before the trainer's own clean-up. A worker that ends with status 0 is no error to torch.
+    Not ignored: the loader's own shutdown and multiprocessing's exit end workers with SIGTERM, and a worker
+    ignoring it kept the trainer waiting at exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_quietly)
+
+
+def _end_quietly(signum, frame) -> None:
+    os._exit(0)
+
+
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed python and numpy's global generators from the worker's torch seed.
+    """DataLoader ``worker_init_fn``: stops left to the trainer (:func:`leave_stops_to_the_trainer`); python and
+    numpy's global generators seeded from the worker's torch seed.
 
     The DataLoader gives each worker ``base_seed + worker_id``, with ``base_seed`` drawn from the
     loader's generator (seeded per epoch in :mod:`.fit`); this makes code that uses the global
     generators reproducible too. The augmentations here do not need it (per-draw generators).
     """
+    leave_stops_to_the_trainer(worker_id)
     s = torch.initial_seed() % 2 ** 32
     np.random.seed(s)
     random.seed(s)

@@ -617,3 +617,29 @@ def test_kill_mid_epoch_then_resume_finishes_with_each_epoch_once(small_cache, t
     assert final["epoch"] == epochs and final["global_step"] == epochs * steps
     assert len(json.loads((out / "run.json").read_text())["resumed"]) == 1
     assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("stop, status, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_a_stop_sent_to_the_whole_process_group_is_one_line_with_loader_workers(small_cache, tmp_path, stop, status,
+                                                                                 word):
+    """``timeout``, a scheduler or a terminal sends the stop to every process of the job, loader workers too; a
+    worker killed by SIGTERM made torch raise "DataLoader worker ... is killed by signal" in the trainer (in
+    the loop: a traceback and status 1; at the loader's clean-up: an "Exception ignored" trace)."""
+    root = Path(__file__).resolve().parents[3]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "HNTumorSegTraining.cli", "fit", "--cache", str(small_cache), "--model", "psam",
+         "--channels", *map(str, TINY), "--patch-size", *map(str, PATCH), "--workers", "2", "--epochs", "500",
+         "--samples-per-epoch", "2", "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"],
+        env={**SUBPROCESS_ENV, "PYTHONPATH": os.pathsep.join([str(root), str(root / "Training")])},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in process.stdout:  # an epoch done: the loader's workers are running
+            if line.startswith("epoch 1/"):
+                break
+        time.sleep(0.5)
+        os.killpg(process.pid, stop)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == status and err.strip() == f"hntumorseg-train: {word}", err[-2000:]
