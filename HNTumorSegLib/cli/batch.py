@@ -25,7 +25,6 @@ import csv
 import functools
 import hashlib
 import io
-import json
 import os
 import re
 import sys
@@ -616,9 +615,10 @@ def _refreshed(row: dict, case: BatchCase, options: BatchOptions) -> dict:
     earlier = _earlier_row(case, options)
     if earlier is not None:
         return earlier
-    try:
-        failed = json.loads(case_paths(options, case)["failed"].read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    from HNTumorSegLib.cli.segment_case import report_or_none
+
+    failed = report_or_none(case_paths(options, case)["failed"])  # a damaged record is none: still elsewhere
+    if failed is None:
         return row
     return {**row, **{k: failed.get(k, "") for k in SUMMARY_COLUMNS}, "lesions": []}
 

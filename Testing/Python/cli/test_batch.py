@@ -695,3 +695,21 @@ def test_image_files_and_the_dicom_study_of_the_same_scan_in_one_folder_are_one_
     assert [(r["status"], r["source"]) for r in rows] == [(DONE, "DICOM")]
     assert rows[0]["message"] == (f"CT.nii.gz and PET.nii.gz in {root / 'PAT-A'} have this study's voxel grids "
                                   "(converted from it?) and were not segmented separately")
+
+
+def test_a_damaged_failure_record_of_another_process_leaves_the_case_running_elsewhere(hecktor_root, tmp_path):
+    """The other process's ``CASE.failed.json`` read back is a JSON object of summary columns; a damaged one
+    (here a list) is no record: the row stays "running elsewhere" (it raised AttributeError: a traceback at the
+    end of a whole batch)."""
+    from HNTumorSegLib.cli.batch import _refreshed, _row
+
+    case = find_batch_cases(hecktor_root)[0]
+    options = BatchOptions(tmp_path / "out")
+    failed = case_paths(options, case)["failed"]
+    failed.parent.mkdir(parents=True)
+    row = _row(case, ELSEWHERE, 0.0)
+    for text in ("[1, 2]", "{not json", '{"status": "failed", "message": "CT unreadable"}'):
+        failed.write_text(text)
+        refreshed = _refreshed(row, case, options)
+        assert refreshed["status"] == ("failed" if text.startswith('{"') else ELSEWHERE)
+    assert refreshed["message"] == "CT unreadable"
