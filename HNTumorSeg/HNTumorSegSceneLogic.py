@@ -37,7 +37,7 @@ _makeLibraryImportable()
 from HNTumorSegLib.dicom.segment_terminology import SEGMENTS, segment_by_name, split_nodes  # noqa: E402
 from HNTumorSegLib.editing.clicks import DEFAULT_FRACTION  # noqa: E402
 from HNTumorSegLib.errors import InputError  # noqa: E402
-from HNTumorSegLib.imaging.image_checks import ct_offset_problem  # noqa: E402
+from HNTumorSegLib.imaging.image_checks import ct_offset_problem, pet_mask_problem  # noqa: E402
 from HNTumorSegLib.imaging.image_io import shape_problem  # noqa: E402
 from HNTumorSegLib.slicer_support.default_inputs import VolumeCandidate, choose_default_inputs  # noqa: E402
 from HNTumorSegLib.slicer_support.dicom_pet import (DicomPetSuv, dicom_pairing_problem, dicom_pet_suv,  # noqa: E402
@@ -211,6 +211,9 @@ class HNTumorSegSceneLogic:
         if otherSuv:
             return problems + [(ERROR, otherSuv)]
         values = slicer.util.arrayFromVolume(petNode)
+        mask = pet_mask_problem(values)  # a segmentation's label map picked in the PET selector, say
+        if mask:
+            return problems + [(ERROR, f"PET '{petNode.GetName()}' {mask}")]
         try:
             suv = self.petSuv(petNode)
         except InputError as exc:  # tags that give no SUV matter only when the values are not SUV already

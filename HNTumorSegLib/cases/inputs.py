@@ -131,11 +131,12 @@ def read_case(ct_path: str | os.PathLike, pet_path: str | os.PathLike, *, ct_ser
     """Read CT and PET; DICOM folders are resolved by modality or the given series UIDs.
 
     Refused (:class:`InputError`): a CT that looks like HU + 1024
-    (:func:`~HNTumorSegLib.imaging.image_checks.ct_offset_problem`), and a DICOM CT and PET of other patients,
+    (:func:`~HNTumorSegLib.imaging.image_checks.ct_offset_problem`), a mask or an empty image given as the PET
+    (:func:`~HNTumorSegLib.imaging.image_checks.pet_mask_problem`), and a DICOM CT and PET of other patients,
     frames of reference or days (:func:`~HNTumorSegLib.dicom.series.pet_ct_pairing_problem`). A CT or PET
     given as a file carries no such tags: nothing can be compared then.
     """
-    from HNTumorSegLib.imaging.image_checks import ct_offset_problem
+    from HNTumorSegLib.imaging.image_checks import ct_offset_problem, pet_mask_problem
 
     t0 = time.perf_counter()
     ct, ct_dicom = read_ct(ct_path, ct_series)
@@ -143,6 +144,9 @@ def read_case(ct_path: str | os.PathLike, pet_path: str | os.PathLike, *, ct_ser
     if problem:
         raise InputError(f"{ct_path}: {problem}")
     pet, pet_dicom, suv = read_pet(pet_path, pet_series, pet_units)
+    problem = pet_mask_problem(pet)
+    if problem:
+        raise InputError(f"{pet_path}: {problem}")
     warnings = []
     if ct_dicom is not None and pet_dicom is not None:
         from HNTumorSegLib.dicom.series import pet_ct_pairing_problem

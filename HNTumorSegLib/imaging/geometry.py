@@ -146,15 +146,25 @@ def overlap_box(target: Geometry, source: Geometry, margin: int = 0) -> tuple[li
     return lo.tolist(), (hi - lo + 1).tolist()
 
 
+def physical_box(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest patient (LPS, mm) coordinates of a grid's bounding box, voxel edges included."""
+    half = np.abs(g.matrix).sum(axis=1) / 2.0
+    c = g.corners()
+    return c.min(axis=0) - half, c.max(axis=0) + half
+
+
 def physical_overlap(a: Geometry, b: Geometry) -> bool:
     """Whether the physical bounding boxes (voxel edges included) of two grids intersect."""
-    def box(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
-        half = np.abs(g.matrix).sum(axis=1) / 2.0
-        c = g.corners()
-        return c.min(axis=0) - half, c.max(axis=0) + half
-    alo, ahi = box(a)
-    blo, bhi = box(b)
+    alo, ahi = physical_box(a)
+    blo, bhi = physical_box(b)
     return bool(np.all(alo < bhi) and np.all(blo < ahi))
+
+
+def axial_overlap_mm(a: Geometry, b: Geometry) -> float:
+    """How far (mm) the bounding boxes of two grids overlap along the patient's head-foot axis (LPS z)."""
+    alo, ahi = physical_box(a)
+    blo, bhi = physical_box(b)
+    return max(0.0, float(min(ahi[2], bhi[2]) - max(alo[2], blo[2])))
 
 
 def outside_buffer(image: sitk.Image, grid: Geometry) -> np.ndarray | None:

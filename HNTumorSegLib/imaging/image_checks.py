@@ -21,6 +21,7 @@ Checked:
   (``/proc/meminfo`` MemAvailable, and a cgroup v2 limit when lower); ``HNTUMORSEG_MEMORY_LIMIT_MIB`` sets
   the limit instead (tests; or to keep a shared server's jobs smaller).
 - CT units (:func:`ct_offset_problem`): see its docstring for the rule.
+- A mask or an empty image given as the PET (:func:`pet_mask_problem`).
 """
 
 from __future__ import annotations
@@ -317,3 +318,27 @@ def ct_offset_problem(ct: sitk.Image | np.ndarray) -> str | None:
             f"should be -1000 HU, {tissue:.0%} near 1024 where soft tissue should be near 0 HU): an unsigned "
             "export whose RescaleIntercept -1024 was not applied? Subtract 1024 from the CT (or fix its "
             "RescaleIntercept) and run again")
+
+
+#: Value sets that are masks or label maps, not PETs: this software's labels (0 background, 1 GTVp, 2 GTVn) and a
+#: binary mask as 0/1 or 0/255 (subsets too: a label map without nodes holds 0 and 1).
+MASK_VALUE_SETS = ({0.0, 1.0, 2.0}, {0.0, 255.0})
+
+
+def pet_mask_problem(pet: sitk.Image | np.ndarray) -> str | None:
+    """A message when the image given as the PET is a label map, a binary mask or constant, else None. Why: a
+    label map given as the PET has SUV-sized values and passed every other check; it was segmented, its
+    "uptake" the label values (the CT side has the mirror check, :func:`ct_offset_problem`). A PET holds
+    thousands of values; the rule looks for the value sets of masks and labels only (a synthetic PET of a few
+    uptake levels stays a PET), on a regular subsample of the voxels."""
+    a = pet if isinstance(pet, np.ndarray) else sitk.GetArrayViewFromImage(pet)
+    if a.size == 0:
+        return None
+    step = max(1, int(round((a.size / _CT_SAMPLE) ** (1.0 / 3.0))))
+    values = np.unique(a[::step, ::step, ::step])
+    if len(values) == 1:
+        return f"holds {values[0]:g} in every voxel: an empty image, not a PET; give the PET in SUV"
+    if len(values) > 3 or not any(set(values.tolist()) <= mask for mask in MASK_VALUE_SETS):
+        return None
+    return (f"holds only the values {', '.join(f'{v:g}' for v in values)}: a mask or label map, not a PET; give the "
+            "PET (in SUV, or DICOM in Bq/mL)")

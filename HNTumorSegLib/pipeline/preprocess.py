@@ -32,11 +32,18 @@ NO_BRAIN_WARNING = ("no brain uptake found at the top of the PET (a scan from th
                     "alone?): the 336 mm window starts at the top of the scan instead of at the brain, as the "
                     "method assumes; check that it covers the tumours")
 from HNTumorSegLib.errors import InputError
-from HNTumorSegLib.imaging.geometry import (Geometry, analysis_lattice, orient_lps, outside_buffer, overlap_box,
-                                            physical_overlap, resample,
+from HNTumorSegLib.imaging.geometry import (LATTICE_SPACING, Geometry, analysis_lattice, axial_overlap_mm,
+                                            orient_lps, outside_buffer, overlap_box, physical_overlap, resample,
                                             snap_geometry)
 from HNTumorSegLib.imaging.label_checks import label_grid_problem, label_values_problem
 from HNTumorSegLib.pipeline.intensity import CT_PAD_HU, PET_PAD_SUV, normalize_ct, normalize_pet, pet_statistics
+
+#: A CT and PET that overlap over less than this (mm, head to foot) are no head-and-neck scan: said, as above (a CT
+#: of 5 slices was segmented without a word, its "lesions" false). A neck alone (~150 mm) passes quietly.
+MIN_AXIAL_OVERLAP_MM = 100.0
+SHORT_SCAN_WARNING = ("CT and PET overlap over {mm:.0f} mm head to foot only: the method looks at "
+                      f"{WINDOW_ZYX[0] * LATTICE_SPACING[2]:g} mm from the brain down (the head and neck); on so "
+                      "short a scan expect missed and false lesions")
 
 #: Changes whenever the network input for the same case would change; models record it.
 PREPROCESSING_VERSION = "1"
@@ -191,6 +198,10 @@ def preprocess(ct: sitk.Image, pet: sitk.Image, label: sitk.Image | None = None,
     image = np.stack([normalize_ct(ct_window), normalize_pet(pet_window, mu, sigma)])
     timings["normalise"] = time.perf_counter() - t0
 
+    warnings = [] if decision.brain_found else [NO_BRAIN_WARNING]
+    overlap = axial_overlap_mm(original_ct, original_pet)
+    if overlap < MIN_AXIAL_OVERLAP_MM:
+        warnings.append(SHORT_SCAN_WARNING.format(mm=overlap))
     provenance = {
         "version": PREPROCESSING_VERSION,
         "software": f"HNTumorSegLib {__version__}",
@@ -201,7 +212,7 @@ def preprocess(ct: sitk.Image, pet: sitk.Image, label: sitk.Image | None = None,
         "centroid_xy": list(decision.centroid_xy),
         "top_slice_mean_suv": decision.top_slice_mean,
         "brain_found": decision.brain_found,
-        **({} if decision.brain_found else {"warnings": [NO_BRAIN_WARNING]}),
+        **({"warnings": warnings} if warnings else {}),
         "tau": TAU,
         "window_size_zyx": list(WINDOW_ZYX),
         "window": lattice.subgrid(window.start_xyz, window.size_xyz).to_dict(),

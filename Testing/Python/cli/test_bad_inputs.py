@@ -443,3 +443,31 @@ def test_preprocess_and_rtstruct_refuse_an_output_that_is_an_input(tmp_path, cap
                          "--remove", "0,0,0", "--out", paths["pet"]], capsys)
     assert_refused(code, err, paths["pet"], "--out is the same file as --pet")
     assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind, needles", [("label map", ["the values 0, 1, 2", "a mask or label map"]),
+                                           ("mask", ["the values 0, 255", "a mask or label map"]),
+                                           ("empty", ["holds 0 in every voxel", "an empty image"])])
+def test_a_label_map_or_an_empty_image_given_as_the_pet_is_refused(tmp_path, capsys, kind, needles):
+    """A label map given as the PET has SUV-sized values and passed every check: it was segmented, its "uptake"
+    the label values (the CT side has refused a PET given as the CT for long). An all-zero PET was told its
+    values "in the thousands look like Bq/mL"."""
+    paths = pair(tmp_path)
+    pet = sitk.ReadImage(str(paths["pet"]))
+    values = sitk.GetArrayFromImage(pet)
+    fake = {"label map": np.digitize(values, [np.percentile(values, 90), np.percentile(values, 99)]),
+            "mask": np.where(values > np.percentile(values, 90), 255, 0),
+            "empty": np.zeros_like(values)}[kind].astype(np.uint8)
+    image = sitk.GetImageFromArray(fake)
+    image.CopyInformation(pet)
+    as_pet = write(image, tmp_path / "in" / "PT_is_a_label.nii.gz", True)
+    refuse_preprocess(tmp_path, capsys, paths["ct"], as_pet, as_pet, *needles)
+    code, err = run_cli(["segment", "--ct", paths["ct"], "--pet", as_pet, "--out", tmp_path / "seg.nii.gz"], capsys)
+    assert_refused(code, err, as_pet, *needles)
+
+
+def test_a_pet_of_a_few_whole_uptake_levels_is_still_a_pet(tmp_path, capsys):
+    """The tests' own synthetic PET holds 0, 1 and 8 (background and uptake levels): no mask's value set."""
+    paths = pair(tmp_path)
+    assert set(np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(str(paths["pet"]))))) == {0, 1, 8}
+    accept_preprocess(tmp_path, capsys, paths["ct"], paths["pet"])

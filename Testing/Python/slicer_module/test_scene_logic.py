@@ -526,3 +526,22 @@ def test_a_volume_that_is_no_3d_image_is_an_input_error_before_a_run(segmented, 
             logic.startJob(bad, pet, device="cpu")
     finally:
         scene.RemoveNode(bad)
+
+
+def test_a_label_map_picked_as_the_pet_is_refused_before_the_worker_starts(headless_slicer, plain_case, tmp_path):
+    """A segmentation's label map (0, 1, 2) picked in the PET selector has SUV-sized values: it was segmented."""
+    pet_image = sitk.ReadImage(str(plain_case.pet_path))
+    values = sitk.GetArrayFromImage(pet_image)
+    fake = sitk.GetImageFromArray(np.digitize(values, [np.percentile(values, 95), np.percentile(values, 99.5)]).astype(np.uint8))
+    fake.CopyInformation(pet_image)
+    sitk.WriteImage(fake, str(tmp_path / "labels.nrrd"))
+    logic = scene_logic_class()(workerPython=[sys.executable])
+    ct = headless_slicer.load_volume(plain_case.ct_path, "CT")
+    as_pet = headless_slicer.load_volume(tmp_path / "labels.nrrd", "labels")
+    problems = logic.inputProblems(ct, as_pet)
+    assert problems[-1] == ("error", "PET 'labels' holds only the values 0, 1, 2: a mask or label map, not a PET; "
+                                     "give the PET (in SUV, or DICOM in Bq/mL)"), problems
+    with pytest.raises(InputError, match="a mask or label map"):
+        logic.segment(ct, as_pet, device="cpu")
+    assert [level for level, _ in logic.inputProblems(ct, headless_slicer.load_volume(plain_case.pet_path, "PET"))
+            if level == "error"] == []
