@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 from pathlib import Path
 
@@ -217,10 +218,12 @@ def _click_model_path(args) -> Path | None:
     if args.method == "threshold":
         raise InputError(f"--click-model {args.click_model} with --method threshold: the threshold draws every "
                          "lesion, the click model would not be used; give one or the other")
-    from HNTumorSegLib.cli.output_paths import resolved_path
     from HNTumorSegLib.editing.click_model import load_click_model
 
-    path = resolved_path(args.click_model)
+    if args.click_model.is_dir():
+        raise InputError(f"--click-model {args.click_model}: a folder; give the click model's .json")
+    # absolute, links not followed: the weights' name comes from the name given (a store's links point to blobs)
+    path = Path(os.path.abspath(args.click_model))
     load_click_model(str(path))
     return path
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -290,7 +289,7 @@ def _click_model_for(value: int, ct: sitk.Image | None, method: str, path: str |
         return refuse("it needs the CT")
     if importlib.util.find_spec("torch") is None:  # the Slicer module, before its first segmentation installs it
         return refuse("torch is not installed")
-    model = load_click_model() if path is None else load_click_model(str(Path(path).resolve()))
+    model = load_click_model() if path is None else load_click_model(os.path.abspath(path))  # links kept (see edit)
     if model.structure != LABELS[value]:
         return refuse(f"it draws {model.structure}, not {LABELS[value]}")
     return model

@@ -212,13 +212,19 @@ def sample_path(folder: Path, seed: int) -> Path:
     return Path(folder) / f"s{seed}.npz"
 
 
-def write_samples(samples: Sequence[Sample], path: Path) -> None:
-    """One phantom's samples as an .npz (empty arrays for none), atomically."""
+#: A sample file's ``ct_matrix`` entry for phantoms drawn at their style's own CT matrix (the default).
+STYLE_MATRIX = 0
+
+
+def write_samples(samples: Sequence[Sample], path: Path, ct_matrix: int | None = None) -> None:
+    """One phantom's samples as an .npz (empty arrays for none), atomically, with the CT matrix they were drawn
+    at (:data:`STYLE_MATRIX` for the style's own)."""
     empty = np.zeros((0,) + (CROP_VOXELS,) * 3)
     arrays = {"ct": np.stack([s.ct for s in samples]) if samples else empty.astype(np.float16),
               "pet": np.stack([s.pet for s in samples]) if samples else empty.astype(np.float16),
               "t": np.stack([s.target for s in samples]) if samples else empty.astype(np.uint8),
-              "kind": np.array([s.kind for s in samples], dtype="<U6")}
+              "kind": np.array([s.kind for s in samples], dtype="<U6"),
+              "ct_matrix": np.array(ct_matrix or STYLE_MATRIX)}
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
 
@@ -233,7 +239,7 @@ def _make_one(task: tuple[int, str, int | None]) -> tuple[int, int, str | None]:
     except RuntimeError as exc:
         return seed, 0, str(exc)
     samples = case_samples(case, rng)
-    write_samples(samples, sample_path(Path(folder), seed))
+    write_samples(samples, sample_path(Path(folder), seed), ct_matrix)
     return seed, len(samples), None
 
 
@@ -248,6 +254,9 @@ def make_samples(seeds: Iterable[int], folder: str | os.PathLike, workers: int =
     folder.mkdir(parents=True, exist_ok=True)
     seeds = list(seeds)
     todo = [s for s in seeds if not sample_path(folder, s).is_file()]
+    for seed in seeds:  # kept files must be of these phantoms: another matrix's would train without a word
+        if seed not in todo:
+            _check_matrix(sample_path(folder, seed), ct_matrix)
     remove_temporaries(folder, [sample_path(folder, s).name for s in todo], min_age_s=600)  # a killed run's
     failed: dict[int, str] = {}
     tasks = [(s, str(folder), ct_matrix) for s in todo]
@@ -287,6 +296,26 @@ class Samples:
 
     def counts(self) -> dict[str, int]:
         return {k: int(np.count_nonzero(self.kind == k)) for k in KINDS}
+
+
+def drawn_matrix(path: Path) -> int | None:
+    """The CT matrix a sample file's phantom was drawn at (None: the style's own; files written before this was
+    recorded are taken as the style's own, as all such files of this project were)."""
+    try:
+        with np.load(path) as data:
+            value = int(data["ct_matrix"]) if "ct_matrix" in data.files else STYLE_MATRIX
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: not a file of click-model samples ({exc}); delete it to draw it again") from None
+    return None if value == STYLE_MATRIX else value
+
+
+def _check_matrix(path: Path, ct_matrix: int | None) -> None:
+    drawn = drawn_matrix(path)
+    if drawn != ct_matrix:
+        words = {None: "the styles' own CT matrix"}
+        raise InputError(f"{path}: drawn at {words.get(drawn, f'--ct-matrix {drawn}')}, not "
+                         f"{words.get(ct_matrix, f'--ct-matrix {ct_matrix}')}: give the --ct-matrix the folder was "
+                         "drawn with, or another --data folder")
 
 
 def _read_file(path: Path) -> dict[str, np.ndarray]:
@@ -665,8 +694,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _check_buildable(config: NetworkConfig, channels: Sequence[int] | None) -> None:
+    """The network built once, at once: widths this machine cannot hold fail here in one line, not after the
+    phantoms were drawn, in the allocator's traceback."""
+    try:
+        with torch.random.fork_rng():  # the run's own start stays that of its seed
+            build_network(config)
+    except (RuntimeError, MemoryError) as exc:
+        widths = ",".join(map(str, channels or config.channels))
+        raise InputError(f"--channels {widths}: the network cannot be built here ({str(exc).splitlines()[0][:160]}); "
+                         "give smaller widths") from None
+
+
 def _positive_or_zero(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"give 0 or a positive integer, not {text!r}")
     return int(text)
 
@@ -674,7 +715,7 @@ def _positive_or_zero(text: str) -> int:
 def _channels(text: str) -> tuple[int, ...]:
     """``C1,C2,C3,C4``: the channels of the network's four levels, each a positive integer (an argparse type)."""
     parts = [p.strip() for p in text.split(",")]
-    if len(parts) != len(NETWORK.channels) or not all(p.isdigit() and int(p) > 0 for p in parts):
+    if len(parts) != len(NETWORK.channels) or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
         raise argparse.ArgumentTypeError(f"give {len(NETWORK.channels)} positive integers separated by commas "
                                          f"(one per level, e.g. 16,32,64,128), not {text!r}")
     return tuple(int(p) for p in parts)
@@ -705,7 +746,11 @@ def run(args: argparse.Namespace) -> int:
                          "give one or the other")
     device = resolve_device(args.device)  # before hours of drawing phantoms, as the rest
     config = NETWORK if args.channels is None else dataclasses.replace(NETWORK, channels=args.channels)
+    if args.init is not None and args.init.is_dir():
+        raise InputError(f"--init {args.init}: a folder; give the click model's .json")
     init = start_from(args.init) if args.init is not None else None
+    if init is None:
+        _check_buildable(config, args.channels)
     failed = make_samples(list(args.seeds) + list(args.val_seeds), args.data, workers=args.workers,
                           ct_matrix=args.ct_matrix, progress=not args.no_progress)
     train_set, val_set = load_samples(args.data, args.seeds), load_samples(args.data, args.val_seeds)

@@ -46,6 +46,32 @@ for name in "${RUNS[@]}"; do
   case $name in wide|bundled) ;; *) echo "RUNS: unknown run $name (known: wide bundled)" >&2; exit 2;; esac
 done
 LOADERS=${LOADERS:-$(( CPUS / ${#RUNS[@]} - 2 > 0 ? CPUS / ${#RUNS[@]} - 2 : 0 ))}  # loader processes per run
+for name in "${RUNS[@]}"; do  # an earlier session's files in a reused DATA are not this session's results
+  rm -rf "$DATA/models/click_$name.json" "$DATA/models/click_$name.safetensors" "$DATA/benchmarks/$name"
+done
+
+# A stop (Ctrl-C, SIGTERM: the session's end) reaches every step: each runs under its own `timeout`, in a
+# process group of its own that a terminal's or a scheduler's signal to this script's group does not reach.
+# They are sent SIGTERM here (timeout passes it on; a training run then writes the network it has) and awaited.
+children=()
+written=()
+pack_models() {  # this session's model files (a reused DATA may hold others) into models.tgz
+  written=()
+  for name in "${RUNS[@]}"; do
+    [ -f "$DATA/models/click_$name.json" ] && written+=("models/click_$name.json" "models/click_$name.safetensors")
+  done
+  [ "${#written[@]}" -eq 0 ] || tar -czf "$OUT/models.tgz" -C "$DATA" "${written[@]}" 2>>"$OUT/session.log"
+}
+stop() {
+  log "stopped ($1): ending the steps under way"
+  kill -TERM "${children[@]}" 2>/dev/null
+  wait
+  pack_models  # a training run stopped so writes the network it has
+  log "kept: ${written[*]:-no model}"
+  exit "$2"
+}
+trap 'stop Ctrl-C 130' INT
+trap 'stop SIGTERM 143' TERM
 
 { echo "started $(date -u +%FT%TZ) on $(hostname), $CPUS CPUs"; nvidia-smi -L 2>/dev/null
   "$PY" -c "import torch, SimpleITK, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
@@ -67,12 +93,13 @@ data, seeds, val_seeds, cpus, ct_matrix = sys.argv[1:]
 failed = make_samples([*seed_range(seeds), *seed_range(val_seeds)], data, workers=int(cpus),
                       ct_matrix=int(ct_matrix) if ct_matrix else None, progress=False)
 print(f"phantoms not drawn: {len(failed)}", *(f"{s}: {why}" for s, why in failed.items()), sep="\n")
-' "$DATA" "$SEEDS" "$VAL_SEEDS" "$CPUS" "$CT_MATRIX" >"$DATA/samples.log" 2>&1 \
-  || { log "samples failed"; tail -5 "$DATA/samples.log" | tee -a "$OUT/session.log" >&2; exit 1; }
+' "$DATA" "$SEEDS" "$VAL_SEEDS" "$CPUS" "$CT_MATRIX" >"$DATA/samples.log" 2>&1 &
+children+=($!)
+wait $! || { log "samples failed"; tail -5 "$DATA/samples.log" | tee -a "$OUT/session.log" >&2; exit 1; }
 log "samples: $(head -1 "$DATA/samples.log")"
 
 # 2. The runs, side by side on the one GPU, each with the time left but the benchmarks'; a hard stop keeps
-#    the benchmarks inside the budget (a stopped run writes no model, so the training budget leaves room).
+#    the benchmarks inside the budget (a run stopped so validates and writes what it has: OVERHEAD_S is its room).
 left=$(( BUDGET_S - BENCH_S - TAIL_S - $(elapsed) ))
 train_s=$(( left - OVERHEAD_S ))
 [ "$train_s" -gt 0 ] || { log "the budget is spent before the runs (BUDGET_S=$BUDGET_S)"; exit 1; }
@@ -83,21 +110,25 @@ for name in "${RUNS[@]}"; do
     --seeds "$SEEDS" --val-seeds "$VAL_SEEDS" --budget-s "$train_s" --batch "$BATCH" --device "$DEVICE" \
     --loader-workers "$LOADERS" --eval-every 500 --no-progress ${CT_MATRIX:+--ct-matrix "$CT_MATRIX"} \
     "${what[@]}" >"$OUT/train_$name.log" 2>&1 &
+  children+=($!)
 done
 wait
-tar -czf "$OUT/models.tgz" -C "$DATA" models 2>>"$OUT/session.log"
-log "runs done: $(ls "$DATA/models" | tr '\n' ' ')"
+pack_models
+log "runs done: ${written[*]:-no model written}"
 
 # 3. The benchmark of each model written, side by side (the segmentation on the GPU, the clicks on the CPUs).
-stop=$(( BUDGET_S - TAIL_S - $(elapsed) )); [ "$stop" -gt 0 ] || stop=1
+bench_s=$(( BUDGET_S - TAIL_S - $(elapsed) )); [ "$bench_s" -gt 0 ] || bench_s=1
 for name in "${RUNS[@]}"; do
   model="$DATA/models/click_$name.json"
   [ -f "$model" ] || { log "$name: no model written (see train_$name.log)"; continue; }
-  timeout "$stop" "$PY" Testing/benchmarks/edit_clicks.py --click-model "$model" --cases "$BENCH_CASES" \
+  timeout "$bench_s" "$PY" Testing/benchmarks/edit_clicks.py --click-model "$model" --cases "$BENCH_CASES" \
     --device "$DEVICE" --out "$DATA/benchmarks/$name" >"$OUT/bench_$name.log" 2>&1 &
+  children+=($!)
 done
 wait
-tar -czf "$OUT/benchmarks.tgz" -C "$DATA" benchmarks 2>>"$OUT/session.log"
+benched=()
+for name in "${RUNS[@]}"; do [ -d "$DATA/benchmarks/$name" ] && benched+=("benchmarks/$name"); done
+[ "${#benched[@]}" -eq 0 ] || tar -czf "$OUT/benchmarks.tgz" -C "$DATA" "${benched[@]}" 2>>"$OUT/session.log"
 log "benchmarks done"
 
 # 4. The summary: each run's validation Dice and its benchmark's table (or the cases it finished).
@@ -107,4 +138,4 @@ for name in "${RUNS[@]}"; do
   grep -h "after 3 clicks\|^|\|^all cases\|^training styles\|^unseen style\|cases in" "$OUT/bench_$name.log" 2>/dev/null | head -40
 done >"$OUT/summary.txt"
 log "summary written"
-ls "$DATA"/models/click_*.json >/dev/null 2>&1 || { log "no run wrote a model"; exit 1; }
+[ "${#written[@]}" -gt 0 ] || { log "no run wrote a model"; exit 1; }

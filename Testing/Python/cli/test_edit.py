@@ -360,7 +360,7 @@ def test_a_click_model_of_ones_own_draws_the_nodes_and_the_report_names_it(files
     code, out = run(files, "--add", point(MISSED) + ":GTVn", "--click-model", str(own))
     assert code == 0, capsys.readouterr().err
     assert "drawn by the click model my_clicks.json" in capsys.readouterr().out
-    assert json.loads(out.with_name("edited.json").read_text())["settings"]["click_model"] == str(own.resolve())
+    assert json.loads(out.with_name("edited.json").read_text())["settings"]["click_model"] == str(own)
     code, out = run(files, "--add", point(MISSED) + ":GTVn")
     assert code == 0 and "hntumorseg_phantom_node_clicks.json" in capsys.readouterr().out
     assert json.loads(out.with_name("edited.json").read_text())["settings"]["click_model"] == "bundled"
@@ -390,3 +390,23 @@ def test_a_click_model_with_the_threshold_method_is_refused(files, capsys):
     code, out = run(files, "--add", point(MISSED) + ":GTVn", "--click-model", str(own), "--method", "threshold")
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "would not be used" in err and not out.exists()
+
+
+def test_a_click_model_in_a_store_of_links_or_a_folder_is_taken_or_named(files, capsys):
+    """A model kept in a store (huggingface_hub, DVC, git-annex: NAME.json and NAME.safetensors are links to
+    blobs of other names) was refused naming the blob; a folder was refused as "cm.json: not found"."""
+    from HNTumorSegLib.editing.click_model import DEFAULT_CLICK_MODEL
+
+    store, snap = files["ct"].parent / "blobs", files["ct"].parent / "snap"
+    store.mkdir()
+    snap.mkdir()
+    for suffix, blob in ((".json", "aaa111"), (".safetensors", "bbb222")):
+        (store / blob).write_bytes(DEFAULT_CLICK_MODEL.with_suffix(suffix).read_bytes())
+        (snap / f"mine{suffix}").symlink_to(store / blob)
+    code, out = run(files, "--add", point(MISSED) + ":GTVn", "--click-model", str(snap / "mine.json"))
+    assert code == 0, capsys.readouterr().err
+    assert "click model mine.json" in capsys.readouterr().out
+    assert json.loads(out.with_name("edited.json").read_text())["settings"]["click_model"] == str(snap / "mine.json")
+    code, out = run(files, "--add", point(MISSED) + ":GTVn", "--click-model", str(snap))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"hntumorseg: error: --click-model {snap}: a folder; give the click model's .json"

@@ -161,3 +161,53 @@ def test_the_gpu_click_model_recipe_without_cuda_stops_before_drawing_anything(t
                                        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'Training'}"})
     assert done.returncode == 1 and "torch sees no CUDA device" in done.stderr
     assert not list((tmp_path / "data").glob("s*.npz"))
+
+
+def _click_recipe_env(tmp_path: Path, **more: str) -> dict[str, str]:
+    return {"OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "DEVICE": "cpu", "PY": sys.executable,
+            "SEEDS": "940004:940005", "VAL_SEEDS": "940008:940009", "CT_MATRIX": "64", "BATCH": "2",
+            "BENCH_CASES": "1", "BUDGET_S": "400", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'Training'}", **more}
+
+
+def test_the_gpu_click_model_recipe_never_reports_an_earlier_sessions_model(tmp_path):
+    """A reused DATA held last session's click_wide.*: a run that failed now still packed and judged it."""
+    models = tmp_path / "data" / "models"
+    models.mkdir(parents=True)
+    (models / "click_wide.json").write_text("{}")
+    (models / "click_wide.safetensors").write_bytes(b"old")
+    done = _run("gpu_click_model.sh", _click_recipe_env(tmp_path, RUNS="wide", BATCH="0"))  # BATCH 0: refused
+    assert done.returncode == 1 and "no run wrote a model" in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "out" / "models.tgz").exists() and not (models / "click_wide.json").exists()
+
+
+def test_the_gpu_click_model_recipe_stopped_ends_its_steps_and_keeps_what_they_trained(tmp_path):
+    """A stop sent to the recipe (the session's end) did not reach its steps, each in a process group of its own
+    under `timeout`: they ran on after it, and Ctrl-C waited for the step's own time limit. Now the recipe passes
+    SIGTERM on, waits, and packs the networks the stopped runs wrote."""
+    import signal
+    import time
+
+    env = {**os.environ, **_click_recipe_env(tmp_path, RUNS="wide", BUDGET_S="600")}
+    process = subprocess.Popen(["bash", str(RECIPES / "gpu_click_model.sh")], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = tmp_path / "out" / "train_wide.log"
+    try:
+        deadline = time.monotonic() + 240
+        while not (log.is_file() and "network [" in log.read_text()):  # the run is training
+            assert time.monotonic() < deadline and process.poll() is None, "the run did not start"
+            time.sleep(0.5)
+        time.sleep(8)  # some steps
+        os.killpg(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 143, err[-2000:]
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True, text=True).stdout.split()
+    assert left == [], "steps still running after the recipe ended"
+    session = (tmp_path / "out" / "session.log").read_text()
+    assert "stopped (SIGTERM)" in session and "kept: models/click_wide.json" in session
+    with tarfile.open(tmp_path / "out" / "models.tgz") as packed:
+        assert "models/click_wide.json" in packed.getnames()
+    trained = json.loads((tmp_path / "data" / "models" / "click_wide.json").read_text())["trained_on"]
+    assert trained["interrupted"] == "SIGTERM"

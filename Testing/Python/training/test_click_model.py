@@ -65,8 +65,14 @@ def test_samples_are_crops_centred_on_the_clicked_lesion():
 def test_sample_files_resume_and_load(folder: Path):
     files = [sample_path(folder, s) for s in (TRAIN_SEED, VAL_SEED, NO_NODES_SEED)]
     stamps = [os.stat(f).st_mtime_ns for f in files]
-    assert make_samples([TRAIN_SEED, VAL_SEED, NO_NODES_SEED], folder, progress=False) == {}
+    assert make_samples([TRAIN_SEED, VAL_SEED, NO_NODES_SEED], folder, ct_matrix=CT_MATRIX, progress=False) == {}
     assert [os.stat(f).st_mtime_ns for f in files] == stamps  # nothing drawn again
+    # files of another CT matrix (here: the fixture's 64 against the styles' own) are not taken as these phantoms'
+    with pytest.raises(InputError, match=rf"s{TRAIN_SEED}.npz: drawn at --ct-matrix 64, not the styles' own CT"):
+        make_samples([TRAIN_SEED, VAL_SEED], folder, progress=False)
+    with pytest.raises(InputError, match=r"drawn at --ct-matrix 64, not --ct-matrix 96"):
+        make_samples([TRAIN_SEED], folder, ct_matrix=96, progress=False)
+    assert [os.stat(f).st_mtime_ns for f in files] == stamps
     loaded = load_samples(folder, [TRAIN_SEED, NO_NODES_SEED])
     assert loaded.phantoms == [TRAIN_SEED, NO_NODES_SEED] and len(loaded) == 9  # a phantom without nodes is read
     assert loaded.counts() == {"peak": 3, "deep": 3, "random": 3}
@@ -406,3 +412,24 @@ def test_sigterm_to_the_process_group_with_loader_workers_keeps_the_network(fold
     assert process.returncode == 143, err[-2000:]
     assert "Traceback" not in err and "SIGTERM before the budget was spent" in rest
     assert json.loads(out.with_suffix(".json").read_text())["trained_on"]["interrupted"] == "SIGTERM"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--channels", "8,16,32,100000000"], "--channels 8,16,32,100000000: the network cannot be built here"),
+    (["--init", "."], "--init .: a folder; give the click model's .json"),
+])
+def test_a_network_that_cannot_be_built_is_one_line_before_anything_is_drawn(tmp_path: Path, capsys, extra, message):
+    """Widths this machine cannot hold ended in the allocator's traceback, after the phantoms were drawn."""
+    assert main(["--out", str(tmp_path / "m"), "--data", str(tmp_path / "d"), "--seeds", "940000:940005",
+                 "--val-seeds", "940008:940009", "--budget-s", "10", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--loader-workers", "\u00b2"), ("--channels", "\uff18,16,32,64")])
+def test_digits_that_are_not_ascii_are_refused_by_the_options_own_words(tmp_path: Path, capsys, option, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "m"), "--data", str(tmp_path / "d"), "--seeds", "0:2", "--val-seeds", "2:3",
+              "--budget-s", "10", option, value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "give " in err and "invalid _" not in err
