@@ -20,9 +20,15 @@ first click) often takes the hot node alone. An editor clicks on the part that i
 the hot node again (a redraw there draws the hot node again); clicks at the centre of the largest
 missed region are also how the interactive challenges place their corrective clicks.
 
-The worst error is the one with the most voxels at stake (the missed lesion's, the false positive's,
-the mislabelled overlap's, the badly drawn lesion's disagreement). The simulated user does not know
-whether a redraw will be better; a benchmark judges that after the click (and may undo, at a cost).
+The worst error is the one whose voxels at stake (the missed lesion's, the false positive's, the mislabelled
+overlap's, the badly drawn lesion's disagreement) are the largest share of their structure in the case (its
+predicted and reference voxels together): what the click can change in that structure's Dice, the per-case,
+per-structure measure the editor is judged by (a relabel counts in both structures). Why not the raw count: on
+24 unseen phantoms, a missed 1177-voxel primary (its Dice 0) waited behind a 2356-voxel node add and a
+1702-voxel node redraw, and a 120-voxel primary drawn at 0.65 was never clicked; by shares the primary comes
+first (mean Dice after 3 clicks, GTVp / GTVn: 0.813 / 0.840 by voxels, 0.908 / 0.829 by shares). The
+simulated user does not know whether a redraw will be better; a benchmark judges that after the click (and
+may undo, at a cost).
 """
 
 from __future__ import annotations
@@ -94,8 +100,8 @@ def _missed_parts(missed: np.ndarray, spacing_zyx) -> list[tuple[tuple[int, int,
 
 def candidate_clicks(prediction: sitk.Image, reference: sitk.Image, pet: sitk.Image,
                      at: str = "peak") -> list[Click]:
-    """Every error one click fixes, worst (most voxels at stake) first; ``at`` (:data:`CLICK_PLACES`): where a
-    click on a lesion goes."""
+    """Every error one click fixes, worst (the largest share of its structure at stake, see the module) first;
+    ``at`` (:data:`CLICK_PLACES`): where a click on a lesion goes."""
     if at not in CLICK_PLACES:
         raise ValueError(f"click place {at!r}: expected one of {', '.join(CLICK_PLACES)}")
     pred = sitk.GetArrayViewFromImage(prediction)
@@ -137,7 +143,15 @@ def candidate_clicks(prediction: sitk.Image, reference: sitk.Image, pet: sitk.Im
             lesion = ref_ids == k
             if not np.any(lesion & (pred > 0)):
                 clicks.append(Click("add", point(on(lesion)), name, int(lesion.sum())))
-    return sorted(clicks, key=lambda c: -c.voxels_at_stake)
+    voxels = {name: int(np.count_nonzero(pred == v)) + int(np.count_nonzero(ref == v)) for v, name in LABELS.items()}
+    return sorted(clicks, key=lambda c: -_share_at_stake(c, voxels))
+
+
+def _share_at_stake(click: Click, voxels: dict[str, int]) -> float:
+    """The click's voxels at stake over its structure's ``voxels`` in the case (predicted and reference
+    together); a relabel's count in both structures (it takes them from one and gives them to the other)."""
+    names = [click.structure] + [n for n in LABELS.values() if n != click.structure and click.action == "relabel"]
+    return sum(click.voxels_at_stake / max(voxels[n], 1) for n in names)
 
 
 def apply_click(label: sitk.Image, pet: sitk.Image, click: Click, ct: sitk.Image | None = None,
