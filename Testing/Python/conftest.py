@@ -119,3 +119,19 @@ def full_disk_at(name: str, write):
         return write(array, path)
 
     return writing
+
+
+def stopped_group(process, started, stop, timeout: float = 120.0) -> tuple[str, str]:
+    """Wait until ``started()`` (a process group's job is under way), send ``stop`` to the group (``process`` was
+    started with ``start_new_session``) and wait for it to end: its remaining stdout and its stderr. Whatever
+    happens, nothing of the group outlives the test (SIGKILL)."""
+    import os
+    import signal
+
+    try:
+        started()
+        os.killpg(process.pid, stop)
+        return process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import stopped_group
+
 ROOT = Path(__file__).resolve().parents[3]
 RECIPES = ROOT / "Training" / "recipes"
 
@@ -191,17 +193,15 @@ def test_the_gpu_click_model_recipe_stopped_ends_its_steps_and_keeps_what_they_t
     process = subprocess.Popen(["bash", str(RECIPES / "gpu_click_model.sh")], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     log = tmp_path / "out" / "train_wide.log"
-    try:
+
+    def training():
         deadline = time.monotonic() + 240
         while not (log.is_file() and "network [" in log.read_text()):  # the run is training
             assert time.monotonic() < deadline and process.poll() is None, "the run did not start"
             time.sleep(0.5)
         time.sleep(8)  # some steps
-        os.killpg(process.pid, signal.SIGTERM)
-        _, err = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+
+    _, err = stopped_group(process, training, signal.SIGTERM)
     assert process.returncode == 143, err[-2000:]
     left = subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True, text=True).stdout.split()
     assert left == [], "steps still running after the recipe ended"

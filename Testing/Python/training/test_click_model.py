@@ -27,6 +27,8 @@ from HNTumorSegTraining.click_model import (NETWORK, SHARE_STEPS, Samples, as_ma
                                             node_samples, sample_path, target_crop, threshold_region, train,
                                             training_batch, training_batches)
 
+from conftest import stopped_group
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CT_MATRIX = 64
@@ -400,15 +402,12 @@ def test_sigterm_to_the_process_group_with_loader_workers_keeps_the_network(fold
          "--eval-every", "1", "--batch", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "Training")])})
-    try:
+    def validated_once():
         for line in process.stdout:  # the first validation line: training is under way, the workers running
             if line.startswith("step 1 "):
-                break
-        os.killpg(process.pid, signal.SIGTERM)
-        rest, err = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+                return
+
+    rest, err = stopped_group(process, validated_once, signal.SIGTERM)
     assert process.returncode == 143, err[-2000:]
     assert "Traceback" not in err and "SIGTERM before the budget was spent" in rest
     assert json.loads(out.with_suffix(".json").read_text())["trained_on"]["interrupted"] == "SIGTERM"

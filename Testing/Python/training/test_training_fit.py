@@ -41,7 +41,7 @@ from HNTumorSegTraining.runlog import TensorBoardLog, read_history_csv
 from HNTumorSegTraining.sampler import EpochSampler
 from HNTumorSegTraining.weights import load_weights
 
-from conftest import assert_batches_independent_of_workers, full_disk_at
+from conftest import assert_batches_independent_of_workers, full_disk_at, stopped_group
 
 TINY = (4, 8, 16, 32, 64)
 TINY_OPTIONS = {"psam": {"psam_channels": [4, 4, 4]}, "unet": {}, "umamba": {"d_state": 4, "scan_chunk": 4},
@@ -632,14 +632,11 @@ def test_a_stop_sent_to_the_whole_process_group_is_one_line_with_loader_workers(
          "--samples-per-epoch", "2", "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"],
         env={**SUBPROCESS_ENV, "PYTHONPATH": os.pathsep.join([str(root), str(root / "Training")])},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        for line in process.stdout:  # an epoch done: the loader's workers are running
+    def an_epoch_done():
+        for line in process.stdout:  # the loader's workers are running
             if line.startswith("epoch 1/"):
-                break
-        time.sleep(0.5)
-        os.killpg(process.pid, stop)
-        _, err = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+                time.sleep(0.5)
+                return
+
+    _, err = stopped_group(process, an_epoch_done, stop)
     assert process.returncode == status and err.strip() == f"hntumorseg-train: {word}", err[-2000:]
