@@ -311,9 +311,9 @@ def _network_region(model, label: sitk.Image, ct: sitk.Image, pet: sitk.Image, p
     spacing_zyx = np.array(label.GetSpacing()[::-1])
     near = _ball(region.shape, click - lo, spacing_zyx, SEEK_MM) & region
     if not near.any():
-        raise InputError(f"the click model {model.name} finds no lesion within {SEEK_MM:g} mm of {_fmt(point_mm)} mm: click on the "
-                         "node, or draw it with the threshold (edit --method threshold; in Slicer, uncheck the click "
-                         "model)")
+        raise InputError(f"the click model {model.name} finds no lesion within {SEEK_MM:g} mm of {_fmt(point_mm)} mm: "
+                         "click on the node, or draw it with the threshold (edit --method threshold; in Slicer, "
+                         "uncheck the click model)")
     keep = ids[_nearest_voxel(near, click - lo, spacing_zyx)]  # the click's own voxel where it is on the region
     filled = sitk.BinaryFillhole(sitk.GetImageFromArray((ids == keep).astype(np.uint8)), fullyConnected=False,
                                  foregroundValue=1)

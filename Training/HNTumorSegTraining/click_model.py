@@ -61,8 +61,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from HNTumorSegLib import LABELS
-from HNTumorSegLib.cli.guard import Terminated
-from HNTumorSegLib.cli.guard import run_guarded
+from HNTumorSegLib.cli.guard import Terminated, run_guarded
 from HNTumorSegLib.editing.click_model import (CLICK_MODEL_KEY, CONTRACT, CROP_VOXELS, crop_grid,
                                                crops, network_inputs)
 from HNTumorSegLib.editing.clicks import DEFAULT_FRACTION, DEFAULT_RADIUS_MM, avid_region
@@ -455,7 +454,6 @@ def training_batches(samples: Samples, seed: int, batch: int, workers: int = 0,
     loader = DataLoader(_Batches(samples, seed, batch), batch_size=None, num_workers=workers, pin_memory=pin_memory,
                         prefetch_factor=4 if workers else None, worker_init_fn=leave_stops_to_the_trainer)
     return iter(loader)
-
 
 
 def predict(network: nn.Module, samples: Samples, batch: int = 8) -> np.ndarray:
