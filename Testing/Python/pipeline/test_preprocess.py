@@ -300,21 +300,21 @@ def test_a_scan_without_the_brain_keeps_the_head_and_neck_in_the_window_and_says
 
 def test_a_scan_too_short_for_the_head_and_neck_is_said_and_recorded(small_model, tmp_path, capsys):
     """A CT of 5 slices (15 mm) was segmented without a word, its "lesions" false: the warning says how short the
-    scan is; the phantom's whole head and neck is no such scan."""
+    scan is; 120 mm of scan (the tests' small case) is no such scan."""
     from HNTumorSegLib.cli import main
-    from HNTumorSegLib.phantom import write_case
     from HNTumorSegLib.pipeline.preprocess import SHORT_SCAN_WARNING
 
-    case = make_phantom(3, "head_upper")
-    assert not any("head to foot" in w for w in preprocess(case.ct, case.pet).provenance.get("warnings", []))
-    middle = case.ct.GetSize()[2] // 2
-    case.ct, case.label = case.ct[:, :, middle:middle + 5], case.label[:, :, middle:middle + 5]
-    mm = 5 * case.ct.GetSpacing()[2]
-    pre = preprocess(case.ct, case.pet)
-    assert SHORT_SCAN_WARNING.format(mm=mm) in pre.provenance["warnings"]
-    paths = write_case(case, tmp_path)
+    from conftest import tiny_ct_pet
+
+    ct, pet = tiny_ct_pet()
+    assert not any("head to foot" in w for w in preprocess(ct, pet).provenance.get("warnings", []))
+    ct = ct[:, :, 20:25]  # 5 slices of 3 mm
+    assert SHORT_SCAN_WARNING.format(mm=15) in preprocess(ct, pet).provenance["warnings"]
+    paths = {"ct": tmp_path / "ct.nii.gz", "pet": tmp_path / "pet.nii.gz"}
+    sitk.WriteImage(ct, str(paths["ct"]))
+    sitk.WriteImage(pet, str(paths["pet"]))
     out = tmp_path / "seg.nii.gz"
     assert main(["segment", "--ct", str(paths["ct"]), "--pet", str(paths["pet"]), "--out", str(out),
                  "--model", str(small_model), "--device", "cpu"]) == 0
-    assert f"hntumorseg: warning: CT and PET overlap over {mm:.0f} mm head to foot only" in capsys.readouterr().err
-    assert SHORT_SCAN_WARNING.format(mm=mm) in json.loads(out.with_name("seg.json").read_text())["provenance"]["warnings"]
+    assert "hntumorseg: warning: CT and PET overlap over 15 mm head to foot only" in capsys.readouterr().err
+    assert SHORT_SCAN_WARNING.format(mm=15) in json.loads(out.with_name("seg.json").read_text())["provenance"]["warnings"]
