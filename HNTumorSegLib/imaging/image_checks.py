@@ -274,6 +274,12 @@ CT_SOFT_TISSUE_HU = 20
 _CT_SAMPLE = 2_000_000
 
 
+def _regular_sample(a: np.ndarray) -> np.ndarray:
+    """Every n-th voxel along each axis, n chosen so that about :data:`_CT_SAMPLE` voxels are looked at."""
+    step = max(1, int(round((a.size / _CT_SAMPLE) ** (1.0 / 3.0))))
+    return a[::step, ::step, ::step]
+
+
 def ct_offset_problem(ct: sitk.Image | np.ndarray) -> str | None:
     """A message when a CT (an image, or its voxel array as a Slicer volume holds it) looks like HU + 1024
     (an unsigned export whose RescaleIntercept -1024 was not applied), else None.
@@ -297,8 +303,7 @@ def ct_offset_problem(ct: sitk.Image | np.ndarray) -> str | None:
     a = ct if isinstance(ct, np.ndarray) else sitk.GetArrayViewFromImage(ct)
     if a.size == 0:
         return None
-    step = max(1, int(round((a.size / _CT_SAMPLE) ** (1.0 / 3.0))))
-    sample = a[::step, ::step, ::step]
+    sample = _regular_sample(a)
     n = float(sample.size)
     if np.count_nonzero(sample <= CT_AIR_OR_FAT_HU) / n >= CT_NO_AIR_OR_FAT_FRACTION:
         return None
@@ -334,8 +339,7 @@ def pet_mask_problem(pet: sitk.Image | np.ndarray) -> str | None:
     a = pet if isinstance(pet, np.ndarray) else sitk.GetArrayViewFromImage(pet)
     if a.size == 0:
         return None
-    step = max(1, int(round((a.size / _CT_SAMPLE) ** (1.0 / 3.0))))
-    values = np.unique(a[::step, ::step, ::step])
+    values = np.unique(_regular_sample(a))
     if len(values) == 1:
         return f"holds {values[0]:g} in every voxel: an empty image, not a PET; give the PET in SUV"
     if len(values) > 3 or not any(set(values.tolist()) <= mask for mask in MASK_VALUE_SETS):

@@ -89,6 +89,12 @@ def test_the_robust_phantom_recipe_runs_every_step_with_options_the_cli_takes(tm
     assert fit[fit.index("--patch-size") + 1:fit.index("--patch-size") + 4] == ["32", "80", "80"]
 
 
+def _click_recipe_env(tmp_path: Path, **more: str) -> dict[str, str]:
+    return {"OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "DEVICE": "cpu", "PY": sys.executable,
+            "SEEDS": "940004:940005", "VAL_SEEDS": "940008:940009", "CT_MATRIX": "64", "BATCH": "2",
+            "BENCH_CASES": "1", "BUDGET_S": "400", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'Training'}", **more}
+
+
 @pytest.mark.parametrize("runs", ["p32x80 p48x112", "p32x80"])
 def test_the_gpu_recipe_calibrates_trains_and_packs_with_options_the_cli_takes(tmp_path, runs):
     python = _stand_in(tmp_path / "bin", "python")
@@ -136,10 +142,8 @@ def test_the_gpu_click_model_recipe_rehearsed_on_the_cpu_draws_trains_both_runs_
     from HNTumorSegLib.editing.click_model import ClickModel
 
     out, data = tmp_path / "out", tmp_path / "data"
-    done = _run("gpu_click_model.sh", {"OUT": str(out), "DATA": str(data), "DEVICE": "cpu", "PY": sys.executable,
-                                       "SEEDS": "940000:940003", "VAL_SEEDS": "940650:940651", "CT_MATRIX": "64",
-                                       "BATCH": "2", "BENCH_CASES": "1", "BUDGET_S": "240", "LOADERS": "1",
-                                       "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'Training'}"})
+    done = _run("gpu_click_model.sh", _click_recipe_env(tmp_path, SEEDS="940000:940003", VAL_SEEDS="940650:940651",
+                                                        BUDGET_S="240", LOADERS="1"))
     assert done.returncode == 0, (done.stderr[-2000:], (out / "session.log").read_text()[-2000:])
     assert sorted(p.name for p in out.iterdir()) == ["bench_bundled.log", "bench_wide.log", "benchmarks.tgz",
                                                      "models.tgz", "session.log", "summary.txt", "train_bundled.log",
@@ -158,17 +162,9 @@ def test_the_gpu_click_model_recipe_rehearsed_on_the_cpu_draws_trains_both_runs_
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the machine has CUDA: nothing to refuse")
 def test_the_gpu_click_model_recipe_without_cuda_stops_before_drawing_anything(tmp_path):
-    done = _run("gpu_click_model.sh", {"OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"),
-                                       "PY": sys.executable,
-                                       "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'Training'}"})
+    done = _run("gpu_click_model.sh", _click_recipe_env(tmp_path, DEVICE="cuda"))
     assert done.returncode == 1 and "torch sees no CUDA device" in done.stderr
     assert not list((tmp_path / "data").glob("s*.npz"))
-
-
-def _click_recipe_env(tmp_path: Path, **more: str) -> dict[str, str]:
-    return {"OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "DEVICE": "cpu", "PY": sys.executable,
-            "SEEDS": "940004:940005", "VAL_SEEDS": "940008:940009", "CT_MATRIX": "64", "BATCH": "2",
-            "BENCH_CASES": "1", "BUDGET_S": "400", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'Training'}", **more}
 
 
 def test_the_gpu_click_model_recipe_never_reports_an_earlier_sessions_model(tmp_path):
