@@ -167,6 +167,25 @@ def axial_overlap_mm(a: Geometry, b: Geometry) -> float:
     return max(0.0, float(min(ahi[2], bhi[2]) - max(alo[2], blo[2])))
 
 
+def slices_up_to_top(image: sitk.Image, grid: Geometry) -> int:
+    """How many of ``grid``'s slices, counted from its first (index z growing toward the head), lie at or
+    below the top of ``image``'s field of view: ``grid.size[2]`` when the image reaches the grid's top.
+
+    Why: the crop reads the PET's top as the top of the patient's uptake (paper eq. 1 and 9), on the CT's
+    lattice; a PET whose field of view ends below the CT's top leaves the lattice's upper slices as padding, and
+    its cut top edge then passed for the top of the head. A slice lies at or below the top when its in-plane
+    centre is at most half a voxel above the image's top voxel centres along the image's head-foot axis (ITK's
+    rule of :func:`outside_buffer`); both grids LPS-oriented (``orient_lps``), z toward the head.
+    """
+    n_z = int(grid.size[2])
+    centre = (np.asarray(grid.size[:2], float) - 1) / 2
+    points = np.array([grid.index_to_point((centre[0], centre[1], k)) for k in range(n_z)])
+    g = Geometry.of(image)
+    along_z = np.linalg.solve(g.matrix, (points - np.asarray(g.origin, float)).T)[2]
+    covered = np.flatnonzero(along_z <= g.size[2] - 0.5 + 1e-6)
+    return int(covered[-1]) + 1 if covered.size else 0
+
+
 def outside_buffer(image: sitk.Image, grid: Geometry) -> np.ndarray | None:
     """Where ``grid``'s voxels fall outside ``image``'s field of view, as a (Z, Y, X) bool array, or None
     when none does.

@@ -92,6 +92,10 @@ class CropDecision:
     #: False when eq. (9) chose the peak but the peak is no brain (:func:`brain_like`): the scan holds no brain
     #: (it starts at the skull base, or below), and the window was anchored at the top instead.
     brain_found: bool = True
+    #: The lattice slices [0, pet_top) the PET's field of view reaches; above them the lattice holds padding.
+    #: Less than the lattice's depth when the PET ends below the CT's top: "the top" of eqs. (1), (9) and (10)
+    #: is then the PET's top slice, not the lattice's (see :func:`find_crop_and_column`).
+    pet_top: int | None = None
 
 
 def _in_plane_start(centre: float, n: int, half: int) -> int:
@@ -121,22 +125,33 @@ class ArrayLatticePet:
         return self.pet[z0:z1, y0:y1, x0:x1]
 
 
-def find_crop(pet: np.ndarray | LatticePet, tau: float = TAU) -> CropDecision:
+def find_crop(pet: np.ndarray | LatticePet, tau: float = TAU, pet_top: int | None = None) -> CropDecision:
     """Decide the 256 x 256 x 112 window from the PET on the lattice (shape (Z, Y, X))."""
-    return find_crop_and_column(pet, tau)[0]
+    return find_crop_and_column(pet, tau, pet_top)[0]
 
 
-def find_crop_and_column(pet: np.ndarray | LatticePet, tau: float = TAU) -> tuple[CropDecision, np.ndarray]:
+def find_crop_and_column(pet: np.ndarray | LatticePet, tau: float = TAU,
+                         pet_top: int | None = None) -> tuple[CropDecision, np.ndarray]:
     """The window (eqs. 1-10) and the PET column it was found in: every slice of the lattice inside the
     in-plane window (clipped to the lattice), shape (Z, min(Y, y2) - y1, min(X, x2) - x1). The window's
-    real PET voxels are ``column[z1:z2]`` of the clipped window."""
+    real PET voxels are ``column[z1:z2]`` of the clipped window.
+
+    ``pet_top``: the lattice slices [0, pet_top) the PET's field of view reaches (None: all). The paper's
+    "most superior slice" is the PET's: where the PET ends below the CT's top, eq. (1) looks down from its top
+    slice, eq. (9) tests that slice (uptake there: the PET's field of view cuts through the patient) and a
+    window anchored at the top hangs from it. Why: on the lattice's top slice, padding, eq. (9) never saw the
+    cut, and the cut edge's body cross-section passed for the brain's peak (false lesions along it), or a
+    window anchored at the lattice's top held CT without PET. A PET that reaches the lattice's top: the paper's
+    equations unchanged.
+    """
     if isinstance(pet, np.ndarray):
         pet = ArrayLatticePet(pet)
     depth, height, width = WINDOW_ZYX
     n_z, n_y, n_x = pet.shape
+    top = n_z if pet_top is None else min(max(int(pet_top), 1), n_z)
 
     # Eq. (1): the most superior slice with suprathreshold uptake, looking down from the top.
-    z_top, top_slice, z = None, None, n_z
+    z_top, top_slice, z = None, None, top
     while z > 0 and z_top is None:
         z0 = max(0, z - TOP_CHUNK)
         block = pet.box(z0, z, 0, n_y, 0, n_x)
@@ -170,9 +185,9 @@ def find_crop_and_column(pet: np.ndarray | LatticePet, tau: float = TAU) -> tupl
     brain_found = anchor == "top" or brain_like(column[z_peak], z_top - z_peak)
     if not brain_found:  # anchored on a tumour or the bladder, the window would miss the head and neck
         anchor = "top"
-    z2 = n_z if anchor == "top" else z_peak + 1
+    z2 = top if anchor == "top" else z_peak + 1
     window = CropWindow(x1, x2, y1, y2, z2 - depth, z2)
-    return CropDecision(window, anchor, z_top, z_peak, (x_bar, y_bar), top_mean, brain_found), column
+    return CropDecision(window, anchor, z_top, z_peak, (x_bar, y_bar), top_mean, brain_found, top), column
 
 
 def brain_like(peak_slice: np.ndarray, depth_slices: int) -> bool:

@@ -34,7 +34,7 @@ NO_BRAIN_WARNING = ("no brain uptake found at the top of the PET (a scan from th
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.imaging.geometry import (LATTICE_SPACING, Geometry, analysis_lattice, axial_overlap_mm,
                                             orient_lps, outside_buffer, overlap_box, physical_overlap, resample,
-                                            snap_geometry)
+                                            slices_up_to_top, snap_geometry)
 from HNTumorSegLib.imaging.label_checks import label_grid_problem, label_values_problem
 from HNTumorSegLib.pipeline.intensity import CT_PAD_HU, PET_PAD_SUV, normalize_ct, normalize_pet, pet_statistics
 
@@ -44,6 +44,12 @@ MIN_AXIAL_OVERLAP_MM = 100.0
 SHORT_SCAN_WARNING = ("CT and PET overlap over {mm:.0f} mm head to foot only: the method looks at "
                       f"{WINDOW_ZYX[0] * LATTICE_SPACING[2]:g} mm from the brain down (the head and neck); on so "
                       "short a scan expect missed and false lesions")
+#: Said, as above, when the PET's field of view ends below the CT's top with uptake (above the crop's TAU) on its top
+#: slice: it cuts through the patient (a PET that starts at the brain, the neck or the chest under a CT of the whole
+#: head). A PET that ends above the head, in air, under a longer CT is common and passes quietly.
+PET_CUT_WARNING_MM = 30.0  # a PET a few slices shorter than its CT is common, and harmless
+PET_CUT_WARNING = ("the PET ends {mm:.0f} mm below the top of the CT and cuts through the patient there (uptake on "
+                   "its top slice): the window hangs from the PET's top edge; check that the PET covers the tumours")
 
 #: Changes whenever the network input for the same case would change; models record it.
 PREPROCESSING_VERSION = "1"
@@ -156,7 +162,7 @@ def preprocess(ct: sitk.Image, pet: sitk.Image, label: sitk.Image | None = None,
 
     t0 = time.perf_counter()
     try:
-        decision, column = find_crop_and_column(source, TAU)
+        decision, column = find_crop_and_column(source, TAU, pet_top=slices_up_to_top(pet_o, lattice))
     except NoUptakeError:  # (a PET in Bq/mL has thousands in any tissue: this is not that)
         raise InputError(f"{pet_name}: no PET voxel above SUV {TAU} inside the CT field of view; the PET "
                          "must be in SUV (values in the thousands look like Bq/mL)") from None
@@ -202,6 +208,9 @@ def preprocess(ct: sitk.Image, pet: sitk.Image, label: sitk.Image | None = None,
     overlap = axial_overlap_mm(original_ct, original_pet)
     if overlap < MIN_AXIAL_OVERLAP_MM:
         warnings.append(SHORT_SCAN_WARNING.format(mm=overlap))
+    pet_short_mm = (lattice.size[2] - decision.pet_top) * LATTICE_SPACING[2]
+    if pet_short_mm >= PET_CUT_WARNING_MM and decision.z_top == decision.pet_top - 1:  # uptake up to its cut edge
+        warnings.append(PET_CUT_WARNING.format(mm=pet_short_mm))
     provenance = {
         "version": PREPROCESSING_VERSION,
         "software": f"HNTumorSegLib {__version__}",
@@ -212,6 +221,7 @@ def preprocess(ct: sitk.Image, pet: sitk.Image, label: sitk.Image | None = None,
         "centroid_xy": list(decision.centroid_xy),
         "top_slice_mean_suv": decision.top_slice_mean,
         "brain_found": decision.brain_found,
+        "pet_z_end": decision.pet_top,  # the lattice slices [0, pet_z_end) hold PET data
         **({"warnings": warnings} if warnings else {}),
         "tau": TAU,
         "window_size_zyx": list(WINDOW_ZYX),

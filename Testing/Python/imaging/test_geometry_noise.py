@@ -123,3 +123,19 @@ def test_snapping_leaves_exact_geometry_alone_and_does_not_touch_the_callers_ima
     assert dyadic.snapped() == dyadic
     assert max(abs(a - b) for a, b in zip(Geometry((2, 2, 2), (0.976562, 1.3, 2.5), (-249.511719, 0.1, 1.0),
                                                    dyadic.direction).snapped().spacing, (0.976562, 1.3, 2.5))) < 1e-7
+
+
+def test_slices_up_to_the_top_of_a_field_of_view_follow_itk_s_half_voxel_rule():
+    """Lattice slice k (3 mm, z = k * 3) lies at or below the PET's top when at most half a PET voxel above its top
+    voxel centre; the same with the 1e-16 noise of a geometry read back from Slicer."""
+    from HNTumorSegLib.imaging.geometry import slices_up_to_top
+
+    lattice = Geometry((10, 10, 40), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    for top_centre, expected in ((58.0, 21), (57.0, 20), (200.0, 40), (-4.0, 0)):  # +2 mm: half a 4-mm voxel
+        pet = sitk.Image(5, 5, 10, sitk.sitkFloat32)
+        pet.SetSpacing((4.0, 4.0, 4.0))
+        pet.SetOrigin((0.0, 0.0, top_centre - 36.0))
+        assert slices_up_to_top(pet, lattice) == expected, top_centre
+    pet.SetOrigin((0.0, 0.0, 58.0 - 36.0))
+    pet.SetSpacing((4.0, 4.0, 3.9999999999999996))  # top centre 57.99999999999999...: slice 20 (60 mm) still in
+    assert slices_up_to_top(pet, lattice) == 21

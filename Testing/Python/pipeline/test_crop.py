@@ -147,3 +147,19 @@ def test_brain_like_on_area_and_depth():
     tumour = np.zeros((256, 256), np.float32)
     tumour[100:150, 100:150] = 15.0  # 25 cm^2
     assert not brain_like(tumour, 10)
+
+
+def test_a_pet_ending_below_the_lattice_top_is_read_from_its_own_top_slice():
+    """The brain cut by the PET's field of view, 20 slices under the CT's top (the lattice above it: padding).
+    Eq. (9) on the lattice's top slice saw padding and anchored on a peak; on the PET's top slice it sees the cut,
+    and the window hangs from the PET's top, as it does when the cut is the lattice's own top."""
+    pet = np.zeros((170, 300, 300), np.float32)
+    box(pet, (100, 150), (50, 250), (50, 250), 1.0)  # the brain, cut at slice 149 by the PET's field of view
+    box(pet, (120, 121), (50, 250), (50, 250), 2.0)  # its widest, hottest slice: the profile's peak
+    paper_literal = find_crop(pet)
+    assert paper_literal.anchor == "peak" and paper_literal.window.z2 == 121  # the cut unseen: what the fix mends
+    d = find_crop(pet, pet_top=150)
+    assert d.pet_top == 150 and d.z_top == 149 and d.top_slice_mean > 0.1
+    assert d.anchor == "top" and (d.window.z1, d.window.z2) == (150 - 112, 150)
+    assert d.window == find_crop(pet[:150]).window  # as if the lattice ended where the PET does
+    assert find_crop(pet, pet_top=170) == paper_literal  # a PET that reaches the top: the paper's equations

@@ -318,3 +318,24 @@ def test_a_scan_too_short_for_the_head_and_neck_is_said_and_recorded(small_model
                  "--model", str(small_model), "--device", "cpu"]) == 0
     assert "hntumorseg: warning: CT and PET overlap over 15 mm head to foot only" in capsys.readouterr().err
     assert SHORT_SCAN_WARNING.format(mm=15) in json.loads(out.with_name("seg.json").read_text())["provenance"]["warnings"]
+
+
+def test_a_pet_that_ends_below_the_ct_s_top_is_read_from_its_top_edge_and_said():
+    """A PET whose field of view ends 39 mm under the CT's top, cutting through the patient (a PET from the neck
+    down under a CT of the whole head): its cut edge was read as the top of the head, the window hung from the
+    CT's top over slices without PET, and nothing was said. Now the window hangs from the PET's top edge and the
+    warning says by how much the PET is short; a PET a slice short of the CT (the small case's own) is not said."""
+    from HNTumorSegLib.pipeline.preprocess import PET_CUT_WARNING
+
+    from conftest import tiny_ct_pet
+
+    ct, pet = tiny_ct_pet()
+    whole = preprocess(ct, pet).provenance
+    assert whole["pet_z_end"] == 39 and not whole.get("warnings")  # one 3-mm slice short: quiet
+    cut = preprocess(ct, pet[:, :, :20]).provenance  # PET up to z = 16 mm of the CT's 57 (lattice 40 slices)
+    assert cut["pet_z_end"] == 26 and cut["z_top"] == 25 and cut["anchor"] == "top"
+    assert cut["crop"]["z2"] == 26  # was 40, the lattice's top, 14 slices of CT without PET
+    assert PET_CUT_WARNING.format(mm=42) in cut["warnings"]  # (and the short scan's: 78 mm of PET)
+    air = sitk.Image(pet)
+    air[:, :, 15:] = 0  # the same PET field of view, ending in air above the uptake: no cut, not said
+    assert not any("PET ends" in w for w in preprocess(ct, air[:, :, :20]).provenance["warnings"])
