@@ -165,6 +165,7 @@ def cmd_edit(args) -> int:
     clicks = [(action, *parse_click(action, text)) for action, text in args.clicks]
     _check_settings(args)
     click_model = _click_model_path(args)
+    _check_network_clicks(args, clicks, click_model)
     report_path = sidecar_path(args.out)
     refuse_clashes([("--out", args.out), ("the report of --out", report_path)],
                    [("--labels", args.labels), ("--ct", args.ct), ("--pet", args.pet)],
@@ -189,7 +190,7 @@ def cmd_edit(args) -> int:
         label = edit.label
         print(f"  {number}. {edit.message}")
         done.append({"action": edit.action, "point_mm": list(edit.point_mm), "structure": edit.structure,
-                     "voxels": edit.voxels, "message": edit.message})
+                     "voxels": edit.voxels, "message": edit.message, **({"drawn_by": edit.drawn_by} if edit.drawn_by else {})})
     measured = measurements(label, inputs.pet, inputs.ct)
     # The report goes first and comes back last: an interrupted run leaves a label map without a report
     # (incomplete, as after ``segment``), never beside the report of the map it replaced.
@@ -203,7 +204,9 @@ def cmd_edit(args) -> int:
                 "settings": {"fraction": args.fraction,
                              "radius_mm": DEFAULT_RADIUS_MM if args.radius_mm is None else args.radius_mm,
                              "background_corrected": args.background, "method": args.method,
-                             "click_model": str(click_model) if click_model else "bundled"},
+                             # the click model that drew (None: no click drew with one)
+                             "click_model": (str(click_model) if click_model else "bundled")
+                             if any(d.get("drawn_by", "").startswith("click model") for d in done) else None},
                 **measured, **inputs.report()}, report_path)
     print(f"wrote {args.out} and {report_path}")
     print_measurements(measured["structures"], measured["lesions"])
@@ -226,6 +229,23 @@ def _click_model_path(args) -> Path | None:
     path = Path(os.path.abspath(args.click_model))
     load_click_model(str(path))
     return path
+
+
+def _check_network_clicks(args, clicks: list, click_model: Path | None) -> None:
+    """--method network with an add to a structure the click model does not draw: one line before any file is
+    read (it was refused at that click, after the inputs had been read and earlier clicks printed)."""
+    if args.method != "network" or not any(action == "add" for action, *_ in clicks):
+        return
+    from HNTumorSegLib import LABELS
+    from HNTumorSegLib.editing.click_model import load_click_model
+    from HNTumorSegLib.editing.clicks import structure_value
+
+    model = load_click_model() if click_model is None else load_click_model(str(click_model))
+    for (action, text), (_, _, structure) in zip(args.clicks, clicks):
+        name = LABELS[structure_value(structure)] if action == "add" else model.structure
+        if name != model.structure:
+            raise InputError(f"--add {text} with --method network: the click model {model.name} draws "
+                             f"{model.structure} only; add {name} with --method auto or threshold")
 
 
 def _check_settings(args) -> None:

@@ -86,6 +86,8 @@ class Edit:
     voxels: int  # voxels changed
     point_mm: tuple[float, float, float]
     message: str
+    #: What drew an added or redrawn lesion: "threshold" or "click model <name>"; "" for a removal or a relabel.
+    drawn_by: str = ""
 
 
 def structure_value(name: str | int) -> int:
@@ -248,6 +250,7 @@ class Drawn(NamedTuple):
 
     mask: np.ndarray
     words: str
+    by: str  # "threshold" or "click model <name>" (Edit.drawn_by)
 
 
 def draw_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], value: int, fraction: float,
@@ -265,13 +268,19 @@ def draw_region(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], v
     """
     if method not in METHODS:
         raise InputError(f"unknown drawing method {method!r}: use {', '.join(METHODS)}")
+    pet_index = Geometry.of(pet).point_to_index(point_mm)  # ITK's rule: half a voxel beyond the outer centres
+    if np.any(pet_index < -0.5 - 1e-6) or np.any(pet_index > np.asarray(pet.GetSize()[:3]) - 0.5 + 1e-6):
+        # Why: there the resampled PET is padding, and the add said "no PET uptake above the background".
+        raise InputError(f"the point {_fmt(point_mm)} mm lies outside the PET's field of view: no uptake there to "
+                         "draw from")
     model = _click_model_for(value, ct, method, click_model)
     if model is None:
         drawn = avid_region(label, pet, point_mm, fraction, radius_mm, background, free=free)
-        return Drawn(drawn.mask, _threshold_words(fraction, drawn, radius_mm))
+        return Drawn(drawn.mask, _threshold_words(fraction, drawn, radius_mm), "threshold")
     # Where it sees no lesion the threshold is not tried in its place: on the benchmark that add leaked into the
     # uptake beside the node (GTVn after 3 clicks 0.780 without that fallback, 0.767 with it); the user may still.
-    return Drawn(_network_region(model, label, ct, pet, point_mm, free), f"drawn by the click model {model.name}")
+    return Drawn(_network_region(model, label, ct, pet, point_mm, free), f"drawn by the click model {model.name}",
+                 f"click model {model.name}")
 
 
 def _click_model_for(value: int, ct: sitk.Image | None, method: str, path: str | os.PathLike | None = None):
@@ -371,7 +380,7 @@ def add_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], st
     array[grow] = value
     ml = voxels * float(np.prod(label.GetSpacing())) / 1000.0
     return Edit(_replaced(label, array), "add", LABELS[value], voxels, tuple(float(v) for v in point_mm),
-                f"added {ml:.2f} mL to {LABELS[value]} at {_fmt(point_mm)} mm: {drawn.words}")
+                f"added {ml:.2f} mL to {LABELS[value]} at {_fmt(point_mm)} mm: {drawn.words}", drawn.by)
 
 
 def redraw_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float], fraction: float = DEFAULT_FRACTION,
@@ -393,7 +402,7 @@ def redraw_lesion(label: sitk.Image, pet: sitk.Image, point_mm: Sequence[float],
     voxels = int(np.count_nonzero(array != before))
     ml = float(np.count_nonzero(array[region] == value)) * float(np.prod(label.GetSpacing())) / 1000.0
     return Edit(_replaced(label, array), "redraw", LABELS[value], voxels, tuple(float(v) for v in point_mm),
-                f"redrew the {LABELS[value]} lesion at {_fmt(point_mm)} mm as {ml:.2f} mL: {drawn.words}")
+                f"redrew the {LABELS[value]} lesion at {_fmt(point_mm)} mm as {ml:.2f} mL: {drawn.words}", drawn.by)
 
 
 def _lesion_at(array: np.ndarray, label: sitk.Image, point_mm: Sequence[float],

@@ -61,8 +61,15 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise InputError(f"device {device!r} requested, but this torch {torch.__version__} sees no CUDA GPU; "
                          "use --device cpu or auto")
     if device != "cpu" and not device.startswith("cuda"):
-        raise InputError(f"device {device!r} is not one of auto, cpu, cuda")
-    return torch.device(device)
+        raise InputError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N") from None
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         "numbered from 0")
+    return chosen
 
 
 def available_cpus() -> int:

@@ -72,6 +72,7 @@ from HNTumorSegLib.imaging.geometry import Geometry
 from HNTumorSegLib.imaging.image_io import atomic_path, remove_temporaries
 from HNTumorSegLib.network import NetworkConfig, build_network
 from HNTumorSegLib.phantom import PhantomCase, make_phantom
+from HNTumorSegLib.pipeline.inference import available_cpus
 from HNTumorSegLib.phantom.styles import STYLES
 
 from .data import leave_stops_to_the_trainer
@@ -738,6 +739,10 @@ def run(args: argparse.Namespace) -> int:
                          "must be on phantoms not trained on")
     if args.ct_matrix is not None and args.ct_matrix < 64:
         raise InputError(f"--ct-matrix {args.ct_matrix}: give 64 or more")
+    cpus = available_cpus()
+    if args.loader_workers > cpus:  # each a process with its own copy of the samples: 1000 forked the machine to a halt
+        raise InputError(f"--loader-workers {args.loader_workers}: this machine gives this process {cpus} CPUs; "
+                         f"give at most {cpus}")
     _check_out(args.out)
     if args.init is not None and args.channels is not None:
         raise InputError(f"--channels with --init {args.init}: training goes on with that model's network; "

@@ -76,6 +76,8 @@ def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.dev
         raise ValueError(f"device {device!r}: use auto, cpu, cuda or cuda:N") from None
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device {device!r}: use auto, cpu, cuda or cuda:N (training runs on the CPU or CUDA)")
+    if dev.type == "cpu" and dev.index is not None:  # torch takes "cpu:1" and runs on the one CPU device
+        raise ValueError(f"device {device!r}: the CPU takes no number; use cpu (all its cores are used)")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but CUDA is not available")

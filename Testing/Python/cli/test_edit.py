@@ -410,3 +410,27 @@ def test_a_click_model_in_a_store_of_links_or_a_folder_is_taken_or_named(files, 
     code, out = run(files, "--add", point(MISSED) + ":GTVn", "--click-model", str(snap))
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == f"hntumorseg: error: --click-model {snap}: a folder; give the click model's .json"
+
+
+def test_network_drawing_of_a_structure_no_click_model_draws_is_refused_before_anything_is_read(files, capsys):
+    """`--add P:GTVp --method network` was refused at that click, after the inputs had been read (and, after an
+    earlier click, with its line printed): now one line first, naming the click and the structure."""
+    missing = {**files, "pet": files["pet"].with_name("absent.nii.gz")}  # never read: the refusal comes first
+    code, out = run(missing, "--remove", point(FALSE), "--add", point(PRIMARY) + ":gtvp", "--method", "network")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists() and len(err.splitlines()) == 1, err
+    assert f"--add {point(PRIMARY)}:gtvp with --method network" in err and "draws GTVn only; add GTVp" in err
+
+
+def test_the_report_names_the_click_model_only_where_a_click_drew_with_it(files, capsys):
+    """The report's settings named the click model even when no click drew (a removal only, or the threshold);
+    each add or redraw now says what drew it."""
+    code, out = run(files, "--remove", point(FALSE))
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(out.with_name("edited.json").read_text())
+    assert report["settings"]["click_model"] is None and "drawn_by" not in report["edits"][0]
+    code, out = run(files, "--add", point(MISSED) + ":GTVn", "--redraw", point(PRIMARY))
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(out.with_name("edited.json").read_text())
+    assert report["settings"]["click_model"] == "bundled"
+    assert [e["drawn_by"] for e in report["edits"]] == ["click model hntumorseg_phantom_node_clicks.json", "threshold"]

@@ -106,6 +106,17 @@ def test_device_choice():
             resolve_device("cuda")
 
 
+def test_a_device_this_machine_lacks_or_that_is_none_is_named(monkeypatch):
+    """`--device cuda:3` on a one-GPU machine went on to a CUDA traceback; "cuda:x" to torch's own error."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(InputError, match="'cuda:3': this machine has 1 CUDA device"):
+        resolve_device("cuda:3")
+    with pytest.raises(InputError, match="'cuda:x' is not one of"):
+        resolve_device("cuda:x")
+
+
 def test_tta_averages_the_mirrored_prediction(small_model):
     seg = Segmenter(small_model, device="cpu", tta=True)
     x = np.random.default_rng(0).random((2, 32, 64, 64), dtype=np.float32)  # any size divisible by 16

@@ -296,3 +296,15 @@ def test_a_region_that_runs_into_the_uptake_beside_it_is_cut_at_a_higher_fractio
     alone = clicks.avid_region(empty, sitk.SmoothingRecursiveGaussian(image(np.where(sphere(node, 7), 6.0, 1.0)
                                                                               .astype(np.float32)), 2.0), point_of(node))
     assert alone.fraction == DEFAULT_FRACTION
+
+
+def test_a_click_outside_the_pet_s_field_of_view_says_so(case):
+    """A PET shorter than the CT: an add or a redraw clicked where the PET has no voxel said "no PET uptake above the
+    background" (its resampled padding), as if the PET had been read there."""
+    label, pet, _ = case
+    short = pet[:, :, 16:]  # the PET begins at slice 16 (z = -8 mm) of the label's 40
+    for click in (lambda: add_lesion(label, short, point_of(FALSE), "GTVn"),  # slice 10: below the PET
+                  lambda: redraw_lesion(label, short, point_of(FALSE))):
+        with pytest.raises(InputError, match=r"\(-30.0, 30.0, -20.0\) mm lies outside the PET's field of view"):
+            click()
+    assert np.any(sitk.GetArrayFromImage(add_lesion(label, short, point_of(MISSED), "GTVn").label)[sphere(MISSED, 3)] == 2)

@@ -329,6 +329,18 @@ def test_channels_that_are_not_four_positive_integers_are_refused(tmp_path: Path
     assert exit_info.value.code == 2 and "--channels" in capsys.readouterr().err
 
 
+def test_more_loader_workers_than_cpus_are_refused_before_anything_is_drawn(tmp_path: Path, capsys):
+    """`--loader-workers 1000` forked a thousand processes, each with its own copy of the samples."""
+    from HNTumorSegLib.pipeline.inference import available_cpus
+
+    too_many = available_cpus() + 1
+    code = main(["--out", str(tmp_path / "m"), "--data", str(tmp_path / "d"), "--seeds", "0:2", "--val-seeds", "2:3",
+                 "--budget-s", "10", "--loader-workers", str(too_many)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and f"--loader-workers {too_many}: this machine gives" in err
+    assert not (tmp_path / "d").exists()
+
+
 def test_a_cuda_device_this_machine_lacks_is_named(monkeypatch):
     from HNTumorSegTraining.distributed import resolve_device
 
@@ -337,6 +349,8 @@ def test_a_cuda_device_this_machine_lacks_is_named(monkeypatch):
     assert resolve_device("cuda") == torch.device("cuda", 0)
     with pytest.raises(ValueError, match="has 1 CUDA device"):
         resolve_device("cuda:1")
+    with pytest.raises(ValueError, match="the CPU takes no number"):  # torch took it as the CPU
+        resolve_device("cpu:1")
 
 
 @pytest.mark.parametrize("stop, status", [(KeyboardInterrupt, 130), ("Terminated", 143)])
