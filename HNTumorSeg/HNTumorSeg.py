@@ -82,7 +82,8 @@ class HNTumorSegParameterNode:
     showUncertainty: the network's uncertainty as a colour overlay on the slice views. splitLesions:
     GTVn written node by node (segments GTVn_1 .. GTVn_k). clickThresholdPercent: the share of the local
     SUVmax over the background that Add and Redraw take (41 %, the clinical threshold). clickModelForNodes:
-    Add GTVn and Redraw on a node draw with the bundled click model (unchecked: the threshold).
+    Add GTVn and Redraw on a node draw with the click model (unchecked: the threshold). clickModelPath: empty
+    for the bundled click model, or one's own (``hntumorseg-train click-model``).
     resultsTable, analysisWindowROI, uncertaintyVolume: what the last run produced.
     """
 
@@ -100,6 +101,7 @@ class HNTumorSegParameterNode:
     splitLesions: bool = False
     clickThresholdPercent: float = 41.0
     clickModelForNodes: bool = True
+    clickModelPath: str = ""
 
 
 #
@@ -141,6 +143,7 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.fillDeviceComboBox(None)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.clickModelPathLineEdit.connect("currentPathChanged(QString)", self.onClickModelPathChanged)
         self.ui.petSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateInputWarnings)
         self.ui.ctSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateInputWarnings)
         self.ui.outputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
@@ -211,6 +214,7 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
             self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
+            self.ui.clickModelPathLineEdit.currentPath = self._parameterNode.clickModelPath
             self.selectDevice(self._parameterNode.device)
             if self._parameterNode.resultsTable:
                 self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
@@ -299,6 +303,10 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is not None:
             self._parameterNode.modelPath = path.strip()
         self.updateModelInfo()
+
+    def onClickModelPathChanged(self, path: str) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.clickModelPath = path.strip()
 
     def updateModelInfo(self) -> None:
         path = self._parameterNode.modelPath if self._parameterNode else ""
@@ -509,7 +517,8 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             message = self.logic.editAt(params.outputSegmentation, params.inputCT, params.inputPET, pointRas, action,
                                         structure, params=params, fraction=params.clickThresholdPercent / 100.0,
-                                        method="auto" if params.clickModelForNodes else "threshold")
+                                        method="auto" if params.clickModelForNodes else "threshold",
+                                        clickModel=(params.clickModelPath or None) if params.clickModelForNodes else None)
         except (InputError, RuntimeError) as exc:  # RuntimeError: Slicer refused the segments (said in one line)
             self.ui.statusLabel.text = f"Nothing changed: {exc}"
             return

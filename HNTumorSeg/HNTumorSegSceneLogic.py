@@ -615,9 +615,10 @@ class HNTumorSegSceneLogic:
     # ------------------------------------------------------------------ one-click corrections
     def editAt(self, segmentationNode, ctNode, petNode, pointRas: Sequence[float], action: str,
                structure: Optional[str] = None, params=None, fraction: float = DEFAULT_FRACTION,
-               method: str = "auto") -> str:
+               method: str = "auto", clickModel: Optional[str] = None) -> str:
         """One click's correction at a world RAS point: "add" (to ``structure``), "remove", "relabel", "redraw".
-        ``method``: how add and redraw draw ("auto": the click model for nodes; see clicks.draw_region).
+        ``method``: how add and redraw draw ("auto": the click model for nodes; see clicks.draw_region);
+        ``clickModel``: the click model's .json to draw with (None: the bundled one), as ``edit --click-model``.
 
         The library's functions do the work (HNTumorSegLib.editing.clicks, as ``hntumorseg edit``);
         the segments are rewritten without a new fingerprint, so the edit guard sees an edited
@@ -638,7 +639,8 @@ class HNTumorSegSceneLogic:
         labelImage.CopyInformation(ctImage)  # the segments lie on the CT's grid
         r, a, s = (float(v) for v in pointRas)
         pointLps = (-r, -a, s)  # the library works in patient LPS, the scene in RAS
-        edit = clicks.edit_at(labelImage, petImage, action, pointLps, structure, fraction, ct=ctImage, method=method)
+        edit = clicks.edit_at(labelImage, petImage, action, pointLps, structure, fraction, ct=ctImage, method=method,
+                              click_model=clickModel)
         self._writeLabel(segmentationNode, sitk.GetArrayFromImage(edit.label), ctNode, self.isSplit(segmentationNode))
         self._undo.setdefault(segmentationNode.GetID(), []).append((before, ctNode.GetID()))  # once written
         if params is not None:

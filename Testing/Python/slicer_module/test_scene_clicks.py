@@ -92,6 +92,24 @@ def test_the_threshold_the_user_sets_bounds_a_redraw(scene):
     assert logic.undoEdit(seg, ct, pet, params) and logic.undoEdit(seg, ct, pet, params)
 
 
+def test_a_click_model_of_ones_own_draws_the_node_and_a_missing_one_changes_nothing(scene, tmp_path):
+    """The panel's click model path (clickModelPath) reaches the click, as `edit --click-model` does; a path that
+    holds no click model is one status line, and the segments stay."""
+    from HNTumorSegLib.editing.click_model import DEFAULT_CLICK_MODEL
+
+    logic, seg, ct, pet, params = (scene[k] for k in ("logic", "seg", "ct", "pet", "params"))
+    own = tmp_path / "my_clicks.json"
+    for suffix in (".json", ".safetensors"):
+        own.with_suffix(suffix).write_bytes(DEFAULT_CLICK_MODEL.with_suffix(suffix).read_bytes())
+    before = logic.segmentLabels(seg, ct)
+    with pytest.raises(InputError, match="missing.json"):
+        logic.editAt(seg, ct, pet, scene["add_ras"], "add", "GTVn", params=params, clickModel=str(tmp_path / "missing.json"))
+    np.testing.assert_array_equal(logic.segmentLabels(seg, ct), before)
+    assert not logic.canUndo(seg)
+    message = logic.editAt(seg, ct, pet, scene["add_ras"], "add", "GTVn", params=params, clickModel=str(own))
+    assert "drawn by the click model my_clicks.json" in message
+
+
 def test_relabel_and_a_click_on_nothing(scene):
     logic, seg, ct, pet = (scene[k] for k in ("logic", "seg", "ct", "pet"))
     logic.editAt(seg, ct, pet, scene["fp_ras"], "relabel")
