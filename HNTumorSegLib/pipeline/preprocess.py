@@ -51,7 +51,10 @@ PET_CUT_WARNING_MM = 30.0  # a PET a few slices shorter than its CT is common, a
 PET_CUT_WARNING = ("the PET ends {mm:.0f} mm below the top of the CT and cuts through the patient there (uptake on "
                    "its top slice): the window hangs from the PET's top edge; check that the PET covers the tumours")
 
-#: Changes whenever the network input for the same case would change; models record it.
+#: Changes whenever the network input for the same case would change; models record it. Kept at "1" when a PET
+#: that ends below the CT's top began to be read from its own top slice (crop.find_crop_and_column's ``pet_top``):
+#: every case whose PET reaches the CT's top gets the same input, and a new version would refuse every model
+#: trained so far; a training cache prepared before holds the old window for such cases (prepare them again).
 PREPROCESSING_VERSION = "1"
 #: CT voxels kept around the window before B-spline resampling. The cubic B-spline prefilter's
 #: influence decays as 0.268^n, so 16 voxels put the difference to the full image below 1e-6 HU.
