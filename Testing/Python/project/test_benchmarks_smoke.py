@@ -26,3 +26,17 @@ def test_train_throughput_tiny(capsys):
     assert [line.split()[2] for line in results] == ["psam", "unet"], lines
     for line in results:
         assert "samples/s" in line and "peak RSS" in line and "[16, 32, 32]" in line, line
+
+
+def test_click_nodes_ceiling_is_the_case_dice_of_the_drawn_nodes():
+    """The node benchmark's "case GTVn ceiling": each case's Dice had its nodes been drawn as measured (the drawn
+    voxels rebuilt from the shares left out and drawn outside), cases without nodes 1, as edit_clicks.py counts them."""
+    bench = load_benchmark("click_nodes")
+    rows = [{"case": "a", "voxels": 100, "left_out": 0.1, "outside": 0.2, "dice": 0.857, "drawing": "network",
+             "place": "peak"},
+            {"case": "a", "voxels": 300, "left_out": 0.0, "outside": 0.0, "dice": 1.0, "drawing": "network",
+             "place": "peak"}]
+    (summary,) = bench.summarise(rows, ["a", "b"])
+    found, size = 90 + 300, 400 + (90 + 20 + 300)
+    assert summary["nodes"] == 2 and abs(summary["case_gtvn_ceiling"] - (2 * found / size + 1.0) / 2) < 1e-12
+    assert abs(summary["mean_dice"] - (0.857 + 1.0) / 2) < 1e-12 and summary["median_outside"] == 0.1
