@@ -53,20 +53,32 @@ def default_model_path() -> Path:
     return path
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" picks CUDA when torch sees a GPU, else the CPU; "cuda" without a GPU is an error."""
+def resolve_device(device: str = "auto", local_rank: int | None = None) -> torch.device:
+    """"auto" picks CUDA when torch sees a GPU, else the CPU; "cuda" without a GPU is an error; "cuda" is
+    ``cuda:local_rank`` where that is given (a torchrun process's own GPU, in training).
+
+    Anything else is one line (an InputError, a ValueError): a name torch does not know, a GPU number past the
+    machine's GPUs (a CUDA traceback at the first tensor before), a numbered CPU (torch takes "cpu:1" and runs
+    on its one CPU device, all cores).
+    """
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested, but this torch {torch.__version__} sees no CUDA GPU; "
-                         "use --device cpu or auto")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise InputError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         chosen = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise InputError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N") from None
-    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+    except (RuntimeError, ValueError, TypeError):
+        chosen = None
+    if chosen is None or chosen.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device!r}: use auto, cpu, cuda or cuda:N")
+    if chosen.type == "cpu":
+        if chosen.index is not None:
+            raise InputError(f"device {device!r}: the CPU takes no number; use cpu (all its cores are used)")
+        return chosen
+    if not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested, but this torch {torch.__version__} sees no CUDA GPU; "
+                         "use --device cpu or auto")
+    if chosen.index is None and local_rank is not None:
+        chosen = torch.device("cuda", local_rank)
+    if chosen.index is not None and chosen.index >= torch.cuda.device_count():
         raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                          "numbered from 0")
     return chosen

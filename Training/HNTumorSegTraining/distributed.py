@@ -15,6 +15,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from HNTumorSegLib.pipeline.inference import resolve_device as resolve_device_name
+
 #: Collectives wait this long: rank 0 validating full volumes keeps the others at a barrier.
 GROUP_TIMEOUT = timedelta(hours=2)
 
@@ -65,28 +67,11 @@ def launched_by_torchrun() -> bool:
 
 
 def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU; ``"cuda"`` -> ``cuda:LOCAL_RANK``."""
+    """``"auto"`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU; ``"cuda"`` -> ``cuda:LOCAL_RANK``
+    (the library's rules: :func:`HNTumorSegLib.pipeline.inference.resolve_device`)."""
     if isinstance(device, torch.device):
         return device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"device {device!r}: use auto, cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r}: use auto, cpu, cuda or cuda:N (training runs on the CPU or CUDA)")
-    if dev.type == "cpu" and dev.index is not None:  # torch takes "cpu:1" and runs on the one CPU device
-        raise ValueError(f"device {device!r}: the CPU takes no number; use cpu (all its cores are used)")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-        if dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                             f"numbered from 0")
-    return dev
+    return resolve_device_name(device, local_rank)
 
 
 def setup(device: str | torch.device = "auto") -> DistContext:

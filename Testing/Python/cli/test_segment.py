@@ -113,7 +113,7 @@ def test_a_device_this_machine_lacks_or_that_is_none_is_named(monkeypatch):
     assert resolve_device("cuda:0") == torch.device("cuda", 0)
     with pytest.raises(InputError, match="'cuda:3': this machine has 1 CUDA device"):
         resolve_device("cuda:3")
-    with pytest.raises(InputError, match="'cuda:x' is not one of"):
+    with pytest.raises(InputError, match="'cuda:x': use auto, cpu, cuda or cuda:N"):
         resolve_device("cuda:x")
 
 
