@@ -370,6 +370,7 @@ class BatchOptions:
     dicom_seg: bool = False
     postprocess: bool = True
     split_lesions: bool = False
+    refine_nodes: bool = False
 
     def settings(self) -> dict:
         """What decides a case's outputs besides its inputs: recorded in each report, compared on resume.
@@ -380,7 +381,9 @@ class BatchOptions:
         """
         return {"model": str(self.model) if self.model else "bundled", "model_sha256": self._model_digest(),
                 "tta": self.tta, "postprocess": self.postprocess, "split_lesions": self.split_lesions,
-                "pet_units": self.pet_units}
+                "pet_units": self.pet_units,
+                # only when set: reports of batches from before the option compare equal without it
+                **({"refine_nodes": True} if self.refine_nodes else {})}
 
     def _model_digest(self) -> str:
         from HNTumorSegLib.pipeline.inference import default_model_path
@@ -493,7 +496,7 @@ def run_case(case: BatchCase, options: BatchOptions, segmenter) -> dict:
                                         extra={"case": case.case_id, "batch_settings": options.settings(),
                                                "batch_inputs": {"sha256": case.input_fingerprint(),
                                                                 "files": len(case.input_files())}},
-                                        verbose=False)
+                                        verbose=False, refine_nodes=options.refine_nodes)
         return _row(case, DONE, time.perf_counter() - t0, report)
     except (InputError, OSError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

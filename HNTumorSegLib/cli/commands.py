@@ -94,7 +94,8 @@ def cmd_segment(args) -> int:
 
     report, _, report_path = run_segmentation(Path(args.ct), Path(args.pet), out, args.model, args.device,
                                               args.tta, inputs=inputs, after_label=exports,
-                                              postprocess=not args.no_postprocess, probabilities=args.probabilities)
+                                              postprocess=not args.no_postprocess, probabilities=args.probabilities,
+                                              refine_nodes=args.refine_nodes)
     print(f"wrote {out} and {report_path} in {report['timings_s']['total']:.1f} s on {report['device']}")
     for key in ("rtstruct", "dicom_seg"):
         if key in report:
@@ -162,7 +163,8 @@ def cmd_demo(args) -> int:
     paths = write_case(case, out / "input")
     seg_path = out / f"{case.case_id}_seg.nii.gz"
     report, seg, report_path = run_segmentation(paths["ct"], paths["pet"], seg_path, segmenter, args.device,
-                                                args.tta, reference=case.label, postprocess=not args.no_postprocess)
+                                                args.tta, reference=case.label, postprocess=not args.no_postprocess,
+                                                refine_nodes=args.refine_nodes)
     pred = sitk.GetArrayViewFromImage(seg.label)
     truth = sitk.GetArrayViewFromImage(case.label)
     scores = {name: dice(pred, truth, value) for value, name in LABELS.items()}
@@ -198,7 +200,8 @@ def cmd_batch(args) -> int:
     if spec:
         cases = shard(cases, *spec)
     options = BatchOptions(Path(args.out), args.model, args.device, args.tta, args.pet_units, args.rtstruct,
-                           args.dicom_seg, postprocess=not args.no_postprocess, split_lesions=args.split_lesions)
+                           args.dicom_seg, postprocess=not args.no_postprocess, split_lesions=args.split_lesions,
+                           refine_nodes=args.refine_nodes)
     summary = summary_path(options.out, spec)
     print(f"{len(cases)} cases{f' (shard {spec[0]}/{spec[1]})' if spec else ''} -> {options.out}", flush=True)
     if args.workers == 1:
@@ -227,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation (2x time)")
         sp.add_argument("--no-postprocess", action="store_true",
                         help="keep every connected component (skip the model file's clean-up)")
+        sp.add_argument("--refine-nodes", action="store_true",
+                        help="redraw every GTVn lesion with the click model from its centre after the network "
+                             "(24 unseen phantoms: GTVn Dice 0.588 -> 0.698; about 1 s a node on a CPU)")
 
     sp = sub.add_parser("preprocess", help="write the network input (input.npy) and provenance.json")
     inputs(sp)

@@ -116,7 +116,8 @@ def _model_summary(loaded) -> dict:
 
 def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None, device: str, tta: bool,
                      reference=None, extra: dict | None = None, inputs=None, after_label=None,
-                     verbose: bool = True, postprocess: bool = True, probabilities: Path | None = None):
+                     verbose: bool = True, postprocess: bool = True, probabilities: Path | None = None,
+                     refine_nodes: bool = False):
     """Shared by ``segment`` and ``demo``: read, segment, measure, write label map + JSON report.
 
     ``inputs``: a :class:`~HNTumorSegLib.cases.inputs.CaseInputs` already read (DICOM series chosen,
@@ -125,7 +126,8 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     (written last: its presence means the run is complete); its dict goes into the report.
     ``model`` may be a loaded :class:`~HNTumorSegLib.pipeline.inference.Segmenter` (``batch`` loads it once);
     ``verbose`` prints the stages; ``probabilities``: also write the class probabilities and the
-    uncertainty map there (:func:`write_probabilities`).
+    uncertainty map there (:func:`write_probabilities`); ``refine_nodes``: every GTVn lesion redrawn by the click
+    model from its centre after the network (:mod:`HNTumorSegLib.editing.node_refinement`), recorded in the report.
     """
     from HNTumorSegLib.cases.inputs import read_case
     from HNTumorSegLib.imaging.image_io import write_image, write_json
@@ -147,6 +149,15 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
     seg = segmenter.segment(ct, pet, reference=reference, ct_name=str(ct_path), pet_name=str(pet_path),
                             progress=(lambda stage: print(f"  {stage} ...", flush=True)) if verbose else None)
     timings.update(seg.timings)
+    refined = None
+    if refine_nodes:
+        from HNTumorSegLib.editing.node_refinement import refine_nodes as redraw_every_node
+
+        if verbose:
+            print("  refine nodes ...", flush=True)
+        refined = redraw_every_node(seg.label, ct, pet)
+        seg.label = refined.label
+        timings["refine_nodes"] = refined.seconds
     for line in (seg.provenance or {}).get("warnings", []):  # the run goes on; the report keeps them (provenance)
         print(f"hntumorseg: warning: {line}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -171,6 +182,7 @@ def run_segmentation(ct_path: Path, pet_path: Path, out: Path, model: str | None
         "device": str(segmenter.device),
         "tta": tta,
         "postprocess_applied": segmenter.postprocess is not None,
+        "node_refinement": refined.report() if refined else None,
         **measured,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "members": seg.members,

@@ -42,7 +42,7 @@ import SimpleITK as sitk
 from HNTumorSegLib import LABELS
 from HNTumorSegLib.editing.clicks import Edit, edit_at
 from HNTumorSegLib.evaluation.metrics import values_in_box
-from HNTumorSegLib.imaging.components import MM_NOISE, depth_in_box, lesion_ids
+from HNTumorSegLib.imaging.components import MM_NOISE, deepest_voxel, depth_in_box, lesion_ids
 from HNTumorSegLib.imaging.geometry import Geometry
 
 
@@ -74,13 +74,6 @@ def _hottest(mask: np.ndarray, suv: np.ndarray) -> tuple[int, int, int]:
     """(z, y, x) of the highest SUV inside ``mask``."""
     return tuple(int(v) for v in np.unravel_index(np.argmax(np.where(mask, suv, -np.inf)), mask.shape))
 
-
-def _deepest(mask: np.ndarray, spacing_zyx) -> tuple[int, int, int]:
-    """(z, y, x) of the voxel of ``mask`` farthest from its edge: its centre, where autoPET IV's simulated
-    clicks go (the argmax of the lesion's Euclidean distance transform)."""
-    box, depth, start = depth_in_box(mask, spacing_zyx)
-    deepest = np.unravel_index(np.argmax(np.where(box, depth, -np.inf)), box.shape)
-    return tuple(int(v) + s for v, s in zip(deepest, start))
 
 
 def _missed_parts(missed: np.ndarray, spacing_zyx) -> list[tuple[tuple[int, int, int], int]]:
@@ -116,7 +109,7 @@ def candidate_clicks(prediction: sitk.Image, reference: sitk.Image, pet: sitk.Im
 
     def on(mask: np.ndarray) -> tuple[int, int, int]:
         """Where a click on ``mask`` goes (``at``)."""
-        return _hottest(mask, suv) if at == "peak" else _deepest(mask, spacing_zyx)
+        return _hottest(mask, suv) if at == "peak" else deepest_voxel(mask, spacing_zyx)
 
     for value, name in LABELS.items():
         other = next(v for v in LABELS if v != value)

@@ -26,10 +26,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from HNTumorSegLib.editing.clicks import add_lesion
-from HNTumorSegLib.editing.simulated_user import _deepest, _hottest
+from HNTumorSegLib.editing.simulated_user import _hottest
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.evaluation.metrics import values_in_box
-from HNTumorSegLib.imaging.components import lesion_ids
+from HNTumorSegLib.imaging.components import deepest_voxel, lesion_ids
 from HNTumorSegLib.imaging.geometry import Geometry
 from HNTumorSegLib.phantom import make_phantom
 
@@ -65,7 +65,7 @@ def draw_nodes(case, click_model: str | None) -> list[dict]:
     rows = []
     for k in range(1, n + 1):
         node = ids == k
-        for place, index in (("peak", _hottest(node, suv)), ("centre", _deepest(node, spacing_zyx))):
+        for place, index in (("peak", _hottest(node, suv)), ("centre", deepest_voxel(node, spacing_zyx))):
             point = reference.TransformIndexToPhysicalPoint(tuple(int(i) for i in index[::-1]))
             for drawing in DRAWINGS:
                 try:

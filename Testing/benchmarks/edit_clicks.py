@@ -17,6 +17,7 @@ Target: mean Dice >= 0.90 for both structures after at most 3 clicks per case. R
     python Testing/benchmarks/edit_clicks.py [--cases 12] [--click-at peak|centre] [--out edit_clicks/]
 
 ``--click-model M.json`` draws the nodes with a click model of one's own (``hntumorseg-train click-model``);
+``--refine-nodes`` starts from the segmentation with every node redrawn by the click model (``segment --refine-nodes``);
 ``--first-seed`` benchmarks other phantoms (keep them apart from the click model's training seeds).
 """
 
@@ -31,6 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from HNTumorSegLib.editing.clicks import METHODS
+from HNTumorSegLib.editing.node_refinement import refine_nodes
 from HNTumorSegLib.editing.simulated_user import CLICK_PLACES, apply_click, candidate_clicks
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.evaluation.metrics import dice, match_lesions
@@ -52,9 +54,11 @@ def scores(label: sitk.Image, truth: sitk.Image) -> dict:
 
 
 def run_case(segmenter: Segmenter, seed: int, style: str, max_clicks: int, method: str = "auto",
-             at: str = "peak", click_model: str | None = None) -> dict:
+             at: str = "peak", click_model: str | None = None, refine: bool = False) -> dict:
     case = make_phantom(seed, "head_upper", style=style)
     label = segmenter.segment(case.ct, case.pet).label
+    if refine:  # segment --refine-nodes: every node redrawn by the click model before the first click
+        label = refine_nodes(label, case.ct, case.pet, click_model).label
     trail = [scores(label, case.label)]
     actions = []
     tried = set()  # a click is not repeated at the same place
@@ -126,6 +130,9 @@ def main() -> None:
     parser.add_argument("--click-at", choices=CLICK_PLACES, default="peak",
                         help="where the simulated editor clicks a lesion: its SUVmax voxel or its centre")
     parser.add_argument("--click-model", help="click model JSON to draw nodes with (default: the bundled one)")
+    parser.add_argument("--refine-nodes", action="store_true",
+                        help="every node of the segmentation redrawn by the click model before the first click "
+                             "(segment --refine-nodes)")
     parser.add_argument("--first-seed", type=int, default=FIRST_SEED,
                         help=f"seed of the first phantom (default {FIRST_SEED}: the README's cases; others for more)")
     parser.add_argument("--out", type=Path, default=Path("edit_clicks"), help="folder for the JSON and the curve")
@@ -137,7 +144,7 @@ def main() -> None:
     for i in range(args.cases):
         style = STYLES[i % len(STYLES)]
         cases.append(run_case(segmenter, args.first_seed + i, style, max(REPORTED), args.method, args.click_at,
-                              args.click_model))
+                              args.click_model, args.refine_nodes))
         trail = cases[-1]["after_clicks"]
         print(f"{cases[-1]['case']} ({style}): Dice GTVp/GTVn {trail[0]['GTVp']:.2f}/{trail[0]['GTVn']:.2f} -> "
               f"{trail[3]['GTVp']:.2f}/{trail[3]['GTVn']:.2f} after 3 clicks ({', '.join(cases[-1]['clicks'][:3])})",
@@ -155,6 +162,7 @@ def main() -> None:
                   f"{r['cases_both_0.90']} of {n} |")
     (args.out / "edit_clicks.json").write_text(json.dumps({"click_at": args.click_at, "method": args.method,
                                                         "click_model": args.click_model or "bundled",
+                                                        "refine_nodes": args.refine_nodes,
                                                         "first_seed": args.first_seed, "summaries": summaries, "cases": cases}, indent=1))
     plot(summaries, args.out / "edit_clicks.png")
     print(f"\n{len(cases)} cases in {time.perf_counter() - t0:.0f} s; wrote {args.out / 'edit_clicks.json'} "

@@ -162,3 +162,44 @@ def test_a_click_model_of_ones_own_is_the_one_that_draws(node_case, tmp_path):
     assert 0 < own.voxels < bundled.voxels
     with pytest.raises(ModelFileError, match="nothing.json: model config file not found"):
         add_lesion(label, pet, at, "GTVn", ct=ct, click_model=tmp_path / "nothing.json")
+
+
+def test_refining_the_nodes_redraws_a_too_tight_node_from_its_centre_and_leaves_gtvp(node_case):
+    """The segmentation's node drawn too tight (its core only) is redrawn by the click model from its centre; the
+    GTVp beside it stays voxel for voxel, and the label map given is not modified."""
+    from HNTumorSegLib.editing.node_refinement import refine_nodes
+
+    label, pet, ct = images(node_case)
+    node = node_case[3]
+    tight = sitk.GetArrayFromImage(label)
+    tight[ellipsoid(NODE_ZYX, (4.0, 3.0, 3.0))] = 2  # the network's drawing: the node's hot core
+    given = grid_image(tight)
+    before = dice(tight == 2, node)
+    refined = refine_nodes(given, ct, pet)
+    after = sitk.GetArrayFromImage(refined.label)
+    assert before < 0.5 and dice(after == 2, node) > 0.75
+    np.testing.assert_array_equal(after == 1, tight == 1)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(given), tight)
+    (entry,) = refined.nodes
+    assert entry["redrawn"] and entry["voxels_before"] == int((tight == 2).sum()) < entry["voxels_after"]
+    assert refined.click_model == DEFAULT_CLICK_MODEL.name and refined.label.GetSpacing() == given.GetSpacing()
+
+
+def test_refining_keeps_a_node_the_click_model_sees_nothing_at_and_refuses_a_model_of_another_structure(
+        node_case, tmp_path):
+    from HNTumorSegLib.editing.node_refinement import refine_nodes
+
+    label, pet, ct = images(node_case)
+    drawn = sitk.GetArrayFromImage(label)
+    drawn[15, 50:53, 50:53] = 2  # a node on nothing (flat uptake, flat tissue)
+    flat_ct, flat_pet = grid_image(np.full(SHAPE, 30.0, np.float32)), grid_image(np.full(SHAPE, 0.7, np.float32))
+    refined = refine_nodes(grid_image(drawn), flat_ct, flat_pet)
+    after = sitk.GetArrayFromImage(refined.label)
+    assert not refined.nodes[0]["redrawn"] and "why" in refined.nodes[0]
+    np.testing.assert_array_equal(after, drawn)
+    other = json.loads(DEFAULT_CLICK_MODEL.read_text())
+    other["click_model"]["structure"] = "GTVp"
+    (tmp_path / "p.json").write_text(json.dumps(other))
+    (tmp_path / "p.safetensors").write_bytes(DEFAULT_CLICK_MODEL.with_suffix(".safetensors").read_bytes())
+    with pytest.raises(InputError, match="draws GTVp, not GTVn"):
+        refine_nodes(grid_image(drawn), ct, pet, click_model=tmp_path / "p.json")
