@@ -83,7 +83,8 @@ class HNTumorSegParameterNode:
     GTVn written node by node (segments GTVn_1 .. GTVn_k). clickThresholdPercent: the share of the local
     SUVmax over the background that Add and Redraw take (41 %, the clinical threshold). clickModelForNodes:
     Add GTVn and Redraw on a node draw with the click model (unchecked: the threshold). clickModelPath: empty
-    for the bundled click model, or one's own (``hntumorseg-train click-model``).
+    for the bundled click model, or one's own (``hntumorseg-train click-model``). refineNodes: Segment redraws
+    every node the network drew with the bundled click model, from its centre (``segment --refine-nodes``).
     resultsTable, analysisWindowROI, uncertaintyVolume: what the last run produced.
     """
 
@@ -102,6 +103,7 @@ class HNTumorSegParameterNode:
     clickThresholdPercent: float = 41.0
     clickModelForNodes: bool = True
     clickModelPath: str = ""
+    refineNodes: bool = False
 
 
 #
@@ -378,7 +380,8 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             whenEdited = self.askWhenEdited(params.outputSegmentation, ct)
             if whenEdited is None:
                 return
-            self.job = self.logic.startJob(ct, pet, params.modelPath or None, params.device, params.useTTA)
+            self.job = self.logic.startJob(ct, pet, params.modelPath or None, params.device, params.useTTA,
+                                           params.refineNodes)
         except (InputError, RuntimeError) as exc:
             slicer.util.errorDisplay(str(exc), windowTitle="HNTumorSeg: cannot segment")
             return

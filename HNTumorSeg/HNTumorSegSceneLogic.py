@@ -291,15 +291,17 @@ class HNTumorSegSceneLogic:
                                        parentToWorld, name=f"{role} '{volumeNode.GetName()}'")
 
     # ------------------------------------------------------------------ running
-    def startJob(self, ctNode, petNode, model=None, device="auto", tta=False) -> SegmentationJob:
-        """Write the inputs and start the worker; poll the job, or call run_blocking() on it."""
+    def startJob(self, ctNode, petNode, model=None, device="auto", tta=False, refineNodes=False) -> SegmentationJob:
+        """Write the inputs and start the worker; poll the job, or call run_blocking() on it. ``refineNodes``:
+        every node the network drew redrawn by the click model (as ``segment --refine-nodes``)."""
         if ctNode is None or petNode is None:
             raise InputError("select a CT and a PET")
         for level, message in self.inputProblems(ctNode, petNode):
             if level == ERROR:
                 raise InputError(message)
         job = SegmentationJob(model=model, device=device, tta=tta, python=self.workerPython(),
-                              ct_name=f"CT '{ctNode.GetName()}'", pet_name=f"PET '{petNode.GetName()}'")
+                              ct_name=f"CT '{ctNode.GetName()}'", pet_name=f"PET '{petNode.GetName()}'",
+                              refine_nodes=refineNodes)
         try:
             job.write_inputs(self.worldImage(ctNode, "CT"), self.petImage(petNode))
             job.start()
@@ -309,7 +311,7 @@ class HNTumorSegSceneLogic:
         return job
 
     def segment(self, ctNode, petNode, outputNode=None, model=None, device="auto", tta=False,
-                whenEdited="new", parameterNode=None):
+                whenEdited="new", parameterNode=None, refineNodes=False):
         """Blocking run for scripts and tests; returns the segmentation node.
 
         ``whenEdited``: "new" (default: keep an edited output, write a new one) or "overwrite".
@@ -317,7 +319,7 @@ class HNTumorSegSceneLogic:
         if whenEdited not in ("new", "overwrite"):
             raise ValueError(f"whenEdited must be 'new' or 'overwrite' in blocking mode, not {whenEdited!r}")
         params = parameterNode or self.getParameterNode()
-        job = self.startJob(ctNode, petNode, model, device, tta)
+        job = self.startJob(ctNode, petNode, model, device, tta, refineNodes)
         try:
             result = job.run_blocking(on_event=lambda e: logging.info(f"HNTumorSeg worker: {e}"))
             return self.applyResult(result, ctNode, petNode, outputNode, whenEdited, params)

@@ -84,13 +84,13 @@ class SegmentationJob:
 
     def __init__(self, *, model: Optional[str] = None, device: str = "auto", tta: bool = False,
                  python: Sequence[str] = (sys.executable,), work_parent: Optional[str] = None,
-                 ct_name: Optional[str] = None, pet_name: Optional[str] = None):
+                 ct_name: Optional[str] = None, pet_name: Optional[str] = None, refine_nodes: bool = False):
         self.folder = Path(tempfile.mkdtemp(prefix="hntumorseg-", dir=work_parent))
         self.ct_path = self.folder / "input" / "ct.nrrd"
         self.pet_path = self.folder / "input" / "pet.nrrd"
         self.output_dir = self.folder / "output"
         self.request = protocol.Request(str(self.ct_path), str(self.pet_path), str(self.output_dir),
-                                        model, device, tta, ct_name, pet_name)
+                                        model, device, tta, ct_name, pet_name, refine_nodes)
         self.python = list(python)
         self.process: Optional[WorkerProcess] = None
         self.state = NOT_STARTED

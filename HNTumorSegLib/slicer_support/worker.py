@@ -87,6 +87,13 @@ def run_request(request: protocol.Request, emit: Emit) -> dict:
     seg = segmenter.segment(ct, pet, ct_name=request.ct_name or request.ct, pet_name=request.pet_name or request.pet,
                             progress=lambda name: emit(protocol.stage(name)))
     timings.update(seg.timings)
+    refined = None
+    if request.refine_nodes:  # inside the "restore" stage's share of the bar: a second or a few
+        from HNTumorSegLib.editing.node_refinement import refine_nodes
+
+        refined = refine_nodes(seg.label, ct, pet)
+        seg.label = refined.label
+        timings["refine_nodes"] = refined.seconds
 
     t0 = time.perf_counter()
     emit(protocol.stage("statistics"))
@@ -106,6 +113,7 @@ def run_request(request: protocol.Request, emit: Emit) -> dict:
         "model": _model_summary(segmenter.loaded),
         "device": str(segmenter.device),
         "tta": request.tta,
+        "node_refinement": refined.report() if refined else None,
         **measured,
         **({"uncertainty": uncertainty} if uncertainty else {}),
         "analysis_window": {"center_ras": box.center_ras, "size_mm": box.size_mm, "axes_ras": box.axes_ras},

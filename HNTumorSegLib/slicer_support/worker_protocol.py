@@ -60,6 +60,7 @@ class Request:
     tta: bool = False
     ct_name: Optional[str] = None   # how messages name the inputs (e.g. the Slicer node),
     pet_name: Optional[str] = None  # rather than a temporary file path
+    refine_nodes: bool = False  # every node redrawn by the click model (HNTumorSegLib.editing.node_refinement)
 
     def to_json(self) -> str:
         return json.dumps({"protocol": PROTOCOL_VERSION, **asdict(self)}, indent=2) + "\n"
@@ -72,7 +73,7 @@ class Request:
         if data.get("protocol", PROTOCOL_VERSION) != PROTOCOL_VERSION:
             raise InputError(f"{source}: protocol {data.get('protocol')!r}, this worker speaks {PROTOCOL_VERSION}")
         unknown = sorted(set(data) - {"protocol", "ct", "pet", "output_dir", "model", "device", "tta",
-                                      "ct_name", "pet_name"})
+                                      "ct_name", "pet_name", "refine_nodes"})
         if unknown:
             raise InputError(f"{source}: unknown key(s) {', '.join(unknown)}")
         for key in ("ct", "pet", "output_dir"):
@@ -90,7 +91,10 @@ class Request:
         names = [data.get(key) for key in ("ct_name", "pet_name")]
         if any(n is not None and not isinstance(n, str) for n in names):
             raise InputError(f"{source}: 'ct_name' and 'pet_name' must be strings or null")
-        return cls(data["ct"], data["pet"], data["output_dir"], model, device, tta, *names)
+        refine = data.get("refine_nodes", False)
+        if not isinstance(refine, bool):
+            raise InputError(f"{source}: 'refine_nodes' must be true or false, got {refine!r}")
+        return cls(data["ct"], data["pet"], data["output_dir"], model, device, tta, *names, refine)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "Request":

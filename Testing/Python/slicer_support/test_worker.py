@@ -207,3 +207,18 @@ def test_a_segmenter_uses_the_threads_it_is_given_or_the_users_omp_num_threads(s
         assert torch.get_num_threads() == 1  # not overridden with every CPU
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_job_asked_to_refine_the_nodes_runs_the_refinement_and_reports_it(small_model, tmp_path):
+    """The module's "Redraw nodes" reaches the worker (Request.refine_nodes), which refines after the network, as
+    `segment --refine-nodes`; a request without it is refused nothing and refines nothing."""
+    ct, pet = tiny_ct_pet()
+    job = SegmentationJob(model=str(small_model), device="cpu", work_parent=str(tmp_path), refine_nodes=True)
+    job.write_inputs(ct, pet)
+    report = job.run_blocking().report
+    assert report["node_refinement"]["click_model"] == "hntumorseg_phantom_node_clicks.json"
+    assert "refine_nodes" in report["timings_s"]
+    assert protocol.Request.from_dict(json.loads(job.request.to_json())).refine_nodes is True
+    with pytest.raises(Exception, match="'refine_nodes' must be true or false"):
+        protocol.Request.from_dict({"ct": "c", "pet": "p", "output_dir": "o", "refine_nodes": "yes"})
+    job.cleanup()
