@@ -521,7 +521,8 @@ class HNTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             message = self.logic.editAt(params.outputSegmentation, params.inputCT, params.inputPET, pointRas, action,
                                         structure, params=params, fraction=params.clickThresholdPercent / 100.0,
                                         method="auto" if params.clickModelForNodes else "threshold",
-                                        clickModel=(params.clickModelPath or None) if params.clickModelForNodes else None)
+                                        clickModel=(params.clickModelPath or None) if params.clickModelForNodes
+                                        else None)
         except (InputError, RuntimeError) as exc:  # RuntimeError: Slicer refused the segments (said in one line)
             self.ui.statusLabel.text = f"Nothing changed: {exc}"
             return

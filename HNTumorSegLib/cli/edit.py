@@ -190,7 +190,8 @@ def cmd_edit(args) -> int:
         label = edit.label
         print(f"  {number}. {edit.message}")
         done.append({"action": edit.action, "point_mm": list(edit.point_mm), "structure": edit.structure,
-                     "voxels": edit.voxels, "message": edit.message, **({"drawn_by": edit.drawn_by} if edit.drawn_by else {})})
+                     "voxels": edit.voxels, "message": edit.message,
+                     **({"drawn_by": edit.drawn_by} if edit.drawn_by else {})})
     measured = measurements(label, inputs.pet, inputs.ct)
     # The report goes first and comes back last: an interrupted run leaves a label map without a report
     # (incomplete, as after ``segment``), never beside the report of the map it replaced.

@@ -77,7 +77,8 @@ def draw_nodes(case, click_model: str | None) -> list[dict]:
                 voxels = int(node.sum())
                 rows.append({"case": case.case_id, "node": k, "voxels": voxels, "place": place, "drawing": drawing,
                              "dice": 2 * overlap / (int(drawn.sum()) + voxels),
-                             "left_out": 1 - overlap / voxels, "outside": int(np.count_nonzero(drawn & ~node)) / voxels})
+                             "left_out": 1 - overlap / voxels,
+                             "outside": int(np.count_nonzero(drawn & ~node)) / voxels})
     return rows
 
 
@@ -93,8 +94,9 @@ def summarise(rows: list[dict], cases: list[str]) -> list[dict]:
             per_case = []
             for case in cases:
                 nodes = [r for r in these if r["case"] == case]
-                found = sum(r["voxels"] * (1 - r["left_out"]) for r in nodes)
-                size = sum(r["voxels"] for r in nodes) + sum(r["voxels"] * (1 - r["left_out"] + r["outside"]) for r in nodes)
+                found = sum(r["voxels"] * (1 - r["left_out"]) for r in nodes)  # drawn inside the nodes
+                drawn = found + sum(r["voxels"] * r["outside"] for r in nodes)
+                size = sum(r["voxels"] for r in nodes) + drawn
                 per_case.append(2 * found / size if nodes else 1.0)
             dice = [r["dice"] for r in these]
             out.append({"drawing": drawing, "place": place, "nodes": len(these), "mean_dice": float(np.mean(dice)),

@@ -307,4 +307,5 @@ def test_a_click_outside_the_pet_s_field_of_view_says_so(case):
                   lambda: redraw_lesion(label, short, point_of(FALSE))):
         with pytest.raises(InputError, match=r"\(-30.0, 30.0, -20.0\) mm lies outside the PET's field of view"):
             click()
-    assert np.any(sitk.GetArrayFromImage(add_lesion(label, short, point_of(MISSED), "GTVn").label)[sphere(MISSED, 3)] == 2)
+    added = sitk.GetArrayFromImage(add_lesion(label, short, point_of(MISSED), "GTVn").label)
+    assert np.any(added[sphere(MISSED, 3)] == 2)  # inside the PET: drawn

@@ -152,7 +152,8 @@ def test_the_gpu_click_model_recipe_rehearsed_on_the_cpu_draws_trains_both_runs_
     assert "network [16, 32, 64, 128]" in summary and "network [8, 16, 32, 64]" in summary
     assert "1 loader workers" in summary
     # each model's table, and the bundled one's as it is, to compare with
-    assert [line.split()[1] for line in summary.splitlines() if line.startswith("==")] == ["wide", "bundled", "as_bundled"]
+    tables = [line.split()[1] for line in summary.splitlines() if line.startswith("==")]
+    assert tables == ["wide", "bundled", "as_bundled"]
     assert summary.count("| network | centre |") == 3 and summary.count("3 nodes of 1 cases") == 3
     with tarfile.open(out / "models.tgz") as packed:
         assert {"models/click_wide.json", "models/click_bundled.safetensors"} <= set(packed.getnames())
@@ -160,7 +161,7 @@ def test_the_gpu_click_model_recipe_rehearsed_on_the_cpu_draws_trains_both_runs_
     bundled = json.loads((data / "models" / "click_bundled.json").read_text())["trained_on"]
     assert bundled["init"] == "hntumorseg_phantom_node_clicks" and bundled["lr"] == 5e-4
     with tarfile.open(out / "benchmarks.tgz") as packed:
-        assert {f"benchmarks/{name}/click_nodes.json" for name in ("wide", "bundled", "as_bundled")} <= set(packed.getnames())
+        assert {f"benchmarks/{name}/click_nodes.json" for name in tables} <= set(packed.getnames())
         assert "benchmarks/as_bundled.log" in packed.getnames()
 
 

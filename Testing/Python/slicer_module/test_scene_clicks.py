@@ -103,7 +103,8 @@ def test_a_click_model_of_ones_own_draws_the_node_and_a_missing_one_changes_noth
         own.with_suffix(suffix).write_bytes(DEFAULT_CLICK_MODEL.with_suffix(suffix).read_bytes())
     before = logic.segmentLabels(seg, ct)
     with pytest.raises(InputError, match="missing.json"):
-        logic.editAt(seg, ct, pet, scene["add_ras"], "add", "GTVn", params=params, clickModel=str(tmp_path / "missing.json"))
+        logic.editAt(seg, ct, pet, scene["add_ras"], "add", "GTVn", params=params,
+                     clickModel=str(tmp_path / "missing.json"))
     np.testing.assert_array_equal(logic.segmentLabels(seg, ct), before)
     assert not logic.canUndo(seg)
     message = logic.editAt(seg, ct, pet, scene["add_ras"], "add", "GTVn", params=params, clickModel=str(own))
