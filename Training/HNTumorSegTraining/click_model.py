@@ -61,7 +61,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from HNTumorSegLib import LABELS
-from HNTumorSegLib.cli.guard import Terminated, run_guarded
+from HNTumorSegLib.cli.guard import Terminated, raise_pending_stop, run_guarded
 from HNTumorSegLib.editing.click_model import (CLICK_MODEL_KEY, CONTRACT, CROP_VOXELS, crop_grid,
                                                crops, network_inputs)
 from HNTumorSegLib.editing.clicks import DEFAULT_FRACTION, DEFAULT_RADIUS_MM, avid_region
@@ -531,6 +531,7 @@ def train(train_data: Samples | str | os.PathLike, val_data: Samples | str | os.
     start, steps, interrupted = time.monotonic(), 0, None
     try:
         while True:
+            raise_pending_stop()  # a stop lost in a loader's clean-up (see guard)
             done = (time.monotonic() - start) / budget_s
             if max_steps is not None:
                 done = max(done, steps / max_steps)

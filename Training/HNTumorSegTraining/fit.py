@@ -61,6 +61,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from HNTumorSegLib.cli.guard import raise_pending_stop
 from HNTumorSegLib.imaging.image_io import read_json
 from HNTumorSegLib.pipeline.model_file import model_paths
 from HNTumorSegLib.pipeline.preprocess import PREPROCESSING_VERSION
@@ -400,6 +401,7 @@ def _fit(ctx: DistContext, cache: Path, model_name: str, out_dir: Path, *, epoch
 
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False)
         for step_in_epoch in range(1, steps_per_epoch + 1):
+            raise_pending_stop()  # a stop lost in the last epoch's loader clean-up (see guard)
             batch = next(batches)
             x = batch["image"].to(device, non_blocking=True)
             y = batch["label"].to(device, non_blocking=True)

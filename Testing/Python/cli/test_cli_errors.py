@@ -219,3 +219,28 @@ def test_segment_to_an_output_whose_report_is_that_of_another_label_map_is_refus
                             "--out", str(tmp_path / "seg.nrrd")], capsys)
     assert_one_line_error(code, err, "seg.json is the report of seg.nii.gz")
     assert not (tmp_path / "seg.nrrd").exists()
+
+
+def test_a_stop_lost_in_a_del_is_raised_again_at_the_next_step_without_its_trace(capsys):
+    """A SIGTERM that arrives while Python runs a ``__del__`` (torch's loader shuts its workers down in one at each
+    epoch's end) was raised there, printed as "Exception ignored" and dropped: the training went on to its end."""
+    import os
+    import signal
+
+    from HNTumorSegLib.cli.guard import raise_pending_stop, run_guarded
+
+    class StoppedWhileDeleted:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    steps = []
+
+    def command(args):
+        for step in range(3):
+            raise_pending_stop()
+            steps.append(step)
+            StoppedWhileDeleted()  # deleted at once: the stop is raised inside __del__
+        return 0
+
+    assert run_guarded("prog", command, None) == 143
+    assert steps == [0] and capsys.readouterr().err == "prog: terminated\n"
