@@ -14,8 +14,9 @@ The contract, shared with the training package (``HNTumorSegTraining.click_model
 - the inputs (:func:`network_inputs`): CT clipped to +-250 HU over 250; PET over its highest value within
   :data:`PEAK_RADIUS_MM` of the click (the shape of the uptake whatever its level; clipped at 4); log(1 + SUV)
   over 2 (its level);
-- the output: two channels (background, the clicked lesion); the lesion is where its softmax is >= 0.5, resampled
-  linearly back onto the label's grid.
+- the output: two channels (background, the clicked lesion); the lesion is where its softmax, averaged over the
+  crop and its seven mirror images (:func:`lesion_probability`), is >= 0.5, resampled linearly back onto the
+  label's grid.
 
 A click model is a model file as the segmentation's (:mod:`HNTumorSegLib.pipeline.model_file`: safetensors +
 JSON, verified on load) whose JSON holds a ``"click_model"`` entry naming the crop, the inputs and the structure
@@ -25,6 +26,7 @@ it draws. Torch is imported when a model is loaded, not before: the Slicer modul
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from pathlib import Path
 from typing import Sequence
@@ -85,6 +87,29 @@ def network_inputs(ct: np.ndarray, pet: np.ndarray) -> np.ndarray:
     return np.stack([ct, over_peak, np.log1p(pet) / 2.0], axis=1)
 
 
+#: The mirror images a click is drawn on, as (z, y, x) axes flipped: all eight, the flips the click model is trained
+#: with (``HNTumorSegTraining.click_model.training_batch``).
+FLIPS = tuple(axes for n in range(4) for axes in itertools.combinations((0, 1, 2), n))
+
+
+def lesion_probability(network, inputs: np.ndarray) -> np.ndarray:
+    """The lesion's softmax for (1, 3, N, N, N) :func:`network_inputs`, averaged over the crop's :data:`FLIPS`,
+    each mapped back: (N, N, N) float32.
+
+    Why: one pass draws a node a little differently from its mirror image (nodes lie left and right alike); the
+    average of the eight is the same whichever way the scan is stored and draws nodes better: on the 53 nodes of
+    24 unseen phantoms (``Testing/benchmarks/click_nodes.py``) mean Dice 0.864 -> 0.873 from the node's centre,
+    0.822 -> 0.826 from its SUVmax voxel, for 0.25 s more a click on a 2-core CPU (one batch of eight)."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(inputs, np.float32))
+    batch = torch.cat([torch.flip(x, [a + 2 for a in axes]) if axes else x for axes in FLIPS])
+    with torch.inference_mode():
+        lesion = torch.softmax(network(batch).float(), dim=1)[:, 1]
+    mean = sum(torch.flip(lesion[k], list(axes)) if axes else lesion[k] for k, axes in enumerate(FLIPS))
+    return (mean / len(FLIPS)).numpy().astype(np.float32)
+
+
 class ClickModel:
     """A loaded click model: :meth:`probability` of the lesion at a click, on a label's grid."""
 
@@ -108,12 +133,8 @@ class ClickModel:
     def probability(self, ct: sitk.Image, pet: sitk.Image, box: Geometry, point_mm: Sequence[float]) -> np.ndarray:
         """The lesion's probability at the click, resampled linearly onto ``box`` (a part of a label's grid;
         (z, y, x) float32, 0 beyond the crop)."""
-        import torch
-
         ct_crop, pet_crop = crops(ct, pet, point_mm)
-        with torch.inference_mode():
-            logits = self.network(torch.from_numpy(network_inputs(ct_crop[None], pet_crop[None])))
-            lesion = torch.softmax(logits.float(), dim=1)[0, 1].numpy()
+        lesion = lesion_probability(self.network, network_inputs(ct_crop[None], pet_crop[None]))
         image = sitk.GetImageFromArray(np.ascontiguousarray(lesion, np.float32))
         image.CopyInformation(crop_grid(point_mm))
         back = sitk.Resample(image, box.reference(sitk.sitkFloat32), sitk.Transform(), sitk.sitkLinear, 0.0,

@@ -142,6 +142,26 @@ def test_the_crop_is_centred_on_the_click_and_inputs_follow_the_contract():
     assert x[0, 2, 0, 0, 0] == pytest.approx(np.log(2.0) / 2)
 
 
+def test_a_click_is_drawn_as_the_mirror_image_of_its_mirror_images_draw():
+    """The eight flips averaged: a crop flipped along any axis is drawn as the flip of its drawing (to float
+    rounding), which one pass of the network is not (checked, so the test can tell the two apart)."""
+    import torch
+
+    network = ClickModel(DEFAULT_CLICK_MODEL).network
+    rng = np.random.default_rng(3)
+    n = click_model.CROP_VOXELS
+    x = network_inputs(rng.normal(40, 60, (1, n, n, n)), rng.gamma(2.0, 1.0, (1, n, n, n)))
+    drawn = click_model.lesion_probability(network, x)
+    assert drawn.shape == (n, n, n) and drawn.dtype == np.float32 and 0 <= drawn.min() and drawn.max() <= 1
+    with torch.inference_mode():
+        def one_pass(inputs):
+            return torch.softmax(network(torch.from_numpy(np.ascontiguousarray(inputs))), 1)[0, 1].numpy()
+        assert np.abs(one_pass(x[..., ::-1])[..., ::-1] - one_pass(x)).max() > 1e-3
+    for axis in range(3):
+        mirrored = click_model.lesion_probability(network, np.flip(x, axis + 2))
+        np.testing.assert_allclose(np.flip(mirrored, axis), drawn, atol=1e-5)
+
+
 def test_a_click_model_of_ones_own_is_the_one_that_draws(node_case, tmp_path):
     """A researcher's click model (here the bundled network with its lesion output lowered: it draws less) draws
     instead of the bundled one, by the file given."""
