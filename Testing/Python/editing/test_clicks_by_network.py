@@ -205,6 +205,28 @@ def test_refining_the_nodes_redraws_a_too_tight_node_from_its_centre_and_leaves_
     assert refined.click_model == DEFAULT_CLICK_MODEL.name and refined.label.GetSpacing() == given.GetSpacing()
 
 
+def test_refining_a_speckled_segmentation_redraws_its_largest_nodes_only(node_case, monkeypatch):
+    """A speckled segmentation (thousands of one-voxel "nodes" from an untrained network) is redrawn in bounded
+    time: the largest nodes only (the bound made 2 here), the speckles kept as drawn and counted in the report."""
+    from HNTumorSegLib.editing import node_refinement
+
+    monkeypatch.setattr(node_refinement, "MOST_NODES_REDRAWN", 2)
+    label, pet, ct = images(node_case)
+    drawn = sitk.GetArrayFromImage(label)
+    drawn[ellipsoid(NODE_ZYX, (4.0, 3.0, 3.0))] = 2  # the real node, drawn too tight
+    speckles = [(3, 10 + 8 * k, 10) for k in range(5)]  # one voxel each, far from both lesions
+    for zyx in speckles:
+        drawn[zyx] = 2
+    drawn[5, 100:102, 100] = 2  # a two-voxel speckle: the second largest
+    refined = node_refinement.refine_nodes(grid_image(drawn), ct, pet)
+    after = sitk.GetArrayFromImage(refined.label)
+    assert [entry["voxels_before"] for entry in refined.nodes] == [int((drawn == 2).sum()) - 7, 2]
+    assert refined.nodes[0]["redrawn"] and refined.smaller_nodes_kept == 5
+    assert refined.report()["smaller_nodes_kept"] == 5
+    assert all(after[zyx] == 2 for zyx in speckles)
+    assert dice(after[10:21] == 2, node_case[3][10:21]) > 0.75
+
+
 def test_refining_keeps_a_node_the_click_model_sees_nothing_at_and_refuses_a_model_of_another_structure(
         node_case, tmp_path):
     from HNTumorSegLib.editing.node_refinement import refine_nodes

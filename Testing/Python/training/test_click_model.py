@@ -16,7 +16,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from HNTumorSegLib.editing.click_model import CONTRACT, CROP_VOXELS, ClickModel, crop_grid, crops, network_inputs
+from HNTumorSegLib.editing.click_model import (CONTRACT, CROP_VOXELS, ClickModel, crop_grid, crops,
+                                                lesion_probability, network_inputs)
 from HNTumorSegLib.errors import InputError, ModelFileError
 from HNTumorSegLib.imaging.components import lesion_ids
 from HNTumorSegLib.imaging.geometry import Geometry
@@ -169,10 +170,9 @@ def test_train_export_and_load(folder: Path, tmp_path: Path):
     probability = model.probability(case.ct, case.pet, box, point)
     assert probability.shape == (5, 7, 7) and np.isfinite(probability).all()
     assert probability.min() >= 0.0 and probability.max() <= 1.0
-    # on the crop's own grid: the trained network's output, so the file holds the weights trained
+    # on the crop's own grid: the trained network's mirror-averaged output, so the file holds the weights trained
     ct, pet = crops(case.ct, case.pet, point)
-    with torch.inference_mode():
-        own = torch.softmax(result.network(torch.from_numpy(network_inputs(ct[None], pet[None]))), 1)[0, 1].numpy()
+    own = lesion_probability(result.network.eval(), network_inputs(ct[None], pet[None]))
     on_crop = model.probability(case.ct, case.pet, Geometry.of(crop_grid(point)), point)
     np.testing.assert_allclose(on_crop, own, atol=1e-5)
 
