@@ -6,7 +6,9 @@ PET reader looks first) and at its centre (the voxel farthest from its edge), dr
 and by the threshold (41 % over the local background). Printed per drawing and place: the nodes' mean
 and median Dice, the share of the node left out and the share drawn outside it (medians: which way a
 drawing errs), and the mean per-case GTVn Dice had every node been drawn so and nothing else been wrong:
-the ceiling of "Dice after k clicks" (``edit_clicks.py``) with these drawings.
+the ceiling of "Dice after k clicks" (``edit_clicks.py``) with these drawings. And the time of a click, the
+library's ``add_lesion`` end to end (median and 90th percentile; the first click of the run, which loads torch and
+the click model, counted apart).
 
 Why: ``edit_clicks.py`` measures the whole correction, behind the segmentation model's result; this
 measures the drawing tool alone, in a fraction of the time and without the segmentation model, so two
@@ -68,17 +70,19 @@ def draw_nodes(case, click_model: str | None) -> list[dict]:
         for place, index in (("peak", _hottest(node, suv)), ("centre", deepest_voxel(node, spacing_zyx))):
             point = reference.TransformIndexToPhysicalPoint(tuple(int(i) for i in index[::-1]))
             for drawing in DRAWINGS:
+                t0 = time.perf_counter()
                 try:
                     drawn = sitk.GetArrayViewFromImage(add_lesion(empty, case.pet, point, "GTVn", ct=case.ct,
                                                                   method=drawing, click_model=click_model).label) == 2
                 except InputError:  # nothing drawn: the node missed
                     drawn = np.zeros_like(node)
+                seconds = time.perf_counter() - t0
                 overlap = int(np.count_nonzero(drawn & node))
                 voxels = int(node.sum())
                 rows.append({"case": case.case_id, "node": k, "voxels": voxels, "place": place, "drawing": drawing,
                              "dice": 2 * overlap / (int(drawn.sum()) + voxels),
                              "left_out": 1 - overlap / voxels,
-                             "outside": int(np.count_nonzero(drawn & ~node)) / voxels})
+                             "outside": int(np.count_nonzero(drawn & ~node)) / voxels, "seconds": seconds})
     return rows
 
 
@@ -107,6 +111,19 @@ def summarise(rows: list[dict], cases: list[str]) -> list[dict]:
     return out
 
 
+def click_seconds(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per drawing: the first click's seconds (torch and the click model loaded) and the median and 90th
+    percentile of the others."""
+    out = {}
+    for drawing in DRAWINGS:
+        seconds = [r["seconds"] for r in rows if r["drawing"] == drawing]
+        if seconds:
+            rest = seconds[1:] or seconds
+            out[drawing] = {"first": seconds[0], "median": float(np.median(rest)),
+                            "p90": float(np.percentile(rest, 90))}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=24, help="phantom cases (styles in turn)")
@@ -129,9 +146,13 @@ def main() -> None:
     for r in summary:
         print(f"| {r['drawing']} | {r['place']} | {r['mean_dice']:.3f} | {r['median_dice']:.3f} | "
               f"{r['median_left_out']:.3f} | {r['median_outside']:.3f} | {r['case_gtvn_ceiling']:.3f} |")
+    timing = click_seconds(rows)
+    for drawing, t in timing.items():
+        print(f"a click by the {drawing}: median {t['median']:.2f} s, 90th percentile {t['p90']:.2f} s "
+              f"(the run's first: {t['first']:.2f} s)")
     (args.out / "click_nodes.json").write_text(json.dumps({"click_model": args.click_model or "bundled",
                                                          "first_seed": args.first_seed, "summary": summary,
-                                                         "nodes": rows}, indent=1))
+                                                         "click_seconds": timing, "nodes": rows}, indent=1))
     print(f"\n{len(cases)} cases in {time.perf_counter() - t0:.0f} s; wrote {args.out / 'click_nodes.json'}")
 
 

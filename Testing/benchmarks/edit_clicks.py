@@ -32,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from HNTumorSegLib.editing.clicks import METHODS
-from HNTumorSegLib.editing.node_refinement import refine_nodes
+from HNTumorSegLib.editing.node_refinement import MOST_NODES_REDRAWN, refine_nodes
 from HNTumorSegLib.editing.simulated_user import CLICK_PLACES, apply_click, candidate_clicks
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.evaluation.metrics import dice, match_lesions
@@ -57,8 +57,10 @@ def run_case(segmenter: Segmenter, seed: int, style: str, max_clicks: int, metho
              at: str = "peak", click_model: str | None = None, refine: bool = False) -> dict:
     case = make_phantom(seed, "head_upper", style=style)
     label = segmenter.segment(case.ct, case.pet).label
+    kept = 0
     if refine:  # segment --refine-nodes: every node redrawn by the click model before the first click
-        label = refine_nodes(label, case.ct, case.pet, click_model).label
+        refined = refine_nodes(label, case.ct, case.pet, click_model)
+        label, kept = refined.label, refined.smaller_nodes_kept  # beyond the largest nodes: not redrawn
     trail = [scores(label, case.label)]
     actions = []
     tried = set()  # a click is not repeated at the same place
@@ -85,7 +87,8 @@ def run_case(segmenter: Segmenter, seed: int, style: str, max_clicks: int, metho
         trail.append(scores(label, case.label))
         if click.action in ("add", "redraw") and trail[-1][click.structure] < trail[-2][click.structure]:
             undo = before  # the user sees a worse contour and undoes it (one more click)
-    return {"case": case.case_id, "seed": seed, "style": style, "after_clicks": trail, "clicks": actions}
+    return {"case": case.case_id, "seed": seed, "style": style, "after_clicks": trail, "clicks": actions,
+            "smaller_nodes_kept": kept}
 
 
 def summarise(cases: list[dict]) -> list[dict]:
@@ -165,6 +168,9 @@ def main() -> None:
                                                         "refine_nodes": args.refine_nodes,
                                                         "first_seed": args.first_seed, "summaries": summaries, "cases": cases}, indent=1))
     plot(summaries, args.out / "edit_clicks.png")
+    if args.refine_nodes:
+        print(f"\nnodes beyond the {MOST_NODES_REDRAWN} largest, kept as drawn: "
+              f"{sum(c['smaller_nodes_kept'] for c in cases)} in all")
     print(f"\n{len(cases)} cases in {time.perf_counter() - t0:.0f} s; wrote {args.out / 'edit_clicks.json'} "
           f"and {args.out / 'edit_clicks.png'}")
 
