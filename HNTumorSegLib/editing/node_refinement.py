@@ -34,8 +34,8 @@ from HNTumorSegLib.imaging.components import deepest_voxel, lesion_ids
 
 GTVN = next(value for value, name in LABELS.items() if name == "GTVn")
 
-#: The most nodes redrawn, the largest first: well above the nodes of a head-and-neck patient, so it bounds the time
-#: of a speckled segmentation (a few seconds a node) without leaving a real node as the network drew it.
+#: The most nodes redrawn, chosen by size: well above the nodes of a head-and-neck patient, so it bounds the time of
+#: a speckled segmentation (half a second or more a node) without leaving a real node as the network drew it.
 MOST_NODES_REDRAWN = 32
 
 
