@@ -50,7 +50,7 @@ import SimpleITK as sitk
 from HNTumorSegLib import LABELS
 from HNTumorSegLib.errors import InputError
 from HNTumorSegLib.evaluation.metrics import values_in_box
-from HNTumorSegLib.imaging.components import MM_NOISE, distance_to, lesion_ids
+from HNTumorSegLib.imaging.components import MM_NOISE, deepest_voxel, distance_to, lesion_ids
 from HNTumorSegLib.imaging.geometry import Geometry, outside_buffer
 
 #: Fraction of the local SUVmax that bounds an added lesion (the clinical 41 % fixed threshold).
@@ -307,28 +307,51 @@ def _click_model_for(value: int, ct: sitk.Image | None, method: str, path: str |
 def _network_region(model, label: sitk.Image, ct: sitk.Image, pet: sitk.Image, point_mm: Sequence[float],
                     free: np.ndarray | None) -> np.ndarray:
     """The click model's lesion at the click on the label's grid: its part in ``free`` voxels connected to the
-    click (or, where the click is not on it, the part nearest the click within :data:`SEEK_MM`), holes filled."""
+    click (or, where the click is not on it, the part nearest the click within :data:`SEEK_MM`), holes filled.
+
+    Seen twice: from the click, then from the centre of what that drew (its deepest voxel), the two
+    probabilities averaged. Why: the network draws a node best from a crop centred on it (its training's "deep"
+    clicks; from the centre 0.847 mean node Dice, from the SUVmax voxel 0.806, 50 nodes of 24 phantoms, seeds
+    920000-920023), and a user clicks where they look, often the hottest voxel; the second view moves the crop
+    to the node. The mean of both, not the second alone: from the peak 0.806 -> 0.818 (the second alone 0.814),
+    from the centre 0.847 -> 0.848 (the second alone 0.841: the first view, centred, is as good). It costs one
+    more pass of the network (about 0.3-0.5 s on a 2-core CPU)."""
     from HNTumorSegLib.editing.click_model import CROP_SPACING_MM, CROP_VOXELS
 
     click = _index_of(label, point_mm)
     lo, hi = _box_around(label, click, CROP_SPACING_MM * CROP_VOXELS / 2)
     box = Geometry.of(label).subgrid(lo[::-1].tolist(), (hi - lo)[::-1].tolist())
-    region = model.probability(ct, pet, box, point_mm) >= 0.5
-    if free is not None:
-        region &= free[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    ids, _ = lesion_ids(region)
     spacing_zyx = np.array(label.GetSpacing()[::-1])
-    near = _ball(region.shape, click - lo, spacing_zyx, SEEK_MM) & region
-    if not near.any():
+    free_box = None if free is None else free[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    probability = model.probability(ct, pet, box, point_mm)
+    first = _part_at(probability, click - lo, spacing_zyx, free_box)
+    if first is None:
         raise InputError(f"the click model {model.name} finds no lesion within {SEEK_MM:g} mm of {_fmt(point_mm)} mm: "
                          "click on the node, or draw it with the threshold (edit --method threshold; in Slicer, "
                          "uncheck the click model)")
-    keep = ids[_nearest_voxel(near, click - lo, spacing_zyx)]  # the click's own voxel where it is on the region
-    filled = sitk.BinaryFillhole(sitk.GetImageFromArray((ids == keep).astype(np.uint8)), fullyConnected=False,
+    centre = np.asarray(deepest_voxel(first, spacing_zyx)) + lo
+    centre_mm = label.TransformIndexToPhysicalPoint(tuple(int(i) for i in centre[::-1]))
+    both = _part_at((probability + model.probability(ct, pet, box, centre_mm)) / 2, click - lo, spacing_zyx, free_box)
+    drawn = first if both is None else both  # the mean may fall below 1/2 near the click: the first view stands
+    filled = sitk.BinaryFillhole(sitk.GetImageFromArray(drawn.astype(np.uint8)), fullyConnected=False,
                                  foregroundValue=1)
     mask = np.zeros(label.GetSize()[::-1], bool)
     mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = sitk.GetArrayFromImage(filled) > 0
     return mask
+
+
+def _part_at(probability: np.ndarray, click: np.ndarray, spacing_zyx: np.ndarray,
+             free: np.ndarray | None) -> np.ndarray | None:
+    """The component of ``probability >= 0.5`` (within ``free``) at the ``click`` index, or the one nearest it within
+    :data:`SEEK_MM`; None where there is none."""
+    region = probability >= 0.5
+    if free is not None:
+        region &= free
+    near = _ball(region.shape, click, spacing_zyx, SEEK_MM) & region
+    if not near.any():
+        return None
+    ids, _ = lesion_ids(region)
+    return ids == ids[_nearest_voxel(near, click, spacing_zyx)]  # the click's own voxel where it is on the region
 
 
 def check_fraction(fraction: float) -> None:

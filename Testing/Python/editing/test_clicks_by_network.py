@@ -162,6 +162,46 @@ def test_a_click_is_drawn_as_the_mirror_image_of_its_mirror_images_draw():
         np.testing.assert_allclose(np.flip(mirrored, axis), drawn, atol=1e-5)
 
 
+class _ScriptedViews:
+    """A stand-in for a click model whose views are scripted: each call of ``probability`` records the point it is
+    asked at and answers with the next view, a function of ``distance_to(point_mm)`` over the box's voxels."""
+
+    name = "scripted"
+
+    def __init__(self, *views):
+        self.views, self.points = list(views), []
+
+    def probability(self, ct, pet, box, point_mm):
+        self.points.append(tuple(point_mm))
+        return self.views.pop(0)(lambda p: _distances(box.reference(sitk.sitkUInt8), p)).astype(np.float32)
+
+
+def _distances(grid, point_mm):
+    """Each voxel's distance (mm) from ``point_mm``, (z, y, x), on an axis-aligned ``grid``."""
+    z, y, x = np.indices(grid.GetSize()[::-1], dtype=float)
+    return np.sqrt(sum((i * s + o - p) ** 2 for i, s, o, p in zip((x, y, z), grid.GetSpacing(), grid.GetOrigin(),
+                                                                   point_mm)))
+
+
+def test_a_click_is_seen_again_from_the_centre_of_its_drawing_and_the_two_views_averaged():
+    """The second view is asked at the deepest voxel of what the first drew, and the lesion is where the mean of the
+    two is >= 1/2: here more than either view draws alone. Where the mean falls short at the click, the first view's
+    drawing stands."""
+    from HNTumorSegLib.editing.clicks import _network_region
+
+    label = sitk.Image([40, 40, 40], sitk.sitkUInt8)  # 1 mm voxels: a sphere's deepest voxel is its centre
+    label.SetOrigin((-20.0, -20.0, -20.0))
+    centre, click = (0.0, 0.0, 0.0), (0.0, 0.0, 4.0)  # the click 4 mm from the centre of what it draws
+    model = _ScriptedViews(lambda distance: np.where(distance(centre) <= 6.0, 0.9, 0.2),
+                           lambda distance: np.where(distance(model.points[-1]) <= 10.0, 0.9, 0.0))
+    drawn = _network_region(model, label, None, None, click, None)
+    assert model.points == [click, centre]
+    np.testing.assert_array_equal(drawn, _distances(label, centre) <= 10.0)  # (0.2 + 0.9) / 2 out to 10 mm
+
+    model = _ScriptedViews(lambda distance: np.where(distance(centre) <= 6.0, 0.9, 0.2), lambda distance: 0 * distance(centre))
+    np.testing.assert_array_equal(_network_region(model, label, None, None, click, None), _distances(label, centre) <= 6.0)
+
+
 def test_a_click_model_of_ones_own_is_the_one_that_draws(node_case, tmp_path):
     """A researcher's click model (here the bundled network with its lesion output lowered: it draws less) draws
     instead of the bundled one, by the file given."""
