@@ -16,7 +16,8 @@ The contract, shared with the training package (``HNTumorSegTraining.click_model
   over 2 (its level);
 - the output: two channels (background, the clicked lesion); the lesion is where its softmax, averaged over the
   crop and its seven mirror images (:func:`lesion_probability`), is >= 0.5, resampled linearly back onto the
-  label's grid.
+  label's grid. The editor asks twice, at the click and at the centre of what it drew, and averages the two
+  (``_network_region`` in :mod:`.clicks`).
 
 A click model is a model file as the segmentation's (:mod:`HNTumorSegLib.pipeline.model_file`: safetensors +
 JSON, verified on load) whose JSON holds a ``"click_model"`` entry naming the crop, the inputs and the structure
