@@ -640,3 +640,28 @@ def test_a_stop_sent_to_the_whole_process_group_is_one_line_with_loader_workers(
 
     _, err = stopped_group(process, an_epoch_done, stop)
     assert process.returncode == status and err.strip() == f"hntumorseg-train: {word}", err[-2000:]
+
+
+def test_a_worker_drops_the_resource_sharers_lost_connection_and_reports_anything_else():
+    """A loader worker's excepthook: a connection lost in multiprocessing's resource sharer (the trainer stopping
+    mid-handshake) prints nothing; the same error raised elsewhere, or another error there, goes to the hook before."""
+    import multiprocessing
+
+    from HNTumorSegTraining.data import _silent_on_a_departed_trainer
+
+    def raised(kind, filename):
+        code = compile(f"raise {kind.__name__}('peer gone')", filename, "exec")
+        try:
+            exec(code, {})
+        except kind:
+            return sys.exc_info()
+
+    sharer = os.path.join(os.path.dirname(multiprocessing.__file__), "resource_sharer.py")
+    passed_on = []
+    hook = _silent_on_a_departed_trainer(lambda *info: passed_on.append(info[0]))
+    for kind in (EOFError, ConnectionResetError, BrokenPipeError):
+        hook(*raised(kind, sharer))
+    assert passed_on == []
+    hook(*raised(EOFError, "elsewhere.py"))
+    hook(*raised(ValueError, sharer))
+    assert passed_on == [EOFError, ValueError]
