@@ -323,15 +323,16 @@ def _network_region(model, label: sitk.Image, ct: sitk.Image, pet: sitk.Image, p
     box = Geometry.of(label).subgrid(lo[::-1].tolist(), (hi - lo)[::-1].tolist())
     spacing_zyx = np.array(label.GetSpacing()[::-1])
     free_box = None if free is None else free[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    at = click - lo  # the click's index in the box
     probability = model.probability(ct, pet, box, point_mm)
-    first = _part_at(probability, click - lo, spacing_zyx, free_box)
+    first = _part_at(probability, at, spacing_zyx, free_box)
     if first is None:
         raise InputError(f"the click model {model.name} finds no lesion within {SEEK_MM:g} mm of {_fmt(point_mm)} mm: "
                          "click on the node, or draw it with the threshold (edit --method threshold; in Slicer, "
                          "uncheck the click model)")
     centre = np.asarray(deepest_voxel(first, spacing_zyx)) + lo
     centre_mm = label.TransformIndexToPhysicalPoint(tuple(int(i) for i in centre[::-1]))
-    both = _part_at((probability + model.probability(ct, pet, box, centre_mm)) / 2, click - lo, spacing_zyx, free_box)
+    both = _part_at((probability + model.probability(ct, pet, box, centre_mm)) / 2, at, spacing_zyx, free_box)
     drawn = first if both is None else both  # the mean may fall below 1/2 near the click: the first view stands
     filled = sitk.BinaryFillhole(sitk.GetImageFromArray(drawn.astype(np.uint8)), fullyConnected=False,
                                  foregroundValue=1)

@@ -13,8 +13,8 @@ written where no other structure lies, so redraws that meet merge and none erase
 A node the click model sees nothing at (:class:`InputError`) is kept as the network drew it. GTVp is never touched.
 
 Only the :data:`MOST_NODES_REDRAWN` largest nodes are redrawn, the rest kept as drawn and counted in the report. Why:
-a redraw costs about a second on a 2-core CPU (two views of eight mirror images), and a network that speckles (an untrained or a wrong model, a scan
-unlike its training data) can leave thousands of one-voxel "nodes": 4977 on a test scan, 40 minutes of redrawing
+a redraw costs about a second on a 2-core CPU (two views of eight mirror images), and a network that speckles (an
+untrained or a wrong model, a scan unlike its training data) can leave thousands of one-voxel "nodes": 4977 on a test scan, 40 minutes of redrawing
 where the user pressed a button expecting seconds. A patient has far fewer nodes than the bound.
 """
 

@@ -192,14 +192,17 @@ def test_a_click_is_seen_again_from_the_centre_of_its_drawing_and_the_two_views_
     label = sitk.Image([40, 40, 40], sitk.sitkUInt8)  # 1 mm voxels: a sphere's deepest voxel is its centre
     label.SetOrigin((-20.0, -20.0, -20.0))
     centre, click = (0.0, 0.0, 0.0), (0.0, 0.0, 4.0)  # the click 4 mm from the centre of what it draws
-    model = _ScriptedViews(lambda distance: np.where(distance(centre) <= 6.0, 0.9, 0.2),
-                           lambda distance: np.where(distance(model.points[-1]) <= 10.0, 0.9, 0.0))
+    def first_view(distance):  # a 6 mm sphere about the centre, 0.2 around it
+        return np.where(distance(centre) <= 6.0, 0.9, 0.2)
+
+    model = _ScriptedViews(first_view, lambda distance: np.where(distance(model.points[-1]) <= 10.0, 0.9, 0.0))
     drawn = _network_region(model, label, None, None, click, None)
     assert model.points == [click, centre]
     np.testing.assert_array_equal(drawn, _distances(label, centre) <= 10.0)  # (0.2 + 0.9) / 2 out to 10 mm
 
-    model = _ScriptedViews(lambda distance: np.where(distance(centre) <= 6.0, 0.9, 0.2), lambda distance: 0 * distance(centre))
-    np.testing.assert_array_equal(_network_region(model, label, None, None, click, None), _distances(label, centre) <= 6.0)
+    model = _ScriptedViews(first_view, lambda distance: np.zeros_like(distance(centre)))
+    drawn = _network_region(model, label, None, None, click, None)
+    np.testing.assert_array_equal(drawn, _distances(label, centre) <= 6.0)
 
 
 def test_a_click_model_of_ones_own_is_the_one_that_draws(node_case, tmp_path):
