@@ -4,10 +4,12 @@
 # the one GPU -- a wider network from scratch ("wide") and the bundled one trained on ("bundled") -- then
 # each model, and the bundled one as it is, benchmarked node by node (Testing/benchmarks/click_nodes.py: the
 # 53 nodes of the README's 24 phantoms, each drawn by one click from its SUVmax voxel and from its centre).
-# Why: on 2 CPU cores the bundled network (8-64 channels) has stopped improving (validation Dice 0.832 -> 0.840
-# over its last 1372 steps), GTVn after 3 clicks (0.829) is short of the 0.90 the editor is asked for, and the
-# limit is how the click model draws a node (0.82 from its SUVmax voxel, 0.86 from its centre; one such click
-# on every node would give 0.85-0.88); a wider network trained for longer is the next step, and it needs a
+# Why: on 2 CPU cores the bundled network (8-64 channels) has stopped improving (validation Dice 0.840 -> 0.849
+# in its last hour, then 0.849 still after 3072 more steps on other phantoms), GTVn after 3 clicks (0.841 as
+# segmented, 0.877 with the nodes refined) is short of the 0.90 the editor is asked for, and the limit is how
+# the click model draws a node (0.849 from its SUVmax voxel, 0.887 from its centre; one such click on every
+# node would give 0.874-0.902; more views of a click and the segmentation's probability do not move it); a
+# wider network trained for longer is the next step, and it needs a
 # GPU. The editor's benchmark (edit_clicks.py) runs afterwards anywhere, on the model brought back. What comes
 # back is small: summary.txt, the logs, models.tgz (the model files, packed as soon as they are written) and
 # benchmarks.tgz (the benchmarks' JSON).
