@@ -7,12 +7,11 @@
 # Why: on 2 CPU cores the bundled network (8-64 channels) has stopped improving (validation Dice 0.840 -> 0.849
 # in its last hour, then 0.849 still after 3072 more steps on other phantoms), GTVn after 3 clicks (0.841 as
 # segmented, 0.877 with the nodes refined) is short of the 0.90 the editor is asked for, and the limit is how
-# the click model draws a node (0.849 from its SUVmax voxel, 0.887 from its centre; one such click on every
-# node would give 0.874-0.902; more views of a click and the segmentation's probability do not move it); a
-# wider network trained for longer is the next step, and it needs a
-# GPU. The editor's benchmark (edit_clicks.py) runs afterwards anywhere, on the model brought back. What comes
-# back is small: summary.txt, the logs, models.tgz (the model files, packed as soon as they are written) and
-# benchmarks.tgz (the benchmarks' JSON).
+# the click model draws a node (0.849 from its SUVmax voxel, 0.887 from its centre; one such click on every node
+# would give 0.874-0.902; more views of a click and the segmentation's probability do not move it); a wider
+# network trained for longer is the next step, and it needs a GPU. The editor's benchmark (edit_clicks.py) runs
+# afterwards anywhere, on the model brought back. What comes back is small: summary.txt, the logs, models.tgz
+# (the model files, packed as soon as they are written) and benchmarks.tgz (the benchmarks' JSON).
 #
 #   OUT=results BUDGET_S=540 Training/recipes/gpu_click_model.sh
 #
